@@ -1,0 +1,56 @@
+//! `echo`: answers with what it was told. The smallest useful bot, and the one the
+//! README's tour and the tests use to see the whole pipeline work.
+
+use super::*;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EchoConfig {
+    /// Put before every answer.
+    #[serde(default)]
+    pub prefix: String,
+}
+
+pub struct Echo {
+    prefix: String,
+}
+
+impl Echo {
+    pub fn new(config: &EchoConfig) -> Self {
+        Echo {
+            prefix: config.prefix.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl Bot for Echo {
+    fn commands(&self) -> Vec<CommandSpec> {
+        vec![CommandSpec::new("<anything>", "<text>", "repeats the text back")]
+    }
+
+    async fn handle(&self, event: &Event, ctx: &mut BotContext) -> Result<Vec<Action>, BotError> {
+        // Echo the whole message after the mention, keeping its original words.
+        let said = match &ctx.command {
+            Some(c) if !c.name.is_empty() => {
+                let mut words = vec![original_case(event, &c.name)];
+                words.extend(c.args.iter().cloned());
+                words.join(" ")
+            }
+            _ => event.text.clone().unwrap_or_default(),
+        };
+        if said.trim().is_empty() {
+            return Err(BotError::User("say something after @echo, e.g. `@echo hi`".into()));
+        }
+        Ok(vec![Action::reply_text(format!("{}{}", self.prefix, said))])
+    }
+}
+
+/// The command word as it was typed (the parser lower-cases it).
+fn original_case(event: &Event, lowered: &str) -> String {
+    event
+        .text
+        .as_deref()
+        .and_then(|t| crate::command::tokenize(t).into_iter().find(|w| w.to_lowercase() == lowered))
+        .unwrap_or_else(|| lowered.to_string())
+}

@@ -1,0 +1,57 @@
+//! `help`: lists the commands of the bots reachable from the chat's connector.
+
+use super::*;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HelpConfig {
+    /// A line shown above the list.
+    #[serde(default)]
+    pub intro: Option<String>,
+}
+
+pub struct Help {
+    intro: Option<String>,
+}
+
+impl Help {
+    pub fn new(config: &HelpConfig) -> Self {
+        Help {
+            intro: config.intro.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl Bot for Help {
+    fn commands(&self) -> Vec<CommandSpec> {
+        vec![CommandSpec::new("help", "help", "lists what the bots here can do")]
+    }
+
+    async fn handle(&self, event: &Event, ctx: &mut BotContext) -> Result<Vec<Action>, BotError> {
+        let mut text = String::new();
+        if let Some(intro) = &self.intro {
+            text.push_str(intro);
+            text.push_str("\n\n");
+        }
+        text.push_str("**Commands here**\n");
+        let mut any = false;
+        for bot in ctx.services().directory.reachable_from(&event.connector) {
+            if bot.name == ctx.bot {
+                continue;
+            }
+            for c in &bot.commands {
+                any = true;
+                text.push_str(&format!("- `@{} {}` — {}\n", bot.name, c.usage, c.summary));
+            }
+            if bot.commands.is_empty() {
+                any = true;
+                text.push_str(&format!("- `{}` ({}) — reacts to events, no commands\n", bot.name, bot.kind));
+            }
+        }
+        if !any {
+            text.push_str("(no bots are routed from this chat yet)\n");
+        }
+        Ok(vec![Action::reply(crate::action::MessageBody::markdown(text))])
+    }
+}

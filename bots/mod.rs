@@ -1,0 +1,226 @@
+//! Bots: each gets an event and a `BotContext` and returns `Action`s. Every kind is
+//! listed once, in `BotConfig` and `build` below; `[bots.<name>] kind = "..."` picks one.
+//!
+//! Flow: connector (in) → journal → router → **bots** → outbox → connector (out).
+
+pub mod echo;
+pub mod help;
+pub mod notify;
+
+use crate::action::{Action, Delivered, Operation};
+use crate::clock::SharedClock;
+use crate::command::{Command, CommandSpec};
+use crate::config::{Config, Issues};
+use crate::connectors::{SendError, SharedConnector};
+use crate::event::{Event, EventId};
+use crate::store::{SentRecord, Store, StoreError};
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A bot's configuration: `kind` picks the variant, the other keys are its settings.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BotConfig {
+    Help(help::HelpConfig),
+    Echo(echo::EchoConfig),
+    Notify(notify::NotifyConfig),
+}
+
+impl BotConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BotConfig::Help(_) => "help",
+            BotConfig::Echo(_) => "echo",
+            BotConfig::Notify(_) => "notify",
+        }
+    }
+
+    /// Semantic checks with locations (templates compile, connectors exist).
+    pub fn validate(&self, name: &str, at: usize, config: &Config, issues: &mut Issues) {
+        match self {
+            BotConfig::Help(_) | BotConfig::Echo(_) => {}
+            BotConfig::Notify(c) => c.validate(name, at, config, issues),
+        }
+    }
+}
+
+/// Build the bot `name` from its config.
+pub fn build(name: &str, config: &BotConfig) -> Result<Arc<dyn Bot>, BotError> {
+    Ok(match config {
+        BotConfig::Help(c) => Arc::new(help::Help::new(c)),
+        BotConfig::Echo(c) => Arc::new(echo::Echo::new(c)),
+        BotConfig::Notify(c) => Arc::new(notify::Notify::new(name, c)?),
+    })
+}
+
+/// A bot failed. `User` errors are meant for the person who asked and are shown to them
+/// as they are (a usage line, "no such project"); all others get a friendly apology that
+/// names the event id, and a log line.
+#[derive(Debug, thiserror::Error)]
+pub enum BotError {
+    #[error("{0}")]
+    User(String),
+    #[error("bad bot config: {0}")]
+    Config(String),
+    #[error("template: {0}")]
+    Template(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("platform call failed: {0}")]
+    Send(#[from] SendError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A bot.
+#[async_trait]
+pub trait Bot: Send + Sync + 'static {
+    /// The commands it answers, for `help` and unknown-command hints.
+    fn commands(&self) -> Vec<CommandSpec> {
+        Vec::new()
+    }
+    /// Handle one event. Must be deterministic enough that running it twice for the same
+    /// event (after a crash) returns the same actions: they are deduplicated by index.
+    async fn handle(&self, event: &Event, ctx: &mut BotContext) -> Result<Vec<Action>, BotError>;
+}
+
+/// What bots can see of the rest of perch.
+pub struct Services {
+    pub store: Arc<dyn Store>,
+    pub connectors: HashMap<String, SharedConnector>,
+    pub clock: SharedClock,
+    /// Bots and their commands, with the connectors each is reachable from (for `help`).
+    pub directory: Directory,
+}
+
+/// Who is reachable where, with their commands.
+#[derive(Debug, Default, Clone)]
+pub struct Directory {
+    pub bots: Vec<BotInfo>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BotInfo {
+    pub name: String,
+    pub kind: &'static str,
+    pub commands: Vec<CommandSpec>,
+    /// Connectors whose events some route sends to this bot (`None` = any connector).
+    pub connectors: Vec<Option<String>>,
+}
+
+impl Directory {
+    /// Bots some route makes reachable from `connector`.
+    pub fn reachable_from<'a>(&'a self, connector: &'a str) -> impl Iterator<Item = &'a BotInfo> + 'a {
+        self.bots
+            .iter()
+            .filter(move |b| b.connectors.iter().any(|c| c.as_deref().is_none_or(|c| c == connector)))
+    }
+}
+
+/// A bot's view of perch while it handles one event.
+pub struct BotContext {
+    /// This bot's configured name.
+    pub bot: String,
+    /// The parsed command, for message events with text.
+    pub command: Option<Command>,
+    pub clock: SharedClock,
+    services: Arc<Services>,
+    event_id: EventId,
+    calls: u32,
+}
+
+impl BotContext {
+    pub fn new(bot: &str, event: &Event, services: Arc<Services>) -> Self {
+        BotContext {
+            bot: bot.to_string(),
+            command: crate::command::parse(event),
+            clock: services.clock.clone(),
+            services,
+            event_id: event.id,
+            calls: 0,
+        }
+    }
+
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    fn state_ns(&self) -> String {
+        format!("bot/{}", self.bot)
+    }
+
+    /// Read this bot's persistent state at `key`.
+    pub async fn state_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, BotError> {
+        match self.services.store.kv_get(&self.state_ns(), key).await? {
+            Some(raw) => Ok(Some(serde_json::from_slice(&raw).map_err(StoreError::from)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Write this bot's persistent state at `key`.
+    pub async fn state_put<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), BotError> {
+        let raw = serde_json::to_vec(value).map_err(StoreError::from)?;
+        Ok(self.services.store.kv_put(&self.state_ns(), key, &raw).await?)
+    }
+
+    pub async fn state_delete(&self, key: &str) -> Result<(), BotError> {
+        Ok(self.services.store.kv_delete(&self.state_ns(), key).await?)
+    }
+
+    /// Every state entry whose key starts with `prefix`.
+    pub async fn state_scan<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>, BotError> {
+        let mut out = Vec::new();
+        for (k, raw) in self.services.store.kv_scan(&self.state_ns(), prefix).await? {
+            out.push((k, serde_json::from_slice(&raw).map_err(StoreError::from)?));
+        }
+        Ok(out)
+    }
+
+    /// Carry out an operation now and return its result (the new chat's id, say), for
+    /// actions whose result the bot needs. The call carries an idempotency key derived
+    /// from the event, the bot and the call's position, and its result is recorded: if
+    /// the bot runs again for the same event after a crash, it gets the recorded result
+    /// and the platform is not called twice.
+    pub async fn call(&mut self, connector: &str, op: Operation) -> Result<Delivered, BotError> {
+        let key = format!("{}/{}/call{}", self.event_id, self.bot, self.calls);
+        self.calls += 1;
+        let store = &self.services.store;
+        if let Some(done) = store.sent(&key).await? {
+            return Ok(done.delivered);
+        }
+        let conn = self
+            .services
+            .connectors
+            .get(connector)
+            .ok_or_else(|| BotError::Config(format!("no connector named `{connector}`")))?
+            .clone();
+        let mut attempt = 0;
+        let delivered = loop {
+            match conn.execute(&op, &key).await {
+                Ok(d) => break d,
+                Err(SendError::Retry { reason, retry_after }) if attempt < 3 => {
+                    attempt += 1;
+                    let wait = retry_after.unwrap_or(std::time::Duration::from_millis(250 << attempt));
+                    tracing::warn!(%key, %reason, ?wait, "awaited call failed, retrying");
+                    tokio::time::sleep(wait.min(std::time::Duration::from_secs(10))).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        store
+            .outbox_delivered(
+                &key,
+                &SentRecord {
+                    key: key.clone(),
+                    connector: connector.to_string(),
+                    delivered: delivered.clone(),
+                    at: self.clock.now(),
+                },
+            )
+            .await?;
+        Ok(delivered)
+    }
+}

@@ -1,0 +1,127 @@
+//! `notify`: a system event → a message to a configured chat, or a direct message to
+//! the person the payload names (the assignee of a task whose state changed).
+//!
+//! `chat`, `person` and `text` are Handlebars templates over the event (`topic`,
+//! `payload`, `sender`, `chat`, `text`), compiled at start in strict mode, so a
+//! template naming a missing field fails loudly instead of sending a blank.
+
+use super::*;
+use crate::action::{MessageBody, Target};
+use handlebars::Handlebars;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Connector to send through. Default: the one the event came from.
+    #[serde(default)]
+    pub connector: Option<String>,
+    /// Chat to post to (a template, e.g. `"{{payload.team_chat}}"` or a fixed id).
+    #[serde(default)]
+    pub chat: Option<String>,
+    /// Person to message directly (a template, e.g. `"{{payload.assignee.email}}"`).
+    #[serde(default)]
+    pub person: Option<String>,
+    /// What kind of id `person` gives, where the platform has several (`email`, `open_id`).
+    #[serde(default)]
+    pub person_id_type: Option<String>,
+    /// The message (a template).
+    pub text: String,
+    /// Send the text as markdown.
+    #[serde(default)]
+    pub markdown: bool,
+}
+
+impl NotifyConfig {
+    pub fn validate(&self, name: &str, at: usize, config: &Config, issues: &mut Issues) {
+        if self.chat.is_none() == self.person.is_none() {
+            issues.at(at, format!("bot `{name}`: set exactly one of `chat` or `person`"));
+        }
+        if let Some(c) = &self.connector {
+            if !config.connectors.contains_key(c) {
+                issues.at(at, format!("bot `{name}`: connector `{c}` is not defined"));
+            }
+        }
+        if let Err(e) = compile(self) {
+            issues.at(at, format!("bot `{name}`: {e}"));
+        }
+    }
+}
+
+fn compile(config: &NotifyConfig) -> Result<Handlebars<'static>, BotError> {
+    let mut hb = Handlebars::new();
+    hb.set_strict_mode(true);
+    // Plain text out: no HTML escaping.
+    hb.register_escape_fn(handlebars::no_escape);
+    let mut add = |name: &str, tpl: &str| {
+        hb.register_template_string(name, tpl)
+            .map_err(|e| BotError::Template(format!("{name} template: {e}")))
+    };
+    add("text", &config.text)?;
+    if let Some(c) = &config.chat {
+        add("chat", c)?;
+    }
+    if let Some(p) = &config.person {
+        add("person", p)?;
+    }
+    Ok(hb)
+}
+
+pub struct Notify {
+    name: String,
+    connector: Option<String>,
+    to_chat: bool,
+    person_id_type: Option<String>,
+    markdown: bool,
+    templates: Handlebars<'static>,
+}
+
+impl Notify {
+    pub fn new(name: &str, config: &NotifyConfig) -> Result<Self, BotError> {
+        Ok(Notify {
+            name: name.to_string(),
+            connector: config.connector.clone(),
+            to_chat: config.chat.is_some(),
+            person_id_type: config.person_id_type.clone(),
+            markdown: config.markdown,
+            templates: compile(config)?,
+        })
+    }
+
+    fn render(&self, template: &str, event: &Event) -> Result<String, BotError> {
+        self.templates
+            .render(template, event)
+            .map_err(|e| BotError::Template(format!("bot `{}`, {template} template: {e}", self.name)))
+    }
+}
+
+#[async_trait]
+impl Bot for Notify {
+    async fn handle(&self, event: &Event, _ctx: &mut BotContext) -> Result<Vec<Action>, BotError> {
+        let text = self.render("text", event)?;
+        let to = if self.to_chat {
+            Target::chat(self.render("chat", event)?)
+        } else {
+            Target::Person {
+                id: self.render("person", event)?,
+                id_type: self.person_id_type.clone(),
+            }
+        };
+        let (Target::Chat { id } | Target::Person { id, .. }) = &to;
+        if id.trim().is_empty() {
+            return Err(BotError::Other(format!(
+                "bot `{}`: the recipient template gave an empty id for event {}",
+                self.name, event.id
+            )));
+        }
+        let body = if self.markdown {
+            MessageBody::markdown(text)
+        } else {
+            MessageBody::text(text)
+        };
+        Ok(vec![Action::Send {
+            connector: self.connector.clone(),
+            to,
+            body,
+        }])
+    }
+}

@@ -1,0 +1,230 @@
+//! Connectors: one per platform or source. Each kind is listed once, in `build` below.
+//!
+//! A connector has two sides:
+//! - **inbound** (`handle_inbound`): verify the request (signature, token, timestamp),
+//!   decode it, answer handshakes, and turn it into neutral `Event`s that the HTTP layer
+//!   puts in the journal. Pure and synchronous: no I/O, so it is easy to test.
+//! - **outbound** (`execute`): carry out one `Operation` (send, reply, update a card,
+//!   create a chat, add members) with the platform's auth and idempotency keys.
+//!
+//! Flow: **connector (in)** → journal → router → bots → outbox → **connector (out)**.
+
+pub mod local;
+pub mod webhook;
+
+use crate::action::{Delivered, Operation};
+use crate::clock::SharedClock;
+use crate::event::Event;
+use crate::journal::Journal;
+use crate::store::Store;
+use serde::Deserialize;
+use async_trait::async_trait;
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An inbound HTTP request addressed to a connector (`POST /hooks/<name>[/<sub>]`).
+#[derive(Debug, Clone)]
+pub struct InboundRequest {
+    /// What follows `/hooks/<name>`: `""` or e.g. `"card"`.
+    pub sub_path: String,
+    pub headers: HeaderMap,
+    /// The exact bytes received: signatures are checked over these, never over a
+    /// re-serialization.
+    pub body: Bytes,
+    /// Time of receipt, for timestamp windows.
+    pub now: chrono::DateTime<chrono::Utc>,
+}
+
+/// What to do with an inbound request.
+#[derive(Debug)]
+pub enum Inbound {
+    /// Journal these events, then answer `ack` (status and JSON body).
+    Events { events: Vec<Event>, ack: Reply },
+    /// Answer at once without storing anything (a URL-verification challenge).
+    Respond(Reply),
+}
+
+/// An HTTP answer a connector chooses.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: serde_json::Value,
+}
+
+impl Reply {
+    pub fn ok(body: serde_json::Value) -> Self {
+        Reply {
+            status: StatusCode::OK,
+            body,
+        }
+    }
+}
+
+/// Why an inbound request was refused. Every variant is a 4xx with a one-line reason,
+/// and nothing is stored.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum InboundError {
+    #[error("missing signature header {0}")]
+    MissingSignature(String),
+    #[error("signature does not match")]
+    BadSignature,
+    #[error("verification token does not match")]
+    BadToken,
+    #[error("timestamp {0}")]
+    StaleTimestamp(String),
+    #[error("malformed body: {0}")]
+    Malformed(String),
+    #[error("cannot decrypt body: {0}")]
+    Decrypt(String),
+    #[error("no such path on this connector: {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl InboundError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            InboundError::MissingSignature(_)
+            | InboundError::BadSignature
+            | InboundError::BadToken
+            | InboundError::StaleTimestamp(_) => StatusCode::UNAUTHORIZED,
+            InboundError::NotFound(_) => StatusCode::NOT_FOUND,
+            InboundError::Unsupported(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            InboundError::Malformed(_) | InboundError::Decrypt(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Why an outbound operation failed: the outbox retries `Retry`, dead-letters the rest.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum SendError {
+    /// Worth trying again (connect error, timeout, 5xx, 429, a platform "try again"
+    /// code), not before `retry_after` if the platform said so.
+    #[error("{reason}")]
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// Will never succeed as it is (bad parameters, no permission, unknown chat).
+    #[error("{0}")]
+    Permanent(String),
+    /// This connector cannot do that operation at all.
+    #[error("connector cannot {0}")]
+    Unsupported(&'static str),
+}
+
+impl SendError {
+    pub fn retry(reason: impl Into<String>) -> Self {
+        SendError::Retry {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// How fast a connector may send: across the connector, and per chat.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RateLimits {
+    /// Operations per second across this connector (`None` = unlimited).
+    pub per_second: Option<u32>,
+    /// Burst allowance for `per_second` (defaults to the rate).
+    pub burst: Option<u32>,
+    /// Operations per second to any one chat.
+    pub per_chat_per_second: Option<u32>,
+    /// Operations per minute across this connector.
+    pub per_minute: Option<u32>,
+}
+
+/// A configured connector instance.
+#[async_trait]
+pub trait Connector: Send + Sync + 'static {
+    /// The configured name (`web`, `github`, `feishu`).
+    fn name(&self) -> &str;
+    /// The kind (`local`, `webhook`, `feishu`).
+    fn kind(&self) -> &'static str;
+
+    /// Turn an inbound request into events (or a direct answer). Connectors that take
+    /// no inbound requests keep the default, which refuses.
+    fn handle_inbound(&self, req: &InboundRequest) -> Result<Inbound, InboundError> {
+        let _ = req;
+        Err(InboundError::Unsupported(format!(
+            "connector `{}` does not accept inbound requests",
+            self.name()
+        )))
+    }
+
+    /// Carry out one operation. `idempotency_key` is stable across retries and restarts
+    /// (the outbox key); connectors pass it to platforms that deduplicate (Feishu `uuid`).
+    async fn execute(&self, op: &Operation, idempotency_key: &str) -> Result<Delivered, SendError>;
+
+    /// Sending limits the outbox must respect.
+    fn rate_limits(&self) -> RateLimits {
+        RateLimits::default()
+    }
+
+    /// Extra HTTP routes the connector serves (the web chat's UI and API).
+    fn http_routes(&self) -> Option<axum::Router> {
+        None
+    }
+
+    /// Names of the bot accounts people can @mention on this connector, for
+    /// autocomplete and help (the web chat shows each perch bot as a user).
+    fn describe(&self) -> BTreeMap<&'static str, String> {
+        BTreeMap::new()
+    }
+}
+
+pub type SharedConnector = Arc<dyn Connector>;
+
+/// A connector's configuration: `kind` picks the variant, the other keys are its
+/// settings. Adding a kind: a variant here, a line in `kind()`, `validate()` and `build()`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ConnectorConfig {
+    /// The built-in web chat.
+    Local(local::LocalConfig),
+    /// Generic signed JSON webhooks (and a generic JSON sink).
+    Webhook(webhook::WebhookConfig),
+}
+
+impl ConnectorConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConnectorConfig::Local(_) => "local",
+            ConnectorConfig::Webhook(_) => "webhook",
+        }
+    }
+
+    /// Semantic checks, each reported at `at` (the connector's table).
+    pub fn validate(&self, name: &str, at: usize, issues: &mut crate::config::Issues) {
+        match self {
+            ConnectorConfig::Local(_) => {}
+            ConnectorConfig::Webhook(c) => c.validate(name, at, issues),
+        }
+    }
+}
+
+/// What connectors get from the rest of perch when they are built.
+#[derive(Clone)]
+pub struct ConnectorEnv {
+    pub store: Arc<dyn Store>,
+    /// Where connectors with their own HTTP routes (the web chat) put inbound events.
+    pub journal: Journal,
+    pub clock: SharedClock,
+    /// One shared HTTP client (timeouts set; rustls).
+    pub http: reqwest::Client,
+    /// Names of the configured bots (the web chat shows them as @mentionable users).
+    pub bot_names: Vec<String>,
+}
+
+/// Build the connector `name` from its config.
+pub fn build(name: &str, config: ConnectorConfig, env: &ConnectorEnv) -> SharedConnector {
+    match config {
+        ConnectorConfig::Local(c) => Arc::new(local::Local::new(name, c, env)),
+        ConnectorConfig::Webhook(c) => Arc::new(webhook::Webhook::new(name, c, env.http.clone())),
+    }
+}

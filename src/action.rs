@@ -1,0 +1,205 @@
+//! What bots ask for: `Action`s. The router resolves each into an `Outbound` operation
+//! for a named connector, and the outbox delivers it.
+//!
+//! Flow: bot → **Action** → (router resolves) → **Outbound** → outbox → connector (out).
+
+use serde::{Deserialize, Serialize};
+
+/// What a message says: plain text, markdown, or a card (the neutral card JSON that
+/// the card engine produces; each connector renders it to its platform's format).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MessageBody {
+    Text { text: String },
+    Markdown { text: String },
+    Card { card: serde_json::Value },
+}
+
+impl MessageBody {
+    pub fn text(s: impl Into<String>) -> Self {
+        MessageBody::Text { text: s.into() }
+    }
+    pub fn markdown(s: impl Into<String>) -> Self {
+        MessageBody::Markdown { text: s.into() }
+    }
+    /// A plain-text rendering, for platforms and logs that only take text.
+    pub fn plain_text(&self) -> String {
+        match self {
+            MessageBody::Text { text } | MessageBody::Markdown { text } => text.clone(),
+            MessageBody::Card { card } => crate::cards::text_fallback(card),
+        }
+    }
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Target {
+    /// A chat by its platform id.
+    Chat { id: String },
+    /// A person, by the platform's id for them. `id_type` says which kind of id when a
+    /// platform has several (`open_id`, `user_id`, `email` on Feishu); `None` is the
+    /// connector's default.
+    Person {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id_type: Option<String>,
+    },
+}
+
+impl Target {
+    pub fn chat(id: impl Into<String>) -> Self {
+        Target::Chat { id: id.into() }
+    }
+    pub fn person(id: impl Into<String>) -> Self {
+        Target::Person {
+            id: id.into(),
+            id_type: None,
+        }
+    }
+    /// Id used for per-chat ordering and rate limits.
+    pub fn lane_id(&self) -> String {
+        match self {
+            Target::Chat { id } => id.clone(),
+            Target::Person { id, .. } => format!("person:{id}"),
+        }
+    }
+}
+
+/// Specification of a chat to create.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ChatSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Member ids (see `Target::Person`'s `id_type`).
+    #[serde(default)]
+    pub members: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_id_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// What a bot returns. `connector: None` means "the connector the event came from".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Send a message to a chat or a person.
+    Send {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        connector: Option<String>,
+        to: Target,
+        body: MessageBody,
+    },
+    /// Answer in the chat the event came from (in the thread of its message, where the
+    /// platform has threads).
+    Reply { body: MessageBody },
+    /// Replace the content of a message perch sent earlier (a card update).
+    Update {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        connector: Option<String>,
+        message_id: String,
+        body: MessageBody,
+    },
+    /// Create a chat. Bots that need the new chat's id use `BotContext::create_chat`
+    /// instead, which awaits the result.
+    CreateChat {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        connector: Option<String>,
+        spec: ChatSpec,
+    },
+    /// Add members to a chat.
+    AddMembers {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        connector: Option<String>,
+        chat_id: String,
+        members: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member_id_type: Option<String>,
+    },
+}
+
+impl Action {
+    pub fn reply(body: MessageBody) -> Self {
+        Action::Reply { body }
+    }
+    pub fn reply_text(text: impl Into<String>) -> Self {
+        Action::Reply {
+            body: MessageBody::text(text),
+        }
+    }
+    pub fn send(to: Target, body: MessageBody) -> Self {
+        Action::Send {
+            connector: None,
+            to,
+            body,
+        }
+    }
+}
+
+/// A resolved operation for one connector: what the outbox stores and delivers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Operation {
+    Send {
+        to: Target,
+        body: MessageBody,
+        /// Platform message id to reply to (threaded reply), if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
+    },
+    Update {
+        /// Chat the message is in, when known (ordering and rate limits).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chat_id: Option<String>,
+        message_id: String,
+        body: MessageBody,
+    },
+    CreateChat {
+        spec: ChatSpec,
+    },
+    AddMembers {
+        chat_id: String,
+        members: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member_id_type: Option<String>,
+    },
+}
+
+impl Operation {
+    /// The chat this operation belongs to, for per-chat order and rate limits.
+    pub fn lane_id(&self) -> String {
+        match self {
+            Operation::Send { to, .. } => to.lane_id(),
+            Operation::Update {
+                chat_id,
+                message_id,
+                ..
+            } => chat_id
+                .clone()
+                .unwrap_or_else(|| format!("message:{message_id}")),
+            Operation::CreateChat { spec } => format!("create:{}", spec.name),
+            Operation::AddMembers { chat_id, .. } => chat_id.clone(),
+        }
+    }
+    pub fn name(&self) -> &'static str {
+        match self {
+            Operation::Send { .. } => "send",
+            Operation::Update { .. } => "update",
+            Operation::CreateChat { .. } => "create_chat",
+            Operation::AddMembers { .. } => "add_members",
+        }
+    }
+}
+
+/// What a connector reports after carrying out an operation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Delivered {
+    /// The platform's id for the message or chat that was created, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Extra facts worth keeping (e.g. members that could not be added).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+}

@@ -1,0 +1,363 @@
+//! `config.toml`: what perch runs. Loaded in two phases:
+//!
+//! 1. **Parse** with serde and `deny_unknown_fields`: a typo, a wrong type or an unset
+//!    `${VAR}` stops here with line, column and what was expected.
+//! 2. **Validate** (`Config::validate`): every semantic error at once (a route naming a
+//!    missing bot or connector, a bad regex, a bot pointing at a missing connector), each
+//!    with file:line:column.
+//!
+//! Every field has a doc comment: this file is the config reference.
+
+pub mod env;
+
+use crate::bots::BotConfig;
+use crate::connectors::ConnectorConfig;
+use crate::event::EventKind;
+pub use env::{EnvString, Secret};
+use serde::{Deserialize, Deserializer};
+use serde_spanned::Spanned;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HTTP server, storage and pipeline settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Delivery settings for the outbox.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    /// Connectors by name: `[connectors.<name>]` with a `kind`.
+    #[serde(default)]
+    pub connectors: BTreeMap<String, Spanned<ConnectorConfig>>,
+    /// Bots by name: `[bots.<name>]` with a `kind`.
+    #[serde(default)]
+    pub bots: BTreeMap<String, Spanned<BotConfig>>,
+    /// Routes, in order: `[[routes]]`.
+    #[serde(default)]
+    pub routes: Vec<Spanned<RouteConfig>>,
+    /// Where the config was read from, for error messages. Not a config key.
+    #[serde(skip)]
+    pub source: ConfigSource,
+}
+
+/// The text a config came from, to turn byte spans into line:column.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl ConfigSource {
+    /// `file:line:column` for a byte offset.
+    pub fn locate(&self, offset: usize) -> String {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        format!("{}:{line}:{column}", self.path.display())
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on. perch refuses a non-loopback address unless `admin_token`
+    /// is set.
+    pub listen: SocketAddr,
+    /// Directory for the embedded store.
+    pub data_dir: PathBuf,
+    /// Bearer token for `/api`. Empty means the admin API is open (loopback only).
+    pub admin_token: Option<Secret>,
+    /// Largest accepted request body, in bytes.
+    pub body_limit: usize,
+    /// How long a platform's event id is remembered to drop its retries (Feishu re-sends
+    /// for about 7.1 h, so at least 8 h).
+    #[serde(deserialize_with = "de_duration")]
+    pub dedupe_window: Duration,
+    /// How long handled events stay in the journal.
+    #[serde(deserialize_with = "de_duration")]
+    pub journal_retention: Duration,
+    /// Store cache size in MiB (sled's default of 1 GiB is far more than perch needs).
+    pub cache_mb: u64,
+    /// How many chats' events are handled at once (events of one chat are in order).
+    pub concurrency: usize,
+    /// How long one bot may take on one event before it counts as failed.
+    #[serde(deserialize_with = "de_duration")]
+    pub bot_timeout: Duration,
+    /// Log format: `text` or `json`.
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            admin_token: None,
+            body_limit: 1024 * 1024,
+            dedupe_window: Duration::from_secs(8 * 3600),
+            journal_retention: Duration::from_secs(7 * 24 * 3600),
+            cache_mb: 64,
+            concurrency: 64,
+            bot_timeout: Duration::from_secs(30),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[outbox]`
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Attempts before an operation goes to the dead letters.
+    pub max_attempts: u32,
+    /// First retry delay (doubles each attempt, with jitter).
+    #[serde(deserialize_with = "de_duration")]
+    pub min_backoff: Duration,
+    /// Longest retry delay.
+    #[serde(deserialize_with = "de_duration")]
+    pub max_backoff: Duration,
+    /// How many operations may be in flight at once across all chats.
+    pub concurrency: usize,
+    /// How long one delivery attempt may take.
+    #[serde(deserialize_with = "de_duration")]
+    pub attempt_timeout: Duration,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            max_attempts: 8,
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(600),
+            concurrency: 64,
+            attempt_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[[routes]]`: which events go to which bots.
+///
+/// Routes are checked in order and **every** matching route fires (a bot gets an event
+/// at most once), unless a matching route says `stop = true`, which ends the search.
+/// All conditions given on a route must hold.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Only events from this connector.
+    #[serde(default)]
+    pub connector: Option<String>,
+    /// Only events of this kind: `message`, `card_action`, `system`, `tick`.
+    #[serde(default)]
+    pub kind: Option<EventKind>,
+    /// Topic glob for system events and ticks: `crm.opportunity.*`.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// The message must @mention this bot account (`"*"`: any of ours, or a direct chat).
+    #[serde(default)]
+    pub mention: Option<String>,
+    /// The command word (first word after the mention), case-insensitive.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Regular expression the message text must match.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Payload fields that must equal the given values, by JSON pointer:
+    /// `payload = { "/action" = "opened" }`.
+    #[serde(default)]
+    pub payload: BTreeMap<String, toml::Value>,
+    /// The bots that get matching events.
+    pub bots: Vec<String>,
+    /// Stop checking later routes when this one matches.
+    #[serde(default)]
+    pub stop: bool,
+}
+
+/// Parse a duration like `30s`, `5m`, `8h`, `7d`.
+pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?} ({e}); write e.g. \"30s\", \"5m\", \"8h\"")))
+}
+
+/// Parse an optional duration.
+pub fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+/// A config problem with where it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigIssue {
+    /// `file:line:column`
+    pub at: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.at, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{} problem(s) in the config:\n{}", .0.len(), .0.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+/// Collects validation problems with their locations.
+pub struct Issues<'a> {
+    source: &'a ConfigSource,
+    found: Vec<ConfigIssue>,
+}
+
+impl<'a> Issues<'a> {
+    pub fn new(source: &'a ConfigSource) -> Self {
+        Issues { source, found: Vec::new() }
+    }
+    /// Record a problem at byte `offset` of the config text.
+    pub fn at(&mut self, offset: usize, message: impl Into<String>) {
+        self.found.push(ConfigIssue {
+            at: self.source.locate(offset),
+            message: message.into(),
+        });
+    }
+    pub fn into_vec(self) -> Vec<ConfigIssue> {
+        self.found
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_str(&text, path)
+    }
+
+    /// Parse and validate config text; `path` is only used in messages.
+    pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let source = ConfigSource {
+            path: path.to_path_buf(),
+            text: text.to_string(),
+        };
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|s| source.locate(s.start)).unwrap_or_else(|| path.display().to_string());
+            ConfigError::Parse(format!("{at}: {}", e.message().trim()))
+        })?;
+        config.source = source;
+        let issues = config.validate();
+        if issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(issues))
+        }
+    }
+
+    /// Every semantic problem, each with its location. Empty means valid.
+    pub fn validate(&self) -> Vec<ConfigIssue> {
+        let mut issues = Issues::new(&self.source);
+        let server_at = self.source.text.find("[server]").unwrap_or(0);
+        if !self.server.listen.ip().is_loopback()
+            && self.server.admin_token.as_ref().is_none_or(|t| t.is_empty())
+        {
+            issues.at(
+                server_at,
+                format!(
+                    "listen = {} is not a loopback address: set server.admin_token to expose perch",
+                    self.server.listen
+                ),
+            );
+        }
+        if self.server.concurrency == 0 || self.outbox.concurrency == 0 {
+            issues.at(server_at, "concurrency must be at least 1");
+        }
+        if self.outbox.max_attempts == 0 {
+            issues.at(self.source.text.find("[outbox]").unwrap_or(0), "outbox.max_attempts must be at least 1");
+        }
+        for (name, connector) in &self.connectors {
+            connector.get_ref().validate(name, connector.span().start, &mut issues);
+        }
+        for (name, bot) in &self.bots {
+            bot.get_ref().validate(name, bot.span().start, self, &mut issues);
+        }
+        for route in &self.routes {
+            self.validate_route(route, &mut issues);
+        }
+        issues.into_vec()
+    }
+
+    fn validate_route(&self, route: &Spanned<RouteConfig>, issues: &mut Issues) {
+        let at = route.span().start;
+        let r = route.get_ref();
+        if let Some(c) = &r.connector {
+            if !self.connectors.contains_key(c) {
+                issues.at(at, format!("route names connector `{c}`, which is not defined (defined: {})", names(self.connectors.keys())));
+            }
+        }
+        if r.bots.is_empty() {
+            issues.at(at, "route has no bots: add `bots = [\"...\"]`");
+        }
+        for b in &r.bots {
+            if !self.bots.contains_key(b) {
+                issues.at(at, format!("route names bot `{b}`, which is not defined (defined: {})", names(self.bots.keys())));
+            }
+        }
+        if let Some(t) = &r.text {
+            if let Err(e) = regex::Regex::new(t) {
+                issues.at(at, format!("bad regex in `text`: {}", e.to_string().lines().last().unwrap_or("")));
+            }
+        }
+        if let Some(t) = &r.topic {
+            if let Err(e) = crate::router::compile_glob(t) {
+                issues.at(at, format!("bad topic glob {t:?}: {e}"));
+            }
+        }
+        for pointer in r.payload.keys() {
+            if !pointer.is_empty() && !pointer.starts_with('/') {
+                issues.at(at, format!("payload key {pointer:?} is not a JSON pointer (it must start with `/`)"));
+            }
+        }
+    }
+
+    /// A one-screen summary for `perch check`.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!("listen {} · data {}\n", self.server.listen, self.server.data_dir.display()));
+        out.push_str(&format!("{} connector(s):", self.connectors.len()));
+        for (name, c) in &self.connectors {
+            out.push_str(&format!(" {name} ({})", c.get_ref().kind()));
+        }
+        out.push_str(&format!("\n{} bot(s):", self.bots.len()));
+        for (name, b) in &self.bots {
+            out.push_str(&format!(" {name} ({})", b.get_ref().kind()));
+        }
+        out.push_str(&format!("\n{} route(s)\n", self.routes.len()));
+        out
+    }
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = it.map(String::as_str).collect();
+    if v.is_empty() { "none".to_string() } else { v.join(", ") }
+}

@@ -1,0 +1,127 @@
+//! The journal's front door: `Journal::accept` stores events and returns only once they
+//! are durable, so an HTTP 2xx always means "this event survives a crash".
+//!
+//! **Group commit.** Each `accept` applies its writes (in memory) and then waits for a
+//! flush that began after them. One committer task runs the flushes back to back: while
+//! one flush is running, every request that arrives queues up, and the next flush covers
+//! them all. Many concurrent requests share one fsync; no request fsyncs alone.
+//!
+//! Flow: connector (in) → **journal** → router.
+
+use crate::clock::SharedClock;
+use crate::event::{Event, EventId};
+use crate::store::{Ingested, Store, StoreError};
+use crate::telemetry;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// Room for requests waiting on a flush; beyond that `accept` waits (backpressure).
+const COMMIT_QUEUE: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the store could not make the event durable: {0}")]
+    Flush(String),
+    #[error("perch is shutting down")]
+    ShuttingDown,
+}
+
+/// How an event was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// New, durable, queued for the router.
+    New(EventId),
+    /// A repeat of an earlier event (same connector and external id): not queued again.
+    Duplicate(EventId),
+}
+
+impl Accepted {
+    pub fn id(&self) -> EventId {
+        match self {
+            Accepted::New(id) | Accepted::Duplicate(id) => *id,
+        }
+    }
+}
+
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+#[derive(Clone)]
+pub struct Journal {
+    store: Arc<dyn Store>,
+    commits: mpsc::Sender<Waiter>,
+    /// Wakes the router when new events are pending.
+    router_wake: Arc<Notify>,
+    dedupe_window: Duration,
+    clock: SharedClock,
+}
+
+impl Journal {
+    /// Start the committer task; it ends when every `Journal` clone is dropped.
+    pub fn start(store: Arc<dyn Store>, dedupe_window: Duration, clock: SharedClock, router_wake: Arc<Notify>) -> Self {
+        let (tx, rx) = mpsc::channel(COMMIT_QUEUE);
+        tokio::spawn(run_committer(store.clone(), rx));
+        Journal {
+            store,
+            commits: tx,
+            router_wake,
+            dedupe_window,
+            clock,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Store `events` durably (deduplicating by connector and external id) and queue
+    /// the new ones for the router. Returns when they are on disk.
+    pub async fn accept(&self, events: Vec<Event>) -> Result<Vec<Accepted>, JournalError> {
+        let window = chrono::Duration::from_std(self.dedupe_window).unwrap_or(chrono::Duration::hours(8));
+        let mut out = Vec::with_capacity(events.len());
+        for event in &events {
+            let until = self.clock.now().max(event.received_at) + window;
+            out.push(match self.store.ingest(event, until).await? {
+                Ingested::Accepted => Accepted::New(event.id),
+                Ingested::Duplicate { original } => Accepted::Duplicate(original),
+            });
+        }
+        // Duplicates wait too: the original may not be durable yet.
+        self.durable().await?;
+        for (event, a) in events.iter().zip(&out) {
+            telemetry::event_received(&event.connector, matches!(a, Accepted::New(_)));
+        }
+        if out.iter().any(|a| matches!(a, Accepted::New(_))) {
+            self.router_wake.notify_one();
+        }
+        Ok(out)
+    }
+
+    /// Wait for a flush that starts after this call.
+    pub async fn durable(&self) -> Result<(), JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.commits.send(tx).await.map_err(|_| JournalError::ShuttingDown)?;
+        rx.await.map_err(|_| JournalError::ShuttingDown)?.map_err(JournalError::Flush)
+    }
+}
+
+async fn run_committer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Waiter>) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let started = std::time::Instant::now();
+        let result = store.flush().await.map_err(|e| e.to_string());
+        telemetry::journal_flush(batch.len(), started.elapsed());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, waiting = batch.len(), "journal flush failed");
+        }
+        for w in batch.drain(..) {
+            let _ = w.send(result.clone());
+        }
+    }
+}

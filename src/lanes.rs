@@ -1,0 +1,312 @@
+//! Ordered-per-key, concurrent-across-keys work, fed from a durable queue.
+//!
+//! Both the router (events, one lane per chat) and the outbox (operations, one lane per
+//! chat) use this: a **feeder** scans the store's queue in key order, skips what is
+//! already in flight, and pushes each item into its **lane**; a lane is a task that
+//! handles its items one at a time, in order; lanes run concurrently, bounded by a
+//! semaphore. Lanes appear on demand and end when idle.
+//!
+//! The store, not memory, is the queue: after a crash the feeder simply finds everything
+//! that was not completed. Memory is bounded by `max_in_flight` (and `max_per_lane`, so
+//! one stuck chat cannot take every slot). Scanning always starts at the front, because
+//! ids are not committed in id order under concurrency (a cursor would skip late commits).
+
+use futures::future::BoxFuture;
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long an idle lane task lingers before it ends.
+const LANE_IDLE: Duration = Duration::from_secs(5);
+/// How often the feeder rescans even without a wake-up (a safety net; wake-ups do the work).
+const POLL: Duration = Duration::from_secs(1);
+const PAGE: usize = 512;
+
+type Handler<T> = Arc<dyn Fn(T) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Limits for a feeder and its lanes.
+#[derive(Debug, Clone, Copy)]
+pub struct LaneLimits {
+    /// Handlers running at once across all lanes.
+    pub concurrency: usize,
+    /// Items dispatched but not yet completed, across all lanes.
+    pub max_in_flight: usize,
+    /// Items dispatched but not yet completed, in one lane.
+    pub max_per_lane: usize,
+}
+
+/// Book-keeping of what is in flight, shared by the feeder and the completion callback.
+struct InFlight<K> {
+    keys: HashMap<K, String>,
+    per_lane: HashMap<String, usize>,
+}
+
+/// A set of lanes processing `T`s keyed by `K`.
+pub struct Lanes<K, T> {
+    /// Live lanes: a generation number (to tell a lane from its successor) and its mailbox.
+    lanes: Mutex<HashMap<String, (u64, mpsc::Sender<T>)>>,
+    generation: std::sync::atomic::AtomicU64,
+    handler: Handler<T>,
+    active: Arc<Semaphore>,
+    in_flight: Mutex<InFlight<K>>,
+    limits: LaneLimits,
+    wake: Arc<Notify>,
+    tracker: TaskTracker,
+}
+
+impl<K, T> Lanes<K, T>
+where
+    K: Clone + Eq + Hash + Send + 'static,
+    T: Send + 'static,
+{
+    /// `handler` processes one item; it must call `Lanes::complete` with the item's key
+    /// when the item no longer needs to be in flight (done, or handed back to the store).
+    pub fn new(limits: LaneLimits, wake: Arc<Notify>, handler: Handler<T>) -> Arc<Self> {
+        Arc::new(Lanes {
+            lanes: Mutex::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            handler,
+            active: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+            in_flight: Mutex::new(InFlight {
+                keys: HashMap::new(),
+                per_lane: HashMap::new(),
+            }),
+            limits,
+            wake,
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    /// The item `key` is finished: free its slot. Wakes the feeder when it had stopped
+    /// for lack of room (half the slots free again, or its lane has room again).
+    pub fn complete(&self, key: &K) {
+        let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(lane) = f.keys.remove(key) {
+            let lane_full = if let Some(n) = f.per_lane.get_mut(&lane) {
+                let was_full = *n >= self.limits.max_per_lane;
+                *n -= 1;
+                if *n == 0 {
+                    f.per_lane.remove(&lane);
+                }
+                was_full
+            } else {
+                false
+            };
+            if lane_full || f.keys.len() == self.limits.max_in_flight / 2 {
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).keys.len()
+    }
+
+    /// Claim a slot for `key` in `lane`. `None`: already in flight, or no room.
+    fn claim(&self, key: &K, lane: &str) -> Result<bool, Full> {
+        let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if f.keys.contains_key(key) {
+            return Ok(false);
+        }
+        if f.keys.len() >= self.limits.max_in_flight {
+            return Err(Full);
+        }
+        let n = f.per_lane.get(lane).copied().unwrap_or(0);
+        if n >= self.limits.max_per_lane {
+            return Ok(false);
+        }
+        f.per_lane.insert(lane.to_string(), n + 1);
+        f.keys.insert(key.clone(), lane.to_string());
+        Ok(true)
+    }
+
+    /// Put an item into its lane, starting the lane if needed. Waits while the lane's
+    /// mailbox is full.
+    async fn push(self: &Arc<Self>, lane: &str, mut item: T) {
+        loop {
+            let tx = {
+                let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+                lanes
+                    .entry(lane.to_string())
+                    .or_insert_with(|| self.spawn_lane(lane.to_string()))
+                    .1
+                    .clone()
+            };
+            match tx.send(item).await {
+                Ok(()) => return,
+                // The lane ended between our lookup and the send: start a new one.
+                Err(mpsc::error::SendError(back)) => item = back,
+            }
+        }
+    }
+
+    fn spawn_lane(self: &Arc<Self>, lane: String) -> (u64, mpsc::Sender<T>) {
+        let (tx, mut rx) = mpsc::channel::<T>(self.limits.max_per_lane.max(1));
+        let this = self.clone();
+        let my_gen = self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.tracker.spawn(async move {
+            loop {
+                let item = match tokio::time::timeout(LANE_IDLE, rx.recv()).await {
+                    Ok(Some(item)) => item,
+                    Ok(None) => break,
+                    Err(_idle) => {
+                        // Retire the lane, unless work arrived meanwhile. Close the mailbox
+                        // under the map lock, then finish whatever got in before the close.
+                        let retired = {
+                            let mut lanes = this.lanes.lock().unwrap_or_else(|e| e.into_inner());
+                            if rx.is_empty() {
+                                if lanes.get(&lane).is_some_and(|(g, _)| *g == my_gen) {
+                                    lanes.remove(&lane);
+                                }
+                                rx.close();
+                                true
+                            } else {
+                                false
+                            }
+                        };
+                        if !retired {
+                            continue;
+                        }
+                        while let Ok(item) = rx.try_recv() {
+                            this.run(item).await;
+                        }
+                        break;
+                    }
+                };
+                this.run(item).await;
+            }
+        });
+        (my_gen, tx)
+    }
+
+    async fn run(&self, item: T) {
+        let Ok(_permit) = self.active.clone().acquire_owned().await else {
+            return;
+        };
+        (self.handler)(item).await;
+    }
+
+    /// Scan the queue with `load` and dispatch until cancelled. `load(after, limit)`
+    /// returns the next page of `(key, lane, item)` after `after`, in key order.
+    pub async fn feed<F, Fut, E>(self: Arc<Self>, load: F, cancel: CancellationToken)
+    where
+        F: Fn(Option<K>, usize) -> Fut,
+        Fut: Future<Output = Result<Vec<(K, String, T)>, E>>,
+        E: std::fmt::Display,
+    {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let mut after: Option<K> = None;
+            'scan: loop {
+                let page = match load(after.clone(), PAGE).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(error = %e, "queue scan failed; retrying in 1 s");
+                        break 'scan;
+                    }
+                };
+                let full_page = page.len() == PAGE;
+                for (key, lane, item) in page {
+                    after = Some(key.clone());
+                    match self.claim(&key, &lane) {
+                        Ok(true) => self.push(&lane, item).await,
+                        Ok(false) => {}
+                        Err(Full) => break 'scan,
+                    }
+                }
+                if !full_page {
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = cancel.cancelled() => break,
+            }
+        }
+    }
+
+    /// Wait until every lane has drained and ended (after the feeder stopped).
+    pub async fn drain(&self) {
+        // Dropping the senders lets idle lanes end at once instead of after LANE_IDLE.
+        self.lanes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+struct Full;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn keeps_order_per_lane_and_runs_each_item_once() {
+        let queue: Arc<Mutex<Vec<(u32, String)>>> =
+            Arc::new(Mutex::new((0..300).map(|i| (i, format!("lane{}", i % 7))).collect()));
+        let seen: Arc<Mutex<HashMap<String, Vec<u32>>>> = Arc::default();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let wake = Arc::new(Notify::new());
+        let lanes_slot: Arc<Mutex<Option<Arc<Lanes<u32, (u32, String)>>>>> = Arc::default();
+        let handler: Handler<(u32, String)> = {
+            let (seen, runs, queue, slot) = (seen.clone(), runs.clone(), queue.clone(), lanes_slot.clone());
+            Arc::new(move |(k, lane): (u32, String)| {
+                let (seen, runs, queue, slot) = (seen.clone(), runs.clone(), queue.clone(), slot.clone());
+                Box::pin(async move {
+                    tokio::time::sleep(Duration::from_micros(50)).await;
+                    seen.lock().unwrap().entry(lane).or_default().push(k);
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    queue.lock().unwrap().retain(|(q, _)| *q != k);
+                    let lanes = slot.lock().unwrap().clone().unwrap();
+                    lanes.complete(&k);
+                })
+            })
+        };
+        let limits = LaneLimits { concurrency: 4, max_in_flight: 40, max_per_lane: 8 };
+        let lanes = Lanes::new(limits, wake.clone(), handler);
+        *lanes_slot.lock().unwrap() = Some(lanes.clone());
+        let cancel = CancellationToken::new();
+        let q = queue.clone();
+        let feeder = tokio::spawn(lanes.clone().feed(
+            move |after: Option<u32>, limit| {
+                let q = q.clone();
+                async move {
+                    let v: Vec<(u32, String, (u32, String))> = q
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .filter(|(k, _)| after.is_none_or(|a| *k > a))
+                        .take(limit)
+                        .map(|(k, l)| (*k, l.clone(), (*k, l.clone())))
+                        .collect();
+                    Ok::<_, String>(v)
+                }
+            },
+            cancel.clone(),
+        ));
+        for _ in 0..200 {
+            if runs.load(Ordering::SeqCst) == 300 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cancel.cancel();
+        feeder.await.unwrap();
+        lanes.drain().await;
+        assert_eq!(runs.load(Ordering::SeqCst), 300);
+        for (_, ks) in seen.lock().unwrap().iter() {
+            let mut sorted = ks.clone();
+            sorted.sort();
+            assert_eq!(ks, &sorted, "per-lane order");
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! perch: a self-hosted chat-bot framework and integration hub.
+//!
+//! ```text
+//!   chat platforms ─┐                                   ┌─▶ chat platforms
+//!   internal systems┼─▶ connectors (in) ─▶ journal ─▶ router ─▶ bots ─▶ outbox ─▶ connectors (out)
+//!   scheduler ticks ┘
+//! ```
+//!
+//! The core lives in `src/`; the pluggable parts sit beside it in `bots/` and
+//! `connectors/` and are mounted here as modules, so the whole thing is one crate
+//! (fast builds on small machines).
+
+pub mod action;
+pub mod cards;
+pub mod clock;
+pub mod command;
+pub mod config;
+pub mod event;
+pub mod journal;
+pub mod lanes;
+pub mod outbox;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+
+#[path = "../bots/mod.rs"]
+pub mod bots;
+#[path = "../connectors/mod.rs"]
+pub mod connectors;

@@ -1,0 +1,197 @@
+//! The outbox: delivers queued operations through their connectors, exactly once.
+//!
+//! - **Durable.** Items live in the store until delivered or dead; after a crash the
+//!   feeder finds them again. Each item's key (`<event>/<bot>/<index>`) is also the
+//!   idempotency key sent to the platform, and delivered keys are remembered, so a
+//!   retry after a crash never sends twice.
+//! - **Ordered per chat.** One lane per (connector, chat); a retry waits in its lane, so
+//!   later messages to that chat do not overtake it. Chats are delivered concurrently.
+//! - **Polite.** Per-connector and per-chat rate limits (governor) are awaited before
+//!   every attempt; `Retry-After` is honoured; backoff is exponential with jitter (backon).
+//! - **Bounded.** After `max_attempts` an item goes to the dead letters (replay via the
+//!   admin API). Permanent errors go there at once.
+//!
+//! Flow: router → **outbox** → connector (out).
+
+use crate::config::OutboxConfig;
+use crate::connectors::{RateLimits, SendError, SharedConnector};
+use crate::lanes::{LaneLimits, Lanes};
+use crate::store::{DeadLetter, OutboxItem, SentRecord, Store, StoreError};
+use crate::telemetry;
+use backon::BackoffBuilder;
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// The rate limiters of one connector.
+struct Limiters {
+    global: Option<DefaultDirectRateLimiter>,
+    per_minute: Option<DefaultDirectRateLimiter>,
+    per_chat: Option<DefaultKeyedRateLimiter<String>>,
+}
+
+impl Limiters {
+    fn new(limits: RateLimits) -> Self {
+        let nz = |n: u32| NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN);
+        Limiters {
+            global: limits.per_second.map(|r| {
+                RateLimiter::direct(Quota::per_second(nz(r)).allow_burst(nz(limits.burst.unwrap_or(r))))
+            }),
+            per_minute: limits.per_minute.map(|r| RateLimiter::direct(Quota::per_minute(nz(r)))),
+            per_chat: limits.per_chat_per_second.map(|r| RateLimiter::keyed(Quota::per_second(nz(r)))),
+        }
+    }
+
+    /// Wait until one more operation to `chat` is allowed.
+    async fn ready(&self, chat: &String) {
+        // The chat first: waiting on it must not hold a slot of the global budget.
+        if let Some(l) = &self.per_chat {
+            l.until_key_ready(chat).await;
+        }
+        if let Some(l) = &self.per_minute {
+            l.until_ready().await;
+        }
+        if let Some(l) = &self.global {
+            l.until_ready().await;
+        }
+    }
+}
+
+pub struct Outbox {
+    store: Arc<dyn Store>,
+    connectors: HashMap<String, SharedConnector>,
+    limiters: HashMap<String, Limiters>,
+    config: OutboxConfig,
+    clock: crate::clock::SharedClock,
+}
+
+impl Outbox {
+    pub fn new(
+        store: Arc<dyn Store>,
+        connectors: HashMap<String, SharedConnector>,
+        config: OutboxConfig,
+        clock: crate::clock::SharedClock,
+    ) -> Self {
+        let limiters = connectors
+            .iter()
+            .map(|(name, c)| (name.clone(), Limiters::new(c.rate_limits())))
+            .collect();
+        Outbox { store, connectors, limiters, config, clock }
+    }
+
+    /// The delay before retry number `attempt` (1-based): exponential with jitter.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.config.min_backoff)
+            .with_max_delay(self.config.max_backoff)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build()
+            .nth(attempt.saturating_sub(1) as usize)
+            .unwrap_or(self.config.max_backoff)
+    }
+
+    /// Deliver one item, retrying in place until it is delivered or dead. Store errors
+    /// are returned; the item then stays queued and is picked up again.
+    pub async fn deliver(&self, mut item: OutboxItem) -> Result<(), StoreError> {
+        let Some(connector) = self.connectors.get(&item.connector) else {
+            let why = format!("connector `{}` is not configured (configured: {})", item.connector, self.connector_name_hint());
+            return self.dead(item, why).await;
+        };
+        let chat = item.op.lane_id();
+        loop {
+            let wait = (item.next_at - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            if let Some(l) = self.limiters.get(&item.connector) {
+                l.ready(&chat).await;
+            }
+            let result = match tokio::time::timeout(self.config.attempt_timeout, connector.execute(&item.op, &item.key)).await {
+                Ok(r) => r,
+                Err(_) => Err(SendError::retry(format!("no answer within {:?}", self.config.attempt_timeout))),
+            };
+            match result {
+                Ok(delivered) => {
+                    let now = self.clock.now();
+                    let record = SentRecord { key: item.key.clone(), connector: item.connector.clone(), delivered, at: now };
+                    self.store.outbox_delivered(&item.key, &record).await?;
+                    telemetry::delivery_attempt(&item.connector, "delivered");
+                    telemetry::delivered(&item.connector, (now - item.created_at).to_std().unwrap_or_default());
+                    return Ok(());
+                }
+                Err(SendError::Retry { reason, retry_after }) => {
+                    item.attempts += 1;
+                    if item.attempts >= self.config.max_attempts {
+                        return self.dead(item, format!("gave up after {} attempts: {reason}", self.config.max_attempts)).await;
+                    }
+                    telemetry::delivery_attempt(&item.connector, "retry");
+                    let delay = self.backoff(item.attempts).max(retry_after.unwrap_or_default());
+                    tracing::warn!(key = %item.key, connector = %item.connector, attempt = item.attempts, ?delay, %reason, "delivery failed, will retry");
+                    item.next_at = self.clock.now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(60));
+                    item.last_error = Some(reason);
+                    self.store.outbox_update(&item).await?;
+                }
+                Err(e) => return self.dead(item, e.to_string()).await,
+            }
+        }
+    }
+
+    fn connector_name_hint(&self) -> String {
+        let mut names: Vec<&str> = self.connectors.keys().map(String::as_str).collect();
+        names.sort();
+        names.join(", ")
+    }
+
+    async fn dead(&self, item: OutboxItem, error: String) -> Result<(), StoreError> {
+        tracing::error!(key = %item.key, connector = %item.connector, %error, "delivery failed for good; moved to dead letters");
+        telemetry::delivery_attempt(&item.connector, "dead");
+        let letter = DeadLetter { error, died_at: self.clock.now(), item };
+        self.store.outbox_dead(&letter).await
+    }
+
+    /// Start delivering: a feeder over the stored queue and one lane per chat.
+    pub fn start(self: Arc<Self>, wake: Arc<Notify>, cancel: CancellationToken) -> (Arc<Lanes<String, OutboxItem>>, tokio::task::JoinHandle<()>) {
+        let slot: Arc<std::sync::OnceLock<Arc<Lanes<String, OutboxItem>>>> = Arc::default();
+        let handler = {
+            let (this, slot) = (self.clone(), slot.clone());
+            Arc::new(move |item: OutboxItem| {
+                let (this, slot) = (this.clone(), slot.clone());
+                Box::pin(async move {
+                    let key = item.key.clone();
+                    if let Err(e) = this.deliver(item).await {
+                        tracing::error!(%key, error = %e, "outbox store error; the item stays queued");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    if let Some(lanes) = slot.get() {
+                        lanes.complete(&key);
+                    }
+                }) as futures::future::BoxFuture<'static, ()>
+            })
+        };
+        let limits = LaneLimits {
+            concurrency: self.config.concurrency,
+            max_in_flight: 10_000,
+            max_per_lane: 32,
+        };
+        let lanes = Lanes::new(limits, wake, handler);
+        let _ = slot.set(lanes.clone());
+        let store = self.store.clone();
+        let feeder = tokio::spawn(lanes.clone().feed(
+            move |after: Option<String>, limit| {
+                let store = store.clone();
+                async move {
+                    let items = store.outbox_after(after.as_deref(), limit).await?;
+                    Ok::<_, StoreError>(items.into_iter().map(|it| (it.key.clone(), it.lane_key(), it)).collect::<Vec<_>>())
+                }
+            },
+            cancel,
+        ));
+        (lanes, feeder)
+    }
+}

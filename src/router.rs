@@ -1,0 +1,367 @@
+//! The router: which bots get an event, and the processor that runs them.
+//!
+//! **Which routes fire.** Routes are checked in config order and *every* matching route
+//! fires; each bot gets an event at most once however many routes name it. A matching
+//! route with `stop = true` ends the search. Card-action events skip the routes: they go
+//! straight to the bot that sent the card (the button's value names it).
+//!
+//! **Processing.** For one event: run each bot (with a timeout), turn its actions into
+//! outbox items keyed `<event id>/<bot>/<index>`, and then, in one atomic store write,
+//! record the event's fate, drop it from pending and queue the items. Running a bot twice
+//! for one event (after a crash) therefore queues nothing twice. A bot error becomes a
+//! friendly reply to whoever asked, a log line with the event id, and a failure in the
+//! event's fate; it never stops the router.
+//!
+//! Flow: connector (in) → journal → **router** → bots → outbox → connector (out).
+
+use crate::action::{Action, MessageBody, Operation, Target};
+use crate::bots::{Bot, BotContext, BotError, Services};
+use crate::config::{Config, RouteConfig};
+use crate::event::{Event, EventId, EventKind};
+use crate::lanes::Lanes;
+use crate::store::{BotFailure, Fate, OutboxItem, StoreError};
+use crate::telemetry;
+use globset::GlobMatcher;
+use regex::Regex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Compile a topic glob: `*` matches any run of characters (dots included).
+pub fn compile_glob(pattern: &str) -> Result<GlobMatcher, globset::Error> {
+    Ok(globset::GlobBuilder::new(pattern)
+        .literal_separator(false)
+        .build()?
+        .compile_matcher())
+}
+
+/// A route, compiled.
+#[derive(Debug)]
+pub struct Route {
+    connector: Option<String>,
+    kind: Option<EventKind>,
+    topic: Option<GlobMatcher>,
+    mention: Option<String>,
+    command: Option<String>,
+    text: Option<Regex>,
+    payload: Vec<(String, serde_json::Value)>,
+    pub bots: Vec<String>,
+    stop: bool,
+}
+
+impl Route {
+    pub fn compile(r: &RouteConfig) -> Result<Route, String> {
+        Ok(Route {
+            connector: r.connector.clone(),
+            kind: r.kind,
+            topic: r
+                .topic
+                .as_deref()
+                .map(compile_glob)
+                .transpose()
+                .map_err(|e| e.to_string())?,
+            mention: r.mention.clone(),
+            command: r.command.as_ref().map(|c| c.to_lowercase()),
+            text: r.text.as_deref().map(Regex::new).transpose().map_err(|e| e.to_string())?,
+            payload: r
+                .payload
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), serde_json::to_value(v).map_err(|e| e.to_string())?)))
+                .collect::<Result<_, String>>()?,
+            bots: r.bots.clone(),
+            stop: r.stop,
+        })
+    }
+
+    /// Does this route take the event?
+    pub fn matches(&self, event: &Event) -> bool {
+        if self.connector.as_ref().is_some_and(|c| *c != event.connector) {
+            return false;
+        }
+        if self.kind.is_some_and(|k| k != event.kind) {
+            return false;
+        }
+        if let Some(glob) = &self.topic {
+            if !event.topic.as_deref().is_some_and(|t| glob.is_match(t)) {
+                return false;
+            }
+        }
+        if let Some(want) = &self.mention {
+            let ok = if want == "*" {
+                event.is_addressed()
+            } else {
+                event.mentions.iter().any(|m| {
+                    m.is_bot
+                        && (m.person.id.eq_ignore_ascii_case(want)
+                            || m.person.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(want)))
+                })
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if let Some(cmd) = &self.command {
+            if !crate::command::parse(event).is_some_and(|c| c.name == *cmd) {
+                return false;
+            }
+        }
+        if let Some(re) = &self.text {
+            if !event.text.as_deref().is_some_and(|t| re.is_match(t)) {
+                return false;
+            }
+        }
+        self.payload
+            .iter()
+            .all(|(pointer, want)| event.payload.pointer(pointer) == Some(want))
+    }
+}
+
+/// The routing table.
+#[derive(Debug, Default)]
+pub struct Router {
+    pub routes: Vec<Route>,
+}
+
+impl Router {
+    pub fn from_config(config: &Config) -> Result<Router, String> {
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| Route::compile(r.get_ref()))
+            .collect::<Result<_, _>>()?;
+        Ok(Router { routes })
+    }
+
+    /// The bots that get `event`, in route order, each once.
+    pub fn bots_for(&self, event: &Event) -> Vec<String> {
+        if event.kind == EventKind::CardAction {
+            return event.card_action.iter().map(|a| a.bot.clone()).collect();
+        }
+        let mut out: Vec<String> = Vec::new();
+        for route in &self.routes {
+            if route.matches(event) {
+                for b in &route.bots {
+                    if !out.contains(b) {
+                        out.push(b.clone());
+                    }
+                }
+                if route.stop {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// For each bot, the connectors some route sends it events from (`None` = any).
+    pub fn reachability(&self) -> HashMap<String, Vec<Option<String>>> {
+        let mut out: HashMap<String, Vec<Option<String>>> = HashMap::new();
+        for r in &self.routes {
+            for b in &r.bots {
+                let v = out.entry(b.clone()).or_default();
+                if !v.contains(&r.connector) {
+                    v.push(r.connector.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Runs bots on pending events; one `Processor` per perch.
+pub struct Processor {
+    pub router: Router,
+    pub bots: HashMap<String, Arc<dyn Bot>>,
+    pub services: Arc<Services>,
+    pub bot_timeout: Duration,
+    /// Wakes the outbox when items were queued.
+    pub outbox_wake: Arc<Notify>,
+}
+
+impl Processor {
+    /// Handle one pending event end to end. Store errors are returned (the event stays
+    /// pending and is retried on the next scan); bot errors are not errors here.
+    pub async fn process(&self, id: EventId) -> Result<(), StoreError> {
+        let store = &self.services.store;
+        let Some(entry) = store.event(id).await? else {
+            return Ok(());
+        };
+        if entry.fate != Fate::Pending {
+            return Ok(());
+        }
+        let event = entry.event;
+        let now = self.services.clock.now();
+        let names = self.bots_for(&event);
+        let mut items = Vec::new();
+        let mut failures = Vec::new();
+
+        if names.is_empty() {
+            if let Some(body) = self.unknown_command_hint(&event) {
+                if let Some(op) = reply_op(&event, body) {
+                    items.push(OutboxItem::new(format!("{id}/router/0000"), event.connector.clone(), op, now));
+                }
+            }
+            store.complete_event(id, &Fate::Unrouted, &items).await?;
+            telemetry::event_handled(&event.connector, "unrouted");
+            if !items.is_empty() {
+                self.outbox_wake.notify_one();
+            }
+            return Ok(());
+        }
+
+        for name in &names {
+            let Some(bot) = self.bots.get(name) else {
+                // Card values can name a bot that was removed from the config since.
+                failures.push(BotFailure { bot: name.clone(), error: "no such bot is configured".into() });
+                continue;
+            };
+            let mut ctx = BotContext::new(name, &event, self.services.clone());
+            let result = match tokio::time::timeout(self.bot_timeout, bot.handle(&event, &mut ctx)).await {
+                Ok(r) => r,
+                Err(_) => Err(BotError::Other(format!("timed out after {:?}", self.bot_timeout))),
+            };
+            let actions = match result {
+                Ok(actions) => actions,
+                Err(e) => {
+                    telemetry::bot_error(name);
+                    tracing::warn!(event_id = %id, bot = %name, error = %e, "bot failed");
+                    failures.push(BotFailure { bot: name.clone(), error: e.to_string() });
+                    apology(name, &event, &e).into_iter().collect()
+                }
+            };
+            for (index, action) in actions.into_iter().enumerate() {
+                match resolve(&event, action) {
+                    Ok((connector, op)) => {
+                        if !self.services.connectors.contains_key(&connector) {
+                            failures.push(BotFailure { bot: name.clone(), error: format!("action names connector `{connector}`, which is not configured") });
+                            continue;
+                        }
+                        items.push(OutboxItem::new(format!("{id}/{name}/{index:04}"), connector, op, now));
+                    }
+                    Err(why) => failures.push(BotFailure { bot: name.clone(), error: why }),
+                }
+            }
+        }
+        let fate = Fate::Routed { bots: names, actions: items.len(), failures };
+        store.complete_event(id, &fate, &items).await?;
+        telemetry::event_handled(&event.connector, if matches!(&fate, Fate::Routed { failures, .. } if !failures.is_empty()) { "failed" } else { "routed" });
+        if !items.is_empty() {
+            self.outbox_wake.notify_one();
+        }
+        Ok(())
+    }
+
+    fn bots_for(&self, event: &Event) -> Vec<String> {
+        self.router.bots_for(event)
+    }
+
+    /// For a message that addressed a bot but matched no route: name the nearest command.
+    fn unknown_command_hint(&self, event: &Event) -> Option<MessageBody> {
+        if event.kind != EventKind::Message || !event.is_addressed() {
+            return None;
+        }
+        let cmd = crate::command::parse(event)?;
+        let dir = &self.services.directory;
+        let known: Vec<&str> = dir
+            .reachable_from(&event.connector)
+            .flat_map(|b| b.commands.iter().map(|c| c.name.as_str()))
+            .filter(|n| !n.starts_with('<'))
+            .collect();
+        let what = if cmd.name.is_empty() { "that".to_string() } else { format!("`{}`", cmd.name) };
+        let hint = match crate::command::nearest(&cmd.name, known.iter().copied()) {
+            Some(near) => format!("I don't know {what}. Did you mean `{near}`? Say `@help` for the list."),
+            None => format!("I don't know {what}. Say `@help` for what I can do."),
+        };
+        Some(MessageBody::text(hint))
+    }
+}
+
+/// The friendly answer to a person whose request made a bot fail.
+fn apology(bot: &str, event: &Event, e: &BotError) -> Option<Action> {
+    if event.kind != EventKind::Message && event.kind != EventKind::CardAction {
+        return None;
+    }
+    let text = match e {
+        BotError::User(msg) => msg.clone(),
+        _ => format!("Sorry, `{bot}` could not handle that. The team can find what went wrong under event {}.", event.id),
+    };
+    Some(Action::reply_text(text))
+}
+
+/// The operation that answers `event` in its chat (or to its sender directly).
+fn reply_op(event: &Event, body: MessageBody) -> Option<Operation> {
+    let to = match (&event.chat, &event.sender) {
+        (Some(chat), _) => Target::chat(chat.id.clone()),
+        (None, Some(sender)) => Target::person(sender.id.clone()),
+        (None, None) => return None,
+    };
+    Some(Operation::Send { to, body, reply_to: event.message_id.clone() })
+}
+
+/// Turn a bot's action into (connector, operation).
+pub fn resolve(event: &Event, action: Action) -> Result<(String, Operation), String> {
+    let here = || event.connector.clone();
+    Ok(match action {
+        Action::Send { connector, to, body } => (connector.unwrap_or_else(here), Operation::Send { to, body, reply_to: None }),
+        Action::Reply { body } => (
+            here(),
+            reply_op(event, body).ok_or_else(|| format!("cannot reply to event {}: it has no chat and no sender", event.id))?,
+        ),
+        Action::Update { connector, message_id, body } => {
+            let same = connector.as_deref().is_none_or(|c| c == event.connector);
+            let chat_id = if same { event.chat.as_ref().map(|c| c.id.clone()) } else { None };
+            (connector.unwrap_or_else(here), Operation::Update { chat_id, message_id, body })
+        }
+        Action::CreateChat { connector, spec } => (connector.unwrap_or_else(here), Operation::CreateChat { spec }),
+        Action::AddMembers { connector, chat_id, members, member_id_type } => {
+            (connector.unwrap_or_else(here), Operation::AddMembers { chat_id, members, member_id_type })
+        }
+    })
+}
+
+/// Start feeding pending events to the processor, one lane per chat.
+pub fn start(
+    processor: Arc<Processor>,
+    concurrency: usize,
+    wake: Arc<Notify>,
+    cancel: tokio_util::sync::CancellationToken,
+) -> (Arc<Lanes<EventId, EventId>>, tokio::task::JoinHandle<()>) {
+    let store = processor.services.store.clone();
+    let slot: Arc<std::sync::OnceLock<Arc<Lanes<EventId, EventId>>>> = Arc::default();
+    let handler = {
+        let slot = slot.clone();
+        Arc::new(move |id: EventId| {
+            let processor = processor.clone();
+            let slot = slot.clone();
+            Box::pin(async move {
+                if let Err(e) = processor.process(id).await {
+                    tracing::error!(event_id = %id, error = %e, "event could not be processed; it stays pending");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                if let Some(lanes) = slot.get() {
+                    lanes.complete(&id);
+                }
+            }) as futures::future::BoxFuture<'static, ()>
+        })
+    };
+    let limits = crate::lanes::LaneLimits {
+        concurrency,
+        max_in_flight: 4096,
+        max_per_lane: 64,
+    };
+    let lanes = Lanes::new(limits, wake, handler);
+    let _ = slot.set(lanes.clone());
+    let feeder = tokio::spawn(lanes.clone().feed(
+        move |after: Option<EventId>, limit| {
+            let store = store.clone();
+            async move {
+                // The lane is the event's chat: events of one chat are handled in order.
+                let ids = store.pending_ids(after, limit).await?;
+                Ok::<_, StoreError>(ids.into_iter().map(|(id, lane)| (id, lane, id)).collect::<Vec<_>>())
+            }
+        },
+        cancel,
+    ));
+    (lanes, feeder)
+}

@@ -1,0 +1,204 @@
+//! Wires a config into a running perch: store → journal → connectors → bots → router
+//! → outbox, plus the upkeep task. `Perch::start` returns a handle whose `app()` is the
+//! HTTP router and whose `shutdown()` stops everything in order.
+
+use crate::bots::{self, BotInfo, Directory, Services};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::connectors::{self, ConnectorEnv, SharedConnector};
+use crate::event::EventId;
+use crate::journal::Journal;
+use crate::lanes::Lanes;
+use crate::outbox::Outbox;
+use crate::router::{Processor, Router};
+use crate::store::{OutboxItem, SledStore, Store, StoreError, SweepCutoffs};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the store in {dir}: {source}")]
+    Store { dir: String, source: StoreError },
+    #[error("cannot create the data directory {dir}: {source}")]
+    DataDir { dir: String, source: std::io::Error },
+    #[error("bot `{name}`: {why}")]
+    Bot { name: String, why: String },
+    #[error("routes: {0}")]
+    Routes(String),
+    #[error("HTTP client: {0}")]
+    Http(String),
+}
+
+/// Everything the HTTP layer needs.
+#[derive(Clone)]
+pub struct Shared {
+    pub store: Arc<dyn Store>,
+    pub journal: Journal,
+    pub connectors: HashMap<String, SharedConnector>,
+    pub clock: SharedClock,
+    pub admin_token: Option<crate::config::Secret>,
+    pub body_limit: usize,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub outbox_wake: Arc<Notify>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A running perch.
+pub struct Perch {
+    pub shared: Shared,
+    event_lanes: Arc<Lanes<EventId, EventId>>,
+    outbox_lanes: Arc<Lanes<String, OutboxItem>>,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Perch {
+    /// Open the store in `server.data_dir` and start.
+    pub async fn start(config: Config, clock: SharedClock) -> Result<Perch, StartError> {
+        let dir = config.server.data_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir { dir: dir.display().to_string(), source })?;
+        let cache = config.server.cache_mb * 1024 * 1024;
+        let store_dir = dir.join("store");
+        let store = tokio::task::spawn_blocking(move || SledStore::open(&store_dir, cache))
+            .await
+            .map_err(|e| StartError::Store { dir: dir.display().to_string(), source: StoreError::Io(e.to_string()) })?
+            .map_err(|source| StartError::Store { dir: dir.display().to_string(), source })?;
+        Self::start_with_store(config, Arc::new(store), clock).await
+    }
+
+    /// Start on a given store (tests use a temporary one).
+    pub async fn start_with_store(config: Config, store: Arc<dyn Store>, clock: SharedClock) -> Result<Perch, StartError> {
+        let metrics = crate::telemetry::install();
+        let router_wake = Arc::new(Notify::new());
+        let outbox_wake = Arc::new(Notify::new());
+        let cancel = CancellationToken::new();
+        let journal = Journal::start(store.clone(), config.server.dedupe_window, clock.clone(), router_wake.clone());
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| StartError::Http(e.to_string()))?;
+
+        let Config { server, outbox: outbox_config, connectors: connector_configs, bots: bot_configs, routes, source } = config;
+        let routing_config = Config {
+            server: Default::default(),
+            outbox: Default::default(),
+            connectors: Default::default(),
+            bots: Default::default(),
+            routes,
+            source,
+        };
+        let router = Router::from_config(&routing_config).map_err(StartError::Routes)?;
+
+        let env = ConnectorEnv {
+            store: store.clone(),
+            journal: journal.clone(),
+            clock: clock.clone(),
+            http,
+            bot_names: bot_configs.keys().cloned().collect(),
+        };
+        let mut connectors = HashMap::new();
+        for (name, c) in connector_configs {
+            connectors.insert(name.clone(), connectors::build(&name, c.into_inner(), &env));
+        }
+
+        let mut bots = HashMap::new();
+        let mut infos = Vec::new();
+        let reach = router.reachability();
+        for (name, c) in &bot_configs {
+            let bot = bots::build(name, c.get_ref()).map_err(|e| StartError::Bot { name: name.clone(), why: e.to_string() })?;
+            infos.push(BotInfo {
+                name: name.clone(),
+                kind: c.get_ref().kind(),
+                commands: bot.commands(),
+                connectors: reach.get(name).cloned().unwrap_or_default(),
+            });
+            bots.insert(name.clone(), bot);
+        }
+        let services = Arc::new(Services {
+            store: store.clone(),
+            connectors: connectors.clone(),
+            clock: clock.clone(),
+            directory: Directory { bots: infos },
+        });
+        let processor = Arc::new(Processor {
+            router,
+            bots,
+            services,
+            bot_timeout: server.bot_timeout,
+            outbox_wake: outbox_wake.clone(),
+        });
+        let (event_lanes, router_task) = crate::router::start(processor, server.concurrency, router_wake, cancel.clone());
+        let outbox = Arc::new(Outbox::new(store.clone(), connectors.clone(), outbox_config, clock.clone()));
+        let (outbox_lanes, outbox_task) = outbox.start(outbox_wake.clone(), cancel.clone());
+        let upkeep_task = tokio::spawn(upkeep(store.clone(), clock.clone(), server.dedupe_window, server.journal_retention, cancel.clone()));
+
+        let shared = Shared {
+            store,
+            journal,
+            connectors,
+            clock: clock.clone(),
+            admin_token: server.admin_token.filter(|t| !t.is_empty()),
+            body_limit: server.body_limit,
+            metrics,
+            outbox_wake,
+            started_at: clock.now(),
+        };
+        Ok(Perch {
+            shared,
+            event_lanes,
+            outbox_lanes,
+            cancel,
+            tasks: vec![router_task, outbox_task, upkeep_task],
+        })
+    }
+
+    /// The HTTP application.
+    pub fn app(&self) -> axum::Router {
+        crate::server::app(self.shared.clone())
+    }
+
+    /// Stop in order: feeders stop taking work, lanes finish what they hold, then the
+    /// store is flushed. (The HTTP server is stopped by the caller first.)
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.event_lanes.drain().await;
+        self.outbox_lanes.drain().await;
+        if let Err(e) = self.shared.store.flush().await {
+            tracing::error!(error = %e, "final flush failed");
+        }
+    }
+}
+
+/// Periodic upkeep: queue-depth gauges every few seconds; expired dedupe keys, old sent
+/// records and old journal entries every ten minutes.
+async fn upkeep(store: Arc<dyn Store>, clock: SharedClock, dedupe_window: Duration, retention: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => return,
+        }
+        let pending = store.pending_count().await.unwrap_or(0);
+        let queued = store.outbox_count().await.unwrap_or(0);
+        crate::telemetry::queue_depths(pending, queued);
+        n += 1;
+        if n % 120 == 1 {
+            let now = clock.now();
+            let window = chrono::Duration::from_std(dedupe_window).unwrap_or(chrono::Duration::hours(8));
+            let keep = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(7));
+            let cut = SweepCutoffs { now, sent_before: now - window, journal_before: now - keep };
+            match store.sweep(cut).await {
+                Ok(s) => tracing::debug!(?s, "sweep"),
+                Err(e) => tracing::error!(error = %e, "sweep failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The admin API under `/api`: status, events with their fate, the outbox, dead letters
+//! and replay. When `server.admin_token` is set every call needs
+//! `Authorization: Bearer <token>` (compared in constant time).
+
+use super::ApiError;
+use crate::event::EventId;
+use crate::runtime::Shared;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+pub fn routes(shared: Shared) -> Router<Shared> {
+    Router::new()
+        .route("/status", get(status))
+        .route("/events", get(events))
+        .route("/events/{id}", get(event))
+        .route("/outbox", get(outbox))
+        .route("/dead-letters", get(dead_letters))
+        .route("/dead-letters/replay", post(replay))
+        .route("/sent", get(sent))
+        .layer(axum::middleware::from_fn_with_state(shared, require_token))
+}
+
+async fn require_token(State(s): State<Shared>, req: Request, next: Next) -> Result<Response, ApiError> {
+    if let Some(token) = &s.admin_token {
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong admin token (Authorization: Bearer …)"));
+        }
+    }
+    Ok(next.run(req).await)
+}
+
+fn store_err(e: crate::store::StoreError) -> ApiError {
+    ApiError::internal("store error", e)
+}
+
+async fn status(State(s): State<Shared>) -> Result<Json<Value>, ApiError> {
+    let mut connectors: Vec<Value> = s.connectors.values().map(|c| json!({ "name": c.name(), "kind": c.kind() })).collect();
+    connectors.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Ok(Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_at": s.started_at,
+        "pending_events": s.store.pending_count().await.map_err(store_err)?,
+        "outbox_depth": s.store.outbox_count().await.map_err(store_err)?,
+        "dead_letters": s.store.dead_letters(10_000).await.map_err(store_err)?.len(),
+        "connectors": connectors,
+    })))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    before: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn events(State(s): State<Shared>, Query(p): Query<Page>) -> Result<Json<Value>, ApiError> {
+    let before = match p.before.as_deref() {
+        Some(b) => Some(EventId::parse(b).ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, format!("`before` is not an event id: {b:?}")))?),
+        None => None,
+    };
+    let limit = p.limit.unwrap_or(50).clamp(1, 1000);
+    let entries = s.store.recent_events(before, limit).await.map_err(store_err)?;
+    Ok(Json(json!({ "events": entries })))
+}
+
+async fn event(State(s): State<Shared>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = EventId::parse(&id).ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, format!("not an event id: {id:?}")))?;
+    match s.store.event(id).await.map_err(store_err)? {
+        Some(e) => Ok(Json(serde_json::to_value(e).unwrap_or(Value::Null))),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no event {id} in the journal"))),
+    }
+}
+
+async fn outbox(State(s): State<Shared>, Query(p): Query<Page>) -> Result<Json<Value>, ApiError> {
+    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    let items = s.store.outbox_after(p.before.as_deref(), limit).await.map_err(store_err)?;
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn dead_letters(State(s): State<Shared>, Query(p): Query<Page>) -> Result<Json<Value>, ApiError> {
+    let limit = p.limit.unwrap_or(100).clamp(1, 10_000);
+    Ok(Json(json!({ "dead_letters": s.store.dead_letters(limit).await.map_err(store_err)? })))
+}
+
+#[derive(Deserialize)]
+struct KeyQuery {
+    key: String,
+}
+
+/// `POST /api/dead-letters/replay?key=<outbox key>`: queue a dead letter again.
+async fn replay(State(s): State<Shared>, Query(q): Query<KeyQuery>) -> Result<Json<Value>, ApiError> {
+    match s.store.replay_dead(&q.key, s.clock.now()).await.map_err(store_err)? {
+        Some(item) => {
+            s.outbox_wake.notify_one();
+            Ok(Json(json!({ "replayed": item })))
+        }
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no dead letter with key {:?}", q.key))),
+    }
+}
+
+/// `GET /api/sent?key=<outbox key>`: what a delivered operation produced.
+async fn sent(State(s): State<Shared>, Query(q): Query<KeyQuery>) -> Result<Json<Value>, ApiError> {
+    match s.store.sent(&q.key).await.map_err(store_err)? {
+        Some(r) => Ok(Json(serde_json::to_value(r).unwrap_or(Value::Null))),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("nothing sent under key {:?}", q.key))),
+    }
+}

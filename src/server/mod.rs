@@ -1,0 +1,143 @@
+//! The HTTP edge: `/hooks/<connector>` for inbound events, `/api` (admin), `/metrics`,
+//! `/healthz`, and whatever routes connectors add (the web chat at `/`).
+//!
+//! Every refusal is a 4xx with a one-line JSON reason (`{"error": "..."}`) and stores
+//! nothing. An event is answered 2xx only after the journal has made it durable.
+
+mod api;
+
+use crate::connectors::{Inbound, InboundRequest};
+use crate::journal::Accepted;
+use crate::runtime::Shared;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde_json::json;
+
+/// An error answer: a status and a one-line reason. 5xx reasons are logged in full and
+/// answered generically, so internals never leak.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub reason: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        ApiError { status, reason: reason.into() }
+    }
+    pub fn internal(context: &str, e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "{context}");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{context}; try again"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.reason }))).into_response()
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        let status = r.status();
+        let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "body is larger than the configured limit (server.body_limit)".to_string()
+        } else {
+            format!("cannot read body: {}", r.body_text().lines().next().unwrap_or(""))
+        };
+        ApiError::new(status, reason)
+    }
+}
+
+/// The whole HTTP application.
+pub fn app(shared: Shared) -> Router {
+    let body_limit = shared.body_limit;
+    let mut app: Router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/hooks/{connector}", post(hook_root))
+        .route("/hooks/{connector}/{*sub}", post(hook_sub))
+        .nest("/api", api::routes(shared.clone()))
+        .with_state(shared.clone());
+    for connector in shared.connectors.values() {
+        if let Some(routes) = connector.http_routes() {
+            app = app.merge(routes);
+        }
+    }
+    app.fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such path")
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
+    ([("content-type", "text/plain; version=0.0.4")], s.metrics.render())
+}
+
+async fn hook_root(
+    State(s): State<Shared>,
+    Path(connector): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    hook(s, connector, String::new(), headers, body).await
+}
+
+async fn hook_sub(
+    State(s): State<Shared>,
+    Path((connector, sub)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    hook(s, connector, sub, headers, body).await
+}
+
+/// `POST /hooks/<connector>[/<sub>]`: verify, decode, journal, then answer.
+async fn hook(
+    s: Shared,
+    name: String,
+    sub_path: String,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Some(connector) = s.connectors.get(&name) else {
+        let mut known: Vec<&str> = s.connectors.keys().map(String::as_str).collect();
+        known.sort();
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("unknown connector `{name}` (known: {})", known.join(", "))));
+    };
+    let body = body.inspect_err(|r| crate::telemetry::event_rejected(&name, r.status().as_u16()))?;
+    let req = InboundRequest { sub_path, headers, body, now: s.clock.now() };
+    let inbound = connector.handle_inbound(&req).map_err(|e| {
+        crate::telemetry::event_rejected(&name, e.status().as_u16());
+        tracing::info!(connector = %name, reason = %e, "inbound request refused");
+        ApiError::new(e.status(), e.to_string())
+    })?;
+    match inbound {
+        Inbound::Respond(reply) => Ok((reply.status, Json(reply.body)).into_response()),
+        Inbound::Events { events, ack } => {
+            let accepted = s.journal.accept(events).await.map_err(|e| ApiError::internal("could not store the event", e))?;
+            let mut body = ack.body;
+            // Acks that report an event id report the one the journal kept (the original,
+            // for a duplicate).
+            if let (Some(obj), Some(first)) = (body.as_object_mut(), accepted.first()) {
+                if obj.contains_key("event_id") {
+                    obj.insert("event_id".into(), json!(first.id().to_string()));
+                    obj.insert("duplicate".into(), json!(matches!(first, Accepted::Duplicate(_))));
+                }
+            }
+            Ok((ack.status, Json(body)).into_response())
+        }
+    }
+}

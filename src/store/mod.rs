@@ -1,0 +1,209 @@
+//! The store: everything perch must not lose, behind one trait.
+//!
+//! - the **journal** of accepted events, each with its fate, and the set still pending;
+//! - **dedupe keys** `(connector, external id)` with an expiry, so platform retries are
+//!   answered but not processed twice;
+//! - the **outbox** of operations waiting to be delivered, the record of what was sent
+//!   (so an operation is never sent twice), and the **dead letters**;
+//! - a namespaced **key-value** space for bot state and connector data (web-chat history).
+//!
+//! Writes are applied in memory at once and made durable by `flush`; the journal's group
+//! commit (`crate::journal`) calls `flush` once for many concurrent requests.
+//! `sled_store::SledStore` is the embedded backend; `conformance` is the test suite every
+//! backend must pass.
+
+pub mod conformance;
+pub mod sled_store;
+
+use crate::action::{Delivered, Operation};
+use crate::event::{Event, EventId};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use sled_store::SledStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O error: {0}")]
+    Io(String),
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("stored record could not be decoded: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The answer to `Store::ingest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// New: stored and pending.
+    Accepted,
+    /// Seen before within the dedupe window; `original` is the event stored then.
+    Duplicate { original: EventId },
+}
+
+/// What became of an event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Fate {
+    /// Accepted, not yet handled by the router.
+    Pending,
+    /// Handled: these bots ran; `actions` operations were queued.
+    Routed {
+        bots: Vec<String>,
+        actions: usize,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        failures: Vec<BotFailure>,
+    },
+    /// No route matched.
+    Unrouted,
+    /// The router itself could not handle it.
+    Failed { error: String },
+}
+
+/// One bot's error while handling an event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BotFailure {
+    pub bot: String,
+    pub error: String,
+}
+
+/// An event with its fate, as the journal keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub event: Event,
+    pub fate: Fate,
+}
+
+/// One operation waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxItem {
+    /// Unique and deterministic: `<event id>/<bot>/<action index>` for bot actions, so
+    /// re-running a bot after a crash queues nothing new. Also the idempotency key the
+    /// connector sends to the platform.
+    pub key: String,
+    pub connector: String,
+    pub op: Operation,
+    pub attempts: u32,
+    /// Not to be tried before this time (backoff, Retry-After).
+    pub next_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl OutboxItem {
+    pub fn new(key: String, connector: String, op: Operation, now: DateTime<Utc>) -> Self {
+        OutboxItem {
+            key,
+            connector,
+            op,
+            attempts: 0,
+            next_at: now,
+            created_at: now,
+            last_error: None,
+        }
+    }
+    /// Per-chat lane: operations of one chat are delivered in order.
+    pub fn lane_key(&self) -> String {
+        format!("{}/{}", self.connector, self.op.lane_id())
+    }
+}
+
+/// A delivered operation, kept for the dedupe window so it is never sent again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SentRecord {
+    pub key: String,
+    pub connector: String,
+    pub delivered: Delivered,
+    pub at: DateTime<Utc>,
+}
+
+/// An operation that failed for good, kept for inspection and replay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub item: OutboxItem,
+    pub error: String,
+    pub died_at: DateTime<Utc>,
+}
+
+/// What `Store::sweep` may drop.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepCutoffs {
+    /// Dedupe keys that expired before this time.
+    pub now: DateTime<Utc>,
+    /// Sent records older than this.
+    pub sent_before: DateTime<Utc>,
+    /// Journal entries received before this (never pending ones).
+    pub journal_before: DateTime<Utc>,
+}
+
+/// What a sweep removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SweepStats {
+    pub dedupe_keys: usize,
+    pub sent_records: usize,
+    pub events: usize,
+}
+
+/// The storage backend. Every method is atomic on its own; `flush` makes everything
+/// applied before it durable.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // ---- journal ----------------------------------------------------------------
+    /// Store a new event as pending unless `(connector, external_id)` was seen before
+    /// and has not expired. Events without an external id are never duplicates.
+    async fn ingest(&self, event: &Event, dedupe_until: DateTime<Utc>) -> StoreResult<Ingested>;
+    /// Pending events as `(id, lane key)` in id order, starting after `after`.
+    async fn pending_ids(&self, after: Option<EventId>, limit: usize) -> StoreResult<Vec<(EventId, String)>>;
+    async fn event(&self, id: EventId) -> StoreResult<Option<JournalEntry>>;
+    /// Atomically: record the fate, drop the event from pending, and queue `items`
+    /// (skipping keys already queued or already sent).
+    async fn complete_event(&self, id: EventId, fate: &Fate, items: &[OutboxItem]) -> StoreResult<()>;
+    /// Journal entries, newest first, older than `before` if given.
+    async fn recent_events(&self, before: Option<EventId>, limit: usize) -> StoreResult<Vec<JournalEntry>>;
+    async fn pending_count(&self) -> StoreResult<usize>;
+
+    // ---- outbox -----------------------------------------------------------------
+    /// Queue items (skipping keys already queued or already sent). Returns how many
+    /// were new.
+    async fn enqueue(&self, items: &[OutboxItem]) -> StoreResult<usize>;
+    /// Queued items in key order, starting after `after`.
+    async fn outbox_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<OutboxItem>>;
+    /// Save an item's attempts, next time and last error.
+    async fn outbox_update(&self, item: &OutboxItem) -> StoreResult<()>;
+    /// The item was delivered: drop it from the queue and remember it as sent.
+    async fn outbox_delivered(&self, key: &str, record: &SentRecord) -> StoreResult<()>;
+    /// The item failed for good: move it to the dead letters.
+    async fn outbox_dead(&self, letter: &DeadLetter) -> StoreResult<()>;
+    async fn outbox_count(&self) -> StoreResult<usize>;
+    async fn sent(&self, key: &str) -> StoreResult<Option<SentRecord>>;
+    async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>>;
+    /// Move a dead letter back to the queue with its attempts reset. `None` if there is
+    /// no dead letter with that key.
+    async fn replay_dead(&self, key: &str, now: DateTime<Utc>) -> StoreResult<Option<OutboxItem>>;
+
+    // ---- key-value --------------------------------------------------------------
+    async fn kv_get(&self, ns: &str, key: &str) -> StoreResult<Option<Vec<u8>>>;
+    async fn kv_put(&self, ns: &str, key: &str, value: &[u8]) -> StoreResult<()>;
+    async fn kv_delete(&self, ns: &str, key: &str) -> StoreResult<()>;
+    /// Set `key` to `new` only if it currently holds `expected` (`None` = absent).
+    /// Returns whether it was set.
+    async fn kv_compare_and_swap(
+        &self,
+        ns: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> StoreResult<bool>;
+    /// All entries of `ns` whose key starts with `prefix`, in key order.
+    async fn kv_scan(&self, ns: &str, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>>;
+
+    // ---- upkeep -----------------------------------------------------------------
+    /// Make every write applied so far durable.
+    async fn flush(&self) -> StoreResult<()>;
+    /// Drop what has aged out (see `SweepCutoffs`).
+    async fn sweep(&self, cutoffs: SweepCutoffs) -> StoreResult<SweepStats>;
+}

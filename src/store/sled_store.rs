@@ -1,0 +1,558 @@
+//! The embedded backend: sled `=0.34.7`, one tree, records under short key prefixes so
+//! that every multi-record change (ingest, complete an event, deliver an item) is one
+//! single-tree transaction.
+//!
+//! | prefix | key                                   | value                          |
+//! |--------|---------------------------------------|--------------------------------|
+//! | `ev/`  | event id (16 bytes, time-ordered)     | `JournalEntry` JSON            |
+//! | `pe/`  | event id                              | lane key: the event is pending |
+//! | `dd/`  | connector `\0` external id            | event id + expiry (ms, BE)     |
+//! | `dx/`  | expiry (ms, BE) + the `dd/` key rest  | empty: dedupe expiry index     |
+//! | `ob/`  | outbox key                            | `OutboxItem` JSON              |
+//! | `se/`  | outbox key                            | `SentRecord` JSON              |
+//! | `sx/`  | sent time (ms, BE) + outbox key       | empty: sent-record expiry index|
+//! | `dl/`  | outbox key                            | `DeadLetter` JSON              |
+//! | `kv/`  | namespace `\0` key                    | bytes                          |
+//!
+//! sled only makes writes durable on `flush` (and on its own timer every 500 ms), which
+//! is what the journal's group commit relies on. Calls are synchronous but in-memory and
+//! short, except `flush`, which runs on sled's own thread via `flush_async`.
+
+use super::*;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+const EV: &[u8] = b"ev/";
+const PE: &[u8] = b"pe/";
+const DD: &[u8] = b"dd/";
+const DX: &[u8] = b"dx/";
+const OB: &[u8] = b"ob/";
+const SE: &[u8] = b"se/";
+const SX: &[u8] = b"sx/";
+const DL: &[u8] = b"dl/";
+const KV: &[u8] = b"kv/";
+
+/// sled's default cache is 1 GiB; perch needs far less (STACK.md §1b).
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+pub struct SledStore {
+    db: sled::Db,
+    tree: sled::Tree,
+    // Counters kept in memory so `/metrics` needs no scan; rebuilt by one scan at open.
+    pending: AtomicI64,
+    queued: AtomicI64,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").finish_non_exhaustive()
+    }
+}
+
+fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + rest.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(rest);
+    k
+}
+
+fn dedupe_rest(connector: &str, external_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(connector.len() + 1 + external_id.len());
+    k.extend_from_slice(connector.as_bytes());
+    k.push(0);
+    k.extend_from_slice(external_id.as_bytes());
+    k
+}
+
+fn kv_key(ns: &str, k: &str) -> Vec<u8> {
+    let mut out = key(KV, ns.as_bytes());
+    out.push(0);
+    out.extend_from_slice(k.as_bytes());
+    out
+}
+
+/// Milliseconds as big-endian bytes, so byte order is time order (times are after 1970).
+fn ms_be(t: DateTime<Utc>) -> [u8; 8] {
+    (t.timestamp_millis().max(0) as u64).to_be_bytes()
+}
+
+fn be_ms(b: &[u8]) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a) as i64
+}
+
+fn io(e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
+        other => StoreError::Io(other.to_string()),
+    }
+}
+
+fn tx_err(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => io(e),
+    }
+}
+
+fn event_id_from(b: &[u8]) -> StoreResult<EventId> {
+    uuid::Uuid::from_slice(b)
+        .map(EventId)
+        .map_err(|e| StoreError::Corrupt(format!("bad event id in key: {e}")))
+}
+
+impl SledStore {
+    /// Open (or create) the store in `dir`. If sled reports corruption, the directory is
+    /// moved aside to `<dir>.corrupt-<time>` and an empty store is started, with an error
+    /// logged: perch keeps answering, and the old data is kept for recovery.
+    pub fn open(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
+        match Self::open_exact(dir, cache_bytes) {
+            Err(StoreError::Corrupt(why)) => {
+                let aside = dir.with_extension(format!("corrupt-{}", Utc::now().format("%Y%m%dT%H%M%S")));
+                tracing::error!(dir = %dir.display(), aside = %aside.display(), %why, "store is corrupt; moved aside, starting empty");
+                std::fs::rename(dir, &aside).map_err(|e| StoreError::Io(format!("moving corrupt store aside: {e}")))?;
+                Self::open_exact(dir, cache_bytes)
+            }
+            other => other,
+        }
+    }
+
+    fn open_exact(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(io)?;
+        Self::from_db(db)
+    }
+
+    /// A throw-away store that lives in a temporary directory. For tests.
+    pub fn temporary() -> StoreResult<Self> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .cache_capacity(16 * 1024 * 1024)
+            .open()
+            .map_err(io)?;
+        Self::from_db(db)
+    }
+
+    fn from_db(db: sled::Db) -> StoreResult<Self> {
+        let tree = db.open_tree("perch").map_err(io)?;
+        let pending = tree.scan_prefix(PE).count() as i64;
+        let queued = tree.scan_prefix(OB).count() as i64;
+        Ok(SledStore {
+            db,
+            tree,
+            pending: AtomicI64::new(pending),
+            queued: AtomicI64::new(queued),
+        })
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(&self, k: &[u8]) -> StoreResult<Option<T>> {
+        match self.tree.get(k).map_err(io)? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn scan_json<T: serde::de::DeserializeOwned>(&self, prefix: &[u8], limit: usize) -> StoreResult<Vec<T>> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(prefix).take(limit) {
+            let (_, v) = kv.map_err(io)?;
+            out.push(serde_json::from_slice(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// Insert the items whose keys are neither queued nor sent; returns how many.
+    fn enqueue_in_tx(
+        tx: &sled::transaction::TransactionalTree,
+        items: &[(Vec<u8>, Vec<u8>, Vec<u8>)],
+    ) -> Result<usize, ConflictableTransactionError<StoreError>> {
+        let mut added = 0;
+        for (ob_key, se_key, value) in items {
+            if tx.get(ob_key)?.is_some() || tx.get(se_key)?.is_some() {
+                continue;
+            }
+            tx.insert(ob_key.as_slice(), value.as_slice())?;
+            added += 1;
+        }
+        Ok(added)
+    }
+
+    fn encode_items(items: &[OutboxItem]) -> StoreResult<Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>> {
+        items
+            .iter()
+            .map(|it| {
+                Ok((
+                    key(OB, it.key.as_bytes()),
+                    key(SE, it.key.as_bytes()),
+                    serde_json::to_vec(it)?,
+                ))
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn ingest(&self, event: &Event, dedupe_until: DateTime<Utc>) -> StoreResult<Ingested> {
+        let entry = serde_json::to_vec(&JournalEntry {
+            event: event.clone(),
+            fate: Fate::Pending,
+        })?;
+        let id = event.id.0.as_bytes().to_vec();
+        let ev_key = key(EV, &id);
+        let pe_key = key(PE, &id);
+        let lane = event.lane_key();
+        let dedupe = event.external_id.as_ref().map(|x| {
+            let rest = dedupe_rest(&event.connector, x);
+            let mut value = id.clone();
+            value.extend_from_slice(&ms_be(dedupe_until));
+            let mut dx = ms_be(dedupe_until).to_vec();
+            dx.extend_from_slice(&rest);
+            (key(DD, &rest), value, key(DX, &dx), rest)
+        });
+        let now_ms = event.received_at.timestamp_millis();
+        let outcome = self
+            .tree
+            .transaction(|tx| {
+                if let Some((dd_key, value, dx_key, rest)) = &dedupe {
+                    if let Some(old) = tx.get(dd_key)? {
+                        if old.len() == 24 {
+                            let expires = be_ms(&old[16..24]);
+                            if expires > now_ms {
+                                let original = event_id_from(&old[..16]).map_err(ConflictableTransactionError::Abort)?;
+                                return Ok(Ingested::Duplicate { original });
+                            }
+                            // Expired: drop its index entry; the key is reused below.
+                            let mut old_dx = old[16..24].to_vec();
+                            old_dx.extend_from_slice(rest);
+                            tx.remove(key(DX, &old_dx))?;
+                        }
+                    }
+                    tx.insert(dd_key.as_slice(), value.as_slice())?;
+                    tx.insert(dx_key.as_slice(), &[] as &[u8])?;
+                }
+                tx.insert(ev_key.as_slice(), entry.as_slice())?;
+                tx.insert(pe_key.as_slice(), lane.as_bytes())?;
+                Ok(Ingested::Accepted)
+            })
+            .map_err(tx_err)?;
+        if outcome == Ingested::Accepted {
+            self.pending.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(outcome)
+    }
+
+    async fn pending_ids(&self, after: Option<EventId>, limit: usize) -> StoreResult<Vec<(EventId, String)>> {
+        let start = match after {
+            Some(id) => {
+                // The first key strictly after `after`.
+                let mut k = key(PE, id.0.as_bytes());
+                k.push(0);
+                k
+            }
+            None => PE.to_vec(),
+        };
+        let mut out = Vec::new();
+        for kv in self.tree.range(start..) {
+            let (k, lane) = kv.map_err(io)?;
+            if !k.starts_with(PE) || out.len() >= limit {
+                break;
+            }
+            out.push((event_id_from(&k[PE.len()..])?, String::from_utf8_lossy(&lane).into_owned()));
+        }
+        Ok(out)
+    }
+
+    async fn event(&self, id: EventId) -> StoreResult<Option<JournalEntry>> {
+        self.get_json(&key(EV, id.0.as_bytes()))
+    }
+
+    async fn complete_event(&self, id: EventId, fate: &Fate, items: &[OutboxItem]) -> StoreResult<()> {
+        let ev_key = key(EV, id.0.as_bytes());
+        let pe_key = key(PE, id.0.as_bytes());
+        let encoded = Self::encode_items(items)?;
+        let fate = fate.clone();
+        let (was_pending, added) = self
+            .tree
+            .transaction(|tx| {
+                let Some(raw) = tx.get(&ev_key)? else {
+                    return Err(ConflictableTransactionError::Abort(StoreError::Corrupt(format!(
+                        "event {id} is not in the journal"
+                    ))));
+                };
+                let mut entry: JournalEntry = serde_json::from_slice(&raw)
+                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::Decode(e)))?;
+                entry.fate = fate.clone();
+                let value = serde_json::to_vec(&entry)
+                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::Decode(e)))?;
+                tx.insert(ev_key.as_slice(), value)?;
+                let was_pending = tx.remove(pe_key.as_slice())?.is_some();
+                let added = Self::enqueue_in_tx(tx, &encoded)?;
+                Ok((was_pending, added))
+            })
+            .map_err(tx_err)?;
+        if was_pending {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.queued.fetch_add(added as i64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn recent_events(&self, before: Option<EventId>, limit: usize) -> StoreResult<Vec<JournalEntry>> {
+        let end = match before {
+            Some(id) => key(EV, id.0.as_bytes()),
+            None => key(EV, &[0xff; 17]),
+        };
+        let mut out = Vec::new();
+        for kv in self.tree.range(EV.to_vec()..end).rev().take(limit) {
+            let (_, v) = kv.map_err(io)?;
+            out.push(serde_json::from_slice(&v)?);
+        }
+        Ok(out)
+    }
+
+    async fn pending_count(&self) -> StoreResult<usize> {
+        Ok(self.pending.load(Ordering::Relaxed).max(0) as usize)
+    }
+
+    async fn enqueue(&self, items: &[OutboxItem]) -> StoreResult<usize> {
+        let encoded = Self::encode_items(items)?;
+        let added = self
+            .tree
+            .transaction(|tx| Self::enqueue_in_tx(tx, &encoded))
+            .map_err(tx_err)?;
+        self.queued.fetch_add(added as i64, Ordering::Relaxed);
+        Ok(added)
+    }
+
+    async fn outbox_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<OutboxItem>> {
+        let start = match after {
+            Some(k) => {
+                let mut k = key(OB, k.as_bytes());
+                k.push(0);
+                k
+            }
+            None => OB.to_vec(),
+        };
+        let mut out = Vec::new();
+        for kv in self.tree.range(start..) {
+            let (k, v) = kv.map_err(io)?;
+            if !k.starts_with(OB) || out.len() >= limit {
+                break;
+            }
+            out.push(serde_json::from_slice(&v)?);
+        }
+        Ok(out)
+    }
+
+    async fn outbox_update(&self, item: &OutboxItem) -> StoreResult<()> {
+        let k = key(OB, item.key.as_bytes());
+        let v = serde_json::to_vec(item)?;
+        // Only while still queued: never resurrect a delivered or dead item.
+        self.tree
+            .transaction(|tx| {
+                if tx.get(&k)?.is_some() {
+                    tx.insert(k.as_slice(), v.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(tx_err)
+    }
+
+    async fn outbox_delivered(&self, k: &str, record: &SentRecord) -> StoreResult<()> {
+        let ob_key = key(OB, k.as_bytes());
+        let se_key = key(SE, k.as_bytes());
+        let mut sx = ms_be(record.at).to_vec();
+        sx.extend_from_slice(k.as_bytes());
+        let sx_key = key(SX, &sx);
+        let v = serde_json::to_vec(record)?;
+        let removed = self
+            .tree
+            .transaction(|tx| {
+                let removed = tx.remove(ob_key.as_slice())?.is_some();
+                tx.insert(se_key.as_slice(), v.as_slice())?;
+                tx.insert(sx_key.as_slice(), &[] as &[u8])?;
+                Ok(removed)
+            })
+            .map_err(tx_err)?;
+        if removed {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    async fn outbox_dead(&self, letter: &DeadLetter) -> StoreResult<()> {
+        let ob_key = key(OB, letter.item.key.as_bytes());
+        let dl_key = key(DL, letter.item.key.as_bytes());
+        let v = serde_json::to_vec(letter)?;
+        let removed = self
+            .tree
+            .transaction(|tx| {
+                let removed = tx.remove(ob_key.as_slice())?.is_some();
+                tx.insert(dl_key.as_slice(), v.as_slice())?;
+                Ok(removed)
+            })
+            .map_err(tx_err)?;
+        if removed {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    async fn outbox_count(&self) -> StoreResult<usize> {
+        Ok(self.queued.load(Ordering::Relaxed).max(0) as usize)
+    }
+
+    async fn sent(&self, k: &str) -> StoreResult<Option<SentRecord>> {
+        self.get_json(&key(SE, k.as_bytes()))
+    }
+
+    async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>> {
+        self.scan_json(DL, limit)
+    }
+
+    async fn replay_dead(&self, k: &str, now: DateTime<Utc>) -> StoreResult<Option<OutboxItem>> {
+        let dl_key = key(DL, k.as_bytes());
+        let ob_key = key(OB, k.as_bytes());
+        let item = self
+            .tree
+            .transaction(|tx| {
+                let Some(raw) = tx.remove(dl_key.as_slice())? else {
+                    return Ok(None);
+                };
+                let letter: DeadLetter = serde_json::from_slice(&raw)
+                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::Decode(e)))?;
+                let mut item = letter.item;
+                item.attempts = 0;
+                item.next_at = now;
+                item.last_error = Some(format!("replayed after: {}", letter.error));
+                let v = serde_json::to_vec(&item)
+                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::Decode(e)))?;
+                tx.insert(ob_key.as_slice(), v)?;
+                Ok(Some(item))
+            })
+            .map_err(tx_err)?;
+        if item.is_some() {
+            self.queued.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(item)
+    }
+
+    async fn kv_get(&self, ns: &str, k: &str) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.tree.get(kv_key(ns, k)).map_err(io)?.map(|v| v.to_vec()))
+    }
+
+    async fn kv_put(&self, ns: &str, k: &str, value: &[u8]) -> StoreResult<()> {
+        self.tree.insert(kv_key(ns, k), value).map_err(io)?;
+        Ok(())
+    }
+
+    async fn kv_delete(&self, ns: &str, k: &str) -> StoreResult<()> {
+        self.tree.remove(kv_key(ns, k)).map_err(io)?;
+        Ok(())
+    }
+
+    async fn kv_compare_and_swap(
+        &self,
+        ns: &str,
+        k: &str,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> StoreResult<bool> {
+        let r = self
+            .tree
+            .compare_and_swap(kv_key(ns, k), expected, new)
+            .map_err(io)?;
+        Ok(r.is_ok())
+    }
+
+    async fn kv_scan(&self, ns: &str, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        let base = kv_key(ns, "");
+        let start = kv_key(ns, prefix);
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(&start) {
+            let (k, v) = kv.map_err(io)?;
+            let name = String::from_utf8_lossy(&k[base.len()..]).into_owned();
+            out.push((name, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        self.db.flush_async().await.map_err(io)?;
+        Ok(())
+    }
+
+    async fn sweep(&self, cut: SweepCutoffs) -> StoreResult<SweepStats> {
+        let mut stats = SweepStats::default();
+        // Dedupe keys: walk the expiry index up to `now`.
+        let now_ms = cut.now.timestamp_millis();
+        for kv in self.tree.scan_prefix(DX) {
+            let (k, _) = kv.map_err(io)?;
+            let rest = &k[DX.len()..];
+            if rest.len() < 8 || be_ms(rest) > now_ms {
+                break;
+            }
+            let dd_key = key(DD, &rest[8..]);
+            let dx_key = k.to_vec();
+            let removed = self
+                .tree
+                .transaction(|tx| {
+                    tx.remove(dx_key.as_slice())?;
+                    // Only if the key was not renewed since (its expiry still matches).
+                    match tx.get(&dd_key)? {
+                        Some(v) if v.len() == 24 && v[16..24] == rest[..8] => {
+                            tx.remove(dd_key.as_slice())?;
+                            Ok(true)
+                        }
+                        _ => Ok(false),
+                    }
+                })
+                .map_err(tx_err)?;
+            if removed {
+                stats.dedupe_keys += 1;
+            }
+        }
+        // Sent records: walk their time index.
+        let sent_ms = cut.sent_before.timestamp_millis();
+        for kv in self.tree.scan_prefix(SX) {
+            let (k, _) = kv.map_err(io)?;
+            let rest = &k[SX.len()..];
+            if rest.len() < 8 || be_ms(rest) >= sent_ms {
+                break;
+            }
+            let mut batch = sled::Batch::default();
+            batch.remove(k.to_vec());
+            batch.remove(key(SE, &rest[8..]));
+            self.tree.apply_batch(batch).map_err(io)?;
+            stats.sent_records += 1;
+        }
+        // Journal: ids are UUID v7, whose first 48 bits are the arrival time in ms.
+        let journal_ms = cut.journal_before.timestamp_millis();
+        for kv in self.tree.scan_prefix(EV) {
+            let (k, _) = kv.map_err(io)?;
+            let id = &k[EV.len()..];
+            if id.len() < 6 {
+                continue;
+            }
+            let mut ts = [0u8; 8];
+            ts[2..].copy_from_slice(&id[..6]);
+            if u64::from_be_bytes(ts) as i64 >= journal_ms {
+                break;
+            }
+            if self.tree.contains_key(key(PE, id)).map_err(io)? {
+                continue;
+            }
+            self.tree.remove(&k).map_err(io)?;
+            stats.events += 1;
+        }
+        Ok(stats)
+    }
+}

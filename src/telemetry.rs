@@ -1,0 +1,74 @@
+//! Every metric perch emits, in one place. Labels stay bounded: connector and bot names
+//! come from the config; chat and user ids never become labels.
+//!
+//! Served as Prometheus text at `/metrics`.
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::time::Duration;
+
+/// Install the Prometheus recorder once per process. Later calls return a handle
+/// to the same recorder.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".to_string()),
+                    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+                )
+                .and_then(|b| Ok(b.build_recorder()));
+            match recorder {
+                Ok(r) => {
+                    let handle = r.handle();
+                    // A second install (tests in one process) keeps the first recorder.
+                    let _ = metrics::set_global_recorder(r);
+                    handle
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "metrics recorder could not be built");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            }
+        })
+        .clone()
+}
+
+pub fn event_received(connector: &str, new: bool) {
+    let outcome = if new { "accepted" } else { "duplicate" };
+    counter!("perch_events_in_total", "connector" => connector.to_string(), "outcome" => outcome).increment(1);
+}
+
+pub fn event_rejected(connector: &str, status: u16) {
+    counter!("perch_events_rejected_total", "connector" => connector.to_string(), "status" => status.to_string()).increment(1);
+}
+
+/// The router's verdict on an event: `routed`, `unrouted` or `failed`.
+pub fn event_handled(connector: &str, fate: &'static str) {
+    counter!("perch_events_handled_total", "connector" => connector.to_string(), "fate" => fate).increment(1);
+}
+
+pub fn bot_error(bot: &str) {
+    counter!("perch_bot_errors_total", "bot" => bot.to_string()).increment(1);
+}
+
+pub fn journal_flush(batch: usize, took: Duration) {
+    histogram!("perch_journal_flush_seconds").record(took.as_secs_f64());
+    histogram!("perch_journal_flush_batch").record(batch as f64);
+}
+
+/// One delivery attempt's result: `delivered`, `retry` or `dead`.
+pub fn delivery_attempt(connector: &str, result: &'static str) {
+    counter!("perch_outbox_attempts_total", "connector" => connector.to_string(), "result" => result).increment(1);
+}
+
+/// Time from the item's creation to its delivery.
+pub fn delivered(connector: &str, latency: Duration) {
+    histogram!("perch_delivery_latency_seconds", "connector" => connector.to_string()).record(latency.as_secs_f64());
+}
+
+pub fn queue_depths(pending_events: usize, outbox: usize) {
+    gauge!("perch_events_pending").set(pending_events as f64);
+    gauge!("perch_outbox_depth").set(outbox as f64);
+}
