@@ -1,5 +1,26 @@
-//! Cards: perch's neutral card JSON and its renderers. (Seam for the cards work: for
-//! now only the plain-text fallback that text-only platforms and logs use.)
+//! Cards: perch's neutral card JSON and its renderers.
+//!
+//! SEAM (to be replaced by the cards work, which owns this module): connectors call
+//! `render(platform, card)` to turn a neutral card into their platform's payload, and
+//! `text_fallback(card)` where only text fits. Until then `render` returns the card as is.
+
+/// Why a card could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum CardError {
+    #[error("unknown platform `{0}`")]
+    UnknownPlatform(String),
+    #[error("invalid card: {0}")]
+    Invalid(String),
+}
+
+/// Render a neutral card for `platform` (`feishu`, `feishu_webhook`, `slack`, `dingtalk`,
+/// `wecom`, `matrix`, `text`, `html`). Text and HTML come back as JSON strings.
+pub fn render(platform: &str, card: &serde_json::Value) -> Result<serde_json::Value, CardError> {
+    match platform {
+        "text" => Ok(serde_json::Value::String(text_fallback(card))),
+        _ => Ok(card.clone()),
+    }
+}
 
 /// A plain-text rendering of a neutral card: its title and text parts.
 pub fn text_fallback(card: &serde_json::Value) -> String {
