@@ -1,0 +1,132 @@
+//! Test harness shared by the integration tests: start a real perch (the same
+//! `Perch::start` and `app()` that `perch serve` uses) on 127.0.0.1 and a free port,
+//! with its data in a temporary directory; stop it; start it again on the same data.
+#![allow(dead_code)]
+
+use perch::clock::{SharedClock, SystemClock};
+use perch::config::Config;
+use perch::runtime::Perch;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct TestPerch {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub data_dir: PathBuf,
+    config_text: String,
+    clock: SharedClock,
+    perch: Option<Perch>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// `config` with `data_dir` pointed at `dir` (any `data_dir` line is replaced).
+fn with_data_dir(config: &str, dir: &Path) -> String {
+    let body: String = config
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("data_dir"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let dir_line = format!("data_dir = {:?}\n", dir.display().to_string());
+    if body.contains("[server]") {
+        body.replacen("[server]\n", &format!("[server]\n{dir_line}"), 1)
+    } else {
+        format!("[server]\n{dir_line}\n{body}")
+    }
+}
+
+impl TestPerch {
+    /// Start perch with `config` (TOML text) in a fresh temporary data directory.
+    pub async fn start(config: &str) -> TestPerch {
+        let dir = tempfile::tempdir().expect("temp dir").keep();
+        Self::start_in(config, &dir, Arc::new(SystemClock)).await
+    }
+
+    /// Start perch with `config` on the data in `dir`, with `clock`.
+    pub async fn start_in(config: &str, dir: &Path, clock: SharedClock) -> TestPerch {
+        let config_text = with_data_dir(config, dir);
+        let mut t = TestPerch {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            base: String::new(),
+            data_dir: dir.to_path_buf(),
+            config_text,
+            clock,
+            perch: None,
+            server: None,
+            stop: None,
+        };
+        t.boot().await;
+        t
+    }
+
+    async fn boot(&mut self) {
+        let config = Config::from_str(&self.config_text, Path::new("test.toml")).unwrap_or_else(|e| panic!("test config: {e}"));
+        let perch = Perch::start(config, self.clock.clone()).await.expect("perch starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        self.addr = listener.local_addr().unwrap();
+        self.base = format!("http://{}", self.addr);
+        let app = perch.app();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        self.server = Some(tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        }));
+        self.stop = Some(tx);
+        self.perch = Some(perch);
+    }
+
+    pub fn perch(&self) -> &Perch {
+        self.perch.as_ref().expect("running")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Graceful stop: HTTP first, then drain and flush.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(s) = self.server.take() {
+            let _ = s.await;
+        }
+        if let Some(p) = self.perch.take() {
+            p.shutdown().await;
+        }
+    }
+
+    /// Stop and start again on the same data directory (on a new port).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.boot().await;
+    }
+}
+
+/// Poll `check` every 20 ms until it returns `Some`, or panic after `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {secs} s waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// HMAC-SHA256 hex signature, as the webhook connector expects.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    perch::connectors::webhook::sign(secret.as_bytes(), body)
+}
