@@ -26,21 +26,28 @@ impl Echo {
 #[async_trait]
 impl Bot for Echo {
     fn commands(&self) -> Vec<CommandSpec> {
-        vec![CommandSpec::new("<anything>", "<text>", "repeats the text back")]
+        vec![CommandSpec::new(
+            "<anything>",
+            "<text>",
+            "repeats the text back",
+        )]
     }
 
     async fn handle(&self, event: &Event, ctx: &mut BotContext) -> Result<Vec<Action>, BotError> {
         // Echo the whole message after the mention, keeping its original words.
         let said = match &ctx.command {
-            Some(c) if !c.name.is_empty() => {
+            Some(c) if c.name.is_empty() => String::new(),
+            Some(c) => {
                 let mut words = vec![original_case(event, &c.name)];
                 words.extend(c.args.iter().cloned());
                 words.join(" ")
             }
-            _ => event.text.clone().unwrap_or_default(),
+            None => event.text.clone().unwrap_or_default(),
         };
         if said.trim().is_empty() {
-            return Err(BotError::User("say something after @echo, e.g. `@echo hi`".into()));
+            return Err(BotError::User(
+                "say something after @echo, e.g. `@echo hi`".into(),
+            ));
         }
         Ok(vec![Action::reply_text(format!("{}{}", self.prefix, said))])
     }
@@ -51,6 +58,10 @@ fn original_case(event: &Event, lowered: &str) -> String {
     event
         .text
         .as_deref()
-        .and_then(|t| crate::command::tokenize(t).into_iter().find(|w| w.to_lowercase() == lowered))
+        .and_then(|t| {
+            crate::command::tokenize(t)
+                .into_iter()
+                .find(|w| w.to_lowercase() == lowered)
+        })
         .unwrap_or_else(|| lowered.to_string())
 }

@@ -25,7 +25,11 @@ impl Help {
 #[async_trait]
 impl Bot for Help {
     fn commands(&self) -> Vec<CommandSpec> {
-        vec![CommandSpec::new("help", "help", "lists what the bots here can do")]
+        vec![CommandSpec::new(
+            "help",
+            "help",
+            "lists what the bots here can do",
+        )]
     }
 
     async fn handle(&self, event: &Event, ctx: &mut BotContext) -> Result<Vec<Action>, BotError> {
@@ -46,12 +50,17 @@ impl Bot for Help {
             }
             if bot.commands.is_empty() {
                 any = true;
-                text.push_str(&format!("- `{}` ({}) — reacts to events, no commands\n", bot.name, bot.kind));
+                text.push_str(&format!(
+                    "- `{}` ({}) — reacts to events, no commands\n",
+                    bot.name, bot.kind
+                ));
             }
         }
         if !any {
             text.push_str("(no bots are routed from this chat yet)\n");
         }
-        Ok(vec![Action::reply(crate::action::MessageBody::markdown(text))])
+        Ok(vec![Action::reply(crate::action::MessageBody::markdown(
+            text,
+        ))])
     }
 }

@@ -113,10 +113,15 @@ pub struct BotInfo {
 
 impl Directory {
     /// Bots some route makes reachable from `connector`.
-    pub fn reachable_from<'a>(&'a self, connector: &'a str) -> impl Iterator<Item = &'a BotInfo> + 'a {
-        self.bots
-            .iter()
-            .filter(move |b| b.connectors.iter().any(|c| c.as_deref().is_none_or(|c| c == connector)))
+    pub fn reachable_from<'a>(
+        &'a self,
+        connector: &'a str,
+    ) -> impl Iterator<Item = &'a BotInfo> + 'a {
+        self.bots.iter().filter(move |b| {
+            b.connectors
+                .iter()
+                .any(|c| c.as_deref().is_none_or(|c| c == connector))
+        })
     }
 }
 
@@ -155,15 +160,25 @@ impl BotContext {
     /// Read this bot's persistent state at `key`.
     pub async fn state_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, BotError> {
         match self.services.store.kv_get(&self.state_ns(), key).await? {
-            Some(raw) => Ok(Some(serde_json::from_slice(&raw).map_err(StoreError::from)?)),
+            Some(raw) => Ok(Some(
+                serde_json::from_slice(&raw).map_err(StoreError::from)?,
+            )),
             None => Ok(None),
         }
     }
 
     /// Write this bot's persistent state at `key`.
-    pub async fn state_put<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), BotError> {
+    pub async fn state_put<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), BotError> {
         let raw = serde_json::to_vec(value).map_err(StoreError::from)?;
-        Ok(self.services.store.kv_put(&self.state_ns(), key, &raw).await?)
+        Ok(self
+            .services
+            .store
+            .kv_put(&self.state_ns(), key, &raw)
+            .await?)
     }
 
     pub async fn state_delete(&self, key: &str) -> Result<(), BotError> {
@@ -171,9 +186,17 @@ impl BotContext {
     }
 
     /// Every state entry whose key starts with `prefix`.
-    pub async fn state_scan<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>, BotError> {
+    pub async fn state_scan<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>, BotError> {
         let mut out = Vec::new();
-        for (k, raw) in self.services.store.kv_scan(&self.state_ns(), prefix).await? {
+        for (k, raw) in self
+            .services
+            .store
+            .kv_scan(&self.state_ns(), prefix)
+            .await?
+        {
             out.push((k, serde_json::from_slice(&raw).map_err(StoreError::from)?));
         }
         Ok(out)
@@ -201,9 +224,13 @@ impl BotContext {
         let delivered = loop {
             match conn.execute(&op, &key).await {
                 Ok(d) => break d,
-                Err(SendError::Retry { reason, retry_after }) if attempt < 3 => {
+                Err(SendError::Retry {
+                    reason,
+                    retry_after,
+                }) if attempt < 3 => {
                     attempt += 1;
-                    let wait = retry_after.unwrap_or(std::time::Duration::from_millis(250 << attempt));
+                    let wait =
+                        retry_after.unwrap_or(std::time::Duration::from_millis(250 << attempt));
                     tracing::warn!(%key, %reason, ?wait, "awaited call failed, retrying");
                     tokio::time::sleep(wait.min(std::time::Duration::from_secs(10))).await;
                 }

@@ -34,7 +34,10 @@ pub struct NotifyConfig {
 impl NotifyConfig {
     pub fn validate(&self, name: &str, at: usize, config: &Config, issues: &mut Issues) {
         if self.chat.is_none() == self.person.is_none() {
-            issues.at(at, format!("bot `{name}`: set exactly one of `chat` or `person`"));
+            issues.at(
+                at,
+                format!("bot `{name}`: set exactly one of `chat` or `person`"),
+            );
         }
         if let Some(c) = &self.connector {
             if !config.connectors.contains_key(c) {
@@ -88,9 +91,9 @@ impl Notify {
     }
 
     fn render(&self, template: &str, event: &Event) -> Result<String, BotError> {
-        self.templates
-            .render(template, event)
-            .map_err(|e| BotError::Template(format!("bot `{}`, {template} template: {e}", self.name)))
+        self.templates.render(template, event).map_err(|e| {
+            BotError::Template(format!("bot `{}`, {template} template: {e}", self.name))
+        })
     }
 }
 

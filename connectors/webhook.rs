@@ -102,7 +102,12 @@ impl WebhookConfig {
         if has_secret && self.insecure {
             issues.at(at, format!("connector `{name}`: `insecure = true` together with a `secret` is contradictory"));
         }
-        for (field, p) in [("topic_pointer", &self.topic_pointer), ("id_pointer", &self.id_pointer), ("chat_pointer", &self.chat_pointer), ("sender_pointer", &self.sender_pointer)] {
+        for (field, p) in [
+            ("topic_pointer", &self.topic_pointer),
+            ("id_pointer", &self.id_pointer),
+            ("chat_pointer", &self.chat_pointer),
+            ("sender_pointer", &self.sender_pointer),
+        ] {
             if let Some(p) = p {
                 if !p.starts_with('/') {
                     issues.at(at, format!("connector `{name}`: {field} {p:?} is not a JSON pointer (it must start with `/`)"));
@@ -111,7 +116,10 @@ impl WebhookConfig {
         }
         if let Some(url) = &self.send_url {
             if reqwest::Url::parse(url).is_err() {
-                issues.at(at, format!("connector `{name}`: send_url {:?} is not a URL", &**url));
+                issues.at(
+                    at,
+                    format!("connector `{name}`: send_url {:?} is not a URL", &**url),
+                );
             }
         }
     }
@@ -154,7 +162,10 @@ impl Webhook {
     }
 
     fn header<'a>(&self, req: &'a InboundRequest, name: &str) -> Option<&'a str> {
-        req.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
     }
 
     /// The signature check, before anything is parsed.
@@ -163,7 +174,9 @@ impl Webhook {
             return if self.config.insecure {
                 Ok(())
             } else {
-                Err(InboundError::MissingSignature(self.config.signature_header.clone()))
+                Err(InboundError::MissingSignature(
+                    self.config.signature_header.clone(),
+                ))
             };
         };
         let given = self
@@ -172,12 +185,12 @@ impl Webhook {
         let message: std::borrow::Cow<[u8]> = match &self.config.timestamp_header {
             None => std::borrow::Cow::Borrowed(&req.body),
             Some(h) => {
-                let ts = self
-                    .header(req, h)
-                    .ok_or_else(|| InboundError::StaleTimestamp(format!("header {h} is missing")))?;
-                let secs: i64 = ts
-                    .parse()
-                    .map_err(|_| InboundError::StaleTimestamp(format!("{ts:?} in {h} is not Unix seconds")))?;
+                let ts = self.header(req, h).ok_or_else(|| {
+                    InboundError::StaleTimestamp(format!("header {h} is missing"))
+                })?;
+                let secs: i64 = ts.parse().map_err(|_| {
+                    InboundError::StaleTimestamp(format!("{ts:?} in {h} is not Unix seconds"))
+                })?;
                 let skew = (req.now.timestamp() - secs).unsigned_abs();
                 if skew > self.config.tolerance.as_secs() {
                     return Err(InboundError::StaleTimestamp(format!(
@@ -185,14 +198,21 @@ impl Webhook {
                         self.config.tolerance.as_secs()
                     )));
                 }
-                let mut m = Vec::with_capacity(ts.len() + self.config.timestamp_separator.len() + req.body.len());
+                let mut m = Vec::with_capacity(
+                    ts.len() + self.config.timestamp_separator.len() + req.body.len(),
+                );
                 m.extend_from_slice(ts.as_bytes());
                 m.extend_from_slice(self.config.timestamp_separator.as_bytes());
                 m.extend_from_slice(&req.body);
                 std::borrow::Cow::Owned(m)
             }
         };
-        if verify_signature(secret.expose().as_bytes(), &message, given, &self.config.signature_prefix) {
+        if verify_signature(
+            secret.expose().as_bytes(),
+            &message,
+            given,
+            &self.config.signature_prefix,
+        ) {
             Ok(())
         } else {
             Err(InboundError::BadSignature)
@@ -202,16 +222,21 @@ impl Webhook {
     /// Turn a verified request into an event.
     pub fn to_event(&self, req: &InboundRequest) -> Result<Event, InboundError> {
         let payload: serde_json::Value = if req.body.is_empty() {
-            return Err(InboundError::Malformed("empty body (expected a JSON document)".into()));
+            return Err(InboundError::Malformed(
+                "empty body (expected a JSON document)".into(),
+            ));
         } else {
-            serde_json::from_slice(&req.body).map_err(|e| InboundError::Malformed(format!("not JSON: {e}")))?
+            serde_json::from_slice(&req.body)
+                .map_err(|e| InboundError::Malformed(format!("not JSON: {e}")))?
         };
         let from_pointer = |p: &Option<String>| -> Option<String> {
-            p.as_deref().and_then(|p| payload.pointer(p)).and_then(|v| match v {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            })
+            p.as_deref()
+                .and_then(|p| payload.pointer(p))
+                .and_then(|v| match v {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                })
         };
         let topic = self
             .config
@@ -222,7 +247,9 @@ impl Webhook {
             .or_else(|| from_pointer(&self.config.topic_pointer))
             .or_else(|| self.config.topic.clone());
         let Some(topic) = topic.filter(|t| !t.is_empty()) else {
-            return Err(InboundError::Malformed("no topic: set the topic header or field".into()));
+            return Err(InboundError::Malformed(
+                "no topic: set the topic header or field".into(),
+            ));
         };
         let mut event = Event::new(&self.name, EventKind::System, req.now);
         event.topic = Some(format!("{}{}", self.config.topic_prefix, topic));
@@ -237,7 +264,8 @@ impl Webhook {
             id,
             chat_type: ChatType::Group,
         });
-        event.sender = from_pointer(&self.config.sender_pointer).map(|id| Person { id, name: None });
+        event.sender =
+            from_pointer(&self.config.sender_pointer).map(|id| Person { id, name: None });
         event.payload = payload;
         Ok(event)
     }
@@ -279,9 +307,16 @@ impl Connector for Webhook {
             .header("idempotency-key", idempotency_key);
         if let Some(secret) = self.config.secret.as_ref().filter(|s| !s.is_empty()) {
             let sig = sign(secret.expose().as_bytes(), &raw);
-            req = req.header(self.config.signature_header.as_str(), format!("{}{sig}", self.config.signature_prefix));
+            req = req.header(
+                self.config.signature_header.as_str(),
+                format!("{}{sig}", self.config.signature_prefix),
+            );
         }
-        let resp = req.body(raw).send().await.map_err(|e| SendError::retry(format!("POST {}: {}", redact_url(url), e)))?;
+        let resp = req
+            .body(raw)
+            .send()
+            .await
+            .map_err(|e| SendError::retry(format!("POST {}: {}", redact_url(url), e)))?;
         let status = resp.status();
         let retry_after = resp
             .headers()
@@ -294,11 +329,22 @@ impl Connector for Webhook {
             let id = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
                 .and_then(|v| v.get("id").and_then(|i| i.as_str().map(str::to_string)));
-            return Ok(Delivered { id, detail: serde_json::Value::Null });
+            return Ok(Delivered {
+                id,
+                detail: serde_json::Value::Null,
+            });
         }
-        let reason = format!("HTTP {} from {}: {}", status.as_u16(), redact_url(url), text.chars().take(200).collect::<String>());
+        let reason = format!(
+            "HTTP {} from {}: {}",
+            status.as_u16(),
+            redact_url(url),
+            text.chars().take(200).collect::<String>()
+        );
         if status.as_u16() == 429 || status.is_server_error() || status.as_u16() == 408 {
-            Err(SendError::Retry { reason, retry_after })
+            Err(SendError::Retry {
+                reason,
+                retry_after,
+            })
         } else {
             Err(SendError::Permanent(reason))
         }
@@ -327,10 +373,28 @@ mod tests {
     fn github_style_signature_round_trip() {
         let sig = sign(b"It's a Secret to Everybody", b"Hello, World!");
         // GitHub's documented example value for this secret and payload.
-        assert_eq!(sig, "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17");
-        assert!(verify_signature(b"It's a Secret to Everybody", b"Hello, World!", &format!("sha256={sig}"), "sha256="));
-        assert!(!verify_signature(b"wrong", b"Hello, World!", &format!("sha256={sig}"), "sha256="));
-        assert!(!verify_signature(b"It's a Secret to Everybody", b"Hello, World!", &sig, "sha256="));
+        assert_eq!(
+            sig,
+            "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+        );
+        assert!(verify_signature(
+            b"It's a Secret to Everybody",
+            b"Hello, World!",
+            &format!("sha256={sig}"),
+            "sha256="
+        ));
+        assert!(!verify_signature(
+            b"wrong",
+            b"Hello, World!",
+            &format!("sha256={sig}"),
+            "sha256="
+        ));
+        assert!(!verify_signature(
+            b"It's a Secret to Everybody",
+            b"Hello, World!",
+            &sig,
+            "sha256="
+        ));
         assert!(!verify_signature(b"k", b"m", "sha256=zz", "sha256="));
     }
 }

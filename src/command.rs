@@ -138,13 +138,19 @@ mod tests {
         e.text = Some(text.to_string());
         for b in bots {
             e.mentions.push(Mention {
-                person: Person { id: b.to_string(), name: Some(b.to_string()) },
+                person: Person {
+                    id: b.to_string(),
+                    name: Some(b.to_string()),
+                },
                 is_bot: true,
             });
         }
         for p in people {
             e.mentions.push(Mention {
-                person: Person { id: format!("id-{p}"), name: Some(p.to_string()) },
+                person: Person {
+                    id: format!("id-{p}"),
+                    name: Some(p.to_string()),
+                },
                 is_bot: false,
             });
         }
@@ -153,11 +159,19 @@ mod tests {
 
     #[test]
     fn parses_command_args_quotes_and_people() {
-        let c = parse(&msg(r#"@bot 建群 "Acme Corp" P-12 @alice @bob"#, &["bot"], &["alice", "bob"])).unwrap();
+        let c = parse(&msg(
+            r#"@bot 建群 "Acme Corp" P-12 @alice @bob"#,
+            &["bot"],
+            &["alice", "bob"],
+        ))
+        .unwrap();
         assert_eq!(c.addressed_to.as_deref(), Some("bot"));
         assert_eq!(c.name, "建群");
         assert_eq!(c.args, vec!["Acme Corp", "P-12"]);
-        assert_eq!(c.people.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), vec!["id-alice", "id-bob"]);
+        assert_eq!(
+            c.people.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+            vec!["id-alice", "id-bob"]
+        );
     }
 
     #[test]
@@ -167,9 +181,15 @@ mod tests {
 
     #[test]
     fn command_is_lowercased_and_mention_only_is_empty() {
-        assert_eq!(parse(&msg("@bot GMV 昨天", &["bot"], &[])).unwrap().name, "gmv");
+        assert_eq!(
+            parse(&msg("@bot GMV 昨天", &["bot"], &[])).unwrap().name,
+            "gmv"
+        );
         let c = parse(&msg("@help", &["help"], &[])).unwrap();
-        assert_eq!((c.name.as_str(), c.addressed_to.as_deref()), ("", Some("help")));
+        assert_eq!(
+            (c.name.as_str(), c.addressed_to.as_deref()),
+            ("", Some("help"))
+        );
     }
 
     #[test]

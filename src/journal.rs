@@ -15,6 +15,7 @@ use crate::telemetry;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 /// Room for requests waiting on a flush; beyond that `accept` waits (backpressure).
 const COMMIT_QUEUE: usize = 16 * 1024;
@@ -59,17 +60,25 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Start the committer task; it ends when every `Journal` clone is dropped.
-    pub fn start(store: Arc<dyn Store>, dedupe_window: Duration, clock: SharedClock, router_wake: Arc<Notify>) -> Self {
+    /// Start the committer task. It ends when `cancel` fires (after a last flush for
+    /// whoever is waiting) or when every `Journal` clone is dropped.
+    pub fn start(
+        store: Arc<dyn Store>,
+        dedupe_window: Duration,
+        clock: SharedClock,
+        router_wake: Arc<Notify>,
+        cancel: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(COMMIT_QUEUE);
-        tokio::spawn(run_committer(store.clone(), rx));
-        Journal {
+        let task = tokio::spawn(run_committer(store.clone(), rx, cancel));
+        let journal = Journal {
             store,
             commits: tx,
             router_wake,
             dedupe_window,
             clock,
-        }
+        };
+        (journal, task)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -79,7 +88,8 @@ impl Journal {
     /// Store `events` durably (deduplicating by connector and external id) and queue
     /// the new ones for the router. Returns when they are on disk.
     pub async fn accept(&self, events: Vec<Event>) -> Result<Vec<Accepted>, JournalError> {
-        let window = chrono::Duration::from_std(self.dedupe_window).unwrap_or(chrono::Duration::hours(8));
+        let window =
+            chrono::Duration::from_std(self.dedupe_window).unwrap_or(chrono::Duration::hours(8));
         let mut out = Vec::with_capacity(events.len());
         for event in &events {
             let until = self.clock.now().max(event.received_at) + window;
@@ -102,14 +112,32 @@ impl Journal {
     /// Wait for a flush that starts after this call.
     pub async fn durable(&self) -> Result<(), JournalError> {
         let (tx, rx) = oneshot::channel();
-        self.commits.send(tx).await.map_err(|_| JournalError::ShuttingDown)?;
-        rx.await.map_err(|_| JournalError::ShuttingDown)?.map_err(JournalError::Flush)
+        self.commits
+            .send(tx)
+            .await
+            .map_err(|_| JournalError::ShuttingDown)?;
+        rx.await
+            .map_err(|_| JournalError::ShuttingDown)?
+            .map_err(JournalError::Flush)
     }
 }
 
-async fn run_committer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Waiter>) {
+async fn run_committer(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<Waiter>,
+    cancel: CancellationToken,
+) {
     let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            w = rx.recv() => w,
+            _ = cancel.cancelled() => {
+                // Refuse new waiters, then answer those already queued with a last flush.
+                rx.close();
+                rx.recv().await
+            }
+        };
+        let Some(first) = first else { break };
         batch.push(first);
         while let Ok(more) = rx.try_recv() {
             batch.push(more);

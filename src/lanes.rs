@@ -104,7 +104,11 @@ where
     }
 
     pub fn in_flight(&self) -> usize {
-        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).keys.len()
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys
+            .len()
     }
 
     /// Claim a slot for `key` in `lane`. `None`: already in flight, or no room.
@@ -148,7 +152,9 @@ where
     fn spawn_lane(self: &Arc<Self>, lane: String) -> (u64, mpsc::Sender<T>) {
         let (tx, mut rx) = mpsc::channel::<T>(self.limits.max_per_lane.max(1));
         let this = self.clone();
-        let my_gen = self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let my_gen = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.tracker.spawn(async move {
             loop {
                 let item = match tokio::time::timeout(LANE_IDLE, rx.recv()).await {
@@ -251,16 +257,23 @@ mod tests {
 
     #[tokio::test]
     async fn keeps_order_per_lane_and_runs_each_item_once() {
-        let queue: Arc<Mutex<Vec<(u32, String)>>> =
-            Arc::new(Mutex::new((0..300).map(|i| (i, format!("lane{}", i % 7))).collect()));
+        let queue: Arc<Mutex<Vec<(u32, String)>>> = Arc::new(Mutex::new(
+            (0..300).map(|i| (i, format!("lane{}", i % 7))).collect(),
+        ));
         let seen: Arc<Mutex<HashMap<String, Vec<u32>>>> = Arc::default();
         let runs = Arc::new(AtomicUsize::new(0));
         let wake = Arc::new(Notify::new());
         let lanes_slot: Arc<Mutex<Option<Arc<Lanes<u32, (u32, String)>>>>> = Arc::default();
         let handler: Handler<(u32, String)> = {
-            let (seen, runs, queue, slot) = (seen.clone(), runs.clone(), queue.clone(), lanes_slot.clone());
+            let (seen, runs, queue, slot) = (
+                seen.clone(),
+                runs.clone(),
+                queue.clone(),
+                lanes_slot.clone(),
+            );
             Arc::new(move |(k, lane): (u32, String)| {
-                let (seen, runs, queue, slot) = (seen.clone(), runs.clone(), queue.clone(), slot.clone());
+                let (seen, runs, queue, slot) =
+                    (seen.clone(), runs.clone(), queue.clone(), slot.clone());
                 Box::pin(async move {
                     tokio::time::sleep(Duration::from_micros(50)).await;
                     seen.lock().unwrap().entry(lane).or_default().push(k);
@@ -271,7 +284,11 @@ mod tests {
                 })
             })
         };
-        let limits = LaneLimits { concurrency: 4, max_in_flight: 40, max_per_lane: 8 };
+        let limits = LaneLimits {
+            concurrency: 4,
+            max_in_flight: 40,
+            max_per_lane: 8,
+        };
         let lanes = Lanes::new(limits, wake.clone(), handler);
         *lanes_slot.lock().unwrap() = Some(lanes.clone());
         let cancel = CancellationToken::new();

@@ -8,10 +8,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "perch", version, about = "Self-hosted chat-bot framework and integration hub")]
+#[command(
+    name = "perch",
+    version,
+    about = "Self-hosted chat-bot framework and integration hub"
+)]
 struct Cli {
     /// Config file.
-    #[arg(long, short, global = true, default_value = "config.toml", env = "PERCH_CONFIG")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "config.toml",
+        env = "PERCH_CONFIG"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -53,9 +63,17 @@ fn main() -> Result<()> {
             let config = load(&cli.config)?;
             let json = json_logs || config.server.log_format == LogFormat::Json;
             init_logging(json);
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(config))
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve(config))
         }
-        Cmd::Send { connector, topic, data, url } => {
+        Cmd::Send {
+            connector,
+            topic,
+            data,
+            url,
+        } => {
             let config = load(&cli.config)?;
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -130,7 +148,13 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-async fn send(config: Config, connector: String, topic: Option<String>, data: String, url: Option<String>) -> Result<()> {
+async fn send(
+    config: Config,
+    connector: String,
+    topic: Option<String>,
+    data: String,
+    url: Option<String>,
+) -> Result<()> {
     let Some(c) = config.connectors.get(&connector) else {
         bail!("no connector `{connector}` in the config");
     };
@@ -158,11 +182,18 @@ async fn send(config: Config, connector: String, topic: Option<String>, data: St
         }
         signed.extend_from_slice(data.as_bytes());
         let sig = perch::connectors::webhook::sign(secret.expose().as_bytes(), &signed);
-        req = req.header(wh.signature_header.as_str(), format!("{}{sig}", wh.signature_prefix));
+        req = req.header(
+            wh.signature_header.as_str(),
+            format!("{}{sig}", wh.signature_prefix),
+        );
     }
     let resp = req.body(data).send().await.context("posting the event")?;
     let status = resp.status();
-    println!("{} {}", status.as_u16(), resp.text().await.unwrap_or_default());
+    println!(
+        "{} {}",
+        status.as_u16(),
+        resp.text().await.unwrap_or_default()
+    );
     if !status.is_success() {
         std::process::exit(1);
     }

@@ -39,10 +39,16 @@ impl Limiters {
         let nz = |n: u32| NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN);
         Limiters {
             global: limits.per_second.map(|r| {
-                RateLimiter::direct(Quota::per_second(nz(r)).allow_burst(nz(limits.burst.unwrap_or(r))))
+                RateLimiter::direct(
+                    Quota::per_second(nz(r)).allow_burst(nz(limits.burst.unwrap_or(r))),
+                )
             }),
-            per_minute: limits.per_minute.map(|r| RateLimiter::direct(Quota::per_minute(nz(r)))),
-            per_chat: limits.per_chat_per_second.map(|r| RateLimiter::keyed(Quota::per_second(nz(r)))),
+            per_minute: limits
+                .per_minute
+                .map(|r| RateLimiter::direct(Quota::per_minute(nz(r)))),
+            per_chat: limits
+                .per_chat_per_second
+                .map(|r| RateLimiter::keyed(Quota::per_second(nz(r)))),
         }
     }
 
@@ -80,7 +86,13 @@ impl Outbox {
             .iter()
             .map(|(name, c)| (name.clone(), Limiters::new(c.rate_limits())))
             .collect();
-        Outbox { store, connectors, limiters, config, clock }
+        Outbox {
+            store,
+            connectors,
+            limiters,
+            config,
+            clock,
+        }
     }
 
     /// The delay before retry number `attempt` (1-based): exponential with jitter.
@@ -100,40 +112,77 @@ impl Outbox {
     /// are returned; the item then stays queued and is picked up again.
     pub async fn deliver(&self, mut item: OutboxItem) -> Result<(), StoreError> {
         let Some(connector) = self.connectors.get(&item.connector) else {
-            let why = format!("connector `{}` is not configured (configured: {})", item.connector, self.connector_name_hint());
+            let why = format!(
+                "connector `{}` is not configured (configured: {})",
+                item.connector,
+                self.connector_name_hint()
+            );
             return self.dead(item, why).await;
         };
         let chat = item.op.lane_id();
         loop {
-            let wait = (item.next_at - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
+            let wait = (item.next_at - self.clock.now())
+                .to_std()
+                .unwrap_or(Duration::ZERO);
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
             if let Some(l) = self.limiters.get(&item.connector) {
                 l.ready(&chat).await;
             }
-            let result = match tokio::time::timeout(self.config.attempt_timeout, connector.execute(&item.op, &item.key)).await {
+            let result = match tokio::time::timeout(
+                self.config.attempt_timeout,
+                connector.execute(&item.op, &item.key),
+            )
+            .await
+            {
                 Ok(r) => r,
-                Err(_) => Err(SendError::retry(format!("no answer within {:?}", self.config.attempt_timeout))),
+                Err(_) => Err(SendError::retry(format!(
+                    "no answer within {:?}",
+                    self.config.attempt_timeout
+                ))),
             };
             match result {
                 Ok(delivered) => {
                     let now = self.clock.now();
-                    let record = SentRecord { key: item.key.clone(), connector: item.connector.clone(), delivered, at: now };
+                    let record = SentRecord {
+                        key: item.key.clone(),
+                        connector: item.connector.clone(),
+                        delivered,
+                        at: now,
+                    };
                     self.store.outbox_delivered(&item.key, &record).await?;
                     telemetry::delivery_attempt(&item.connector, "delivered");
-                    telemetry::delivered(&item.connector, (now - item.created_at).to_std().unwrap_or_default());
+                    telemetry::delivered(
+                        &item.connector,
+                        (now - item.created_at).to_std().unwrap_or_default(),
+                    );
                     return Ok(());
                 }
-                Err(SendError::Retry { reason, retry_after }) => {
+                Err(SendError::Retry {
+                    reason,
+                    retry_after,
+                }) => {
                     item.attempts += 1;
                     if item.attempts >= self.config.max_attempts {
-                        return self.dead(item, format!("gave up after {} attempts: {reason}", self.config.max_attempts)).await;
+                        return self
+                            .dead(
+                                item,
+                                format!(
+                                    "gave up after {} attempts: {reason}",
+                                    self.config.max_attempts
+                                ),
+                            )
+                            .await;
                     }
                     telemetry::delivery_attempt(&item.connector, "retry");
-                    let delay = self.backoff(item.attempts).max(retry_after.unwrap_or_default());
+                    let delay = self
+                        .backoff(item.attempts)
+                        .max(retry_after.unwrap_or_default());
                     tracing::warn!(key = %item.key, connector = %item.connector, attempt = item.attempts, ?delay, %reason, "delivery failed, will retry");
-                    item.next_at = self.clock.now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(60));
+                    item.next_at = self.clock.now()
+                        + chrono::Duration::from_std(delay)
+                            .unwrap_or(chrono::Duration::seconds(60));
                     item.last_error = Some(reason);
                     self.store.outbox_update(&item).await?;
                 }
@@ -151,13 +200,24 @@ impl Outbox {
     async fn dead(&self, item: OutboxItem, error: String) -> Result<(), StoreError> {
         tracing::error!(key = %item.key, connector = %item.connector, %error, "delivery failed for good; moved to dead letters");
         telemetry::delivery_attempt(&item.connector, "dead");
-        let letter = DeadLetter { error, died_at: self.clock.now(), item };
+        let letter = DeadLetter {
+            error,
+            died_at: self.clock.now(),
+            item,
+        };
         self.store.outbox_dead(&letter).await
     }
 
     /// Start delivering: a feeder over the stored queue and one lane per chat.
-    pub fn start(self: Arc<Self>, wake: Arc<Notify>, cancel: CancellationToken) -> (Arc<Lanes<String, OutboxItem>>, tokio::task::JoinHandle<()>) {
-        let slot: Arc<std::sync::OnceLock<Arc<Lanes<String, OutboxItem>>>> = Arc::default();
+    pub fn start(
+        self: Arc<Self>,
+        wake: Arc<Notify>,
+        cancel: CancellationToken,
+    ) -> (Arc<Lanes<String, OutboxItem>>, tokio::task::JoinHandle<()>) {
+        // Weak: the lanes own this handler, so a strong reference back would be a cycle
+        // that keeps the store (and its file lock) alive after shutdown.
+        let slot: Arc<std::sync::OnceLock<std::sync::Weak<Lanes<String, OutboxItem>>>> =
+            Arc::default();
         let handler = {
             let (this, slot) = (self.clone(), slot.clone());
             Arc::new(move |item: OutboxItem| {
@@ -168,7 +228,7 @@ impl Outbox {
                         tracing::error!(%key, error = %e, "outbox store error; the item stays queued");
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
-                    if let Some(lanes) = slot.get() {
+                    if let Some(lanes) = slot.get().and_then(std::sync::Weak::upgrade) {
                         lanes.complete(&key);
                     }
                 }) as futures::future::BoxFuture<'static, ()>
@@ -180,14 +240,19 @@ impl Outbox {
             max_per_lane: 32,
         };
         let lanes = Lanes::new(limits, wake, handler);
-        let _ = slot.set(lanes.clone());
+        let _ = slot.set(Arc::downgrade(&lanes));
         let store = self.store.clone();
         let feeder = tokio::spawn(lanes.clone().feed(
             move |after: Option<String>, limit| {
                 let store = store.clone();
                 async move {
                     let items = store.outbox_after(after.as_deref(), limit).await?;
-                    Ok::<_, StoreError>(items.into_iter().map(|it| (it.key.clone(), it.lane_key(), it)).collect::<Vec<_>>())
+                    Ok::<_, StoreError>(
+                        items
+                            .into_iter()
+                            .map(|it| (it.key.clone(), it.lane_key(), it))
+                            .collect::<Vec<_>>(),
+                    )
                 }
             },
             cancel,

@@ -63,11 +63,21 @@ impl Route {
                 .map_err(|e| e.to_string())?,
             mention: r.mention.clone(),
             command: r.command.as_ref().map(|c| c.to_lowercase()),
-            text: r.text.as_deref().map(Regex::new).transpose().map_err(|e| e.to_string())?,
+            text: r
+                .text
+                .as_deref()
+                .map(Regex::new)
+                .transpose()
+                .map_err(|e| e.to_string())?,
             payload: r
                 .payload
                 .iter()
-                .map(|(k, v)| Ok((k.clone(), serde_json::to_value(v).map_err(|e| e.to_string())?)))
+                .map(|(k, v)| {
+                    Ok((
+                        k.clone(),
+                        serde_json::to_value(v).map_err(|e| e.to_string())?,
+                    ))
+                })
                 .collect::<Result<_, String>>()?,
             bots: r.bots.clone(),
             stop: r.stop,
@@ -76,7 +86,11 @@ impl Route {
 
     /// Does this route take the event?
     pub fn matches(&self, event: &Event) -> bool {
-        if self.connector.as_ref().is_some_and(|c| *c != event.connector) {
+        if self
+            .connector
+            .as_ref()
+            .is_some_and(|c| *c != event.connector)
+        {
             return false;
         }
         if self.kind.is_some_and(|k| k != event.kind) {
@@ -94,7 +108,10 @@ impl Route {
                 event.mentions.iter().any(|m| {
                     m.is_bot
                         && (m.person.id.eq_ignore_ascii_case(want)
-                            || m.person.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(want)))
+                            || m.person
+                                .name
+                                .as_deref()
+                                .is_some_and(|n| n.eq_ignore_ascii_case(want)))
                 })
             };
             if !ok {
@@ -154,6 +171,14 @@ impl Router {
         out
     }
 
+    /// Command words that routes on `connector` match on.
+    pub fn commands_on<'a>(&'a self, connector: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.routes
+            .iter()
+            .filter(move |r| r.connector.as_deref().is_none_or(|c| c == connector))
+            .filter_map(|r| r.command.as_deref())
+    }
+
     /// For each bot, the connectors some route sends it events from (`None` = any).
     pub fn reachability(&self) -> HashMap<String, Vec<Option<String>>> {
         let mut out: HashMap<String, Vec<Option<String>>> = HashMap::new();
@@ -199,7 +224,12 @@ impl Processor {
         if names.is_empty() {
             if let Some(body) = self.unknown_command_hint(&event) {
                 if let Some(op) = reply_op(&event, body) {
-                    items.push(OutboxItem::new(format!("{id}/router/0000"), event.connector.clone(), op, now));
+                    items.push(OutboxItem::new(
+                        format!("{id}/router/0000"),
+                        event.connector.clone(),
+                        op,
+                        now,
+                    ));
                 }
             }
             store.complete_event(id, &Fate::Unrouted, &items).await?;
@@ -213,20 +243,30 @@ impl Processor {
         for name in &names {
             let Some(bot) = self.bots.get(name) else {
                 // Card values can name a bot that was removed from the config since.
-                failures.push(BotFailure { bot: name.clone(), error: "no such bot is configured".into() });
+                failures.push(BotFailure {
+                    bot: name.clone(),
+                    error: "no such bot is configured".into(),
+                });
                 continue;
             };
             let mut ctx = BotContext::new(name, &event, self.services.clone());
-            let result = match tokio::time::timeout(self.bot_timeout, bot.handle(&event, &mut ctx)).await {
-                Ok(r) => r,
-                Err(_) => Err(BotError::Other(format!("timed out after {:?}", self.bot_timeout))),
-            };
+            let result =
+                match tokio::time::timeout(self.bot_timeout, bot.handle(&event, &mut ctx)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(BotError::Other(format!(
+                        "timed out after {:?}",
+                        self.bot_timeout
+                    ))),
+                };
             let actions = match result {
                 Ok(actions) => actions,
                 Err(e) => {
                     telemetry::bot_error(name);
                     tracing::warn!(event_id = %id, bot = %name, error = %e, "bot failed");
-                    failures.push(BotFailure { bot: name.clone(), error: e.to_string() });
+                    failures.push(BotFailure {
+                        bot: name.clone(),
+                        error: e.to_string(),
+                    });
                     apology(name, &event, &e).into_iter().collect()
                 }
             };
@@ -234,18 +274,42 @@ impl Processor {
                 match resolve(&event, action) {
                     Ok((connector, op)) => {
                         if !self.services.connectors.contains_key(&connector) {
-                            failures.push(BotFailure { bot: name.clone(), error: format!("action names connector `{connector}`, which is not configured") });
+                            failures.push(BotFailure {
+                                bot: name.clone(),
+                                error: format!(
+                                    "action names connector `{connector}`, which is not configured"
+                                ),
+                            });
                             continue;
                         }
-                        items.push(OutboxItem::new(format!("{id}/{name}/{index:04}"), connector, op, now));
+                        items.push(OutboxItem::new(
+                            format!("{id}/{name}/{index:04}"),
+                            connector,
+                            op,
+                            now,
+                        ));
                     }
-                    Err(why) => failures.push(BotFailure { bot: name.clone(), error: why }),
+                    Err(why) => failures.push(BotFailure {
+                        bot: name.clone(),
+                        error: why,
+                    }),
                 }
             }
         }
-        let fate = Fate::Routed { bots: names, actions: items.len(), failures };
+        let fate = Fate::Routed {
+            bots: names,
+            actions: items.len(),
+            failures,
+        };
         store.complete_event(id, &fate, &items).await?;
-        telemetry::event_handled(&event.connector, if matches!(&fate, Fate::Routed { failures, .. } if !failures.is_empty()) { "failed" } else { "routed" });
+        telemetry::event_handled(
+            &event.connector,
+            if matches!(&fate, Fate::Routed { failures, .. } if !failures.is_empty()) {
+                "failed"
+            } else {
+                "routed"
+            },
+        );
         if !items.is_empty() {
             self.outbox_wake.notify_one();
         }
@@ -263,14 +327,22 @@ impl Processor {
         }
         let cmd = crate::command::parse(event)?;
         let dir = &self.services.directory;
+        // Known commands: those the reachable bots declare, and those routes match on.
         let known: Vec<&str> = dir
             .reachable_from(&event.connector)
             .flat_map(|b| b.commands.iter().map(|c| c.name.as_str()))
+            .chain(self.router.commands_on(&event.connector))
             .filter(|n| !n.starts_with('<'))
             .collect();
-        let what = if cmd.name.is_empty() { "that".to_string() } else { format!("`{}`", cmd.name) };
+        let what = if cmd.name.is_empty() {
+            "that".to_string()
+        } else {
+            format!("`{}`", cmd.name)
+        };
         let hint = match crate::command::nearest(&cmd.name, known.iter().copied()) {
-            Some(near) => format!("I don't know {what}. Did you mean `{near}`? Say `@help` for the list."),
+            Some(near) => {
+                format!("I don't know {what}. Did you mean `{near}`? Say `@help` for the list.")
+            }
             None => format!("I don't know {what}. Say `@help` for what I can do."),
         };
         Some(MessageBody::text(hint))
@@ -284,7 +356,10 @@ fn apology(bot: &str, event: &Event, e: &BotError) -> Option<Action> {
     }
     let text = match e {
         BotError::User(msg) => msg.clone(),
-        _ => format!("Sorry, `{bot}` could not handle that. The team can find what went wrong under event {}.", event.id),
+        _ => format!(
+            "Sorry, `{bot}` could not handle that. The team can find what went wrong under event {}.",
+            event.id
+        ),
     };
     Some(Action::reply_text(text))
 }
@@ -296,27 +371,75 @@ fn reply_op(event: &Event, body: MessageBody) -> Option<Operation> {
         (None, Some(sender)) => Target::person(sender.id.clone()),
         (None, None) => return None,
     };
-    Some(Operation::Send { to, body, reply_to: event.message_id.clone() })
+    Some(Operation::Send {
+        to,
+        body,
+        reply_to: event.message_id.clone(),
+    })
 }
 
 /// Turn a bot's action into (connector, operation).
 pub fn resolve(event: &Event, action: Action) -> Result<(String, Operation), String> {
     let here = || event.connector.clone();
     Ok(match action {
-        Action::Send { connector, to, body } => (connector.unwrap_or_else(here), Operation::Send { to, body, reply_to: None }),
+        Action::Send {
+            connector,
+            to,
+            body,
+        } => (
+            connector.unwrap_or_else(here),
+            Operation::Send {
+                to,
+                body,
+                reply_to: None,
+            },
+        ),
         Action::Reply { body } => (
             here(),
-            reply_op(event, body).ok_or_else(|| format!("cannot reply to event {}: it has no chat and no sender", event.id))?,
+            reply_op(event, body).ok_or_else(|| {
+                format!(
+                    "cannot reply to event {}: it has no chat and no sender",
+                    event.id
+                )
+            })?,
         ),
-        Action::Update { connector, message_id, body } => {
+        Action::Update {
+            connector,
+            message_id,
+            body,
+        } => {
             let same = connector.as_deref().is_none_or(|c| c == event.connector);
-            let chat_id = if same { event.chat.as_ref().map(|c| c.id.clone()) } else { None };
-            (connector.unwrap_or_else(here), Operation::Update { chat_id, message_id, body })
+            let chat_id = if same {
+                event.chat.as_ref().map(|c| c.id.clone())
+            } else {
+                None
+            };
+            (
+                connector.unwrap_or_else(here),
+                Operation::Update {
+                    chat_id,
+                    message_id,
+                    body,
+                },
+            )
         }
-        Action::CreateChat { connector, spec } => (connector.unwrap_or_else(here), Operation::CreateChat { spec }),
-        Action::AddMembers { connector, chat_id, members, member_id_type } => {
-            (connector.unwrap_or_else(here), Operation::AddMembers { chat_id, members, member_id_type })
-        }
+        Action::CreateChat { connector, spec } => (
+            connector.unwrap_or_else(here),
+            Operation::CreateChat { spec },
+        ),
+        Action::AddMembers {
+            connector,
+            chat_id,
+            members,
+            member_id_type,
+        } => (
+            connector.unwrap_or_else(here),
+            Operation::AddMembers {
+                chat_id,
+                members,
+                member_id_type,
+            },
+        ),
     })
 }
 
@@ -328,7 +451,9 @@ pub fn start(
     cancel: tokio_util::sync::CancellationToken,
 ) -> (Arc<Lanes<EventId, EventId>>, tokio::task::JoinHandle<()>) {
     let store = processor.services.store.clone();
-    let slot: Arc<std::sync::OnceLock<Arc<Lanes<EventId, EventId>>>> = Arc::default();
+    // Weak: the lanes own this handler, so a strong reference back would be a cycle
+    // that keeps the store (and its file lock) alive after shutdown.
+    let slot: Arc<std::sync::OnceLock<std::sync::Weak<Lanes<EventId, EventId>>>> = Arc::default();
     let handler = {
         let slot = slot.clone();
         Arc::new(move |id: EventId| {
@@ -339,7 +464,7 @@ pub fn start(
                     tracing::error!(event_id = %id, error = %e, "event could not be processed; it stays pending");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                if let Some(lanes) = slot.get() {
+                if let Some(lanes) = slot.get().and_then(std::sync::Weak::upgrade) {
                     lanes.complete(&id);
                 }
             }) as futures::future::BoxFuture<'static, ()>
@@ -351,14 +476,18 @@ pub fn start(
         max_per_lane: 64,
     };
     let lanes = Lanes::new(limits, wake, handler);
-    let _ = slot.set(lanes.clone());
+    let _ = slot.set(Arc::downgrade(&lanes));
     let feeder = tokio::spawn(lanes.clone().feed(
         move |after: Option<EventId>, limit| {
             let store = store.clone();
             async move {
                 // The lane is the event's chat: events of one chat are handled in order.
                 let ids = store.pending_ids(after, limit).await?;
-                Ok::<_, StoreError>(ids.into_iter().map(|(id, lane)| (id, lane, id)).collect::<Vec<_>>())
+                Ok::<_, StoreError>(
+                    ids.into_iter()
+                        .map(|(id, lane)| (id, lane, id))
+                        .collect::<Vec<_>>(),
+                )
             }
         },
         cancel,

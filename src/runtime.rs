@@ -59,30 +59,56 @@ impl Perch {
     /// Open the store in `server.data_dir` and start.
     pub async fn start(config: Config, clock: SharedClock) -> Result<Perch, StartError> {
         let dir = config.server.data_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir { dir: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
+            dir: dir.display().to_string(),
+            source,
+        })?;
         let cache = config.server.cache_mb * 1024 * 1024;
         let store_dir = dir.join("store");
         let store = tokio::task::spawn_blocking(move || SledStore::open(&store_dir, cache))
             .await
-            .map_err(|e| StartError::Store { dir: dir.display().to_string(), source: StoreError::Io(e.to_string()) })?
-            .map_err(|source| StartError::Store { dir: dir.display().to_string(), source })?;
+            .map_err(|e| StartError::Store {
+                dir: dir.display().to_string(),
+                source: StoreError::Io(e.to_string()),
+            })?
+            .map_err(|source| StartError::Store {
+                dir: dir.display().to_string(),
+                source,
+            })?;
         Self::start_with_store(config, Arc::new(store), clock).await
     }
 
     /// Start on a given store (tests use a temporary one).
-    pub async fn start_with_store(config: Config, store: Arc<dyn Store>, clock: SharedClock) -> Result<Perch, StartError> {
+    pub async fn start_with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+        clock: SharedClock,
+    ) -> Result<Perch, StartError> {
         let metrics = crate::telemetry::install();
         let router_wake = Arc::new(Notify::new());
         let outbox_wake = Arc::new(Notify::new());
         let cancel = CancellationToken::new();
-        let journal = Journal::start(store.clone(), config.server.dedupe_window, clock.clone(), router_wake.clone());
+        let (journal, committer_task) = Journal::start(
+            store.clone(),
+            config.server.dedupe_window,
+            clock.clone(),
+            router_wake.clone(),
+            cancel.clone(),
+        );
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| StartError::Http(e.to_string()))?;
 
-        let Config { server, outbox: outbox_config, connectors: connector_configs, bots: bot_configs, routes, source } = config;
+        let Config {
+            server,
+            outbox: outbox_config,
+            connectors: connector_configs,
+            bots: bot_configs,
+            routes,
+            source,
+        } = config;
         let routing_config = Config {
             server: Default::default(),
             outbox: Default::default(),
@@ -109,7 +135,10 @@ impl Perch {
         let mut infos = Vec::new();
         let reach = router.reachability();
         for (name, c) in &bot_configs {
-            let bot = bots::build(name, c.get_ref()).map_err(|e| StartError::Bot { name: name.clone(), why: e.to_string() })?;
+            let bot = bots::build(name, c.get_ref()).map_err(|e| StartError::Bot {
+                name: name.clone(),
+                why: e.to_string(),
+            })?;
             infos.push(BotInfo {
                 name: name.clone(),
                 kind: c.get_ref().kind(),
@@ -131,10 +160,22 @@ impl Perch {
             bot_timeout: server.bot_timeout,
             outbox_wake: outbox_wake.clone(),
         });
-        let (event_lanes, router_task) = crate::router::start(processor, server.concurrency, router_wake, cancel.clone());
-        let outbox = Arc::new(Outbox::new(store.clone(), connectors.clone(), outbox_config, clock.clone()));
+        let (event_lanes, router_task) =
+            crate::router::start(processor, server.concurrency, router_wake, cancel.clone());
+        let outbox = Arc::new(Outbox::new(
+            store.clone(),
+            connectors.clone(),
+            outbox_config,
+            clock.clone(),
+        ));
         let (outbox_lanes, outbox_task) = outbox.start(outbox_wake.clone(), cancel.clone());
-        let upkeep_task = tokio::spawn(upkeep(store.clone(), clock.clone(), server.dedupe_window, server.journal_retention, cancel.clone()));
+        let upkeep_task = tokio::spawn(upkeep(
+            store.clone(),
+            clock.clone(),
+            server.dedupe_window,
+            server.journal_retention,
+            cancel.clone(),
+        ));
 
         let shared = Shared {
             store,
@@ -152,7 +193,7 @@ impl Perch {
             event_lanes,
             outbox_lanes,
             cancel,
-            tasks: vec![router_task, outbox_task, upkeep_task],
+            tasks: vec![router_task, outbox_task, upkeep_task, committer_task],
         })
     }
 
@@ -173,12 +214,22 @@ impl Perch {
         if let Err(e) = self.shared.store.flush().await {
             tracing::error!(error = %e, "final flush failed");
         }
+        // Everything holding the store has stopped; dropping `self` closes it (and
+        // releases its file lock), so a restart in the same process can open it again.
+        let holders = Arc::strong_count(&self.shared.store);
+        tracing::debug!(holders, "store references at shutdown");
     }
 }
 
 /// Periodic upkeep: queue-depth gauges every few seconds; expired dedupe keys, old sent
 /// records and old journal entries every ten minutes.
-async fn upkeep(store: Arc<dyn Store>, clock: SharedClock, dedupe_window: Duration, retention: Duration, cancel: CancellationToken) {
+async fn upkeep(
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+    dedupe_window: Duration,
+    retention: Duration,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut n: u64 = 0;
     loop {
@@ -192,9 +243,14 @@ async fn upkeep(store: Arc<dyn Store>, clock: SharedClock, dedupe_window: Durati
         n += 1;
         if n % 120 == 1 {
             let now = clock.now();
-            let window = chrono::Duration::from_std(dedupe_window).unwrap_or(chrono::Duration::hours(8));
+            let window =
+                chrono::Duration::from_std(dedupe_window).unwrap_or(chrono::Duration::hours(8));
             let keep = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(7));
-            let cut = SweepCutoffs { now, sent_before: now - window, journal_before: now - keep };
+            let cut = SweepCutoffs {
+                now,
+                sent_before: now - window,
+                journal_before: now - keep,
+            };
             match store.sweep(cut).await {
                 Ok(s) => tracing::debug!(?s, "sweep"),
                 Err(e) => tracing::error!(error = %e, "sweep failed"),

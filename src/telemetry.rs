@@ -16,7 +16,10 @@ pub fn install() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Suffix("_seconds".to_string()),
-                    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+                    &[
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0, 30.0, 60.0,
+                    ],
                 )
                 .and_then(|b| Ok(b.build_recorder()));
             match recorder {
@@ -37,7 +40,8 @@ pub fn install() -> PrometheusHandle {
 
 pub fn event_received(connector: &str, new: bool) {
     let outcome = if new { "accepted" } else { "duplicate" };
-    counter!("perch_events_in_total", "connector" => connector.to_string(), "outcome" => outcome).increment(1);
+    counter!("perch_events_in_total", "connector" => connector.to_string(), "outcome" => outcome)
+        .increment(1);
 }
 
 pub fn event_rejected(connector: &str, status: u16) {
@@ -46,7 +50,8 @@ pub fn event_rejected(connector: &str, status: u16) {
 
 /// The router's verdict on an event: `routed`, `unrouted` or `failed`.
 pub fn event_handled(connector: &str, fate: &'static str) {
-    counter!("perch_events_handled_total", "connector" => connector.to_string(), "fate" => fate).increment(1);
+    counter!("perch_events_handled_total", "connector" => connector.to_string(), "fate" => fate)
+        .increment(1);
 }
 
 pub fn bot_error(bot: &str) {
@@ -65,7 +70,8 @@ pub fn delivery_attempt(connector: &str, result: &'static str) {
 
 /// Time from the item's creation to its delivery.
 pub fn delivered(connector: &str, latency: Duration) {
-    histogram!("perch_delivery_latency_seconds", "connector" => connector.to_string()).record(latency.as_secs_f64());
+    histogram!("perch_delivery_latency_seconds", "connector" => connector.to_string())
+        .record(latency.as_secs_f64());
 }
 
 pub fn queue_depths(pending_events: usize, outbox: usize) {

@@ -1,26 +1,60 @@
 //! The core pipeline end to end, on a real server: webhook → journal → router → bot →
-//! outbox → connector.
+//! outbox → connector. Outbound operations go to a wiremock "chat platform" through the
+//! webhook connector's `send_url`, so each test can count exactly what was delivered.
 
 mod common;
 use common::*;
+use perch::event::{Chat, ChatType, Event, EventKind, Mention, Person};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
-const CONFIG: &str = r#"
+const SECRET: &str = "s3cret";
+
+/// A config: inbound webhook `events` (+ `github`), outbound sink `chat` → `sink_url`.
+fn config(sink_url: &str, bots_and_routes: &str) -> String {
+    format!(
+        r#"
 [server]
 listen = "127.0.0.1:0"
 
-[connectors.web]
-kind = "local"
+[outbox]
+min_backoff = "50ms"
+max_backoff = "200ms"
+max_attempts = 4
 
 [connectors.events]
 kind = "webhook"
-secret = "s3cret"
+secret = "{SECRET}"
 topic_header = "X-Perch-Topic"
 id_header = "X-Perch-Delivery"
+chat_pointer = "/chat"
 
+[connectors.github]
+kind = "webhook"
+secret = "It's a Secret to Everybody"
+signature_header = "X-Hub-Signature-256"
+topic_header = "X-GitHub-Event"
+topic_prefix = "github."
+id_header = "X-GitHub-Delivery"
+sender_pointer = "/sender/login"
+
+[connectors.chat]
+kind = "webhook"
+insecure = true
+send_url = "{sink_url}/send"
+
+{bots_and_routes}
+"#
+    )
+}
+
+const NOTIFY: &str = r#"
 [bots.builds]
 kind = "notify"
-connector = "web"
-chat = "general"
+connector = "chat"
+chat = "team"
 text = "Build failed: {{payload.repo}}"
 
 [[routes]]
@@ -29,29 +63,825 @@ topic = "build.*"
 bots = ["builds"]
 "#;
 
-#[tokio::test]
-async fn signed_event_reaches_the_chat() {
-    let t = TestPerch::start(CONFIG).await;
-    let body = br#"{"repo":"shop"}"#;
-    let resp = reqwest::Client::new()
+async fn sink() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/send"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "m-1"})))
+        .mount(&server)
+        .await;
+    server
+}
+
+/// Bodies POSTed to the sink, in arrival order.
+async fn sent(server: &MockServer) -> Vec<Value> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect()
+}
+
+async fn wait_sent(server: &MockServer, n: usize) -> Vec<Value> {
+    eventually(10, &format!("{n} deliveries at the sink"), || async {
+        let s = sent(server).await;
+        (s.len() >= n).then_some(s)
+    })
+    .await
+}
+
+async fn post_event(t: &TestPerch, topic: &str, delivery: &str, body: &[u8]) -> reqwest::Response {
+    reqwest::Client::new()
         .post(t.url("/hooks/events"))
-        .header("X-Perch-Topic", "build.failed")
-        .header("X-Perch-Delivery", "d-1")
-        .header("X-Perch-Signature", format!("sha256={}", sign("s3cret", body)))
+        .header("X-Perch-Topic", topic)
+        .header("X-Perch-Delivery", delivery)
+        .header(
+            "X-Perch-Signature",
+            format!("sha256={}", sign(SECRET, body)),
+        )
         .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn api(t: &TestPerch, path: &str) -> Value {
+    reqwest::get(t.url(path))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A chat message as a platform connector would journal it.
+fn message(text: &str, bots: &[&str]) -> Event {
+    let mut e = Event::new("chat", EventKind::Message, chrono::Utc::now());
+    e.chat = Some(Chat {
+        id: "room-1".into(),
+        chat_type: ChatType::Group,
+    });
+    e.sender = Some(Person {
+        id: "alice".into(),
+        name: Some("Alice".into()),
+    });
+    e.text = Some(text.to_string());
+    e.message_id = Some("msg-1".into());
+    e.mentions = bots
+        .iter()
+        .map(|b| Mention {
+            person: Person {
+                id: b.to_string(),
+                name: Some(b.to_string()),
+            },
+            is_bot: true,
+        })
+        .collect();
+    e
+}
+
+fn text_of(op: &Value) -> String {
+    op["body"]["text"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn signed_event_reaches_the_chat_once() {
+    let s = sink().await;
+    let t = TestPerch::start(&config(&s.uri(), NOTIFY)).await;
+    let resp = post_event(&t, "build.failed", "d-1", br#"{"repo":"shop"}"#).await;
+    assert_eq!(resp.status(), 200);
+    let ack: Value = resp.json().await.unwrap();
+    assert_eq!(ack["duplicate"], false);
+    let got = wait_sent(&s, 1).await;
+    assert_eq!(got[0]["op"], "send");
+    assert_eq!(got[0]["to"], json!({"type": "chat", "id": "team"}));
+    assert_eq!(text_of(&got[0]), "Build failed: shop");
+    let key = got[0]["key"].as_str().unwrap();
+    assert!(
+        key.starts_with(ack["event_id"].as_str().unwrap()),
+        "idempotency key derives from the event: {key}"
+    );
+    // The journal records the fate.
+    let ev = api(
+        &t,
+        &format!("/api/events/{}", ack["event_id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(ev["fate"]["state"], "routed");
+    assert_eq!(ev["fate"]["bots"], json!(["builds"]));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sent(&s).await.len(), 1);
+}
+
+#[tokio::test]
+async fn github_push_is_accepted_with_config_alone() {
+    let s = sink().await;
+    let routes = r#"
+[bots.pushes]
+kind = "notify"
+connector = "chat"
+chat = "dev"
+text = "{{payload.pusher.name}} pushed {{payload.ref}} to {{payload.repository.full_name}}"
+
+[[routes]]
+connector = "github"
+topic = "github.push"
+bots = ["pushes"]
+"#;
+    let t = TestPerch::start(&config(&s.uri(), routes)).await;
+    let body = std::fs::read("tests/fixtures/github/push.json").unwrap();
+    let sig = sign("It's a Secret to Everybody", &body);
+    let resp = reqwest::Client::new()
+        .post(t.url("/hooks/github"))
+        .header("X-GitHub-Event", "push")
+        .header("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+        .header("X-Hub-Signature-256", format!("sha256={sig}"))
+        .header("content-type", "application/json")
+        .body(body)
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let store = t.perch().shared.store.clone();
-    let msgs = eventually(10, "message in #general", || {
-        let store = store.clone();
-        async move {
-            let v = store.kv_scan("web/web", "msg/general/").await.unwrap();
-            (!v.is_empty()).then_some(v)
+    let got = wait_sent(&s, 1).await;
+    assert_eq!(
+        text_of(&got[0]),
+        "Codertocat pushed refs/tags/simple-tag to Codertocat/Hello-World"
+    );
+    let events = api(&t, "/api/events").await;
+    let e = &events["events"][0]["event"];
+    assert_eq!(e["topic"], "github.push");
+    assert_eq!(e["external_id"], "72d3162e-cc78-11e3-81ab-4c9367dc0958");
+    assert_eq!(e["sender"]["id"], "Codertocat");
+}
+
+#[tokio::test]
+async fn platform_retries_are_processed_once_even_across_a_restart() {
+    let s = sink().await;
+    let mut t = TestPerch::start(&config(&s.uri(), NOTIFY)).await;
+    let first: Value = post_event(&t, "build.failed", "same-id", br#"{"repo":"a"}"#)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let again: Value = post_event(&t, "build.failed", "same-id", br#"{"repo":"a"}"#)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(
+        again["event_id"], first["event_id"],
+        "a duplicate is answered with the original's id"
+    );
+    wait_sent(&s, 1).await;
+    t.restart().await;
+    let resp = post_event(&t, "build.failed", "same-id", br#"{"repo":"a"}"#).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["duplicate"], true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sent(&s).await.len(), 1);
+    assert_eq!(
+        api(&t, "/api/events").await["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
+    let s = sink().await;
+    let mut cfg = config(&s.uri(), NOTIFY);
+    cfg = cfg.replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nbody_limit = 2048",
+    );
+    let t = TestPerch::start(&cfg).await;
+    let client = reqwest::Client::new();
+    let body = br#"{"repo":"x"}"#.to_vec();
+    let good_sig = format!("sha256={}", sign(SECRET, &body));
+    let not_json = b"{not json".to_vec();
+    let big = format!(r#"{{"repo":"{}"}}"#, "x".repeat(4096)).into_bytes();
+    let cases: Vec<(&str, &str, Vec<(&str, String)>, Vec<u8>, u16, &str)> = vec![
+        (
+            "no signature",
+            "/hooks/events",
+            vec![("X-Perch-Topic", "build.x".into())],
+            body.clone(),
+            401,
+            "missing signature header",
+        ),
+        (
+            "wrong signature",
+            "/hooks/events",
+            vec![
+                ("X-Perch-Topic", "build.x".into()),
+                (
+                    "X-Perch-Signature",
+                    format!("sha256={}", sign("other", &body)),
+                ),
+            ],
+            body.clone(),
+            401,
+            "signature does not match",
+        ),
+        (
+            "signature of other bytes",
+            "/hooks/events",
+            vec![
+                ("X-Perch-Topic", "build.x".into()),
+                ("X-Perch-Signature", good_sig.clone()),
+            ],
+            br#"{"repo":"y"}"#.to_vec(),
+            401,
+            "signature does not match",
+        ),
+        (
+            "garbage signature",
+            "/hooks/events",
+            vec![
+                ("X-Perch-Topic", "build.x".into()),
+                ("X-Perch-Signature", "sha256=zz".into()),
+            ],
+            body.clone(),
+            401,
+            "signature does not match",
+        ),
+        (
+            "malformed JSON",
+            "/hooks/events",
+            vec![
+                ("X-Perch-Topic", "build.x".into()),
+                (
+                    "X-Perch-Signature",
+                    format!("sha256={}", sign(SECRET, &not_json)),
+                ),
+            ],
+            not_json.clone(),
+            400,
+            "malformed body",
+        ),
+        (
+            "no topic",
+            "/hooks/events",
+            vec![("X-Perch-Signature", good_sig.clone())],
+            body.clone(),
+            400,
+            "no topic",
+        ),
+        (
+            "body over the limit",
+            "/hooks/events",
+            vec![
+                ("X-Perch-Topic", "build.x".into()),
+                (
+                    "X-Perch-Signature",
+                    format!("sha256={}", sign(SECRET, &big)),
+                ),
+            ],
+            big.clone(),
+            413,
+            "larger than the configured limit",
+        ),
+        (
+            "unknown connector",
+            "/hooks/nope",
+            vec![],
+            body.clone(),
+            404,
+            "unknown connector `nope`",
+        ),
+        (
+            "unknown sub-path",
+            "/hooks/events/extra",
+            vec![("X-Perch-Signature", good_sig.clone())],
+            body.clone(),
+            404,
+            "no such path",
+        ),
+        (
+            "send-only connector",
+            "/hooks/chat",
+            vec![],
+            body.clone(),
+            400,
+            "malformed body",
+        ),
+    ];
+    for (what, path, headers, body, status, reason) in cases {
+        let mut req = client.post(t.url(path)).body(body);
+        for (h, v) in headers {
+            req = req.header(h, v);
         }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{what}");
+        let err: Value = resp
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: error body is JSON: {e}"));
+        let msg = err["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: has an error line"));
+        assert!(
+            msg.contains(reason),
+            "{what}: {msg:?} should mention {reason:?}"
+        );
+        assert!(!msg.contains('\n'), "{what}: one line");
+    }
+    assert_eq!(
+        api(&t, "/api/events").await["events"],
+        json!([]),
+        "nothing stored"
+    );
+    let metrics = reqwest::get(t.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("perch_events_rejected_total{connector=\"events\",status=\"401\"} 4"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn timestamped_signatures_have_a_window() {
+    let s = sink().await;
+    let cfg = config(&s.uri(), NOTIFY).replace(
+        "chat_pointer = \"/chat\"",
+        "chat_pointer = \"/chat\"\ntimestamp_header = \"X-Perch-Timestamp\"\ntolerance = \"5m\"",
+    );
+    let t = TestPerch::start(&cfg).await;
+    let body = br#"{"repo":"z"}"#;
+    let send = |ts: i64| {
+        let signed = [ts.to_string().as_bytes(), b".", body].concat();
+        reqwest::Client::new()
+            .post(t.url("/hooks/events"))
+            .header("X-Perch-Topic", "build.failed")
+            .header("X-Perch-Timestamp", ts.to_string())
+            .header(
+                "X-Perch-Signature",
+                format!("sha256={}", sign(SECRET, &signed)),
+            )
+            .body(body.to_vec())
+            .send()
+    };
+    let now = chrono::Utc::now().timestamp();
+    assert_eq!(send(now - 3600).await.unwrap().status(), 401, "an hour old");
+    assert_eq!(
+        send(now + 3600).await.unwrap().status(),
+        401,
+        "an hour ahead"
+    );
+    assert_eq!(send(now - 10).await.unwrap().status(), 200);
+    wait_sent(&s, 1).await;
+}
+
+#[tokio::test]
+async fn every_matching_route_fires_each_bot_once_until_a_stop() {
+    let s = sink().await;
+    let routes = r#"
+[bots.a]
+kind = "notify"
+connector = "chat"
+chat = "c"
+text = "a:{{payload.n}}"
+
+[bots.b]
+kind = "notify"
+connector = "chat"
+chat = "c"
+text = "b:{{payload.n}}"
+
+[bots.c]
+kind = "notify"
+connector = "chat"
+chat = "c"
+text = "c:{{payload.n}}"
+
+[[routes]]
+topic = "deal.*"
+bots = ["a"]
+
+[[routes]]
+connector = "events"
+topic = "deal.won"
+payload = { "/region" = "east" }
+bots = ["a", "b"]
+stop = true
+
+[[routes]]
+topic = "deal.won"
+bots = ["c"]
+"#;
+    let t = TestPerch::start(&config(&s.uri(), routes)).await;
+    // deal.won east: route 1 (a) and route 2 (a again, b) fire; route 2 stops before c.
+    post_event(&t, "deal.won", "1", br#"{"n":1,"region":"east"}"#).await;
+    // deal.won west: route 2's payload test fails, so route 3 fires: a and c.
+    post_event(&t, "deal.won", "2", br#"{"n":2,"region":"west"}"#).await;
+    // deal.lost: only route 1.
+    post_event(&t, "deal.lost", "3", br#"{"n":3}"#).await;
+    // other.topic: nothing; journaled as unrouted.
+    post_event(&t, "other.topic", "4", br#"{"n":4}"#).await;
+    let got = wait_sent(&s, 5).await;
+    let mut texts: Vec<String> = got.iter().map(text_of).collect();
+    texts.sort();
+    assert_eq!(texts, vec!["a:1", "a:2", "a:3", "b:1", "c:2"]);
+    let events = api(&t, "/api/events").await;
+    let unrouted: Vec<&Value> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["fate"]["state"] == "unrouted")
+        .collect();
+    assert_eq!(unrouted.len(), 1);
+    assert_eq!(unrouted[0]["event"]["topic"], "other.topic");
+}
+
+#[tokio::test]
+async fn messages_route_by_mention_command_and_text() {
+    let s = sink().await;
+    let routes = r#"
+[bots.echo]
+kind = "echo"
+
+[bots.help]
+kind = "help"
+
+[[routes]]
+connector = "chat"
+mention = "*"
+command = "gmv"
+bots = ["echo"]
+
+[[routes]]
+connector = "chat"
+mention = "help"
+bots = ["help"]
+
+[[routes]]
+connector = "chat"
+text = "(?i)^ping$"
+bots = ["echo"]
+"#;
+    let t = TestPerch::start(&config(&s.uri(), routes)).await;
+    let journal = &t.perch().shared.journal;
+    journal
+        .accept(vec![message("@bot GMV 昨天", &["bot"])])
+        .await
+        .unwrap();
+    let got = wait_sent(&s, 1).await;
+    assert_eq!(text_of(&got[0]), "GMV 昨天");
+    assert_eq!(got[0]["to"], json!({"type": "chat", "id": "room-1"}));
+    assert_eq!(
+        got[0]["reply_to"], "msg-1",
+        "replies go to the message's thread"
+    );
+    // Not addressed to a bot: the mention route does not fire; the text route does.
+    journal.accept(vec![message("PING", &[])]).await.unwrap();
+    let got = wait_sent(&s, 2).await;
+    assert_eq!(text_of(&got[1]), "PING");
+    // A typo gets the nearest command.
+    journal
+        .accept(vec![message("@bot gmb 昨天", &["bot"])])
+        .await
+        .unwrap();
+    let got = wait_sent(&s, 3).await;
+    assert!(
+        text_of(&got[2]).contains("Did you mean `gmv`?"),
+        "{}",
+        text_of(&got[2])
+    );
+    // @help lists the commands of the bots reachable here.
+    journal
+        .accept(vec![message("@help", &["help"])])
+        .await
+        .unwrap();
+    let got = wait_sent(&s, 4).await;
+    assert_eq!(got[3]["body"]["type"], "markdown");
+    assert!(text_of(&got[3]).contains("@echo"), "{}", text_of(&got[3]));
+}
+
+#[tokio::test]
+async fn a_failing_bot_answers_politely_and_the_router_goes_on() {
+    let s = sink().await;
+    let routes = r#"
+[bots.echo]
+kind = "echo"
+
+[bots.strict]
+kind = "notify"
+connector = "chat"
+chat = "c"
+text = "{{payload.missing.field}}"
+
+[bots.fine]
+kind = "notify"
+connector = "chat"
+chat = "c"
+text = "fine {{payload.n}}"
+
+[[routes]]
+connector = "chat"
+mention = "echo"
+bots = ["echo"]
+
+[[routes]]
+topic = "x"
+bots = ["strict", "fine"]
+"#;
+    let t = TestPerch::start(&config(&s.uri(), routes)).await;
+    // A user error: echo with nothing to say answers with its usage.
+    t.perch()
+        .shared
+        .journal
+        .accept(vec![message("@echo", &["echo"])])
+        .await
+        .unwrap();
+    let got = wait_sent(&s, 1).await;
+    assert!(
+        text_of(&got[0]).contains("say something after @echo"),
+        "{}",
+        text_of(&got[0])
+    );
+    // A template error in one bot: the other bot still runs; the fate names the failure.
+    let ack: Value = post_event(&t, "x", "e1", br#"{"n":7}"#)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let got = wait_sent(&s, 2).await;
+    assert_eq!(text_of(&got[1]), "fine 7");
+    let ev = api(
+        &t,
+        &format!("/api/events/{}", ack["event_id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(ev["fate"]["failures"][0]["bot"], "strict");
+    assert!(
+        ev["fate"]["failures"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("template")
+    );
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_and_delivered_once() {
+    let s = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(2)
+        .with_priority(1)
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .with_priority(2)
+        .mount(&s)
+        .await;
+    let t = TestPerch::start(&config(&s.uri(), NOTIFY)).await;
+    post_event(&t, "build.failed", "r1", br#"{"repo":"r"}"#).await;
+    let got = wait_sent(&s, 3).await;
+    assert!(
+        got.iter().all(|b| b["key"] == got[0]["key"]),
+        "every attempt carries the same idempotency key"
+    );
+    eventually(5, "outbox drained", || async {
+        (api(&t, "/api/status").await["outbox_depth"] == 0).then_some(())
     })
     .await;
-    let text = String::from_utf8_lossy(&msgs[0].1).to_string();
-    assert!(text.contains("Build failed: shop"), "{text}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sent(&s).await.len(),
+        3,
+        "two failures, one success, nothing more"
+    );
+    let metrics = reqwest::get(t.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("perch_outbox_attempts_total{connector=\"chat\",result=\"retry\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let s = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .with_priority(2)
+        .mount(&s)
+        .await;
+    let t = TestPerch::start(&config(&s.uri(), NOTIFY)).await;
+    let started = Instant::now();
+    post_event(&t, "build.failed", "ra", br#"{"repo":"r"}"#).await;
+    wait_sent(&s, 2).await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the second attempt waited for Retry-After (1 s), not the 50 ms backoff"
+    );
+}
+
+#[tokio::test]
+async fn permanent_failures_go_to_dead_letters_and_replay_delivers() {
+    let s = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_string("bad chat"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .with_priority(2)
+        .mount(&s)
+        .await;
+    let t = TestPerch::start(&config(&s.uri(), NOTIFY)).await;
+    post_event(&t, "build.failed", "p1", br#"{"repo":"r"}"#).await;
+    let dead = eventually(5, "a dead letter", || async {
+        let d = api(&t, "/api/dead-letters").await;
+        (d["dead_letters"].as_array().is_some_and(|a| a.len() == 1)).then_some(d)
+    })
+    .await;
+    let letter = &dead["dead_letters"][0];
+    assert!(
+        letter["error"].as_str().unwrap().contains("HTTP 400"),
+        "{letter}"
+    );
+    assert_eq!(sent(&s).await.len(), 1, "a 400 is not retried");
+    let key = letter["item"]["key"].as_str().unwrap();
+    let resp = reqwest::Client::new()
+        .post(t.url("/api/dead-letters/replay"))
+        .query(&[("key", key)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    wait_sent(&s, 2).await;
+    eventually(5, "recorded as sent", || async {
+        let r = reqwest::Client::new()
+            .get(t.url("/api/sent"))
+            .query(&[("key", key)])
+            .send()
+            .await
+            .unwrap();
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let missing = reqwest::Client::new()
+        .post(t.url("/api/dead-letters/replay"))
+        .query(&[("key", "nope")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn too_many_attempts_end_in_dead_letters() {
+    let s = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&s)
+        .await;
+    let t = TestPerch::start(&config(&s.uri(), NOTIFY)).await;
+    post_event(&t, "build.failed", "m1", br#"{"repo":"r"}"#).await;
+    let dead = eventually(10, "a dead letter", || async {
+        let d = api(&t, "/api/dead-letters").await;
+        (d["dead_letters"].as_array().is_some_and(|a| a.len() == 1)).then_some(d)
+    })
+    .await;
+    assert!(
+        dead["dead_letters"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 4 attempts")
+    );
+    assert_eq!(sent(&s).await.len(), 4, "max_attempts = 4");
+}
+
+#[tokio::test]
+async fn messages_to_one_chat_keep_their_order() {
+    let s = sink().await;
+    let routes = r#"
+[bots.relay]
+kind = "notify"
+connector = "chat"
+chat = "{{payload.chat}}"
+text = "{{payload.n}}"
+
+[[routes]]
+topic = "seq"
+bots = ["relay"]
+"#;
+    let t = TestPerch::start(&config(&s.uri(), routes)).await;
+    // Sequential posts (each acked before the next) to two chats.
+    for n in 0..40 {
+        let body = format!(r#"{{"n":{n},"chat":"c{}"}}"#, n % 2);
+        assert_eq!(
+            post_event(&t, "seq", &format!("s{n}"), body.as_bytes())
+                .await
+                .status(),
+            200
+        );
+    }
+    let got = wait_sent(&s, 40).await;
+    for chat in ["c0", "c1"] {
+        let ns: Vec<u64> = got
+            .iter()
+            .filter(|b| b["to"]["id"] == chat)
+            .map(|b| text_of(b).parse().unwrap())
+            .collect();
+        let mut sorted = ns.clone();
+        sorted.sort();
+        assert_eq!(ns, sorted, "order in {chat}");
+        assert_eq!(ns.len(), 20);
+    }
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_the_token_when_one_is_set() {
+    let s = sink().await;
+    let cfg = config(&s.uri(), NOTIFY).replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nadmin_token = \"adm1n\"",
+    );
+    let t = TestPerch::start(&cfg).await;
+    let client = reqwest::Client::new();
+    for path in [
+        "/api/status",
+        "/api/events",
+        "/api/outbox",
+        "/api/dead-letters",
+    ] {
+        assert_eq!(
+            client.get(t.url(path)).send().await.unwrap().status(),
+            401,
+            "{path} without token"
+        );
+        assert_eq!(
+            client
+                .get(t.url(path))
+                .bearer_auth("wrong")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401,
+            "{path} wrong token"
+        );
+        assert_eq!(
+            client
+                .get(t.url(path))
+                .bearer_auth("adm1n")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "{path} with token"
+        );
+    }
+    // Health and metrics stay open for probes.
+    assert_eq!(
+        client.get(t.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        client.get(t.url("/metrics")).send().await.unwrap().status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn secrets_never_show() {
+    let s = sink().await;
+    let text = config(&s.uri(), NOTIFY);
+    let cfg = perch::config::Config::from_str(&text, std::path::Path::new("t.toml")).unwrap();
+    let debug = format!("{cfg:?}");
+    assert!(!debug.contains(SECRET), "Debug shows no secret");
+    assert!(debug.contains("***"));
+    let t = TestPerch::start(&text).await;
+    let status = reqwest::get(t.url("/api/status"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!status.contains(SECRET));
 }

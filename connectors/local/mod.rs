@@ -35,7 +35,10 @@ pub struct Local {
 
 impl Local {
     pub fn new(name: &str, _config: LocalConfig, env: &ConnectorEnv) -> Self {
-        Local { name: name.to_string(), env: env.clone() }
+        Local {
+            name: name.to_string(),
+            env: env.clone(),
+        }
     }
 
     fn ns(&self) -> String {
@@ -45,7 +48,12 @@ impl Local {
     /// Messages of a room, oldest first.
     pub async fn history(&self, room: &str) -> Result<Vec<ChatMessage>, crate::store::StoreError> {
         let mut out = Vec::new();
-        for (_, raw) in self.env.store.kv_scan(&self.ns(), &format!("msg/{room}/")).await? {
+        for (_, raw) in self
+            .env
+            .store
+            .kv_scan(&self.ns(), &format!("msg/{room}/"))
+            .await?
+        {
             out.push(serde_json::from_slice(&raw)?);
         }
         Ok(out)
@@ -71,19 +79,27 @@ impl Connector for Local {
                 let msg = ChatMessage {
                     id: idempotency_key.to_string(),
                     room: room.clone(),
-                    author: idempotency_key.split('/').nth(1).unwrap_or("perch").to_string(),
+                    author: idempotency_key
+                        .split('/')
+                        .nth(1)
+                        .unwrap_or("perch")
+                        .to_string(),
                     from_bot: true,
                     body: body.clone(),
                     at: self.env.clock.now(),
                 };
-                let raw = serde_json::to_vec(&msg).map_err(|e| SendError::Permanent(e.to_string()))?;
+                let raw =
+                    serde_json::to_vec(&msg).map_err(|e| SendError::Permanent(e.to_string()))?;
                 let key = format!("msg/{room}/{}", idempotency_key);
                 self.env
                     .store
                     .kv_put(&self.ns(), &key, &raw)
                     .await
                     .map_err(|e| SendError::retry(e.to_string()))?;
-                Ok(Delivered { id: Some(idempotency_key.to_string()), detail: serde_json::Value::Null })
+                Ok(Delivered {
+                    id: Some(idempotency_key.to_string()),
+                    detail: serde_json::Value::Null,
+                })
             }
             _ => Err(SendError::Unsupported("do that in the web chat yet")),
         }

@@ -24,7 +24,10 @@ pub enum EnvError {
 }
 
 /// Expand variables in `input`, reading them with `lookup`.
-pub fn expand_with(input: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, EnvError> {
+pub fn expand_with(
+    input: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, EnvError> {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(pos) = rest.find('$') {
@@ -98,7 +101,9 @@ impl std::ops::Deref for EnvString {
 impl<'de> Deserialize<'de> for EnvString {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
-        expand(&raw).map(EnvString).map_err(serde::de::Error::custom)
+        expand(&raw)
+            .map(EnvString)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -134,7 +139,9 @@ impl std::fmt::Display for Secret {
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
-        expand(&raw).map(Secret::new).map_err(serde::de::Error::custom)
+        expand(&raw)
+            .map(Secret::new)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -176,9 +183,18 @@ mod tests {
                 message: "set the app secret".into()
             })
         );
-        assert_eq!(expand_with("${NL}", env), Err(EnvError::Newline("NL".into())));
-        assert!(matches!(expand_with("${A", env), Err(EnvError::Unclosed(_))));
-        assert!(matches!(expand_with("${A B}", env), Err(EnvError::BadName(_))));
+        assert_eq!(
+            expand_with("${NL}", env),
+            Err(EnvError::Newline("NL".into()))
+        );
+        assert!(matches!(
+            expand_with("${A", env),
+            Err(EnvError::Unclosed(_))
+        ));
+        assert!(matches!(
+            expand_with("${A B}", env),
+            Err(EnvError::BadName(_))
+        ));
     }
 
     #[test]

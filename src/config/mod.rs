@@ -46,10 +46,19 @@ pub struct Config {
 }
 
 /// The text a config came from, to turn byte spans into line:column.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct ConfigSource {
     pub path: PathBuf,
     pub text: String,
+}
+
+impl std::fmt::Debug for ConfigSource {
+    // The text may hold literal secrets: show only where it came from.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigSource")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConfigSource {
@@ -190,8 +199,11 @@ pub struct RouteConfig {
 /// Parse a duration like `30s`, `5m`, `8h`, `7d`.
 pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s)
-        .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?} ({e}); write e.g. \"30s\", \"5m\", \"8h\"")))
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "bad duration {s:?} ({e}); write e.g. \"30s\", \"5m\", \"8h\""
+        ))
+    })
 }
 
 /// Parse an optional duration.
@@ -216,7 +228,10 @@ impl std::fmt::Display for ConfigIssue {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Parse(String),
     #[error("{} problem(s) in the config:\n{}", .0.len(), .0.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
@@ -231,7 +246,10 @@ pub struct Issues<'a> {
 
 impl<'a> Issues<'a> {
     pub fn new(source: &'a ConfigSource) -> Self {
-        Issues { source, found: Vec::new() }
+        Issues {
+            source,
+            found: Vec::new(),
+        }
     }
     /// Record a problem at byte `offset` of the config text.
     pub fn at(&mut self, offset: usize, message: impl Into<String>) {
@@ -262,7 +280,10 @@ impl Config {
             text: text.to_string(),
         };
         let mut config: Config = toml::from_str(text).map_err(|e| {
-            let at = e.span().map(|s| source.locate(s.start)).unwrap_or_else(|| path.display().to_string());
+            let at = e
+                .span()
+                .map(|s| source.locate(refine_offset(text, s, e.message())))
+                .unwrap_or_else(|| path.display().to_string());
             ConfigError::Parse(format!("{at}: {}", e.message().trim()))
         })?;
         config.source = source;
@@ -277,9 +298,13 @@ impl Config {
     /// Every semantic problem, each with its location. Empty means valid.
     pub fn validate(&self) -> Vec<ConfigIssue> {
         let mut issues = Issues::new(&self.source);
-        let server_at = self.source.text.find("[server]").unwrap_or(0);
+        let server_at = key_offset(&self.source.text, "[server]", "listen");
         if !self.server.listen.ip().is_loopback()
-            && self.server.admin_token.as_ref().is_none_or(|t| t.is_empty())
+            && self
+                .server
+                .admin_token
+                .as_ref()
+                .is_none_or(|t| t.is_empty())
         {
             issues.at(
                 server_at,
@@ -293,13 +318,19 @@ impl Config {
             issues.at(server_at, "concurrency must be at least 1");
         }
         if self.outbox.max_attempts == 0 {
-            issues.at(self.source.text.find("[outbox]").unwrap_or(0), "outbox.max_attempts must be at least 1");
+            issues.at(
+                self.source.text.find("[outbox]").unwrap_or(0),
+                "outbox.max_attempts must be at least 1",
+            );
         }
         for (name, connector) in &self.connectors {
-            connector.get_ref().validate(name, connector.span().start, &mut issues);
+            connector
+                .get_ref()
+                .validate(name, connector.span().start, &mut issues);
         }
         for (name, bot) in &self.bots {
-            bot.get_ref().validate(name, bot.span().start, self, &mut issues);
+            bot.get_ref()
+                .validate(name, bot.span().start, self, &mut issues);
         }
         for route in &self.routes {
             self.validate_route(route, &mut issues);
@@ -312,7 +343,13 @@ impl Config {
         let r = route.get_ref();
         if let Some(c) = &r.connector {
             if !self.connectors.contains_key(c) {
-                issues.at(at, format!("route names connector `{c}`, which is not defined (defined: {})", names(self.connectors.keys())));
+                issues.at(
+                    at,
+                    format!(
+                        "route names connector `{c}`, which is not defined (defined: {})",
+                        names(self.connectors.keys())
+                    ),
+                );
             }
         }
         if r.bots.is_empty() {
@@ -320,12 +357,24 @@ impl Config {
         }
         for b in &r.bots {
             if !self.bots.contains_key(b) {
-                issues.at(at, format!("route names bot `{b}`, which is not defined (defined: {})", names(self.bots.keys())));
+                issues.at(
+                    at,
+                    format!(
+                        "route names bot `{b}`, which is not defined (defined: {})",
+                        names(self.bots.keys())
+                    ),
+                );
             }
         }
         if let Some(t) = &r.text {
             if let Err(e) = regex::Regex::new(t) {
-                issues.at(at, format!("bad regex in `text`: {}", e.to_string().lines().last().unwrap_or("")));
+                issues.at(
+                    at,
+                    format!(
+                        "bad regex in `text`: {}",
+                        e.to_string().lines().last().unwrap_or("")
+                    ),
+                );
             }
         }
         if let Some(t) = &r.topic {
@@ -335,7 +384,12 @@ impl Config {
         }
         for pointer in r.payload.keys() {
             if !pointer.is_empty() && !pointer.starts_with('/') {
-                issues.at(at, format!("payload key {pointer:?} is not a JSON pointer (it must start with `/`)"));
+                issues.at(
+                    at,
+                    format!(
+                        "payload key {pointer:?} is not a JSON pointer (it must start with `/`)"
+                    ),
+                );
             }
         }
     }
@@ -343,7 +397,11 @@ impl Config {
     /// A one-screen summary for `perch check`.
     pub fn summary(&self) -> String {
         let mut out = String::new();
-        out.push_str(&format!("listen {} · data {}\n", self.server.listen, self.server.data_dir.display()));
+        out.push_str(&format!(
+            "listen {} · data {}\n",
+            self.server.listen,
+            self.server.data_dir.display()
+        ));
         out.push_str(&format!("{} connector(s):", self.connectors.len()));
         for (name, c) in &self.connectors {
             out.push_str(&format!(" {name} ({})", c.get_ref().kind()));
@@ -357,7 +415,53 @@ impl Config {
     }
 }
 
+/// Errors inside `[connectors.x]` and `[bots.x]` tables (kind-tagged, so serde buffers
+/// them) carry the span of the whole table. Point at the line that names the offending
+/// field (`unknown field \`x\``) or variable (`variable X`) when it is inside that table.
+fn refine_offset(text: &str, span: std::ops::Range<usize>, message: &str) -> usize {
+    // The span is the table's header; the table runs to the next header.
+    let from = span.start.min(text.len());
+    let after_header = span.end.clamp(from, text.len());
+    let end = text[after_header..]
+        .find("\n[")
+        .map_or(text.len(), |i| after_header + i);
+    let within = &text[from..end];
+    let needle = if let Some(var) = message
+        .split("variable ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+    {
+        Some(format!("${{{var}"))
+    } else {
+        message.split('`').nth(1).map(|field| format!("\n{field}"))
+    };
+    needle
+        .and_then(|n| {
+            within
+                .find(n.as_str())
+                .map(|i| span.start + i + usize::from(n.starts_with('\n')))
+        })
+        .unwrap_or(span.start)
+}
+
+/// Offset of `key = …` inside the table that starts with `header` (or of the header, or 0).
+fn key_offset(text: &str, header: &str, key: &str) -> usize {
+    let Some(start) = text.find(header) else {
+        return 0;
+    };
+    let table_end = text[start + header.len()..]
+        .find("\n[")
+        .map_or(text.len(), |i| start + header.len() + i);
+    text[start..table_end]
+        .find(&format!("\n{key}"))
+        .map_or(start, |i| start + i + 1)
+}
+
 fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
     let v: Vec<&str> = it.map(String::as_str).collect();
-    if v.is_empty() { "none".to_string() } else { v.join(", ") }
+    if v.is_empty() {
+        "none".to_string()
+    } else {
+        v.join(", ")
+    }
 }

@@ -27,7 +27,11 @@ pub fn routes(shared: Shared) -> Router<Shared> {
         .layer(axum::middleware::from_fn_with_state(shared, require_token))
 }
 
-async fn require_token(State(s): State<Shared>, req: Request, next: Next) -> Result<Response, ApiError> {
+async fn require_token(
+    State(s): State<Shared>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     if let Some(token) = &s.admin_token {
         let given = req
             .headers()
@@ -36,7 +40,10 @@ async fn require_token(State(s): State<Shared>, req: Request, next: Next) -> Res
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong admin token (Authorization: Bearer …)"));
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong admin token (Authorization: Bearer …)",
+            ));
         }
     }
     Ok(next.run(req).await)
@@ -47,7 +54,11 @@ fn store_err(e: crate::store::StoreError) -> ApiError {
 }
 
 async fn status(State(s): State<Shared>) -> Result<Json<Value>, ApiError> {
-    let mut connectors: Vec<Value> = s.connectors.values().map(|c| json!({ "name": c.name(), "kind": c.kind() })).collect();
+    let mut connectors: Vec<Value> = s
+        .connectors
+        .values()
+        .map(|c| json!({ "name": c.name(), "kind": c.kind() }))
+        .collect();
     connectors.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -67,31 +78,54 @@ struct Page {
 
 async fn events(State(s): State<Shared>, Query(p): Query<Page>) -> Result<Json<Value>, ApiError> {
     let before = match p.before.as_deref() {
-        Some(b) => Some(EventId::parse(b).ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, format!("`before` is not an event id: {b:?}")))?),
+        Some(b) => Some(EventId::parse(b).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("`before` is not an event id: {b:?}"),
+            )
+        })?),
         None => None,
     };
     let limit = p.limit.unwrap_or(50).clamp(1, 1000);
-    let entries = s.store.recent_events(before, limit).await.map_err(store_err)?;
+    let entries = s
+        .store
+        .recent_events(before, limit)
+        .await
+        .map_err(store_err)?;
     Ok(Json(json!({ "events": entries })))
 }
 
 async fn event(State(s): State<Shared>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let id = EventId::parse(&id).ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, format!("not an event id: {id:?}")))?;
+    let id = EventId::parse(&id).ok_or_else(|| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("not an event id: {id:?}"))
+    })?;
     match s.store.event(id).await.map_err(store_err)? {
         Some(e) => Ok(Json(serde_json::to_value(e).unwrap_or(Value::Null))),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no event {id} in the journal"))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no event {id} in the journal"),
+        )),
     }
 }
 
 async fn outbox(State(s): State<Shared>, Query(p): Query<Page>) -> Result<Json<Value>, ApiError> {
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
-    let items = s.store.outbox_after(p.before.as_deref(), limit).await.map_err(store_err)?;
+    let items = s
+        .store
+        .outbox_after(p.before.as_deref(), limit)
+        .await
+        .map_err(store_err)?;
     Ok(Json(json!({ "items": items })))
 }
 
-async fn dead_letters(State(s): State<Shared>, Query(p): Query<Page>) -> Result<Json<Value>, ApiError> {
+async fn dead_letters(
+    State(s): State<Shared>,
+    Query(p): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
     let limit = p.limit.unwrap_or(100).clamp(1, 10_000);
-    Ok(Json(json!({ "dead_letters": s.store.dead_letters(limit).await.map_err(store_err)? })))
+    Ok(Json(
+        json!({ "dead_letters": s.store.dead_letters(limit).await.map_err(store_err)? }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -100,13 +134,24 @@ struct KeyQuery {
 }
 
 /// `POST /api/dead-letters/replay?key=<outbox key>`: queue a dead letter again.
-async fn replay(State(s): State<Shared>, Query(q): Query<KeyQuery>) -> Result<Json<Value>, ApiError> {
-    match s.store.replay_dead(&q.key, s.clock.now()).await.map_err(store_err)? {
+async fn replay(
+    State(s): State<Shared>,
+    Query(q): Query<KeyQuery>,
+) -> Result<Json<Value>, ApiError> {
+    match s
+        .store
+        .replay_dead(&q.key, s.clock.now())
+        .await
+        .map_err(store_err)?
+    {
         Some(item) => {
             s.outbox_wake.notify_one();
             Ok(Json(json!({ "replayed": item })))
         }
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no dead letter with key {:?}", q.key))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no dead letter with key {:?}", q.key),
+        )),
     }
 }
 
@@ -114,6 +159,9 @@ async fn replay(State(s): State<Shared>, Query(q): Query<KeyQuery>) -> Result<Js
 async fn sent(State(s): State<Shared>, Query(q): Query<KeyQuery>) -> Result<Json<Value>, ApiError> {
     match s.store.sent(&q.key).await.map_err(store_err)? {
         Some(r) => Ok(Json(serde_json::to_value(r).unwrap_or(Value::Null))),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("nothing sent under key {:?}", q.key))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("nothing sent under key {:?}", q.key),
+        )),
     }
 }

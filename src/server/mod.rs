@@ -28,11 +28,17 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, reason: impl Into<String>) -> Self {
-        ApiError { status, reason: reason.into() }
+        ApiError {
+            status,
+            reason: reason.into(),
+        }
     }
     pub fn internal(context: &str, e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "{context}");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{context}; try again"))
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{context}; try again"),
+        )
     }
 }
 
@@ -48,7 +54,10 @@ impl From<BytesRejection> for ApiError {
         let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
             "body is larger than the configured limit (server.body_limit)".to_string()
         } else {
-            format!("cannot read body: {}", r.body_text().lines().next().unwrap_or(""))
+            format!(
+                "cannot read body: {}",
+                r.body_text().lines().next().unwrap_or("")
+            )
         };
         ApiError::new(status, reason)
     }
@@ -83,7 +92,10 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
-    ([("content-type", "text/plain; version=0.0.4")], s.metrics.render())
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
 }
 
 async fn hook_root(
@@ -115,10 +127,19 @@ async fn hook(
     let Some(connector) = s.connectors.get(&name) else {
         let mut known: Vec<&str> = s.connectors.keys().map(String::as_str).collect();
         known.sort();
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("unknown connector `{name}` (known: {})", known.join(", "))));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown connector `{name}` (known: {})", known.join(", ")),
+        ));
     };
-    let body = body.inspect_err(|r| crate::telemetry::event_rejected(&name, r.status().as_u16()))?;
-    let req = InboundRequest { sub_path, headers, body, now: s.clock.now() };
+    let body =
+        body.inspect_err(|r| crate::telemetry::event_rejected(&name, r.status().as_u16()))?;
+    let req = InboundRequest {
+        sub_path,
+        headers,
+        body,
+        now: s.clock.now(),
+    };
     let inbound = connector.handle_inbound(&req).map_err(|e| {
         crate::telemetry::event_rejected(&name, e.status().as_u16());
         tracing::info!(connector = %name, reason = %e, "inbound request refused");
@@ -127,14 +148,21 @@ async fn hook(
     match inbound {
         Inbound::Respond(reply) => Ok((reply.status, Json(reply.body)).into_response()),
         Inbound::Events { events, ack } => {
-            let accepted = s.journal.accept(events).await.map_err(|e| ApiError::internal("could not store the event", e))?;
+            let accepted = s
+                .journal
+                .accept(events)
+                .await
+                .map_err(|e| ApiError::internal("could not store the event", e))?;
             let mut body = ack.body;
             // Acks that report an event id report the one the journal kept (the original,
             // for a duplicate).
             if let (Some(obj), Some(first)) = (body.as_object_mut(), accepted.first()) {
                 if obj.contains_key("event_id") {
                     obj.insert("event_id".into(), json!(first.id().to_string()));
-                    obj.insert("duplicate".into(), json!(matches!(first, Accepted::Duplicate(_))));
+                    obj.insert(
+                        "duplicate".into(),
+                        json!(matches!(first, Accepted::Duplicate(_))),
+                    );
                 }
             }
             Ok((ack.status, Json(body)).into_response())

@@ -17,7 +17,11 @@ fn item(key: &str, now: DateTime<Utc>) -> OutboxItem {
     OutboxItem::new(
         key.to_string(),
         "web".to_string(),
-        Operation::Send { to: Target::chat("room"), body: MessageBody::text("hi"), reply_to: None },
+        Operation::Send {
+            to: Target::chat("room"),
+            body: MessageBody::text("hi"),
+            reply_to: None,
+        },
         now,
     )
 }
@@ -34,19 +38,37 @@ pub async fn run_all<S: Store, F: Fn() -> S>(make: F) {
 pub async fn dedupes_within_window(s: &dyn Store) {
     let now = Utc::now();
     let a = event("gh", Some("d-1"), now);
-    assert_eq!(s.ingest(&a, now + Duration::hours(8)).await.unwrap(), Ingested::Accepted);
+    assert_eq!(
+        s.ingest(&a, now + Duration::hours(8)).await.unwrap(),
+        Ingested::Accepted
+    );
     let again = event("gh", Some("d-1"), now + Duration::minutes(5));
-    assert_eq!(s.ingest(&again, now + Duration::hours(8)).await.unwrap(), Ingested::Duplicate { original: a.id });
+    assert_eq!(
+        s.ingest(&again, now + Duration::hours(8)).await.unwrap(),
+        Ingested::Duplicate { original: a.id }
+    );
     // Same external id on another connector is a different event.
     let other = event("crm", Some("d-1"), now);
-    assert_eq!(s.ingest(&other, now + Duration::hours(8)).await.unwrap(), Ingested::Accepted);
+    assert_eq!(
+        s.ingest(&other, now + Duration::hours(8)).await.unwrap(),
+        Ingested::Accepted
+    );
     // No external id: never a duplicate.
     let anon = event("gh", None, now);
-    assert_eq!(s.ingest(&anon, now + Duration::hours(8)).await.unwrap(), Ingested::Accepted);
-    assert_eq!(s.ingest(&event("gh", None, now), now).await.unwrap(), Ingested::Accepted);
+    assert_eq!(
+        s.ingest(&anon, now + Duration::hours(8)).await.unwrap(),
+        Ingested::Accepted
+    );
+    assert_eq!(
+        s.ingest(&event("gh", None, now), now).await.unwrap(),
+        Ingested::Accepted
+    );
     // After the window, the id is new again.
     let late = event("gh", Some("d-1"), now + Duration::hours(9));
-    assert_eq!(s.ingest(&late, now + Duration::hours(17)).await.unwrap(), Ingested::Accepted);
+    assert_eq!(
+        s.ingest(&late, now + Duration::hours(17)).await.unwrap(),
+        Ingested::Accepted
+    );
     assert_eq!(s.pending_count().await.unwrap(), 5);
     // The duplicate stored nothing.
     assert!(s.event(again.id).await.unwrap().is_none());
@@ -64,10 +86,20 @@ pub async fn pending_and_complete(s: &dyn Store) {
     assert_eq!(pending.iter().map(|p| p.0).collect::<Vec<_>>(), ids);
     assert_eq!(pending[0].1, "gh/-");
     let after = s.pending_ids(Some(ids[1]), 2).await.unwrap();
-    assert_eq!(after.iter().map(|p| p.0).collect::<Vec<_>>(), ids[2..4].to_vec());
+    assert_eq!(
+        after.iter().map(|p| p.0).collect::<Vec<_>>(),
+        ids[2..4].to_vec()
+    );
 
-    let fate = Fate::Routed { bots: vec!["echo".into()], actions: 2, failures: vec![] };
-    let items = vec![item(&format!("{}/echo/0000", ids[0]), now), item(&format!("{}/echo/0001", ids[0]), now)];
+    let fate = Fate::Routed {
+        bots: vec!["echo".into()],
+        actions: 2,
+        failures: vec![],
+    };
+    let items = vec![
+        item(&format!("{}/echo/0000", ids[0]), now),
+        item(&format!("{}/echo/0001", ids[0]), now),
+    ];
     s.complete_event(ids[0], &fate, &items).await.unwrap();
     assert_eq!(s.event(ids[0]).await.unwrap().unwrap().fate, fate);
     assert_eq!(s.pending_count().await.unwrap(), 4);
@@ -78,7 +110,10 @@ pub async fn pending_and_complete(s: &dyn Store) {
     assert_eq!(s.pending_count().await.unwrap(), 4);
 
     let recent = s.recent_events(None, 2).await.unwrap();
-    assert_eq!(recent.iter().map(|e| e.event.id).collect::<Vec<_>>(), vec![ids[4], ids[3]]);
+    assert_eq!(
+        recent.iter().map(|e| e.event.id).collect::<Vec<_>>(),
+        vec![ids[4], ids[3]]
+    );
     let older = s.recent_events(Some(ids[3]), 10).await.unwrap();
     assert_eq!(older.len(), 3);
 }
@@ -87,9 +122,16 @@ pub async fn outbox_lifecycle(s: &dyn Store) {
     let now = Utc::now();
     let items: Vec<_> = (0..3).map(|i| item(&format!("k/{i}"), now)).collect();
     assert_eq!(s.enqueue(&items).await.unwrap(), 3);
-    assert_eq!(s.enqueue(&items).await.unwrap(), 0, "enqueue is idempotent by key");
+    assert_eq!(
+        s.enqueue(&items).await.unwrap(),
+        0,
+        "enqueue is idempotent by key"
+    );
     let page = s.outbox_after(None, 2).await.unwrap();
-    assert_eq!(page.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), vec!["k/0", "k/1"]);
+    assert_eq!(
+        page.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+        vec!["k/0", "k/1"]
+    );
     assert_eq!(s.outbox_after(Some("k/1"), 10).await.unwrap().len(), 1);
 
     let mut retry = items[1].clone();
@@ -98,17 +140,39 @@ pub async fn outbox_lifecycle(s: &dyn Store) {
     s.outbox_update(&retry).await.unwrap();
     assert_eq!(s.outbox_after(Some("k/0"), 1).await.unwrap()[0].attempts, 2);
 
-    let record = SentRecord { key: "k/0".into(), connector: "web".into(), delivered: Delivered { id: Some("m1".into()), detail: serde_json::Value::Null }, at: now };
+    let record = SentRecord {
+        key: "k/0".into(),
+        connector: "web".into(),
+        delivered: Delivered {
+            id: Some("m1".into()),
+            detail: serde_json::Value::Null,
+        },
+        at: now,
+    };
     s.outbox_delivered("k/0", &record).await.unwrap();
     assert_eq!(s.sent("k/0").await.unwrap(), Some(record));
     assert_eq!(s.outbox_count().await.unwrap(), 2);
-    assert_eq!(s.enqueue(&items[..1]).await.unwrap(), 0, "a sent key is never queued again");
+    assert_eq!(
+        s.enqueue(&items[..1]).await.unwrap(),
+        0,
+        "a sent key is never queued again"
+    );
     // An update after delivery must not resurrect the item.
     s.outbox_update(&items[0]).await.unwrap();
     assert_eq!(s.outbox_count().await.unwrap(), 2);
-    assert!(s.outbox_after(None, 10).await.unwrap().iter().all(|i| i.key != "k/0"));
+    assert!(
+        s.outbox_after(None, 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|i| i.key != "k/0")
+    );
 
-    let letter = DeadLetter { item: retry.clone(), error: "HTTP 400".into(), died_at: now };
+    let letter = DeadLetter {
+        item: retry.clone(),
+        error: "HTTP 400".into(),
+        died_at: now,
+    };
     s.outbox_dead(&letter).await.unwrap();
     assert_eq!(s.outbox_count().await.unwrap(), 1);
     assert_eq!(s.dead_letters(10).await.unwrap(), vec![letter]);
@@ -126,10 +190,28 @@ pub async fn kv(s: &dyn Store) {
     s.kv_put("bot/ab", "x", b"other namespace").await.unwrap();
     assert_eq!(s.kv_get("bot/a", "x").await.unwrap(), Some(b"1".to_vec()));
     let scan = s.kv_scan("bot/a", "x").await.unwrap();
-    assert_eq!(scan, vec![("x".to_string(), b"1".to_vec()), ("x/2".to_string(), b"2".to_vec())]);
-    assert!(s.kv_compare_and_swap("bot/a", "y", None, Some(b"v")).await.unwrap());
-    assert!(!s.kv_compare_and_swap("bot/a", "y", None, Some(b"w")).await.unwrap());
-    assert!(s.kv_compare_and_swap("bot/a", "y", Some(b"v"), Some(b"w")).await.unwrap());
+    assert_eq!(
+        scan,
+        vec![
+            ("x".to_string(), b"1".to_vec()),
+            ("x/2".to_string(), b"2".to_vec())
+        ]
+    );
+    assert!(
+        s.kv_compare_and_swap("bot/a", "y", None, Some(b"v"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.kv_compare_and_swap("bot/a", "y", None, Some(b"w"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.kv_compare_and_swap("bot/a", "y", Some(b"v"), Some(b"w"))
+            .await
+            .unwrap()
+    );
     s.kv_delete("bot/a", "x").await.unwrap();
     assert_eq!(s.kv_get("bot/a", "x").await.unwrap(), None);
     s.flush().await.unwrap();
@@ -139,23 +221,45 @@ pub async fn sweep(s: &dyn Store) {
     let now = Utc::now();
     let old = event("gh", Some("old"), now - Duration::days(10));
     s.ingest(&old, now - Duration::days(9)).await.unwrap();
-    s.complete_event(old.id, &Fate::Unrouted, &[]).await.unwrap();
+    s.complete_event(old.id, &Fate::Unrouted, &[])
+        .await
+        .unwrap();
     let fresh = event("gh", Some("fresh"), now);
     s.ingest(&fresh, now + Duration::hours(8)).await.unwrap();
-    let record = SentRecord { key: "s/1".into(), connector: "web".into(), delivered: Delivered::default(), at: now - Duration::days(2) };
+    let record = SentRecord {
+        key: "s/1".into(),
+        connector: "web".into(),
+        delivered: Delivered::default(),
+        at: now - Duration::days(2),
+    };
     s.outbox_delivered("s/1", &record).await.unwrap();
 
     let stats = s
-        .sweep(SweepCutoffs { now, sent_before: now - Duration::days(1), journal_before: now - Duration::days(7) })
+        .sweep(SweepCutoffs {
+            now,
+            sent_before: now - Duration::days(1),
+            journal_before: now - Duration::days(7),
+        })
         .await
         .unwrap();
     assert_eq!(stats.dedupe_keys, 1);
     assert_eq!(stats.sent_records, 1);
     assert!(stats.events >= 1);
     assert!(s.event(old.id).await.unwrap().is_none());
-    assert!(s.event(fresh.id).await.unwrap().is_some(), "pending and recent events stay");
-    assert_eq!(s.ingest(&event("gh", Some("fresh"), now), now).await.unwrap(), Ingested::Duplicate { original: fresh.id });
-    assert_eq!(s.ingest(&event("gh", Some("old"), now), now).await.unwrap(), Ingested::Accepted);
+    assert!(
+        s.event(fresh.id).await.unwrap().is_some(),
+        "pending and recent events stay"
+    );
+    assert_eq!(
+        s.ingest(&event("gh", Some("fresh"), now), now)
+            .await
+            .unwrap(),
+        Ingested::Duplicate { original: fresh.id }
+    );
+    assert_eq!(
+        s.ingest(&event("gh", Some("old"), now), now).await.unwrap(),
+        Ingested::Accepted
+    );
 }
 
 #[cfg(test)]

@@ -157,13 +157,26 @@ pub trait Store: Send + Sync + 'static {
     /// and has not expired. Events without an external id are never duplicates.
     async fn ingest(&self, event: &Event, dedupe_until: DateTime<Utc>) -> StoreResult<Ingested>;
     /// Pending events as `(id, lane key)` in id order, starting after `after`.
-    async fn pending_ids(&self, after: Option<EventId>, limit: usize) -> StoreResult<Vec<(EventId, String)>>;
+    async fn pending_ids(
+        &self,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> StoreResult<Vec<(EventId, String)>>;
     async fn event(&self, id: EventId) -> StoreResult<Option<JournalEntry>>;
     /// Atomically: record the fate, drop the event from pending, and queue `items`
     /// (skipping keys already queued or already sent).
-    async fn complete_event(&self, id: EventId, fate: &Fate, items: &[OutboxItem]) -> StoreResult<()>;
+    async fn complete_event(
+        &self,
+        id: EventId,
+        fate: &Fate,
+        items: &[OutboxItem],
+    ) -> StoreResult<()>;
     /// Journal entries, newest first, older than `before` if given.
-    async fn recent_events(&self, before: Option<EventId>, limit: usize) -> StoreResult<Vec<JournalEntry>>;
+    async fn recent_events(
+        &self,
+        before: Option<EventId>,
+        limit: usize,
+    ) -> StoreResult<Vec<JournalEntry>>;
     async fn pending_count(&self) -> StoreResult<usize>;
 
     // ---- outbox -----------------------------------------------------------------
@@ -171,7 +184,8 @@ pub trait Store: Send + Sync + 'static {
     /// were new.
     async fn enqueue(&self, items: &[OutboxItem]) -> StoreResult<usize>;
     /// Queued items in key order, starting after `after`.
-    async fn outbox_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<OutboxItem>>;
+    async fn outbox_after(&self, after: Option<&str>, limit: usize)
+    -> StoreResult<Vec<OutboxItem>>;
     /// Save an item's attempts, next time and last error.
     async fn outbox_update(&self, item: &OutboxItem) -> StoreResult<()>;
     /// The item was delivered: drop it from the queue and remember it as sent.

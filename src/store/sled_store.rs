@@ -110,9 +110,11 @@ impl SledStore {
     pub fn open(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
         match Self::open_exact(dir, cache_bytes) {
             Err(StoreError::Corrupt(why)) => {
-                let aside = dir.with_extension(format!("corrupt-{}", Utc::now().format("%Y%m%dT%H%M%S")));
+                let aside =
+                    dir.with_extension(format!("corrupt-{}", Utc::now().format("%Y%m%dT%H%M%S")));
                 tracing::error!(dir = %dir.display(), aside = %aside.display(), %why, "store is corrupt; moved aside, starting empty");
-                std::fs::rename(dir, &aside).map_err(|e| StoreError::Io(format!("moving corrupt store aside: {e}")))?;
+                std::fs::rename(dir, &aside)
+                    .map_err(|e| StoreError::Io(format!("moving corrupt store aside: {e}")))?;
                 Self::open_exact(dir, cache_bytes)
             }
             other => other,
@@ -159,7 +161,11 @@ impl SledStore {
         }
     }
 
-    fn scan_json<T: serde::de::DeserializeOwned>(&self, prefix: &[u8], limit: usize) -> StoreResult<Vec<T>> {
+    fn scan_json<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> StoreResult<Vec<T>> {
         let mut out = Vec::new();
         for kv in self.tree.scan_prefix(prefix).take(limit) {
             let (_, v) = kv.map_err(io)?;
@@ -226,7 +232,8 @@ impl Store for SledStore {
                         if old.len() == 24 {
                             let expires = be_ms(&old[16..24]);
                             if expires > now_ms {
-                                let original = event_id_from(&old[..16]).map_err(ConflictableTransactionError::Abort)?;
+                                let original = event_id_from(&old[..16])
+                                    .map_err(ConflictableTransactionError::Abort)?;
                                 return Ok(Ingested::Duplicate { original });
                             }
                             // Expired: drop its index entry; the key is reused below.
@@ -249,7 +256,11 @@ impl Store for SledStore {
         Ok(outcome)
     }
 
-    async fn pending_ids(&self, after: Option<EventId>, limit: usize) -> StoreResult<Vec<(EventId, String)>> {
+    async fn pending_ids(
+        &self,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> StoreResult<Vec<(EventId, String)>> {
         let start = match after {
             Some(id) => {
                 // The first key strictly after `after`.
@@ -265,7 +276,10 @@ impl Store for SledStore {
             if !k.starts_with(PE) || out.len() >= limit {
                 break;
             }
-            out.push((event_id_from(&k[PE.len()..])?, String::from_utf8_lossy(&lane).into_owned()));
+            out.push((
+                event_id_from(&k[PE.len()..])?,
+                String::from_utf8_lossy(&lane).into_owned(),
+            ));
         }
         Ok(out)
     }
@@ -274,7 +288,12 @@ impl Store for SledStore {
         self.get_json(&key(EV, id.0.as_bytes()))
     }
 
-    async fn complete_event(&self, id: EventId, fate: &Fate, items: &[OutboxItem]) -> StoreResult<()> {
+    async fn complete_event(
+        &self,
+        id: EventId,
+        fate: &Fate,
+        items: &[OutboxItem],
+    ) -> StoreResult<()> {
         let ev_key = key(EV, id.0.as_bytes());
         let pe_key = key(PE, id.0.as_bytes());
         let encoded = Self::encode_items(items)?;
@@ -283,9 +302,9 @@ impl Store for SledStore {
             .tree
             .transaction(|tx| {
                 let Some(raw) = tx.get(&ev_key)? else {
-                    return Err(ConflictableTransactionError::Abort(StoreError::Corrupt(format!(
-                        "event {id} is not in the journal"
-                    ))));
+                    return Err(ConflictableTransactionError::Abort(StoreError::Corrupt(
+                        format!("event {id} is not in the journal"),
+                    )));
                 };
                 let mut entry: JournalEntry = serde_json::from_slice(&raw)
                     .map_err(|e| ConflictableTransactionError::Abort(StoreError::Decode(e)))?;
@@ -305,7 +324,11 @@ impl Store for SledStore {
         Ok(())
     }
 
-    async fn recent_events(&self, before: Option<EventId>, limit: usize) -> StoreResult<Vec<JournalEntry>> {
+    async fn recent_events(
+        &self,
+        before: Option<EventId>,
+        limit: usize,
+    ) -> StoreResult<Vec<JournalEntry>> {
         let end = match before {
             Some(id) => key(EV, id.0.as_bytes()),
             None => key(EV, &[0xff; 17]),
@@ -332,7 +355,11 @@ impl Store for SledStore {
         Ok(added)
     }
 
-    async fn outbox_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<OutboxItem>> {
+    async fn outbox_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<OutboxItem>> {
         let start = match after {
             Some(k) => {
                 let mut k = key(OB, k.as_bytes());
@@ -446,7 +473,11 @@ impl Store for SledStore {
     }
 
     async fn kv_get(&self, ns: &str, k: &str) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self.tree.get(kv_key(ns, k)).map_err(io)?.map(|v| v.to_vec()))
+        Ok(self
+            .tree
+            .get(kv_key(ns, k))
+            .map_err(io)?
+            .map(|v| v.to_vec()))
     }
 
     async fn kv_put(&self, ns: &str, k: &str, value: &[u8]) -> StoreResult<()> {

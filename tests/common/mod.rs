@@ -62,9 +62,14 @@ impl TestPerch {
     }
 
     async fn boot(&mut self) {
-        let config = Config::from_str(&self.config_text, Path::new("test.toml")).unwrap_or_else(|e| panic!("test config: {e}"));
-        let perch = Perch::start(config, self.clock.clone()).await.expect("perch starts");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let config = Config::from_str(&self.config_text, Path::new("test.toml"))
+            .unwrap_or_else(|e| panic!("test config: {e}"));
+        let perch = Perch::start(config, self.clock.clone())
+            .await
+            .expect("perch starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         self.addr = listener.local_addr().unwrap();
         self.base = format!("http://{}", self.addr);
         let app = perch.app();
