@@ -222,7 +222,11 @@ pub async fn sweep(s: &dyn Store) {
     let mut old = event("gh", Some("old"), now - Duration::days(10));
     // Retention goes by the id's time (UUID v7: when perch received it).
     let then = (now - Duration::days(10)).timestamp() as u64;
-    old.id = crate::event::EventId(uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, then, 0)));
+    old.id = crate::event::EventId(uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        then,
+        0,
+    )));
     s.ingest(&old, now - Duration::days(9)).await.unwrap();
     s.complete_event(old.id, &Fate::Unrouted, &[])
         .await
