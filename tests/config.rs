@@ -1,0 +1,126 @@
+//! `perch check`: a valid config prints a summary and exits 0; a bad one prints every
+//! problem with file:line:column and exits 1.
+
+use std::process::Command;
+
+fn check(config: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("perch.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_perch"))
+        .args(["--config", path.to_str().unwrap(), "check"])
+        .env_remove("PERCH_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        text.replace(path.to_str().unwrap(), "perch.toml"),
+    )
+}
+
+#[test]
+fn the_shipped_config_is_valid() {
+    let (code, out) = check(&std::fs::read_to_string("config.toml").unwrap());
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("is valid"), "{out}");
+    assert!(out.contains("web (local)"), "{out}");
+}
+
+#[test]
+fn a_typo_is_located_and_the_known_names_listed() {
+    let (code, out) = check("[server]\nlisten = \"127.0.0.1:8080\"\nbody_limt = 5\n");
+    assert_eq!(code, 1);
+    assert!(
+        out.starts_with("perch.toml:3:1: unknown field `body_limt`, expected one of"),
+        "{out}"
+    );
+    assert!(out.contains("`body_limit`"), "{out}");
+}
+
+#[test]
+fn an_unknown_kind_lists_the_known_kinds() {
+    let (code, out) = check("[connectors.gh]\nkind = \"webhok\"\n");
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("perch.toml:2:8: unknown variant `webhok`, expected `local` or `webhook`"),
+        "{out}"
+    );
+    let (_, out) = check("[bots.x]\nkind = \"ecko\"\n");
+    assert!(
+        out.starts_with(
+            "perch.toml:2:8: unknown variant `ecko`, expected one of `help`, `echo`, `notify`"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_unknown_field_inside_a_connector_is_located_on_its_line() {
+    let (code, out) =
+        check("[connectors.gh]\nkind = \"webhook\"\nsecret = \"x\"\ntopic_pointr = \"/a\"\n");
+    assert_eq!(code, 1);
+    assert!(
+        out.starts_with("perch.toml:4:1: unknown field `topic_pointr`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_missing_variable_is_named_where_it_is_used() {
+    let (code, out) =
+        check("[connectors.gh]\nkind = \"webhook\"\nsecret = \"${PERCH_TEST_SURELY_UNSET}\"\n");
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("perch.toml:3:11: environment variable PERCH_TEST_SURELY_UNSET is not set"),
+        "{out}"
+    );
+    let (_, out) = check(
+        "[connectors.gh]\nkind = \"webhook\"\nsecret = \"${PERCH_TEST_SURELY_UNSET:?set the GitHub secret}\"\n",
+    );
+    assert!(out.contains("is required: set the GitHub secret"), "{out}");
+}
+
+#[test]
+fn every_semantic_problem_is_reported_at_once() {
+    let config = r#"[server]
+listen = "0.0.0.0:8080"
+
+[connectors.gh]
+kind = "webhook"
+
+[bots.e]
+kind = "echo"
+
+[bots.n]
+kind = "notify"
+connector = "missing"
+text = "{{#if}}"
+
+[[routes]]
+connector = "gx"
+text = "(["
+topic = "a[b"
+bots = ["e", "nope"]
+"#;
+    let (code, out) = check(config);
+    assert_eq!(code, 1);
+    for expected in [
+        "perch.toml:2:1: listen = 0.0.0.0:8080 is not a loopback address",
+        "perch.toml:4:1: connector `gh`: set `secret`",
+        "perch.toml:10:1: bot `n`: set exactly one of `chat` or `person`",
+        "perch.toml:10:1: bot `n`: connector `missing` is not defined",
+        "perch.toml:10:1: bot `n`: template",
+        "perch.toml:15:1: route names connector `gx`, which is not defined (defined: gh)",
+        "perch.toml:15:1: route names bot `nope`, which is not defined (defined: e, n)",
+        "perch.toml:15:1: bad regex in `text`",
+        "perch.toml:15:1: bad topic glob",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    assert!(out.starts_with("9 problem(s) in the config:"), "{out}");
+}
