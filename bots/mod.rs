@@ -71,6 +71,9 @@ pub enum BotError {
     Store(#[from] StoreError),
     #[error("platform call failed: {0}")]
     Send(#[from] SendError),
+    /// A data source failed; the text is worded for the person who asked.
+    #[error("{0}")]
+    Source(#[from] crate::connectors::SourceError),
     #[error("{0}")]
     Other(String),
 }
@@ -200,6 +203,23 @@ impl BotContext {
             out.push((k, serde_json::from_slice(&raw).map_err(StoreError::from)?));
         }
         Ok(out)
+    }
+
+    /// Ask the data source `source` (an `http` or `file` connector) for JSON.
+    pub async fn fetch(
+        &self,
+        source: &str,
+        req: crate::connectors::DataRequest,
+    ) -> Result<serde_json::Value, BotError> {
+        let conn = self
+            .services
+            .connectors
+            .get(source)
+            .ok_or_else(|| BotError::Config(format!("no connector named `{source}`")))?;
+        let src = conn.data_source().ok_or_else(|| {
+            BotError::Config(format!("connector `{source}` is not a data source"))
+        })?;
+        Ok(src.fetch(&req).await?)
     }
 
     /// Carry out an operation now and return its result (the new chat's id, say), for

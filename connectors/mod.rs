@@ -9,6 +9,8 @@
 //!
 //! Flow: **connector (in)** → journal → router → bots → outbox → **connector (out)**.
 
+pub mod file;
+pub mod http;
 pub mod local;
 pub mod webhook;
 
@@ -171,6 +173,11 @@ pub trait Connector: Send + Sync + 'static {
         None
     }
 
+    /// The data-source side of connectors that answer bots' queries (`http`, `file`).
+    fn data_source(&self) -> Option<&dyn DataSource> {
+        None
+    }
+
     /// Names of the bot accounts people can @mention on this connector, for
     /// autocomplete and help (the web chat shows each perch bot as a user).
     fn describe(&self) -> BTreeMap<&'static str, String> {
@@ -179,6 +186,56 @@ pub trait Connector: Send + Sync + 'static {
 }
 
 pub type SharedConnector = Arc<dyn Connector>;
+
+/// A bot's question to a data source: `GET /ct/SN12345?day=2026-11-20`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DataRequest {
+    /// `GET` unless a body is given (then `POST`).
+    pub body: Option<serde_json::Value>,
+    /// Path below the source's base (`/gmv/daily`).
+    pub path: String,
+    pub query: Vec<(String, String)>,
+}
+
+impl DataRequest {
+    pub fn get(path: impl Into<String>) -> Self {
+        DataRequest {
+            path: path.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Why a data source gave no answer. The text is meant for the person who asked
+/// ("BI API timed out after 5 s"), so it names the source and never a secret.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum SourceError {
+    #[error("{source_name} timed out after {} s", .after.as_secs_f32())]
+    Timeout {
+        source_name: String,
+        after: Duration,
+    },
+    #[error("{source_name} is unreachable ({detail})")]
+    Unreachable { source_name: String, detail: String },
+    #[error("{source_name} answered HTTP {status}: {detail}")]
+    Status {
+        source_name: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("{source_name} has nothing at {path}")]
+    NotFound { source_name: String, path: String },
+    #[error("{source_name} sent data perch cannot read: {detail}")]
+    Decode { source_name: String, detail: String },
+    #[error("{source_name}: {detail}")]
+    Refused { source_name: String, detail: String },
+}
+
+/// Something that answers bots' queries with JSON.
+#[async_trait]
+pub trait DataSource: Send + Sync {
+    async fn fetch(&self, req: &DataRequest) -> Result<serde_json::Value, SourceError>;
+}
 
 /// A connector's configuration: `kind` picks the variant, the other keys are its
 /// settings. Adding a kind: a variant here, a line in `kind()`, `validate()` and `build()`.
@@ -189,6 +246,10 @@ pub enum ConnectorConfig {
     Local(local::LocalConfig),
     /// Generic signed JSON webhooks (and a generic JSON sink).
     Webhook(webhook::WebhookConfig),
+    /// An internal HTTP JSON API that bots query.
+    Http(http::HttpSourceConfig),
+    /// JSON and CSV files on disk that bots query.
+    File(file::FileSourceConfig),
 }
 
 impl ConnectorConfig {
@@ -196,6 +257,8 @@ impl ConnectorConfig {
         match self {
             ConnectorConfig::Local(_) => "local",
             ConnectorConfig::Webhook(_) => "webhook",
+            ConnectorConfig::Http(_) => "http",
+            ConnectorConfig::File(_) => "file",
         }
     }
 
@@ -204,6 +267,8 @@ impl ConnectorConfig {
         match self {
             ConnectorConfig::Local(_) => {}
             ConnectorConfig::Webhook(c) => c.validate(name, at, issues),
+            ConnectorConfig::Http(c) => c.validate(name, at, issues),
+            ConnectorConfig::File(c) => c.validate(name, at, issues),
         }
     }
 }
@@ -226,5 +291,7 @@ pub fn build(name: &str, config: ConnectorConfig, env: &ConnectorEnv) -> SharedC
     match config {
         ConnectorConfig::Local(c) => Arc::new(local::Local::new(name, c, env)),
         ConnectorConfig::Webhook(c) => Arc::new(webhook::Webhook::new(name, c, env.http.clone())),
+        ConnectorConfig::Http(c) => Arc::new(http::HttpSource::new(name, c, env.http.clone())),
+        ConnectorConfig::File(c) => Arc::new(file::FileSource::new(name, c)),
     }
 }

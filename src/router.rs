@@ -356,6 +356,7 @@ fn apology(bot: &str, event: &Event, e: &BotError) -> Option<Action> {
     }
     let text = match e {
         BotError::User(msg) => msg.clone(),
+        BotError::Source(e) => format!("Sorry, I could not get the data: {e}."),
         _ => format!(
             "Sorry, `{bot}` could not handle that. The team can find what went wrong under event {}.",
             event.id
