@@ -3,9 +3,15 @@
 //!
 //! Flow: connector (in) → journal → router → **bots** → outbox → connector (out).
 
+pub mod auto_group;
+pub mod daily_push;
 pub mod echo;
+pub mod greetings;
 pub mod help;
 pub mod notify;
+pub mod query;
+pub mod schedule_date;
+pub mod text_template;
 
 use crate::action::{Action, Delivered, Operation};
 use crate::clock::SharedClock;
@@ -27,6 +33,10 @@ pub enum BotConfig {
     Help(help::HelpConfig),
     Echo(echo::EchoConfig),
     Notify(notify::NotifyConfig),
+    Query(query::QueryConfig),
+    AutoGroup(auto_group::AutoGroupConfig),
+    DailyPush(daily_push::DailyPushConfig),
+    Greetings(greetings::GreetingsConfig),
 }
 
 impl BotConfig {
@@ -35,6 +45,10 @@ impl BotConfig {
             BotConfig::Help(_) => "help",
             BotConfig::Echo(_) => "echo",
             BotConfig::Notify(_) => "notify",
+            BotConfig::Query(_) => "query",
+            BotConfig::AutoGroup(_) => "auto_group",
+            BotConfig::DailyPush(_) => "daily_push",
+            BotConfig::Greetings(_) => "greetings",
         }
     }
 
@@ -43,16 +57,24 @@ impl BotConfig {
         match self {
             BotConfig::Help(_) | BotConfig::Echo(_) => {}
             BotConfig::Notify(c) => c.validate(name, at, config, issues),
+            BotConfig::Query(c) => c.validate(name, at, config, issues),
+            BotConfig::AutoGroup(c) => c.validate(name, at, config, issues),
+            BotConfig::DailyPush(c) => c.validate(name, at, config, issues),
+            BotConfig::Greetings(c) => c.validate(name, at, config, issues),
         }
     }
 }
 
-/// Build the bot `name` from its config.
-pub fn build(name: &str, config: &BotConfig) -> Result<Arc<dyn Bot>, BotError> {
+/// Build the bot `name` from its config (consumed: bots keep their settings).
+pub fn build(name: &str, config: BotConfig) -> Result<Arc<dyn Bot>, BotError> {
     Ok(match config {
-        BotConfig::Help(c) => Arc::new(help::Help::new(c)),
-        BotConfig::Echo(c) => Arc::new(echo::Echo::new(c)),
-        BotConfig::Notify(c) => Arc::new(notify::Notify::new(name, c)?),
+        BotConfig::Help(c) => Arc::new(help::Help::new(&c)),
+        BotConfig::Echo(c) => Arc::new(echo::Echo::new(&c)),
+        BotConfig::Notify(c) => Arc::new(notify::Notify::new(name, &c)?),
+        BotConfig::Query(c) => Arc::new(query::Query::new(name, &c)?),
+        BotConfig::AutoGroup(c) => Arc::new(auto_group::AutoGroup::new(name, c)?),
+        BotConfig::DailyPush(c) => Arc::new(daily_push::DailyPush::new(name, c)?),
+        BotConfig::Greetings(c) => Arc::new(greetings::Greetings::new(c)?),
     })
 }
 
@@ -90,11 +112,42 @@ pub trait Bot: Send + Sync + 'static {
     async fn handle(&self, event: &Event, ctx: &mut BotContext) -> Result<Vec<Action>, BotError>;
 }
 
+/// Renders a named card template (`cards/<name>.hbs`) over data into perch's neutral
+/// card JSON. The card engine implements it; bots see only this.
+pub trait CardRenderer: Send + Sync {
+    fn render_card(
+        &self,
+        template: &str,
+        data: &serde_json::Value,
+    ) -> Result<serde_json::Value, String>;
+    fn has_template(&self, name: &str) -> bool;
+}
+
+/// Stand-in until the card engine is wired: a card with the template's name as title and
+/// the data as text.
+pub struct PlainCards;
+
+impl CardRenderer for PlainCards {
+    fn render_card(
+        &self,
+        template: &str,
+        data: &serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        Ok(
+            serde_json::json!({ "header": { "title": template }, "elements": [{ "text": data.to_string() }] }),
+        )
+    }
+    fn has_template(&self, _name: &str) -> bool {
+        true
+    }
+}
+
 /// What bots can see of the rest of perch.
 pub struct Services {
     pub store: Arc<dyn Store>,
     pub connectors: HashMap<String, SharedConnector>,
     pub clock: SharedClock,
+    pub cards: Arc<dyn CardRenderer>,
     /// Bots and their commands, with the connectors each is reachable from (for `help`).
     pub directory: Directory,
 }
@@ -184,6 +237,21 @@ impl BotContext {
             .await?)
     }
 
+    /// Set `key` to `value` only if it is absent; whether this call set it. For "only
+    /// one request may do this" (one group per project).
+    pub async fn state_claim<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<bool, BotError> {
+        let raw = serde_json::to_vec(value).map_err(StoreError::from)?;
+        Ok(self
+            .services
+            .store
+            .kv_compare_and_swap(&self.state_ns(), key, None, Some(&raw))
+            .await?)
+    }
+
     pub async fn state_delete(&self, key: &str) -> Result<(), BotError> {
         Ok(self.services.store.kv_delete(&self.state_ns(), key).await?)
     }
@@ -203,6 +271,27 @@ impl BotContext {
             out.push((k, serde_json::from_slice(&raw).map_err(StoreError::from)?));
         }
         Ok(out)
+    }
+
+    /// Render the card template `template` over `data` as a message body.
+    pub fn card(
+        &self,
+        template: &str,
+        data: &serde_json::Value,
+    ) -> Result<crate::action::MessageBody, BotError> {
+        let card = self
+            .services
+            .cards
+            .render_card(template, data)
+            .map_err(|e| {
+                BotError::Template(format!("bot `{}`, card `{template}`: {e}", self.bot))
+            })?;
+        Ok(crate::action::MessageBody::Card { card })
+    }
+
+    /// The event id: a stable seed for anything a bot derives per event.
+    pub fn event_id(&self) -> EventId {
+        self.event_id
     }
 
     /// Ask the data source `source` (an `http` or `file` connector) for JSON.

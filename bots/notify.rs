@@ -5,9 +5,9 @@
 //! `payload`, `sender`, `chat`, `text`), compiled at start in strict mode, so a
 //! template naming a missing field fails loudly instead of sending a blank.
 
+use super::text_template::{Escape, TextTemplates};
 use super::*;
 use crate::action::{MessageBody, Target};
-use handlebars::Handlebars;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,8 +24,13 @@ pub struct NotifyConfig {
     /// What kind of id `person` gives, where the platform has several (`email`, `open_id`).
     #[serde(default)]
     pub person_id_type: Option<String>,
-    /// The message (a template).
+    /// The message (a template). With `card`, the card's text fallback for logs.
+    #[serde(default)]
     pub text: String,
+    /// Send a card instead of text: the template name in `cards/`, rendered over the
+    /// event (`topic`, `payload`, `sender`, …).
+    #[serde(default)]
+    pub card: Option<String>,
     /// Send the text as markdown.
     #[serde(default)]
     pub markdown: bool,
@@ -39,34 +44,30 @@ impl NotifyConfig {
                 format!("bot `{name}`: set exactly one of `chat` or `person`"),
             );
         }
+        if self.text.is_empty() && self.card.is_none() {
+            issues.at(at, format!("bot `{name}`: set `text` or `card`"));
+        }
         if let Some(c) = &self.connector {
             if !config.connectors.contains_key(c) {
                 issues.at(at, format!("bot `{name}`: connector `{c}` is not defined"));
             }
         }
-        if let Err(e) = compile(self) {
-            issues.at(at, format!("bot `{name}`: {e}"));
+        if let Err(e) = compile(name, self) {
+            issues.at(at, e.to_string());
         }
     }
 }
 
-fn compile(config: &NotifyConfig) -> Result<Handlebars<'static>, BotError> {
-    let mut hb = Handlebars::new();
-    hb.set_strict_mode(true);
-    // Plain text out: no HTML escaping.
-    hb.register_escape_fn(handlebars::no_escape);
-    let mut add = |name: &str, tpl: &str| {
-        hb.register_template_string(name, tpl)
-            .map_err(|e| BotError::Template(format!("{name} template: {e}")))
-    };
-    add("text", &config.text)?;
+fn compile(name: &str, config: &NotifyConfig) -> Result<TextTemplates, BotError> {
+    let mut t = TextTemplates::new(name, Escape::None);
+    t.add("text", &config.text)?;
     if let Some(c) = &config.chat {
-        add("chat", c)?;
+        t.add("chat", c)?;
     }
     if let Some(p) = &config.person {
-        add("person", p)?;
+        t.add("person", p)?;
     }
-    Ok(hb)
+    Ok(t)
 }
 
 pub struct Notify {
@@ -75,7 +76,8 @@ pub struct Notify {
     to_chat: bool,
     person_id_type: Option<String>,
     markdown: bool,
-    templates: Handlebars<'static>,
+    card: Option<String>,
+    templates: TextTemplates,
 }
 
 impl Notify {
@@ -86,21 +88,19 @@ impl Notify {
             to_chat: config.chat.is_some(),
             person_id_type: config.person_id_type.clone(),
             markdown: config.markdown,
-            templates: compile(config)?,
+            card: config.card.clone(),
+            templates: compile(name, config)?,
         })
     }
 
     fn render(&self, template: &str, event: &Event) -> Result<String, BotError> {
-        self.templates.render(template, event).map_err(|e| {
-            BotError::Template(format!("bot `{}`, {template} template: {e}", self.name))
-        })
+        self.templates.render(template, event)
     }
 }
 
 #[async_trait]
 impl Bot for Notify {
-    async fn handle(&self, event: &Event, _ctx: &mut BotContext) -> Result<Vec<Action>, BotError> {
-        let text = self.render("text", event)?;
+    async fn handle(&self, event: &Event, ctx: &mut BotContext) -> Result<Vec<Action>, BotError> {
         let to = if self.to_chat {
             Target::chat(self.render("chat", event)?)
         } else {
@@ -116,10 +116,13 @@ impl Bot for Notify {
                 self.name, event.id
             )));
         }
-        let body = if self.markdown {
-            MessageBody::markdown(text)
-        } else {
-            MessageBody::text(text)
+        let body = match &self.card {
+            Some(template) => ctx.card(
+                template,
+                &serde_json::to_value(event).map_err(crate::store::StoreError::from)?,
+            )?,
+            None if self.markdown => MessageBody::markdown(self.render("text", event)?),
+            None => MessageBody::text(self.render("text", event)?),
         };
         Ok(vec![Action::Send {
             connector: self.connector.clone(),

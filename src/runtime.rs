@@ -134,23 +134,25 @@ impl Perch {
         let mut bots = HashMap::new();
         let mut infos = Vec::new();
         let reach = router.reachability();
-        for (name, c) in &bot_configs {
-            let bot = bots::build(name, c.get_ref()).map_err(|e| StartError::Bot {
+        for (name, c) in bot_configs {
+            let kind = c.get_ref().kind();
+            let bot = bots::build(&name, c.into_inner()).map_err(|e| StartError::Bot {
                 name: name.clone(),
                 why: e.to_string(),
             })?;
             infos.push(BotInfo {
                 name: name.clone(),
-                kind: c.get_ref().kind(),
+                kind,
                 commands: bot.commands(),
-                connectors: reach.get(name).cloned().unwrap_or_default(),
+                connectors: reach.get(&name).cloned().unwrap_or_default(),
             });
-            bots.insert(name.clone(), bot);
+            bots.insert(name, bot);
         }
         let services = Arc::new(Services {
             store: store.clone(),
             connectors: connectors.clone(),
             clock: clock.clone(),
+            cards: Arc::new(bots::PlainCards),
             directory: Directory { bots: infos },
         });
         let processor = Arc::new(Processor {

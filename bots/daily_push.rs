@@ -1,0 +1,282 @@
+//! `daily_push`: on a schedule, fetch the day's figures from a data source and push a card
+//! (each figure with its change against the previous run, up/down marked, and an optional
+//! table) to a list of chats and people.
+//!
+//! Exactly once per day: the tick that triggers it is deduplicated per slot by the
+//! journal, and the fan-out goes through the outbox (one item per target, under the
+//! platform's rate limits). The figures of each day are kept in the bot's state under
+//! their date and the comparison is with the latest earlier day, so running the same tick
+//! again (after a crash) gives the same card. No data for the day: the targets get a short
+//! note instead of a card of zeros.
+//!
+//! ```toml
+//! [bots.daily]
+//! kind = "daily_push"
+//! source = "bi"
+//! path = "/metrics/daily?day={{date}}"
+//! pointer = "/data"
+//! timezone = "Asia/Shanghai"
+//! figures = [{ key = "gmv", label = "GMV" }, { key = "orders", label = "Orders" }]
+//! targets = ["oc_sales", "person:ou_boss"]
+//! template = "daily_metrics"
+//! ```
+
+use super::schedule_date;
+use super::text_template::{Escape, TextTemplates};
+use super::*;
+use crate::action::{MessageBody, Target};
+use crate::connectors::DataRequest;
+
+fn default_offset() -> i64 {
+    -1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DailyPushConfig {
+    /// The data source (an `http` or `file` connector).
+    pub source: String,
+    /// Path template over `date` (YYYY-MM-DD of the day reported on).
+    pub path: String,
+    /// Pointer to the object holding the figures (default: the whole answer).
+    #[serde(default)]
+    pub pointer: Option<String>,
+    /// Pointer to an array of rows shown as a table (optional).
+    #[serde(default)]
+    pub table_pointer: Option<String>,
+    /// IANA zone the day is counted in.
+    pub timezone: String,
+    /// Which day to report on, relative to the run's day (-1: yesterday).
+    #[serde(default = "default_offset")]
+    pub day_offset: i64,
+    /// The figures to show, in order.
+    pub figures: Vec<Figure>,
+    /// Connector to push through. Default: the event's.
+    #[serde(default)]
+    pub connector: Option<String>,
+    /// Chat ids, or `person:<id>` for a direct message.
+    pub targets: Vec<String>,
+    /// Card template; without one, a markdown message.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Title of the push.
+    #[serde(default = "default_title")]
+    pub title: String,
+}
+
+fn default_title() -> String {
+    "Daily figures".to_string()
+}
+
+#[derive(Debug, Deserialize, Clone, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Figure {
+    /// Field name in the figures object.
+    pub key: String,
+    /// Label on the card.
+    pub label: String,
+}
+
+use serde::Serialize;
+
+impl DailyPushConfig {
+    pub fn validate(&self, name: &str, at: usize, config: &Config, issues: &mut Issues) {
+        if !config.connectors.contains_key(&self.source) {
+            issues.at(
+                at,
+                format!(
+                    "bot `{name}`: source `{}` is not a defined connector",
+                    self.source
+                ),
+            );
+        }
+        if let Some(c) = &self.connector {
+            if !config.connectors.contains_key(c) {
+                issues.at(at, format!("bot `{name}`: connector `{c}` is not defined"));
+            }
+        }
+        if let Err(e) = schedule_date::zone(&self.timezone) {
+            issues.at(at, format!("bot `{name}`: {e}"));
+        }
+        if self.targets.is_empty() {
+            issues.at(
+                at,
+                format!(
+                    "bot `{name}`: `targets` is empty: name the chats (or person:<id>) to push to"
+                ),
+            );
+        }
+        if self.figures.is_empty() {
+            issues.at(at, format!("bot `{name}`: `figures` is empty"));
+        }
+        if let Err(e) = TextTemplates::new(name, Escape::Url).add("path", &self.path) {
+            issues.at(at, e.to_string());
+        }
+    }
+}
+
+/// Parse a target: a chat id, or `person:<id>`.
+pub fn parse_target(t: &str) -> Target {
+    match t.strip_prefix("person:") {
+        Some(id) => Target::person(id),
+        None => Target::chat(t),
+    }
+}
+
+pub struct DailyPush {
+    config: DailyPushConfig,
+    tz: chrono_tz::Tz,
+    paths: TextTemplates,
+}
+
+impl DailyPush {
+    pub fn new(name: &str, config: DailyPushConfig) -> Result<Self, BotError> {
+        let tz = schedule_date::zone(&config.timezone).map_err(BotError::Config)?;
+        let mut paths = TextTemplates::new(name, Escape::Url);
+        paths.add("path", &config.path)?;
+        Ok(DailyPush { config, tz, paths })
+    }
+
+    fn send_all(&self, body: MessageBody) -> Vec<Action> {
+        self.config
+            .targets
+            .iter()
+            .map(|t| Action::Send {
+                connector: self.config.connector.clone(),
+                to: parse_target(t),
+                body: body.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Percent change from `previous` to `value`, if both are there and previous is not 0.
+pub fn change_pct(value: Option<f64>, previous: Option<f64>) -> Option<f64> {
+    match (value, previous) {
+        (Some(v), Some(p)) if p != 0.0 => Some((v - p) / p.abs() * 100.0),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Bot for DailyPush {
+    async fn handle(&self, event: &Event, ctx: &mut BotContext) -> Result<Vec<Action>, BotError> {
+        let date = schedule_date::day(event, self.tz, self.config.day_offset)?.to_string();
+        let path = self
+            .paths
+            .render("path", &serde_json::json!({ "date": date }))?;
+        let (path, query) = path
+            .split_once('?')
+            .map(|(p, q)| (p.to_string(), q.to_string()))
+            .unwrap_or((path, String::new()));
+        let mut req = DataRequest::get(path);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            req.query.push((decode(k), decode(v)));
+        }
+        let answer = match ctx.fetch(&self.config.source, req).await {
+            Ok(a) => a,
+            Err(BotError::Source(e)) => {
+                // The people waiting for the push learn why it is not there.
+                return Ok(self.send_all(MessageBody::text(format!(
+                    "{}: no push for {date}: {e}.",
+                    self.config.title
+                ))));
+            }
+            Err(e) => return Err(e),
+        };
+        let figures_obj = match &self.config.pointer {
+            Some(p) => answer
+                .pointer(p)
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
+            None => answer.clone(),
+        };
+        let values: serde_json::Map<String, serde_json::Value> = self
+            .config
+            .figures
+            .iter()
+            .filter_map(|f| {
+                figures_obj
+                    .get(&f.key)
+                    .and_then(|v| v.as_f64())
+                    .map(|v| (f.key.clone(), serde_json::json!(v)))
+            })
+            .collect();
+        if values.is_empty() {
+            return Ok(self.send_all(MessageBody::text(format!(
+                "{}: the source has no figures for {date} yet, so there is no push today.",
+                self.config.title
+            ))));
+        }
+        // Keep today's figures; compare with the latest earlier day we pushed.
+        ctx.state_put(&format!("figures/{date}"), &values).await?;
+        let history: Vec<(String, serde_json::Map<String, serde_json::Value>)> =
+            ctx.state_scan("figures/").await?;
+        let previous = history
+            .iter()
+            .rev()
+            .find(|(k, _)| k.as_str() < format!("figures/{date}").as_str());
+        // Bounded state: keep about two months of days.
+        for (k, _) in history.iter().take(history.len().saturating_sub(62)) {
+            ctx.state_delete(k).await?;
+        }
+        let rows: Vec<serde_json::Value> = self
+            .config
+            .figures
+            .iter()
+            .map(|f| {
+                let value = values.get(&f.key).and_then(|v| v.as_f64());
+                let prev = previous
+                    .and_then(|(_, p)| p.get(&f.key))
+                    .and_then(|v| v.as_f64());
+                let change = change_pct(value, prev);
+                serde_json::json!({
+                    "key": f.key, "label": f.label, "value": value, "previous": prev,
+                    "change_pct": change, "up": change.map(|c| c >= 0.0),
+                })
+            })
+            .collect();
+        let table = self
+            .config
+            .table_pointer
+            .as_deref()
+            .and_then(|p| answer.pointer(p))
+            .cloned();
+        let data = serde_json::json!({
+            "title": self.config.title,
+            "date": date,
+            "previous_date": previous.map(|(k, _)| k.trim_start_matches("figures/").to_string()),
+            "figures": rows,
+            "table": table,
+        });
+        let body = match &self.config.template {
+            Some(t) => ctx.card(t, &data)?,
+            None => {
+                let mut text = format!("**{} — {date}**\n", self.config.title);
+                for r in &rows {
+                    let value = r["value"]
+                        .as_f64()
+                        .map(|v| format!("{v}"))
+                        .unwrap_or_else(|| "—".into());
+                    let change = match r["change_pct"].as_f64() {
+                        Some(c) if c >= 0.0 => format!(" ▲ {c:.1}%"),
+                        Some(c) => format!(" ▼ {:.1}%", c.abs()),
+                        None => String::new(),
+                    };
+                    text.push_str(&format!(
+                        "- {}: {value}{change}\n",
+                        r["label"].as_str().unwrap_or("")
+                    ));
+                }
+                MessageBody::markdown(text)
+            }
+        };
+        Ok(self.send_all(body))
+    }
+}

@@ -1,0 +1,307 @@
+//! `query`: data commands. `@bot gmv 昨天` or `@bot ct SN12345` calls an internal API and
+//! answers with a card in seconds.
+//!
+//! Each command is a table: the data source, a path template filled from the arguments
+//! (`/ct/{{arg.[0]}}` or by name `/ct/{{serial}}`; values are percent-encoded), an argument
+//! schema (required/optional, a pattern, a default) and a card template. Wrong or missing
+//! arguments answer with that command's usage; a failing source answers with what failed
+//! ("BI API timed out after 5 s"), never with silence.
+//!
+//! ```toml
+//! [bots.data]
+//! kind = "query"
+//! source = "bi"
+//! [bots.data.commands.gmv]
+//! path = "/gmv/{{day}}"
+//! summary = "GMV of a day"
+//! args = [{ name = "day", pattern = "^(今天|昨天|\\d{4}-\\d{2}-\\d{2})$", default = "昨天" }]
+//! template = "query_answer"
+//! ```
+//! Routes send the command words to this bot: `mention = "*"`, `command = "gmv"`.
+
+use super::text_template::{Escape, TextTemplates};
+use super::*;
+use crate::connectors::DataRequest;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Default data source (an `http` or `file` connector) for the commands.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The commands, by command word.
+    pub commands: BTreeMap<String, CommandConfig>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CommandConfig {
+    /// Data source for this command (overrides the bot's).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Path template below the source's base, over `arg` (positional) and the named args.
+    pub path: String,
+    /// The arguments, in order.
+    #[serde(default)]
+    pub args: Vec<ArgConfig>,
+    /// JSON pointer to the part of the answer the card shows (default: all of it).
+    #[serde(default)]
+    pub pointer: Option<String>,
+    /// Card template; data: `{command, args, result}`. Without one, the answer is shown as
+    /// a short list of its fields.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// One line for `help`.
+    #[serde(default)]
+    pub summary: String,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ArgConfig {
+    pub name: String,
+    /// A regular expression the whole value must match.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// Value when the argument is left out; an argument with no default is required.
+    #[serde(default)]
+    pub default: Option<String>,
+    /// Words shown in the usage line (`YYYY-MM-DD`); default: the pattern.
+    #[serde(default)]
+    pub hint: Option<String>,
+}
+
+impl QueryConfig {
+    pub fn validate(&self, name: &str, at: usize, config: &Config, issues: &mut Issues) {
+        if self.commands.is_empty() {
+            issues.at(
+                at,
+                format!("bot `{name}`: add at least one [bots.{name}.commands.<word>]"),
+            );
+        }
+        for (word, c) in &self.commands {
+            match c.source.as_ref().or(self.source.as_ref()) {
+                None => issues.at(at, format!("bot `{name}`, command `{word}`: no `source`")),
+                Some(s) if !config.connectors.contains_key(s) => issues.at(
+                    at,
+                    format!(
+                        "bot `{name}`, command `{word}`: source `{s}` is not a defined connector"
+                    ),
+                ),
+                _ => {}
+            }
+            for a in &c.args {
+                if let Some(p) = &a.pattern {
+                    if let Err(e) = regex::Regex::new(p) {
+                        issues.at(
+                            at,
+                            format!(
+                                "bot `{name}`, command `{word}`, arg `{}`: bad pattern: {}",
+                                a.name,
+                                e.to_string().lines().last().unwrap_or("")
+                            ),
+                        );
+                    }
+                }
+            }
+            let mut optional_seen = false;
+            for a in &c.args {
+                if a.default.is_some() {
+                    optional_seen = true;
+                } else if optional_seen {
+                    issues.at(at, format!("bot `{name}`, command `{word}`: required arg `{}` after an optional one", a.name));
+                }
+            }
+            if let Err(e) = TextTemplates::new(name, Escape::Url).add(word, &c.path) {
+                issues.at(at, e.to_string());
+            }
+        }
+    }
+}
+
+struct Command {
+    config: CommandConfig,
+    source: String,
+    patterns: Vec<Option<regex::Regex>>,
+}
+
+pub struct Query {
+    commands: BTreeMap<String, Command>,
+    paths: TextTemplates,
+}
+
+impl Query {
+    pub fn new(name: &str, config: &QueryConfig) -> Result<Self, BotError> {
+        let mut paths = TextTemplates::new(name, Escape::Url);
+        let mut commands = BTreeMap::new();
+        for (word, c) in &config.commands {
+            paths.add(word, &c.path)?;
+            let source = c
+                .source
+                .clone()
+                .or_else(|| config.source.clone())
+                .ok_or_else(|| BotError::Config(format!("command `{word}` has no source")))?;
+            let patterns = c
+                .args
+                .iter()
+                .map(|a| {
+                    a.pattern
+                        .as_deref()
+                        .map(|p| regex::Regex::new(&format!("^(?:{p})$")))
+                        .transpose()
+                })
+                .collect::<Result<_, _>>()
+                .map_err(|e| BotError::Config(e.to_string()))?;
+            commands.insert(
+                word.to_lowercase(),
+                Command {
+                    config: c.clone(),
+                    source,
+                    patterns,
+                },
+            );
+        }
+        Ok(Query { commands, paths })
+    }
+
+    fn usage(word: &str, c: &CommandConfig) -> String {
+        let mut line = format!("@bot {word}");
+        for a in &c.args {
+            let shown = a
+                .hint
+                .clone()
+                .or_else(|| a.pattern.clone())
+                .unwrap_or_else(|| a.name.clone());
+            if a.default.is_some() {
+                line.push_str(&format!(" [{}: {shown}]", a.name));
+            } else {
+                line.push_str(&format!(" <{}: {shown}>", a.name));
+            }
+        }
+        line
+    }
+
+    /// Check the arguments against the schema; the named values, or the usage answer.
+    fn bind(
+        &self,
+        word: &str,
+        cmd: &Command,
+        given: &[String],
+    ) -> Result<serde_json::Map<String, serde_json::Value>, BotError> {
+        let usage = || format!("Usage: {}", Self::usage(word, &cmd.config));
+        if given.len() > cmd.config.args.len() {
+            return Err(BotError::User(format!("Too many arguments. {}", usage())));
+        }
+        let mut named = serde_json::Map::new();
+        let mut positional = Vec::new();
+        for (i, (spec, pattern)) in cmd.config.args.iter().zip(&cmd.patterns).enumerate() {
+            let value = match given.get(i).cloned().or_else(|| spec.default.clone()) {
+                Some(v) => v,
+                None => {
+                    return Err(BotError::User(format!(
+                        "Missing <{}>. {}",
+                        spec.name,
+                        usage()
+                    )));
+                }
+            };
+            if pattern.as_ref().is_some_and(|p| !p.is_match(&value)) {
+                return Err(BotError::User(format!(
+                    "`{value}` is not a valid {}. {}",
+                    spec.name,
+                    usage()
+                )));
+            }
+            positional.push(serde_json::Value::String(value.clone()));
+            named.insert(spec.name.clone(), serde_json::Value::String(value));
+        }
+        named.insert("arg".into(), serde_json::Value::Array(positional));
+        Ok(named)
+    }
+}
+
+/// A card-less answer: the fields of an object, or the JSON itself.
+fn plain_answer(word: &str, result: &serde_json::Value) -> crate::action::MessageBody {
+    let mut text = format!("**{word}**\n");
+    match result {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let v = v
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string());
+                text.push_str(&format!("- {k}: {v}\n"));
+            }
+        }
+        other => text.push_str(&format!("`{other}`\n")),
+    }
+    crate::action::MessageBody::markdown(text)
+}
+
+#[async_trait]
+impl Bot for Query {
+    fn commands(&self) -> Vec<CommandSpec> {
+        self.commands
+            .iter()
+            .map(|(w, c)| {
+                CommandSpec::new(
+                    w,
+                    Self::usage(w, &c.config).trim_start_matches("@bot "),
+                    &c.config.summary,
+                )
+            })
+            .collect()
+    }
+
+    async fn handle(&self, _event: &Event, ctx: &mut BotContext) -> Result<Vec<Action>, BotError> {
+        let Some(parsed) = ctx.command.clone() else {
+            return Err(BotError::User("Ask me a command, e.g. `@bot help`.".into()));
+        };
+        let Some(cmd) = self.commands.get(&parsed.name) else {
+            let known: Vec<&str> = self.commands.keys().map(String::as_str).collect();
+            let hint = crate::command::nearest(&parsed.name, known.iter().copied())
+                .map(|n| format!(" Did you mean `{n}`?"))
+                .unwrap_or_default();
+            return Err(BotError::User(format!(
+                "I don't know `{}`.{hint} I know: {}.",
+                parsed.name,
+                known.join(", ")
+            )));
+        };
+        let args = self.bind(&parsed.name, cmd, &parsed.args)?;
+        let path = self.paths.render(&parsed.name, &args)?;
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p.to_string(), q.to_string()),
+            None => (path, String::new()),
+        };
+        let mut req = DataRequest::get(path);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            req.query.push((decode(k), decode(v)));
+        }
+        let answer = ctx.fetch(&cmd.source, req).await?;
+        let result = match &cmd.config.pointer {
+            Some(p) => answer.pointer(p).cloned().ok_or_else(|| {
+                BotError::User(format!(
+                    "The answer for `{}` has no {p}: the data source may have changed.",
+                    parsed.name
+                ))
+            })?,
+            None => answer,
+        };
+        let body = match &cmd.config.template {
+            Some(t) => ctx.card(
+                t,
+                &serde_json::json!({ "command": parsed.name, "args": args, "result": result }),
+            )?,
+            None => plain_answer(&parsed.name, &result),
+        };
+        Ok(vec![Action::reply(body)])
+    }
+}
