@@ -47,7 +47,9 @@ fn an_unknown_kind_lists_the_known_kinds() {
     let (code, out) = check("[connectors.gh]\nkind = \"webhok\"\n");
     assert_eq!(code, 1);
     assert!(
-        out.contains("perch.toml:2:8: unknown variant `webhok`, expected `local` or `webhook`"),
+        out.starts_with(
+            "perch.toml:2:8: unknown variant `webhok`, expected one of `local`, `webhook`"
+        ),
         "{out}"
     );
     let (_, out) = check("[bots.x]\nkind = \"ecko\"\n");
@@ -114,7 +116,7 @@ bots = ["e", "nope"]
         "perch.toml:4:1: connector `gh`: set `secret`",
         "perch.toml:10:1: bot `n`: set exactly one of `chat` or `person`",
         "perch.toml:10:1: bot `n`: connector `missing` is not defined",
-        "perch.toml:10:1: bot `n`: template",
+        "perch.toml:10:1: bot `n`, text template:",
         "perch.toml:15:1: route names connector `gx`, which is not defined (defined: gh)",
         "perch.toml:15:1: route names bot `nope`, which is not defined (defined: e, n)",
         "perch.toml:15:1: bad regex in `text`",
