@@ -87,7 +87,8 @@ pub enum BotError {
     User(String),
     #[error("bad bot config: {0}")]
     Config(String),
-    #[error("template: {0}")]
+    /// A template failed to compile or render; the text names the bot and template.
+    #[error("{0}")]
     Template(String),
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -49,7 +49,24 @@ impl TextTemplates {
     pub fn add(&mut self, name: &str, template: &str) -> Result<(), BotError> {
         self.hb
             .register_template_string(name, template)
-            .map_err(|e| BotError::Template(format!("bot `{}`, {name} template: {e}", self.owner)))
+            .map_err(|e| {
+                // One line: handlebars' own text draws the source over several lines.
+                let at = e
+                    .pos()
+                    .map(|(line, col)| format!(" at line {line}, column {col}"))
+                    .unwrap_or_default();
+                let reason = e.reason().to_string();
+                let reason = reason
+                    .split(": expected")
+                    .next()
+                    .unwrap_or(&reason)
+                    .trim()
+                    .to_string();
+                BotError::Template(format!(
+                    "bot `{}`, {name} template{at}: {reason}",
+                    self.owner
+                ))
+            })
     }
 
     pub fn has(&self, name: &str) -> bool {

@@ -116,7 +116,7 @@ bots = ["e", "nope"]
         "perch.toml:4:1: connector `gh`: set `secret`",
         "perch.toml:10:1: bot `n`: set exactly one of `chat` or `person`",
         "perch.toml:10:1: bot `n`: connector `missing` is not defined",
-        "perch.toml:10:1: bot `n`, text template:",
+        "perch.toml:10:1: bot `n`, text template at line 1, column 8: invalid handlebars syntax",
         "perch.toml:15:1: route names connector `gx`, which is not defined (defined: gh)",
         "perch.toml:15:1: route names bot `nope`, which is not defined (defined: e, n)",
         "perch.toml:15:1: bad regex in `text`",
