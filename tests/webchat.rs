@@ -1,0 +1,665 @@
+//! The built-in web chat (`kind = "local"`) end to end, on a real server: the page, the
+//! API, the journal, the bots' answers through the outbox, SSE, and restarts.
+
+mod common;
+use common::*;
+use perch::action::{ChatSpec, MessageBody, Operation, Target};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[connectors.web]
+kind = "local"
+title = "Acme <chat>"
+
+[bots.echo]
+kind = "echo"
+
+[bots.help]
+kind = "help"
+
+[[routes]]
+connector = "web"
+mention = "echo"
+bots = ["echo"]
+
+[[routes]]
+connector = "web"
+mention = "help"
+bots = ["help"]
+"#;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn post_json(t: &TestPerch, path: &str, body: &Value) -> (u16, Value) {
+    let resp = client()
+        .post(t.url(path))
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn get_json(t: &TestPerch, path: &str) -> Value {
+    let resp = client().get(t.url(path)).send().await.expect("request");
+    assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+    resp.json().await.expect("json")
+}
+
+async fn say(t: &TestPerch, room: &str, author: &str, text: &str, client_id: &str) -> Value {
+    let (status, body) = post_json(
+        t,
+        &format!("/chat/api/rooms/{room}/messages"),
+        &json!({ "author": author, "text": text, "client_id": client_id }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn messages(t: &TestPerch, room: &str) -> Vec<Value> {
+    get_json(t, &format!("/chat/api/rooms/{room}/messages")).await["messages"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Wait for a message by `author` in `room`.
+async fn reply_from(t: &TestPerch, room: &str, author: &str) -> Value {
+    eventually(
+        10,
+        &format!("a message from {author} in {room}"),
+        || async {
+            messages(t, room)
+                .await
+                .into_iter()
+                .find(|m| m["author"] == author)
+        },
+    )
+    .await
+}
+
+async fn events(t: &TestPerch) -> Vec<Value> {
+    get_json(t, "/api/events?limit=1000").await["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn web(t: &TestPerch) -> perch::connectors::SharedConnector {
+    t.perch()
+        .shared
+        .connectors
+        .get("web")
+        .expect("web connector")
+        .clone()
+}
+
+/// An SSE connection, read chunk by chunk.
+struct Sse {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl Sse {
+    async fn open(t: &TestPerch) -> Sse {
+        let resp = client()
+            .get(t.url("/chat/api/stream"))
+            .send()
+            .await
+            .expect("stream");
+        assert_eq!(resp.status(), 200);
+        let mut s = Sse {
+            resp,
+            buf: String::new(),
+        };
+        s.until("event: hello").await;
+        s
+    }
+
+    /// Read until the stream has shown `needle`; returns everything read so far.
+    async fn until(&mut self, needle: &str) -> String {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !self.buf.contains(needle) {
+                match self.resp.chunk().await.expect("stream chunk") {
+                    Some(bytes) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                    None => panic!("stream ended before {needle:?}; got {}", self.buf),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {needle:?} on the stream; got {}", self.buf));
+        self.buf.clone()
+    }
+}
+
+#[tokio::test]
+async fn the_page_is_served_with_its_title_escaped() {
+    let t = TestPerch::start(CONFIG).await;
+    let resp = client().get(t.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = resp.text().await.unwrap();
+    assert!(html.contains("<title>Acme &lt;chat&gt;</title>"), "{html}");
+    for asset in ["/chat/app.js", "/chat/style.css"] {
+        let resp = client().get(t.url(asset)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{asset}");
+        assert!(!resp.text().await.unwrap().is_empty());
+    }
+    let bots = get_json(&t, "/chat/api/bots").await;
+    assert_eq!(
+        bots["bots"],
+        json!([{ "name": "echo" }, { "name": "help" }])
+    );
+}
+
+#[tokio::test]
+async fn echo_answers_in_the_room_and_on_the_stream() {
+    let t = TestPerch::start(CONFIG).await;
+    let mut sse = Sse::open(&t).await;
+    let posted = say(&t, "general", "ann", "@echo hi", "c-1").await;
+    assert_eq!(posted["author"], "ann");
+    assert_eq!(posted["from_bot"], false);
+    assert_eq!(posted["duplicate"], false);
+    assert!(
+        posted["html"]
+            .as_str()
+            .unwrap()
+            .contains(r#"<span class="mention">@echo</span>"#)
+    );
+
+    let reply = reply_from(&t, "general", "echo").await;
+    assert_eq!(reply["from_bot"], true);
+    assert_eq!(reply["body"], json!({ "type": "text", "text": "hi" }));
+    assert_eq!(reply["reply_to"], posted["id"]);
+
+    // The person's message and the bot's answer both went out live.
+    let seen = sse.until(r#""author":"echo""#).await;
+    assert!(seen.contains("event: message"), "{seen}");
+    assert!(seen.contains(r#""author":"ann""#), "{seen}");
+
+    // The message went through the journal like any platform's.
+    let evs = events(&t).await;
+    assert_eq!(evs.len(), 1);
+    let e = &evs[0]["event"];
+    assert_eq!(e["kind"], "message");
+    assert_eq!(e["connector"], "web");
+    assert_eq!(e["chat"], json!({ "id": "general", "chat_type": "group" }));
+    assert_eq!(e["sender"], json!({ "id": "ann", "name": "ann" }));
+    assert_eq!(e["message_id"], posted["id"]);
+    assert_eq!(e["external_id"], "c-1");
+    assert_eq!(
+        e["mentions"],
+        json!([{ "person": { "id": "echo", "name": "echo" }, "is_bot": true }])
+    );
+}
+
+#[tokio::test]
+async fn help_lists_the_commands() {
+    let t = TestPerch::start(CONFIG).await;
+    say(&t, "general", "ann", "@help", "c-help").await;
+    let reply = reply_from(&t, "general", "help").await;
+    assert_eq!(reply["body"]["type"], "markdown");
+    let text = reply["body"]["text"].as_str().unwrap();
+    assert!(text.contains("@echo"), "{text}");
+    let html = reply["html"].as_str().unwrap();
+    assert!(
+        html.contains("<strong>Commands here</strong>") && html.contains("<li>"),
+        "{html}"
+    );
+}
+
+#[tokio::test]
+async fn a_double_submit_is_one_message_and_one_event() {
+    let t = TestPerch::start(CONFIG).await;
+    let first = say(&t, "general", "ann", "hello there", "same-id").await;
+    let second = say(&t, "general", "ann", "hello there", "same-id").await;
+    assert_eq!(second["duplicate"], true);
+    assert_eq!(first["id"], second["id"]);
+    let msgs = messages(&t, "general").await;
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    let evs = events(&t).await;
+    assert_eq!(
+        evs.iter()
+            .filter(|e| e["event"]["external_id"] == "same-id")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_stores_nothing() {
+    let t = TestPerch::start(CONFIG).await;
+    let ok = |text: &str| json!({ "author": "ann", "text": text, "client_id": "x" });
+    let cases: Vec<(&str, Value, u16)> = vec![
+        ("/chat/api/rooms/nowhere/messages", ok("hi"), 404),
+        ("/chat/api/rooms/general/messages", ok(""), 400),
+        ("/chat/api/rooms/general/messages", ok("   \n "), 400),
+        (
+            "/chat/api/rooms/general/messages",
+            ok(&"a".repeat(5000)),
+            400,
+        ),
+        (
+            "/chat/api/rooms/general/messages",
+            json!({ "author": "ann\nbob", "text": "hi", "client_id": "x" }),
+            400,
+        ),
+        (
+            "/chat/api/rooms/general/messages",
+            json!({ "author": "", "text": "hi", "client_id": "x" }),
+            400,
+        ),
+        (
+            "/chat/api/rooms/general/messages",
+            json!({ "author": "x".repeat(41), "text": "hi", "client_id": "x" }),
+            400,
+        ),
+        (
+            "/chat/api/rooms/general/messages",
+            json!({ "author": "echo", "text": "hi", "client_id": "x" }),
+            400,
+        ),
+        (
+            "/chat/api/rooms/general/messages",
+            json!({ "author": "ann", "text": "hi" }),
+            422,
+        ),
+        (
+            "/chat/api/rooms/general/messages",
+            json!({ "author": "ann", "text": "hi", "client_id": "" }),
+            400,
+        ),
+        ("/chat/api/rooms", json!({ "name": "" }), 400),
+        ("/chat/api/rooms", json!({ "name": "a\u{7}b" }), 400),
+        (
+            "/chat/api/rooms/general/actions",
+            json!({ "message_id": "nope", "action": { "bot": "echo", "action": "done" }, "author": "ann", "client_id": "y" }),
+            404,
+        ),
+    ];
+    for (path, body, want) in cases {
+        let (status, answer) = post_json(&t, path, &body).await;
+        assert_eq!(status, want, "{path} {body}: {answer}");
+        let error = answer["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error line: {answer}"));
+        assert!(!error.is_empty() && !error.contains('\n'), "{error:?}");
+    }
+    // Malformed JSON, and a body that is not JSON at all.
+    for raw in ["{\"author\": \"ann\", \"text\": ", "not json"] {
+        let resp = client()
+            .post(t.url("/chat/api/rooms/general/messages"))
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{raw}");
+        let answer: Value = resp.json().await.unwrap();
+        assert!(answer["error"].is_string(), "{answer}");
+    }
+    for path in [
+        "/chat/api/rooms/nowhere/messages",
+        "/chat/api/rooms/general/messages?limit=lots",
+    ] {
+        let resp = client().get(t.url(path)).send().await.unwrap();
+        assert!(resp.status().is_client_error(), "{path}: {}", resp.status());
+    }
+    assert!(messages(&t, "general").await.is_empty());
+    assert!(events(&t).await.is_empty());
+    let rooms = get_json(&t, "/chat/api/rooms").await;
+    assert_eq!(rooms["rooms"].as_array().unwrap().len(), 1, "{rooms}");
+    // The refused client id "x" is still free.
+    say(&t, "general", "ann", "now it works", "x").await;
+    assert_eq!(messages(&t, "general").await.len(), 1);
+}
+
+#[tokio::test]
+async fn rooms_and_history_survive_a_restart() {
+    let mut t = TestPerch::start(CONFIG).await;
+    let (status, room) = post_json(
+        &t,
+        "/chat/api/rooms",
+        &json!({ "name": "Project X", "author": "ann" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{room}");
+    assert_eq!(room["id"], "project-x");
+    // Creating it again opens the same room.
+    let (status, again) = post_json(&t, "/chat/api/rooms", &json!({ "name": "project x" })).await;
+    assert_eq!((status, &again["id"]), (200, &json!("project-x")));
+
+    say(&t, "project-x", "ann", "@echo remember me", "c-r1").await;
+    reply_from(&t, "project-x", "echo").await;
+    say(&t, "general", "bob", "hi all", "c-r2").await;
+
+    t.restart().await;
+
+    let rooms = get_json(&t, "/chat/api/rooms").await;
+    let ids: Vec<&str> = rooms["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["general", "project-x"]);
+    let px = messages(&t, "project-x").await;
+    let texts: Vec<(&str, &str)> = px
+        .iter()
+        .map(|m| {
+            (
+                m["author"].as_str().unwrap(),
+                m["body"]["text"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        vec![("ann", "@echo remember me"), ("echo", "remember me")]
+    );
+    assert_eq!(messages(&t, "general").await.len(), 1);
+    // `after` pages forward from a message id.
+    let after = get_json(
+        &t,
+        &format!(
+            "/chat/api/rooms/project-x/messages?after={}",
+            px[0]["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(after["messages"].as_array().unwrap().len(), 1);
+    // Still deduplicated after the restart.
+    let repeat = say(&t, "general", "bob", "hi all", "c-r2").await;
+    assert_eq!(repeat["duplicate"], true);
+}
+
+#[tokio::test]
+async fn executing_one_key_twice_posts_one_message() {
+    let t = TestPerch::start(CONFIG).await;
+    let web = web(&t);
+    let op = Operation::Send {
+        to: Target::chat("general"),
+        body: MessageBody::markdown("**done**"),
+        reply_to: None,
+    };
+    let key = "0190aaaa-0000-7000-8000-000000000000/builds/0000";
+    let a = web.execute(&op, key).await.unwrap();
+    let b = web.execute(&op, key).await.unwrap();
+    assert!(a.id.is_some());
+    assert_eq!(a.id, b.id);
+    let msgs = messages(&t, "general").await;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0]["author"], "builds");
+    assert_eq!(msgs[0]["html"], "<p><strong>done</strong></p>");
+
+    // To a person: their direct room, created on demand, listed only for them.
+    let dm = Operation::Send {
+        to: Target::person("ann"),
+        body: MessageBody::text("psst"),
+        reply_to: None,
+    };
+    web.execute(&dm, "0190aaaa-0000-7000-8000-000000000001/notify/0000")
+        .await
+        .unwrap();
+    let mine = get_json(&t, "/chat/api/rooms?me=ann").await;
+    assert!(
+        mine["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == "@ann" && r["direct"] == true),
+        "{mine}"
+    );
+    let others = get_json(&t, "/chat/api/rooms?me=bob").await;
+    assert!(
+        !others["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == "@ann"),
+        "{others}"
+    );
+    assert_eq!(messages(&t, "%40ann").await.len(), 1);
+
+    // A person writing in their direct room is a direct chat for the router.
+    say(&t, "%40ann", "ann", "@echo back", "c-dm").await;
+    let evs = events(&t).await;
+    assert_eq!(
+        evs[0]["event"]["chat"],
+        json!({ "id": "@ann", "chat_type": "direct" })
+    );
+}
+
+#[tokio::test]
+async fn create_chat_update_and_add_members() {
+    let t = TestPerch::start(CONFIG).await;
+    let web = web(&t);
+    let mut sse = Sse::open(&t).await;
+    let spec = ChatSpec {
+        name: "【项目】Acme-P01".into(),
+        members: vec!["ann".into(), "bob".into()],
+        ..Default::default()
+    };
+    let op = Operation::CreateChat { spec };
+    let key = "0190aaaa-0000-7000-8000-000000000002/auto_group/0000";
+    let made = web.execute(&op, key).await.unwrap();
+    let again = web.execute(&op, key).await.unwrap();
+    let id = made.id.clone().expect("room id");
+    assert_eq!(again.id.as_deref(), Some(id.as_str()));
+    sse.until("event: room").await;
+
+    let rooms = get_json(&t, "/chat/api/rooms").await;
+    let list = rooms["rooms"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "one room created, not two: {rooms}");
+    let room = list
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .expect("new room listed");
+    assert_eq!(room["name"], "【项目】Acme-P01");
+    assert_eq!(room["members"], json!(["ann", "bob"]));
+
+    let added = web
+        .execute(
+            &Operation::AddMembers {
+                chat_id: id.clone(),
+                members: vec!["bob".into(), "cy".into()],
+                member_id_type: None,
+            },
+            "k/auto_group/0001",
+        )
+        .await
+        .unwrap();
+    assert_eq!(added.detail, json!({ "added": ["cy"] }));
+    let unknown = web
+        .execute(
+            &Operation::AddMembers {
+                chat_id: "nope".into(),
+                members: vec!["x".into()],
+                member_id_type: None,
+            },
+            "k/x/0",
+        )
+        .await;
+    assert!(
+        matches!(unknown, Err(perch::connectors::SendError::Permanent(_))),
+        "{unknown:?}"
+    );
+
+    // A card, then an update of it in place.
+    let card =
+        json!({ "header": { "title": "Deploy <prod>" }, "elements": [{ "text": "waiting" }] });
+    let sent = web
+        .execute(
+            &Operation::Send {
+                to: Target::chat(id.clone()),
+                body: MessageBody::Card { card },
+                reply_to: None,
+            },
+            "k/deploy/0000",
+        )
+        .await
+        .unwrap();
+    let msg_id = sent.id.unwrap();
+    let new_card =
+        json!({ "header": { "title": "Deploy <prod>" }, "elements": [{ "text": "done" }] });
+    web.execute(
+        &Operation::Update {
+            chat_id: Some(id.clone()),
+            message_id: msg_id.clone(),
+            body: MessageBody::Card { card: new_card },
+        },
+        "k/deploy/0001",
+    )
+    .await
+    .unwrap();
+    let seen = sse.until("event: update").await;
+    assert!(seen.contains(&msg_id), "{seen}");
+    let msgs = messages(&t, &urlencode(&id)).await;
+    assert_eq!(msgs.len(), 1);
+    let html = msgs[0]["html"].as_str().unwrap();
+    assert!(
+        html.contains("done") && html.contains("Deploy &lt;prod&gt;") && !html.contains("<prod>"),
+        "{html}"
+    );
+    assert!(msgs[0]["edited_at"].is_string());
+    let missing = web
+        .execute(
+            &Operation::Update {
+                chat_id: None,
+                message_id: "nope".into(),
+                body: MessageBody::text("x"),
+            },
+            "k/x/1",
+        )
+        .await;
+    assert!(
+        matches!(missing, Err(perch::connectors::SendError::Permanent(_))),
+        "{missing:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_card_click_becomes_a_card_action_event_for_the_named_bot() {
+    let t = TestPerch::start(CONFIG).await;
+    let web = web(&t);
+    let card = json!({ "header": { "title": "Reminder" }, "elements": [{ "text": "Ship it" }] });
+    let sent = web
+        .execute(
+            &Operation::Send {
+                to: Target::chat("general"),
+                body: MessageBody::Card { card },
+                reply_to: None,
+            },
+            "k/reminders/0000",
+        )
+        .await
+        .unwrap();
+    let message_id = sent.id.unwrap();
+
+    let click = |bot: &str, client_id: &str| json!({ "message_id": message_id, "action": { "bot": bot, "action": "done", "args": { "id": 7 } }, "author": "ann", "client_id": client_id });
+    let (status, first) = post_json(
+        &t,
+        "/chat/api/rooms/general/actions",
+        &click("echo", "click-1"),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["duplicate"], false);
+    let (_, again) = post_json(
+        &t,
+        "/chat/api/rooms/general/actions",
+        &click("echo", "click-1"),
+    )
+    .await;
+    assert_eq!(
+        (again["duplicate"].clone(), again["event_id"].clone()),
+        (json!(true), first["event_id"].clone())
+    );
+
+    let event_id = first["event_id"].as_str().unwrap().to_string();
+    let entry = eventually(10, "the click is routed", || async {
+        let e = get_json(&t, &format!("/api/events/{event_id}")).await;
+        (e["fate"]["state"] != "pending").then_some(e)
+    })
+    .await;
+    let ev = &entry["event"];
+    assert_eq!(ev["kind"], "card_action");
+    assert_eq!(ev["chat"]["id"], "general");
+    assert_eq!(ev["sender"]["id"], "ann");
+    assert_eq!(ev["external_id"], "click-1");
+    assert_eq!(
+        ev["card_action"],
+        json!({ "bot": "echo", "action": "done", "args": { "id": 7 }, "message_id": message_id })
+    );
+    assert_eq!(entry["fate"]["state"], "routed");
+    assert_eq!(entry["fate"]["bots"], json!(["echo"]));
+
+    // A bot that does not exist: journaled, and the fate says so.
+    let (status, ghost) = post_json(
+        &t,
+        "/chat/api/rooms/general/actions",
+        &click("ghost", "click-2"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let ghost_id = ghost["event_id"].as_str().unwrap().to_string();
+    let entry = eventually(10, "the ghost click is handled", || async {
+        let e = get_json(&t, &format!("/api/events/{ghost_id}")).await;
+        (e["fate"]["state"] != "pending").then_some(e)
+    })
+    .await;
+    assert_eq!(entry["fate"]["failures"][0]["bot"], "ghost");
+
+    // A click on a message of another room is refused.
+    let (status, _) = post_json(
+        &t,
+        "/chat/api/rooms/elsewhere/actions",
+        &click("echo", "click-3"),
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn the_default_config_serves_the_chat() {
+    let config =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+    let t = TestPerch::start(&config).await;
+    let html = client()
+        .get(t.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("<title>perch</title>"));
+    say(&t, "general", "ann", "@help", "c-d1").await;
+    let reply = reply_from(&t, "general", "help").await;
+    assert!(reply["body"]["text"].as_str().unwrap().contains("@echo"));
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
