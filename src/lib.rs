@@ -21,6 +21,7 @@ pub mod lanes;
 pub mod outbox;
 pub mod router;
 pub mod runtime;
+pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod telemetry;

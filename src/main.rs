@@ -1,5 +1,5 @@
-//! The `perch` command: `serve`, `check`, `send`. (`card render` and `schedule` come
-//! with the cards and scheduler work.)
+//! The `perch` command: `serve`, `check`, `send`, `schedule`. (`card render` comes with
+//! the cards work.)
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -53,6 +53,13 @@ enum Cmd {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Print each schedule's next fire times in its own time zone (from the config; no
+    /// server needed).
+    Schedule {
+        /// How many fire times per job.
+        #[arg(long, short = 'n', default_value_t = 5)]
+        count: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -79,6 +86,12 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?
                 .block_on(send(config, connector, topic, data, url))
+        }
+        Cmd::Schedule { count } => {
+            let config = load(&cli.config)?;
+            let schedules = perch::scheduler::Schedules::from_config(&config.schedules)?;
+            print!("{}", schedules.describe_next(chrono::Utc::now(), count));
+            Ok(())
         }
     }
 }

@@ -30,6 +30,8 @@ pub enum StartError {
     Routes(String),
     #[error("HTTP client: {0}")]
     Http(String),
+    #[error("scheduler: {0}")]
+    Scheduler(#[from] crate::scheduler::SchedulerError),
 }
 
 /// Everything the HTTP layer needs.
@@ -44,6 +46,8 @@ pub struct Shared {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub outbox_wake: Arc<Notify>,
     pub started_at: chrono::DateTime<chrono::Utc>,
+    /// The configured schedules (for `GET /api/schedules`).
+    pub schedules: Arc<crate::scheduler::Schedules>,
 }
 
 /// A running perch.
@@ -107,14 +111,17 @@ impl Perch {
             connectors: connector_configs,
             bots: bot_configs,
             routes,
+            schedules,
             source,
         } = config;
+        let schedules = Arc::new(crate::scheduler::Schedules::from_config(&schedules)?);
         let routing_config = Config {
             server: Default::default(),
             outbox: Default::default(),
             connectors: Default::default(),
             bots: Default::default(),
             routes,
+            schedules: Default::default(),
             source,
         };
         let router = Router::from_config(&routing_config).map_err(StartError::Routes)?;
@@ -178,6 +185,15 @@ impl Perch {
             server.journal_retention,
             cancel.clone(),
         ));
+        let scheduler = crate::scheduler::Scheduler::open(
+            schedules.clone(),
+            store.clone(),
+            journal.clone(),
+            clock.clone(),
+            outbox_wake.clone(),
+        )
+        .await?;
+        let scheduler_task = tokio::spawn(scheduler.run(cancel.clone()));
 
         let shared = Shared {
             store,
@@ -189,13 +205,20 @@ impl Perch {
             metrics,
             outbox_wake,
             started_at: clock.now(),
+            schedules,
         };
         Ok(Perch {
             shared,
             event_lanes,
             outbox_lanes,
             cancel,
-            tasks: vec![router_task, outbox_task, upkeep_task, committer_task],
+            tasks: vec![
+                router_task,
+                outbox_task,
+                upkeep_task,
+                committer_task,
+                scheduler_task,
+            ],
         })
     }
 

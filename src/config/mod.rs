@@ -40,6 +40,10 @@ pub struct Config {
     /// Routes, in order: `[[routes]]`.
     #[serde(default)]
     pub routes: Vec<Spanned<RouteConfig>>,
+    /// Scheduled jobs by name: `[schedules.<name>]` with a `cron` and a `timezone`; each
+    /// slot fires a tick event (see `crate::scheduler`).
+    #[serde(default)]
+    pub schedules: BTreeMap<String, Spanned<crate::scheduler::ScheduleConfig>>,
     /// Where the config was read from, for error messages. Not a config key.
     #[serde(skip)]
     pub source: ConfigSource,
@@ -335,6 +339,7 @@ impl Config {
         for route in &self.routes {
             self.validate_route(route, &mut issues);
         }
+        crate::scheduler::validate(self, &mut issues);
         issues.into_vec()
     }
 
@@ -342,7 +347,8 @@ impl Config {
         let at = route.span().start;
         let r = route.get_ref();
         if let Some(c) = &r.connector {
-            if !self.connectors.contains_key(c) {
+            // `scheduler` is the reserved connector of schedule ticks.
+            if !self.connectors.contains_key(c) && c != crate::scheduler::CONNECTOR {
                 issues.at(
                     at,
                     format!(
@@ -411,6 +417,7 @@ impl Config {
             out.push_str(&format!(" {name} ({})", b.get_ref().kind()));
         }
         out.push_str(&format!("\n{} route(s)\n", self.routes.len()));
+        out.push_str(&format!("{} schedule(s)\n", self.schedules.len()));
         out
     }
 }

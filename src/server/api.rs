@@ -24,6 +24,7 @@ pub fn routes(shared: Shared) -> Router<Shared> {
         .route("/dead-letters", get(dead_letters))
         .route("/dead-letters/replay", post(replay))
         .route("/sent", get(sent))
+        .route("/schedules", get(schedules))
         .layer(axum::middleware::from_fn_with_state(shared, require_token))
 }
 
@@ -164,4 +165,22 @@ async fn sent(State(s): State<Shared>, Query(q): Query<KeyQuery>) -> Result<Json
             format!("nothing sent under key {:?}", q.key),
         )),
     }
+}
+
+#[derive(Deserialize)]
+struct CountQuery {
+    count: Option<usize>,
+}
+
+/// `GET /api/schedules?count=N`: each job's cron, zone, next N fire times in its zone,
+/// last fired slot, recent runs, missed and failed slots (`crate::scheduler::status`).
+async fn schedules(
+    State(s): State<Shared>,
+    Query(q): Query<CountQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let count = q.count.unwrap_or(5).clamp(1, 100);
+    let jobs = crate::scheduler::status(&s.schedules, s.store.as_ref(), s.clock.now(), count)
+        .await
+        .map_err(store_err)?;
+    Ok(Json(json!({ "schedules": jobs })))
 }
