@@ -8,8 +8,14 @@
 //!
 //! The store, not memory, is the queue: after a crash the feeder simply finds everything
 //! that was not completed. Memory is bounded by `max_in_flight` (and `max_per_lane`, so
-//! one stuck chat cannot take every slot). Scanning always starts at the front, because
-//! ids are not committed in id order under concurrency (a cursor would skip late commits).
+//! one stuck chat cannot take every slot). Each scan reads the queue **by lane** (the
+//! first `max_per_lane` keys of each lane), so a chat with a long backlog costs one seek,
+//! not a read of its backlog. Scanning always starts at the front, because ids are not
+//! committed in id order under concurrency (a cursor would skip late commits).
+//!
+//! A scan reads a page and then claims its items one by one; an item completed in
+//! between is still on the page. So the keys completed since the scan began are
+//! remembered and never claimed again by that scan (else it would run twice).
 
 use futures::future::BoxFuture;
 use std::collections::HashMap;
@@ -25,7 +31,8 @@ use tokio_util::task::TaskTracker;
 const LANE_IDLE: Duration = Duration::from_secs(5);
 /// How often the feeder rescans even without a wake-up (a safety net; wake-ups do the work).
 const POLL: Duration = Duration::from_secs(1);
-const PAGE: usize = 512;
+/// Lanes read per page of a scan.
+const LANES_PAGE: usize = 256;
 
 type Handler<T> = Arc<dyn Fn(T) -> BoxFuture<'static, ()> + Send + Sync>;
 
@@ -44,6 +51,8 @@ pub struct LaneLimits {
 struct InFlight<K> {
     keys: HashMap<K, String>,
     per_lane: HashMap<String, usize>,
+    /// Keys completed since the current scan began.
+    completed: std::collections::HashSet<K>,
 }
 
 /// A set of lanes processing `T`s keyed by `K`.
@@ -75,6 +84,7 @@ where
             in_flight: Mutex::new(InFlight {
                 keys: HashMap::new(),
                 per_lane: HashMap::new(),
+                completed: std::collections::HashSet::new(),
             }),
             limits,
             wake,
@@ -86,6 +96,7 @@ where
     /// for lack of room (half the slots free again, or its lane has room again).
     pub fn complete(&self, key: &K) {
         let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        f.completed.insert(key.clone());
         if let Some(lane) = f.keys.remove(key) {
             let lane_full = if let Some(n) = f.per_lane.get_mut(&lane) {
                 let was_full = *n >= self.limits.max_per_lane;
@@ -114,7 +125,7 @@ where
     /// Claim a slot for `key` in `lane`. `None`: already in flight, or no room.
     fn claim(&self, key: &K, lane: &str) -> Result<bool, Full> {
         let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if f.keys.contains_key(key) {
+        if f.keys.contains_key(key) || f.completed.contains(key) {
             return Ok(false);
         }
         if f.keys.len() >= self.limits.max_in_flight {
@@ -197,35 +208,43 @@ where
         (self.handler)(item).await;
     }
 
-    /// Scan the queue with `load` and dispatch until cancelled. `load(after, limit)`
-    /// returns the next page of `(key, lane, item)` after `after`, in key order.
+    /// Scan the queue with `load` and dispatch until cancelled. `load(after_lane,
+    /// max_lanes, per_lane)` returns the next lanes after `after_lane`, each with its
+    /// first `per_lane` `(key, item)`s in order.
     pub async fn feed<F, Fut, E>(self: Arc<Self>, load: F, cancel: CancellationToken)
     where
-        F: Fn(Option<K>, usize) -> Fut,
-        Fut: Future<Output = Result<Vec<(K, String, T)>, E>>,
+        F: Fn(Option<String>, usize, usize) -> Fut,
+        Fut: Future<Output = Result<Vec<(String, Vec<(K, T)>)>, E>>,
         E: std::fmt::Display,
     {
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let mut after: Option<K> = None;
+            self.in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .completed
+                .clear();
+            let mut after: Option<String> = None;
             'scan: loop {
-                let page = match load(after.clone(), PAGE).await {
+                let page = match load(after.clone(), LANES_PAGE, self.limits.max_per_lane).await {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::error!(error = %e, "queue scan failed; retrying in 1 s");
                         break 'scan;
                     }
                 };
-                let full_page = page.len() == PAGE;
-                for (key, lane, item) in page {
-                    after = Some(key.clone());
-                    match self.claim(&key, &lane) {
-                        Ok(true) => self.push(&lane, item).await,
-                        Ok(false) => {}
-                        Err(Full) => break 'scan,
+                let full_page = page.len() == LANES_PAGE;
+                for (lane, items) in page {
+                    for (key, item) in items {
+                        match self.claim(&key, &lane) {
+                            Ok(true) => self.push(&lane, item).await,
+                            Ok(false) => {}
+                            Err(Full) => break 'scan,
+                        }
                     }
+                    after = Some(lane);
                 }
                 if !full_page {
                     break;
@@ -294,18 +313,20 @@ mod tests {
         let cancel = CancellationToken::new();
         let q = queue.clone();
         let feeder = tokio::spawn(lanes.clone().feed(
-            move |after: Option<u32>, limit| {
+            move |after: Option<String>, max_lanes, per_lane| {
                 let q = q.clone();
                 async move {
-                    let v: Vec<(u32, String, (u32, String))> = q
-                        .lock()
-                        .unwrap()
-                        .iter()
-                        .filter(|(k, _)| after.is_none_or(|a| *k > a))
-                        .take(limit)
-                        .map(|(k, l)| (*k, l.clone(), (*k, l.clone())))
-                        .collect();
-                    Ok::<_, String>(v)
+                    let mut by_lane: std::collections::BTreeMap<String, Vec<(u32, (u32, String))>> =
+                        Default::default();
+                    for (k, l) in q.lock().unwrap().iter() {
+                        if after.as_ref().is_none_or(|a| l > a) {
+                            let v = by_lane.entry(l.clone()).or_default();
+                            if v.len() < per_lane {
+                                v.push((*k, (*k, l.clone())));
+                            }
+                        }
+                    }
+                    Ok::<_, String>(by_lane.into_iter().take(max_lanes).collect::<Vec<_>>())
                 }
             },
             cancel.clone(),

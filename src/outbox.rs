@@ -213,18 +213,23 @@ impl Outbox {
         self: Arc<Self>,
         wake: Arc<Notify>,
         cancel: CancellationToken,
-    ) -> (Arc<Lanes<String, OutboxItem>>, tokio::task::JoinHandle<()>) {
+    ) -> (Arc<Lanes<String, String>>, tokio::task::JoinHandle<()>) {
         // Weak: the lanes own this handler, so a strong reference back would be a cycle
         // that keeps the store (and its file lock) alive after shutdown.
-        let slot: Arc<std::sync::OnceLock<std::sync::Weak<Lanes<String, OutboxItem>>>> =
-            Arc::default();
+        let slot: Arc<std::sync::OnceLock<std::sync::Weak<Lanes<String, String>>>> = Arc::default();
         let handler = {
             let (this, slot) = (self.clone(), slot.clone());
-            Arc::new(move |item: OutboxItem| {
+            Arc::new(move |key: String| {
                 let (this, slot) = (this.clone(), slot.clone());
                 Box::pin(async move {
-                    let key = item.key.clone();
-                    if let Err(e) = this.deliver(item).await {
+                    // Read the item now: it may have been delivered or dead-lettered since
+                    // the scan saw its key, and then there is nothing to do.
+                    let result = match this.store.outbox_item(&key).await {
+                        Ok(Some(item)) => this.deliver(item).await,
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = result {
                         tracing::error!(%key, error = %e, "outbox store error; the item stays queued");
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
@@ -243,14 +248,18 @@ impl Outbox {
         let _ = slot.set(Arc::downgrade(&lanes));
         let store = self.store.clone();
         let feeder = tokio::spawn(lanes.clone().feed(
-            move |after: Option<String>, limit| {
+            move |after: Option<String>, max_lanes, per_lane| {
                 let store = store.clone();
                 async move {
-                    let items = store.outbox_after(after.as_deref(), limit).await?;
+                    let lanes = store
+                        .outbox_lanes(after.as_deref(), max_lanes, per_lane)
+                        .await?;
                     Ok::<_, StoreError>(
-                        items
+                        lanes
                             .into_iter()
-                            .map(|it| (it.key.clone(), it.lane_key(), it))
+                            .map(|(lane, keys)| {
+                                (lane, keys.into_iter().map(|k| (k.clone(), k)).collect())
+                            })
                             .collect::<Vec<_>>(),
                     )
                 }

@@ -479,14 +479,17 @@ pub fn start(
     let lanes = Lanes::new(limits, wake, handler);
     let _ = slot.set(Arc::downgrade(&lanes));
     let feeder = tokio::spawn(lanes.clone().feed(
-        move |after: Option<EventId>, limit| {
+        move |after: Option<String>, max_lanes, per_lane| {
             let store = store.clone();
             async move {
                 // The lane is the event's chat: events of one chat are handled in order.
-                let ids = store.pending_ids(after, limit).await?;
+                let lanes = store
+                    .pending_lanes(after.as_deref(), max_lanes, per_lane)
+                    .await?;
                 Ok::<_, StoreError>(
-                    ids.into_iter()
-                        .map(|(id, lane)| (id, lane, id))
+                    lanes
+                        .into_iter()
+                        .map(|(lane, ids)| (lane, ids.into_iter().map(|id| (id, id)).collect()))
                         .collect::<Vec<_>>(),
                 )
             }

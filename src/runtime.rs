@@ -11,7 +11,7 @@ use crate::journal::Journal;
 use crate::lanes::Lanes;
 use crate::outbox::Outbox;
 use crate::router::{Processor, Router};
-use crate::store::{OutboxItem, SledStore, Store, StoreError, SweepCutoffs};
+use crate::store::{SledStore, Store, StoreError, SweepCutoffs};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +54,7 @@ pub struct Shared {
 pub struct Perch {
     pub shared: Shared,
     event_lanes: Arc<Lanes<EventId, EventId>>,
-    outbox_lanes: Arc<Lanes<String, OutboxItem>>,
+    outbox_lanes: Arc<Lanes<String, String>>,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }

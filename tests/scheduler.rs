@@ -55,12 +55,13 @@ impl Store for NoFsync {
     ) -> StoreResult<perch::store::Ingested> {
         self.0.ingest(e, until).await
     }
-    async fn pending_ids(
+    async fn pending_lanes(
         &self,
-        after: Option<EventId>,
-        limit: usize,
-    ) -> StoreResult<Vec<(EventId, String)>> {
-        self.0.pending_ids(after, limit).await
+        after_lane: Option<&str>,
+        max_lanes: usize,
+        per_lane: usize,
+    ) -> StoreResult<Vec<(String, Vec<EventId>)>> {
+        self.0.pending_lanes(after_lane, max_lanes, per_lane).await
     }
     async fn event(&self, id: EventId) -> StoreResult<Option<JournalEntry>> {
         self.0.event(id).await
@@ -92,6 +93,17 @@ impl Store for NoFsync {
         limit: usize,
     ) -> StoreResult<Vec<OutboxItem>> {
         self.0.outbox_after(after, limit).await
+    }
+    async fn outbox_lanes(
+        &self,
+        after_lane: Option<&str>,
+        max_lanes: usize,
+        per_lane: usize,
+    ) -> StoreResult<Vec<(String, Vec<String>)>> {
+        self.0.outbox_lanes(after_lane, max_lanes, per_lane).await
+    }
+    async fn outbox_item(&self, key: &str) -> StoreResult<Option<OutboxItem>> {
+        self.0.outbox_item(key).await
     }
     async fn outbox_update(&self, item: &OutboxItem) -> StoreResult<()> {
         self.0.outbox_update(item).await

@@ -82,13 +82,16 @@ pub async fn pending_and_complete(s: &dyn Store) {
         s.ingest(&e, now).await.unwrap();
         ids.push(e.id);
     }
-    let pending = s.pending_ids(None, 100).await.unwrap();
-    assert_eq!(pending.iter().map(|p| p.0).collect::<Vec<_>>(), ids);
-    assert_eq!(pending[0].1, "gh/-");
-    let after = s.pending_ids(Some(ids[1]), 2).await.unwrap();
-    assert_eq!(
-        after.iter().map(|p| p.0).collect::<Vec<_>>(),
-        ids[2..4].to_vec()
+    // One lane (connector "gh", no chat): all five, in id order; per_lane limits.
+    let lanes = s.pending_lanes(None, 10, 100).await.unwrap();
+    assert_eq!(lanes, vec![("gh/-".to_string(), ids.clone())]);
+    let lanes = s.pending_lanes(None, 10, 2).await.unwrap();
+    assert_eq!(lanes, vec![("gh/-".to_string(), ids[..2].to_vec())]);
+    assert!(
+        s.pending_lanes(Some("gh/-"), 10, 2)
+            .await
+            .unwrap()
+            .is_empty()
     );
 
     let fate = Fate::Routed {
@@ -127,6 +130,78 @@ pub async fn outbox_lifecycle(s: &dyn Store) {
         0,
         "enqueue is idempotent by key"
     );
+    let mut in_b = item("k/b1", now);
+    in_b.op = Operation::Send {
+        to: Target::chat("b"),
+        body: MessageBody::text("x"),
+        reply_to: None,
+    };
+    assert_eq!(s.enqueue(std::slice::from_ref(&in_b)).await.unwrap(), 1);
+    // By lane: the "room" lane with its first two keys, then the "b" lane.
+    let lanes = s.outbox_lanes(None, 10, 2).await.unwrap();
+    assert_eq!(
+        lanes,
+        vec![
+            ("web/b".to_string(), vec!["k/b1".to_string()]),
+            (
+                "web/room".to_string(),
+                vec!["k/0".to_string(), "k/1".to_string()]
+            ),
+        ]
+    );
+    assert_eq!(
+        s.outbox_lanes(Some("web/b"), 10, 5).await.unwrap()[0]
+            .1
+            .len(),
+        3
+    );
+    assert_eq!(s.outbox_item("k/b1").await.unwrap(), Some(in_b));
+    s.outbox_dead(&DeadLetter {
+        item: s.outbox_item("k/b1").await.unwrap().unwrap(),
+        error: "x".into(),
+        died_at: now,
+    })
+    .await
+    .unwrap();
+    assert!(
+        s.outbox_lanes(None, 10, 2)
+            .await
+            .unwrap()
+            .iter()
+            .all(|(l, _)| l != "web/b"),
+        "a dead item leaves its lane"
+    );
+    s.replay_dead("k/b1", now).await.unwrap();
+    assert!(
+        s.outbox_lanes(None, 10, 2)
+            .await
+            .unwrap()
+            .iter()
+            .any(|(l, _)| l == "web/b"),
+        "a replayed item is back in its lane"
+    );
+    let b1 = s.outbox_item("k/b1").await.unwrap().unwrap();
+    s.outbox_delivered(
+        &b1.key,
+        &SentRecord {
+            key: b1.key.clone(),
+            connector: "web".into(),
+            delivered: Delivered::default(),
+            at: now,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        s.outbox_lanes(None, 10, 2)
+            .await
+            .unwrap()
+            .iter()
+            .all(|(l, _)| l != "web/b"),
+        "a delivered item leaves its lane"
+    );
+    assert!(s.outbox_item("k/b1").await.unwrap().is_none());
+
     let page = s.outbox_after(None, 2).await.unwrap();
     assert_eq!(
         page.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),

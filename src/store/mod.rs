@@ -150,18 +150,24 @@ pub struct SweepStats {
 
 /// The storage backend. Every method is atomic on its own; `flush` makes everything
 /// applied before it durable.
+///
+/// Queues (pending events, the outbox) are readable **by lane** (one lane per chat):
+/// the router and the outbox take the first few items of each lane, and skip a busy
+/// chat with one seek instead of reading its whole backlog.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // ---- journal ----------------------------------------------------------------
     /// Store a new event as pending unless `(connector, external_id)` was seen before
     /// and has not expired. Events without an external id are never duplicates.
     async fn ingest(&self, event: &Event, dedupe_until: DateTime<Utc>) -> StoreResult<Ingested>;
-    /// Pending events as `(id, lane key)` in id order, starting after `after`.
-    async fn pending_ids(
+    /// Pending events grouped by lane, lanes in order after `after_lane`: at most
+    /// `max_lanes` lanes, each with its first `per_lane` event ids in id order.
+    async fn pending_lanes(
         &self,
-        after: Option<EventId>,
-        limit: usize,
-    ) -> StoreResult<Vec<(EventId, String)>>;
+        after_lane: Option<&str>,
+        max_lanes: usize,
+        per_lane: usize,
+    ) -> StoreResult<Vec<(String, Vec<EventId>)>>;
     async fn event(&self, id: EventId) -> StoreResult<Option<JournalEntry>>;
     /// Atomically: record the fate, drop the event from pending, and queue `items`
     /// (skipping keys already queued or already sent).
@@ -183,9 +189,18 @@ pub trait Store: Send + Sync + 'static {
     /// Queue items (skipping keys already queued or already sent). Returns how many
     /// were new.
     async fn enqueue(&self, items: &[OutboxItem]) -> StoreResult<usize>;
-    /// Queued items in key order, starting after `after`.
+    /// Queued items in key order, starting after `after` (for listing).
     async fn outbox_after(&self, after: Option<&str>, limit: usize)
     -> StoreResult<Vec<OutboxItem>>;
+    /// Queued item keys grouped by lane, like `pending_lanes`.
+    async fn outbox_lanes(
+        &self,
+        after_lane: Option<&str>,
+        max_lanes: usize,
+        per_lane: usize,
+    ) -> StoreResult<Vec<(String, Vec<String>)>>;
+    /// One item, if it is still queued.
+    async fn outbox_item(&self, key: &str) -> StoreResult<Option<OutboxItem>>;
     /// Save an item's attempts, next time and last error.
     async fn outbox_update(&self, item: &OutboxItem) -> StoreResult<()>;
     /// The item was delivered: drop it from the queue and remember it as sent.

@@ -4,15 +4,21 @@
 //!
 //! | prefix | key                                   | value                          |
 //! |--------|---------------------------------------|--------------------------------|
-//! | `ev/`  | event id (16 bytes, time-ordered)     | `JournalEntry` JSON            |
+//! | `ev/`  | event id (16 bytes, time-ordered)     | `Event` JSON (never rewritten) |
+//! | `fa/`  | event id                              | `Fate` JSON, once handled      |
 //! | `pe/`  | event id                              | lane key: the event is pending |
+//! | `pl/`  | lane `\0` event id                    | empty: pending events by lane  |
 //! | `dd/`  | connector `\0` external id            | event id + expiry (ms, BE)     |
 //! | `dx/`  | expiry (ms, BE) + the `dd/` key rest  | empty: dedupe expiry index     |
 //! | `ob/`  | outbox key                            | `OutboxItem` JSON              |
+//! | `ol/`  | lane `\0` outbox key                  | empty: queued items by lane    |
 //! | `se/`  | outbox key                            | `SentRecord` JSON              |
 //! | `sx/`  | sent time (ms, BE) + outbox key       | empty: sent-record expiry index|
 //! | `dl/`  | outbox key                            | `DeadLetter` JSON              |
 //! | `kv/`  | namespace `\0` key                    | bytes                          |
+//!
+//! The `pl/` and `ol/` indexes let the feeders read a queue lane by lane, keys only, and
+//! jump past a lane with one seek (lane keys never contain `\0`).
 //!
 //! sled only makes writes durable on `flush` (and on its own timer every 500 ms), which
 //! is what the journal's group commit relies on. Calls are synchronous but in-memory and
@@ -24,7 +30,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 const EV: &[u8] = b"ev/";
+const FA: &[u8] = b"fa/";
 const PE: &[u8] = b"pe/";
+const PL: &[u8] = b"pl/";
+const OL: &[u8] = b"ol/";
 const DD: &[u8] = b"dd/";
 const DX: &[u8] = b"dx/";
 const OB: &[u8] = b"ob/";
@@ -97,6 +106,14 @@ fn tx_err(e: TransactionError<StoreError>) -> StoreError {
     }
 }
 
+/// `<prefix><lane>\0<item>`: a lane-index key.
+fn lane_key(prefix: &[u8], lane: &str, item: &[u8]) -> Vec<u8> {
+    let mut k = key(prefix, lane.as_bytes());
+    k.push(0);
+    k.extend_from_slice(item);
+    k
+}
+
 fn event_id_from(b: &[u8]) -> StoreResult<EventId> {
     uuid::Uuid::from_slice(b)
         .map(EventId)
@@ -154,6 +171,66 @@ impl SledStore {
         })
     }
 
+    /// Read a lane index: lanes after `after_lane`, each with its first `per_lane` items.
+    fn lane_scan(
+        &self,
+        prefix: &[u8],
+        after_lane: Option<&str>,
+        max_lanes: usize,
+        per_lane: usize,
+    ) -> StoreResult<Vec<(String, Vec<Vec<u8>>)>> {
+        // `lane\x01` sorts after every `lane\0…` key and before any longer lane name.
+        let next_lane = |lane: &[u8]| {
+            let mut k = key(prefix, lane);
+            k.push(1);
+            k
+        };
+        let mut start = match after_lane {
+            Some(l) => next_lane(l.as_bytes()),
+            None => prefix.to_vec(),
+        };
+        let mut out = Vec::new();
+        while out.len() < max_lanes {
+            let mut iter = self.tree.range(start.clone()..);
+            let Some(first) = iter.next() else { break };
+            let (k, _) = first.map_err(io)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            let rest = &k[prefix.len()..];
+            let sep = rest
+                .iter()
+                .position(|b| *b == 0)
+                .ok_or_else(|| StoreError::Corrupt("lane index key without separator".into()))?;
+            let lane = rest[..sep].to_vec();
+            let mut items = vec![rest[sep + 1..].to_vec()];
+            let mut lane_prefix = key(prefix, &lane);
+            lane_prefix.push(0);
+            for kv in iter {
+                if items.len() >= per_lane {
+                    break;
+                }
+                let (k, _) = kv.map_err(io)?;
+                if !k.starts_with(&lane_prefix) {
+                    break;
+                }
+                items.push(k[lane_prefix.len()..].to_vec());
+            }
+            start = next_lane(&lane);
+            out.push((String::from_utf8_lossy(&lane).into_owned(), items));
+        }
+        Ok(out)
+    }
+
+    fn journal_entry(&self, id_bytes: &[u8], event_json: &[u8]) -> StoreResult<JournalEntry> {
+        let event: Event = serde_json::from_slice(event_json)?;
+        let fate = match self.tree.get(key(FA, id_bytes)).map_err(io)? {
+            Some(f) => serde_json::from_slice(&f)?,
+            None => Fate::Pending,
+        };
+        Ok(JournalEntry { event, fate })
+    }
+
     fn get_json<T: serde::de::DeserializeOwned>(&self, k: &[u8]) -> StoreResult<Option<T>> {
         match self.tree.get(k).map_err(io)? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
@@ -177,44 +254,67 @@ impl SledStore {
     /// Insert the items whose keys are neither queued nor sent; returns how many.
     fn enqueue_in_tx(
         tx: &sled::transaction::TransactionalTree,
-        items: &[(Vec<u8>, Vec<u8>, Vec<u8>)],
+        items: &[EncodedItem],
     ) -> Result<usize, ConflictableTransactionError<StoreError>> {
         let mut added = 0;
-        for (ob_key, se_key, value) in items {
-            if tx.get(ob_key)?.is_some() || tx.get(se_key)?.is_some() {
+        for it in items {
+            if tx.get(&it.ob)?.is_some() || tx.get(&it.se)?.is_some() {
                 continue;
             }
-            tx.insert(ob_key.as_slice(), value.as_slice())?;
+            tx.insert(it.ob.as_slice(), it.value.as_slice())?;
+            tx.insert(it.ol.as_slice(), &[] as &[u8])?;
             added += 1;
         }
         Ok(added)
     }
 
-    fn encode_items(items: &[OutboxItem]) -> StoreResult<Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>> {
+    fn encode_items(items: &[OutboxItem]) -> StoreResult<Vec<EncodedItem>> {
         items
             .iter()
             .map(|it| {
-                Ok((
-                    key(OB, it.key.as_bytes()),
-                    key(SE, it.key.as_bytes()),
-                    serde_json::to_vec(it)?,
-                ))
+                Ok(EncodedItem {
+                    ob: key(OB, it.key.as_bytes()),
+                    ol: lane_key(OL, &it.lane_key(), it.key.as_bytes()),
+                    se: key(SE, it.key.as_bytes()),
+                    value: serde_json::to_vec(it)?,
+                })
             })
             .collect()
     }
+
+    /// Remove a queued item and its lane-index entry inside a transaction; whether it
+    /// was queued.
+    fn dequeue_in_tx(
+        tx: &sled::transaction::TransactionalTree,
+        ob_key: &[u8],
+    ) -> Result<bool, ConflictableTransactionError<StoreError>> {
+        let Some(raw) = tx.remove(ob_key)? else {
+            return Ok(false);
+        };
+        let item: OutboxItem = serde_json::from_slice(&raw)
+            .map_err(|e| ConflictableTransactionError::Abort(StoreError::Decode(e)))?;
+        tx.remove(lane_key(OL, &item.lane_key(), item.key.as_bytes()))?;
+        Ok(true)
+    }
+}
+
+/// An outbox item ready for a transaction: its keys and its JSON.
+struct EncodedItem {
+    ob: Vec<u8>,
+    ol: Vec<u8>,
+    se: Vec<u8>,
+    value: Vec<u8>,
 }
 
 #[async_trait]
 impl Store for SledStore {
     async fn ingest(&self, event: &Event, dedupe_until: DateTime<Utc>) -> StoreResult<Ingested> {
-        let entry = serde_json::to_vec(&JournalEntry {
-            event: event.clone(),
-            fate: Fate::Pending,
-        })?;
+        let entry = serde_json::to_vec(event)?;
         let id = event.id.0.as_bytes().to_vec();
         let ev_key = key(EV, &id);
         let pe_key = key(PE, &id);
         let lane = event.lane_key();
+        let pl_key = lane_key(PL, &lane, &id);
         let dedupe = event.external_id.as_ref().map(|x| {
             let rest = dedupe_rest(&event.connector, x);
             let mut value = id.clone();
@@ -247,6 +347,7 @@ impl Store for SledStore {
                 }
                 tx.insert(ev_key.as_slice(), entry.as_slice())?;
                 tx.insert(pe_key.as_slice(), lane.as_bytes())?;
+                tx.insert(pl_key.as_slice(), &[] as &[u8])?;
                 Ok(Ingested::Accepted)
             })
             .map_err(tx_err)?;
@@ -256,36 +357,30 @@ impl Store for SledStore {
         Ok(outcome)
     }
 
-    async fn pending_ids(
+    async fn pending_lanes(
         &self,
-        after: Option<EventId>,
-        limit: usize,
-    ) -> StoreResult<Vec<(EventId, String)>> {
-        let start = match after {
-            Some(id) => {
-                // The first key strictly after `after`.
-                let mut k = key(PE, id.0.as_bytes());
-                k.push(0);
-                k
-            }
-            None => PE.to_vec(),
-        };
-        let mut out = Vec::new();
-        for kv in self.tree.range(start..) {
-            let (k, lane) = kv.map_err(io)?;
-            if !k.starts_with(PE) || out.len() >= limit {
-                break;
-            }
-            out.push((
-                event_id_from(&k[PE.len()..])?,
-                String::from_utf8_lossy(&lane).into_owned(),
-            ));
-        }
-        Ok(out)
+        after_lane: Option<&str>,
+        max_lanes: usize,
+        per_lane: usize,
+    ) -> StoreResult<Vec<(String, Vec<EventId>)>> {
+        self.lane_scan(PL, after_lane, max_lanes, per_lane)?
+            .into_iter()
+            .map(|(lane, ids)| {
+                Ok((
+                    lane,
+                    ids.iter()
+                        .map(|b| event_id_from(b))
+                        .collect::<StoreResult<Vec<_>>>()?,
+                ))
+            })
+            .collect()
     }
 
     async fn event(&self, id: EventId) -> StoreResult<Option<JournalEntry>> {
-        self.get_json(&key(EV, id.0.as_bytes()))
+        match self.tree.get(key(EV, id.0.as_bytes())).map_err(io)? {
+            Some(raw) => Ok(Some(self.journal_entry(id.0.as_bytes(), &raw)?)),
+            None => Ok(None),
+        }
     }
 
     async fn complete_event(
@@ -295,24 +390,31 @@ impl Store for SledStore {
         items: &[OutboxItem],
     ) -> StoreResult<()> {
         let ev_key = key(EV, id.0.as_bytes());
+        let fa_key = key(FA, id.0.as_bytes());
         let pe_key = key(PE, id.0.as_bytes());
         let encoded = Self::encode_items(items)?;
-        let fate = fate.clone();
+        // The fate goes under its own small key: the event itself is never rewritten.
+        let fate_json = serde_json::to_vec(fate)?;
         let (was_pending, added) = self
             .tree
             .transaction(|tx| {
-                let Some(raw) = tx.get(&ev_key)? else {
+                if tx.get(&ev_key)?.is_none() {
                     return Err(ConflictableTransactionError::Abort(StoreError::Corrupt(
                         format!("event {id} is not in the journal"),
                     )));
+                }
+                tx.insert(fa_key.as_slice(), fate_json.as_slice())?;
+                let was_pending = match tx.remove(pe_key.as_slice())? {
+                    Some(lane) => {
+                        tx.remove(lane_key(
+                            PL,
+                            &String::from_utf8_lossy(&lane),
+                            id.0.as_bytes(),
+                        ))?;
+                        true
+                    }
+                    None => false,
                 };
-                let mut entry: JournalEntry = serde_json::from_slice(&raw)
-                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::Decode(e)))?;
-                entry.fate = fate.clone();
-                let value = serde_json::to_vec(&entry)
-                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::Decode(e)))?;
-                tx.insert(ev_key.as_slice(), value)?;
-                let was_pending = tx.remove(pe_key.as_slice())?.is_some();
                 let added = Self::enqueue_in_tx(tx, &encoded)?;
                 Ok((was_pending, added))
             })
@@ -335,8 +437,8 @@ impl Store for SledStore {
         };
         let mut out = Vec::new();
         for kv in self.tree.range(EV.to_vec()..end).rev().take(limit) {
-            let (_, v) = kv.map_err(io)?;
-            out.push(serde_json::from_slice(&v)?);
+            let (k, v) = kv.map_err(io)?;
+            out.push(self.journal_entry(&k[EV.len()..], &v)?);
         }
         Ok(out)
     }
@@ -379,6 +481,30 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    async fn outbox_lanes(
+        &self,
+        after_lane: Option<&str>,
+        max_lanes: usize,
+        per_lane: usize,
+    ) -> StoreResult<Vec<(String, Vec<String>)>> {
+        Ok(self
+            .lane_scan(OL, after_lane, max_lanes, per_lane)?
+            .into_iter()
+            .map(|(lane, keys)| {
+                (
+                    lane,
+                    keys.into_iter()
+                        .map(|k| String::from_utf8_lossy(&k).into_owned())
+                        .collect(),
+                )
+            })
+            .collect())
+    }
+
+    async fn outbox_item(&self, k: &str) -> StoreResult<Option<OutboxItem>> {
+        self.get_json(&key(OB, k.as_bytes()))
+    }
+
     async fn outbox_update(&self, item: &OutboxItem) -> StoreResult<()> {
         let k = key(OB, item.key.as_bytes());
         let v = serde_json::to_vec(item)?;
@@ -403,7 +529,7 @@ impl Store for SledStore {
         let removed = self
             .tree
             .transaction(|tx| {
-                let removed = tx.remove(ob_key.as_slice())?.is_some();
+                let removed = Self::dequeue_in_tx(tx, &ob_key)?;
                 tx.insert(se_key.as_slice(), v.as_slice())?;
                 tx.insert(sx_key.as_slice(), &[] as &[u8])?;
                 Ok(removed)
@@ -422,7 +548,7 @@ impl Store for SledStore {
         let removed = self
             .tree
             .transaction(|tx| {
-                let removed = tx.remove(ob_key.as_slice())?.is_some();
+                let removed = Self::dequeue_in_tx(tx, &ob_key)?;
                 tx.insert(dl_key.as_slice(), v.as_slice())?;
                 Ok(removed)
             })
@@ -463,6 +589,10 @@ impl Store for SledStore {
                 let v = serde_json::to_vec(&item)
                     .map_err(|e| ConflictableTransactionError::Abort(StoreError::Decode(e)))?;
                 tx.insert(ob_key.as_slice(), v)?;
+                tx.insert(
+                    lane_key(OL, &item.lane_key(), item.key.as_bytes()),
+                    &[] as &[u8],
+                )?;
                 Ok(Some(item))
             })
             .map_err(tx_err)?;
@@ -581,7 +711,10 @@ impl Store for SledStore {
             if self.tree.contains_key(key(PE, id)).map_err(io)? {
                 continue;
             }
-            self.tree.remove(&k).map_err(io)?;
+            let mut batch = sled::Batch::default();
+            batch.remove(k.to_vec());
+            batch.remove(key(FA, id));
+            self.tree.apply_batch(batch).map_err(io)?;
             stats.events += 1;
         }
         Ok(stats)
