@@ -379,12 +379,26 @@ impl Bot for AutoGroup {
         .await?;
 
         let mut actions = Vec::new();
-        let data = serde_json::json!({
+        // Shaped for cards/welcome.hbs.
+        let requester = event
+            .sender
+            .as_ref()
+            .map(|s| s.name.clone().unwrap_or_else(|| s.id.clone()));
+        let mut data = serde_json::json!({
             "name": name,
+            "group": name,
+            "project": fields.get("project").and_then(|v| v.as_str()).unwrap_or(&name),
+            "owner": requester.clone().unwrap_or_else(|| "perch".to_string()),
             "fields": fields,
             "members": ids.iter().chain(&emails).collect::<Vec<_>>(),
-            "requester": event.sender.as_ref().and_then(|s| s.name.clone().or(Some(s.id.clone()))),
+            "requester": requester,
+            "source": event.topic.clone().unwrap_or_else(|| "a chat command".to_string()),
         });
+        for f in ["customer", "code"] {
+            if let Some(v) = fields.get(f) {
+                data[f] = v.clone();
+            }
+        }
         let welcome = match &self.config.welcome_template {
             Some(t) => ctx.card(t, &data)?,
             None => MessageBody::markdown(format!("Welcome to **{name}**!")),

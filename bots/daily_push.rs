@@ -242,19 +242,49 @@ impl Bot for DailyPush {
                 })
             })
             .collect();
+        // A table from an array of objects: columns from the first row.
+        let show = |v: &serde_json::Value| {
+            v.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string())
+        };
         let table = self
             .config
             .table_pointer
             .as_deref()
             .and_then(|p| answer.pointer(p))
-            .cloned();
-        let data = serde_json::json!({
+            .and_then(|v| v.as_array())
+            .and_then(|rows| {
+                let columns: Vec<String> = rows.first()?.as_object()?.keys().cloned().collect();
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        columns
+                            .iter()
+                            .map(|c| r.get(c).map(show).unwrap_or_default())
+                            .collect()
+                    })
+                    .collect();
+                Some(serde_json::json!({ "columns": columns, "rows": cells }))
+            });
+        // Shaped for cards/daily_metrics.hbs (`metrics`), plus the computed `figures`.
+        let metrics: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| serde_json::json!({ "name": r["label"], "value": r["value"], "previous": r["previous"] }))
+            .collect();
+        let mut data = serde_json::json!({
             "title": self.config.title,
             "date": date,
+            "tz": self.config.timezone,
+            "generated_at": ctx.clock.now().to_rfc3339(),
+            "source": self.config.source,
             "previous_date": previous.map(|(k, _)| k.trim_start_matches("figures/").to_string()),
+            "metrics": metrics,
             "figures": rows,
-            "table": table,
         });
+        if let Some(t) = table {
+            data["table"] = t;
+        }
         let body = match &self.config.template {
             Some(t) => ctx.card(t, &data)?,
             None => {

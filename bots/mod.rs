@@ -124,22 +124,16 @@ pub trait CardRenderer: Send + Sync {
     fn has_template(&self, name: &str) -> bool;
 }
 
-/// Stand-in until the card engine is wired: a card with the template's name as title and
-/// the data as text.
-pub struct PlainCards;
-
-impl CardRenderer for PlainCards {
+impl CardRenderer for crate::cards::CardEngine {
     fn render_card(
         &self,
         template: &str,
         data: &serde_json::Value,
     ) -> Result<serde_json::Value, String> {
-        Ok(
-            serde_json::json!({ "header": { "title": template }, "elements": [{ "text": data.to_string() }] }),
-        )
+        self.card_json(template, data).map_err(|e| e.to_string())
     }
-    fn has_template(&self, _name: &str) -> bool {
-        true
+    fn has_template(&self, name: &str) -> bool {
+        self.template(name).is_some()
     }
 }
 

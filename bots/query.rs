@@ -221,6 +221,48 @@ impl Query {
     }
 }
 
+/// The parts of an answer a card shows: an object's scalar fields as `fields`, an
+/// array of objects as a `table`, anything else as the `answer` text.
+fn card_data(result: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::{Value, json};
+    let show = |v: &Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
+    let mut data = serde_json::Map::new();
+    match result {
+        Value::Object(map) => {
+            let fields: Vec<Value> = map
+                .iter()
+                .filter(|(_, v)| !v.is_object() && !v.is_array())
+                .map(|(k, v)| json!({ "label": k, "value": show(v) }))
+                .collect();
+            data.insert("fields".into(), Value::Array(fields));
+        }
+        Value::Array(rows) if !rows.is_empty() && rows.iter().all(Value::is_object) => {
+            let columns: Vec<String> = rows[0]
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    columns
+                        .iter()
+                        .map(|c| r.get(c).map(show).unwrap_or_default())
+                        .collect()
+                })
+                .collect();
+            data.insert("table".into(), json!({ "columns": columns, "rows": cells }));
+        }
+        other => {
+            data.insert("answer".into(), Value::String(show(other)));
+        }
+    }
+    data
+}
+
 /// A card-less answer: the fields of an object, or the JSON itself.
 fn plain_answer(word: &str, result: &serde_json::Value) -> crate::action::MessageBody {
     let mut text = format!("**{word}**\n");
@@ -285,7 +327,9 @@ impl Bot for Query {
             };
             req.query.push((decode(k), decode(v)));
         }
+        let started = std::time::Instant::now();
         let answer = ctx.fetch(&cmd.source, req).await?;
+        let took_ms = started.elapsed().as_millis() as u64;
         let result = match &cmd.config.pointer {
             Some(p) => answer.pointer(p).cloned().ok_or_else(|| {
                 BotError::User(format!(
@@ -296,10 +340,27 @@ impl Bot for Query {
             None => answer,
         };
         let body = match &cmd.config.template {
-            Some(t) => ctx.card(
-                t,
-                &serde_json::json!({ "command": parsed.name, "args": args, "result": result }),
-            )?,
+            Some(t) => {
+                let mut question = format!("@bot {}", parsed.name);
+                for a in &parsed.args {
+                    question.push(' ');
+                    question.push_str(a);
+                }
+                let title = if cmd.config.summary.is_empty() {
+                    parsed.name.clone()
+                } else {
+                    cmd.config.summary.clone()
+                };
+                let mut data = card_data(&result);
+                data.insert("question".into(), question.into());
+                data.insert("title".into(), title.into());
+                data.insert("command".into(), parsed.name.clone().into());
+                data.insert("args".into(), serde_json::Value::Object(args));
+                data.insert("result".into(), result.clone());
+                data.insert("source".into(), cmd.source.clone().into());
+                data.insert("took_ms".into(), took_ms.into());
+                ctx.card(t, &serde_json::Value::Object(data))?
+            }
             None => plain_answer(&parsed.name, &result),
         };
         Ok(vec![Action::reply(body)])

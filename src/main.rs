@@ -1,5 +1,4 @@
-//! The `perch` command: `serve`, `check`, `send`, `schedule`. (`card render` comes with
-//! the cards work.)
+//! The `perch` command: `serve`, `check`, `send`, `schedule`, `card render`.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -60,6 +59,34 @@ enum Cmd {
         #[arg(long, short = 'n', default_value_t = 5)]
         count: usize,
     },
+    /// Card templates.
+    Card {
+        #[command(subcommand)]
+        command: CardCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CardCmd {
+    /// Render a template with data for a platform and print the result (JSON, or the
+    /// text/HTML itself for `text`/`html`).
+    Render {
+        /// Template name (`cards/<name>.hbs`).
+        template: String,
+        /// JSON data file. Default: the template's `<name>.sample.json`.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// feishu, feishu_webhook, feishu_v1, slack, dingtalk, wecom, matrix, text, html.
+        #[arg(long, default_value = "feishu")]
+        platform: String,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Template directory. Default: server.cards_dir from the config if the config
+        /// file exists, else `cards`.
+        #[arg(long)]
+        cards_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -75,6 +102,16 @@ fn main() -> Result<()> {
                 .build()?
                 .block_on(serve(config))
         }
+        Cmd::Card {
+            command:
+                CardCmd::Render {
+                    template,
+                    data,
+                    platform,
+                    out,
+                    cards_dir,
+                },
+        } => card_render(&cli.config, template, data, platform, out, cards_dir),
         Cmd::Send {
             connector,
             topic,
@@ -102,10 +139,26 @@ fn load(path: &PathBuf) -> Result<Config> {
 
 fn check(path: &PathBuf) -> Result<()> {
     match Config::load(path) {
-        Ok(config) => {
-            print!("{} is valid\n{}", path.display(), config.summary());
-            Ok(())
-        }
+        Ok(config) => match perch::cards::CardEngine::load_dir(&config.server.cards_dir) {
+            Ok(cards) => {
+                print!("{} is valid\n{}", path.display(), config.summary());
+                let names = cards.names();
+                println!(
+                    "{} card template(s) in {}: {}",
+                    names.len(),
+                    config.server.cards_dir.display(),
+                    names.join(", ")
+                );
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!(
+                    "card templates in {}:\n{e}",
+                    config.server.cards_dir.display()
+                );
+                std::process::exit(1);
+            }
+        },
         Err(e) => {
             eprintln!("{e}");
             std::process::exit(1);
@@ -122,6 +175,53 @@ fn init_logging(json: bool) {
     } else {
         builder.init();
     }
+}
+
+fn card_render(
+    config: &PathBuf,
+    template: String,
+    data: Option<PathBuf>,
+    platform: String,
+    out: Option<PathBuf>,
+    cards_dir: Option<PathBuf>,
+) -> Result<()> {
+    let dir = match cards_dir {
+        Some(d) => d,
+        None if config.exists() => load(config)?.server.cards_dir,
+        None => PathBuf::from("cards"),
+    };
+    let engine = perch::cards::CardEngine::load_dir(&dir)
+        .map_err(|e| anyhow::anyhow!("card templates in {}:\n{e}", dir.display()))?;
+    let data: serde_json::Value = match data {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?
+        }
+        None => engine
+            .template(&template)
+            .and_then(|t| t.sample.clone())
+            .with_context(|| {
+                format!(
+                    "no --data given and no sample data for `{template}` in {}",
+                    dir.display()
+                )
+            })?,
+    };
+    let rendered = engine
+        .render_for(&template, &data, &platform)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let text = match rendered {
+        serde_json::Value::String(s) => s,
+        other => serde_json::to_string_pretty(&other)?,
+    };
+    match out {
+        Some(path) => std::fs::write(&path, format!("{text}\n"))
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => println!("{text}"),
+    }
+    Ok(())
 }
 
 async fn serve(config: Config) -> Result<()> {

@@ -32,6 +32,11 @@ pub enum StartError {
     Http(String),
     #[error("scheduler: {0}")]
     Scheduler(#[from] crate::scheduler::SchedulerError),
+    #[error("card templates in {dir}:\n{source}")]
+    Cards {
+        dir: String,
+        source: crate::cards::CardError,
+    },
 }
 
 /// Everything the HTTP layer needs.
@@ -48,6 +53,8 @@ pub struct Shared {
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// The configured schedules (for `GET /api/schedules`).
     pub schedules: Arc<crate::scheduler::Schedules>,
+    /// The compiled card templates (`server.cards_dir`).
+    pub cards: Arc<crate::cards::CardEngine>,
 }
 
 /// A running perch.
@@ -125,6 +132,23 @@ impl Perch {
             source,
         };
         let router = Router::from_config(&routing_config).map_err(StartError::Routes)?;
+        let cards_dir = server.cards_dir.clone();
+        let cards_at = server.cards_dir.display().to_string();
+        let cards =
+            tokio::task::spawn_blocking(move || crate::cards::CardEngine::load_dir(&cards_dir))
+                .await
+                .map_err(|e| StartError::Cards {
+                    dir: cards_at.clone(),
+                    source: crate::cards::CardError::Io {
+                        path: cards_at.clone(),
+                        message: e.to_string(),
+                    },
+                })?
+                .map_err(|source| StartError::Cards {
+                    dir: cards_at.clone(),
+                    source,
+                })?;
+        let cards = Arc::new(cards);
 
         let env = ConnectorEnv {
             store: store.clone(),
@@ -159,7 +183,7 @@ impl Perch {
             store: store.clone(),
             connectors: connectors.clone(),
             clock: clock.clone(),
-            cards: Arc::new(bots::PlainCards),
+            cards: cards.clone(),
             directory: Directory { bots: infos },
         });
         let processor = Arc::new(Processor {
@@ -206,6 +230,7 @@ impl Perch {
             outbox_wake,
             started_at: clock.now(),
             schedules,
+            cards,
         };
         Ok(Perch {
             shared,

@@ -105,6 +105,10 @@ pub struct ServerConfig {
     pub bot_timeout: Duration,
     /// Log format: `text` or `json`.
     pub log_format: LogFormat,
+    /// Directory of card templates (`<name>.hbs`, with `<name>.sample.json` beside each).
+    /// All are compiled at start; a broken one stops `perch serve` and `perch check`
+    /// with its file and line. A missing directory means no templates.
+    pub cards_dir: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -120,6 +124,7 @@ impl Default for ServerConfig {
             concurrency: 64,
             bot_timeout: Duration::from_secs(30),
             log_format: LogFormat::Text,
+            cards_dir: PathBuf::from("cards"),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The admin API under `/api`: status, events with their fate, the outbox, dead letters
-//! and replay. When `server.admin_token` is set every call needs
+//! and replay, card templates and card previews. When `server.admin_token` is set every call needs
 //! `Authorization: Bearer <token>` (compared in constant time).
 
 use super::ApiError;
@@ -25,6 +25,8 @@ pub fn routes(shared: Shared) -> Router<Shared> {
         .route("/dead-letters/replay", post(replay))
         .route("/sent", get(sent))
         .route("/schedules", get(schedules))
+        .route("/cards", get(cards))
+        .route("/cards/render", post(render_card))
         .layer(axum::middleware::from_fn_with_state(shared, require_token))
 }
 
@@ -183,4 +185,64 @@ async fn schedules(
         .await
         .map_err(store_err)?;
     Ok(Json(json!({ "schedules": jobs })))
+}
+
+/// `GET /api/cards`: the card templates with their sample data, and the platforms.
+async fn cards(State(s): State<Shared>) -> Json<Value> {
+    let templates: Vec<Value> = s
+        .cards
+        .templates()
+        .map(
+            |t| json!({ "name": t.name, "file": t.path.display().to_string(), "sample": t.sample }),
+        )
+        .collect();
+    Json(json!({ "templates": templates, "platforms": crate::cards::PLATFORMS }))
+}
+
+/// `POST /api/cards/render {"template", "data"?, "platform"}` (or `{"card", "platform"}`
+/// for a neutral card): the neutral card and the platform's payload. Without `data` the
+/// template's sample data is used.
+async fn render_card(State(s): State<Shared>, body: bytes::Bytes) -> Result<Json<Value>, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RenderRequest {
+        template: Option<String>,
+        data: Option<Value>,
+        card: Option<Value>,
+        platform: String,
+    }
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let req: RenderRequest =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("bad request body: {e}")))?;
+    let card = match (req.template, req.card) {
+        (Some(name), None) => {
+            let data = match req.data {
+                Some(d) => d,
+                None => s
+                    .cards
+                    .template(&name)
+                    .and_then(|t| t.sample.clone())
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "no `data` given and no sample data for template `{name}`"
+                        ))
+                    })?,
+            };
+            s.cards
+                .card(&name, &data)
+                .map_err(|e| bad(crate::cards::model::one_line(&e.to_string())))?
+        }
+        (None, Some(card)) => {
+            crate::cards::Card::parse(&card).map_err(|m| bad(format!("invalid card: {m}")))?
+        }
+        _ => {
+            return Err(bad(
+                "give either `template` (with optional `data`) or `card`".into(),
+            ));
+        }
+    };
+    let output = crate::cards::render_card(&req.platform, &card).map_err(|e| bad(e.to_string()))?;
+    Ok(Json(
+        json!({ "platform": req.platform, "card": card, "output": output }),
+    ))
 }

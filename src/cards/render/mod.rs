@@ -1,0 +1,107 @@
+//! Renderers: one pure function per platform from a validated neutral `Card` to that
+//! platform's payload. Each module's doc says how it degrades what its platform lacks.
+//!
+//! Size limits are met here, not refused by the platform: `fit` renders, measures, and
+//! when the payload is too big cuts table rows (leaving a "… and N more" note), then long
+//! texts, until it fits.
+
+pub mod dingtalk;
+pub mod feishu;
+pub mod html;
+pub mod matrix;
+pub mod slack;
+pub mod text;
+pub mod wecom;
+
+use super::CardError;
+use super::model::{Button, Card, Element};
+use serde_json::Value;
+
+/// Render `card`; if `size(rendered) > limit`, cut table rows (binary search for the most
+/// rows that fit), then texts, until it fits.
+pub(crate) fn fit(
+    card: &Card,
+    platform: &str,
+    limit: usize,
+    size: impl Fn(&Value) -> usize,
+    render: impl Fn(&Card) -> Result<Value, CardError>,
+) -> Result<Value, CardError> {
+    let full = render(card)?;
+    if size(&full) <= limit {
+        return Ok(full);
+    }
+    let rows = card.max_table_rows();
+    if rows > 0 {
+        // The largest `keep` in 0..rows that fits.
+        let (mut lo, mut hi) = (0usize, rows);
+        let mut best = None;
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let v = render(&card.with_table_rows(mid))?;
+            if size(&v) <= limit {
+                best = Some(v);
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        if let Some(v) = best {
+            return Ok(v);
+        }
+    }
+    let bare = card.with_table_rows(0);
+    for max in [2000, 1000, 500, 200, 80] {
+        let v = render(&bare.with_text_limit(max))?;
+        if size(&v) <= limit {
+            return Ok(v);
+        }
+    }
+    Err(CardError::TooLarge {
+        platform: platform.to_string(),
+        limit,
+    })
+}
+
+/// Serialized JSON length in bytes.
+pub(crate) fn json_len(v: &Value) -> usize {
+    serde_json::to_string(v).map_or(usize::MAX, |s| s.len())
+}
+
+/// Action buttons of a card, for platforms that cannot call back: their labels joined,
+/// so the reader knows what the card offers elsewhere.
+pub(crate) fn action_labels(buttons: &[Button]) -> Vec<&str> {
+    buttons
+        .iter()
+        .filter(|b| b.action.is_some())
+        .map(|b| b.label.as_str())
+        .collect()
+}
+
+/// Short fields in pairs, long ones alone: the two-column layout every renderer shares.
+pub(crate) fn field_rows(fields: &[super::model::Field]) -> Vec<Vec<&super::model::Field>> {
+    let mut rows: Vec<Vec<&super::model::Field>> = Vec::new();
+    for f in fields {
+        match rows.last_mut() {
+            Some(last) if f.short && last.len() == 1 && last[0].short => last.push(f),
+            _ => rows.push(vec![f]),
+        }
+    }
+    rows
+}
+
+/// A table as text lines: a header line, then one line per row, cells joined by ` | `.
+pub(crate) fn table_lines(columns: &[String], rows: &[Vec<super::model::Cell>]) -> Vec<String> {
+    let mut lines = vec![columns.join(" | ")];
+    lines.extend(
+        rows.iter()
+            .map(|r| r.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(" | ")),
+    );
+    lines
+}
+
+/// Whether the card has any element of this kind (for choosing a message type).
+pub(crate) fn has_url_button(card: &Card) -> bool {
+    card.elements.iter().any(
+        |e| matches!(e, Element::Buttons { buttons } if buttons.iter().any(|b| b.url.is_some())),
+    )
+}

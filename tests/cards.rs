@@ -1,0 +1,682 @@
+//! Cards end to end: every shipped template × every platform (insta snapshots), the
+//! platforms' shape rules and limits, the web-chat HTML contract, JSON safety under
+//! hostile data (proptest), strict-mode errors, broken templates stopping `Perch::start`
+//! and `perch check`, the `card render` command and the `/api/cards` endpoints.
+
+mod common;
+use common::*;
+
+use perch::cards::{self, CardEngine, CardError};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::OnceLock;
+
+const TEMPLATES: &[&str] = &[
+    "daily_metrics",
+    "error",
+    "notification",
+    "query_answer",
+    "reminder",
+    "welcome",
+];
+const PLATFORMS: &[&str] = &[
+    "feishu",
+    "feishu_webhook",
+    "slack",
+    "dingtalk",
+    "wecom",
+    "matrix",
+    "text",
+    "html",
+];
+
+fn engine() -> &'static CardEngine {
+    static ENGINE: OnceLock<CardEngine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        CardEngine::load_dir(Path::new("cards"))
+            .unwrap_or_else(|e| panic!("shipped templates load: {e}"))
+    })
+}
+
+fn sample(name: &str) -> Value {
+    engine()
+        .template(name)
+        .and_then(|t| t.sample.clone())
+        .unwrap_or_else(|| panic!("{name} has sample data"))
+}
+
+#[test]
+fn every_template_ships_with_sample_data() {
+    assert_eq!(engine().names(), TEMPLATES);
+    for t in TEMPLATES {
+        assert!(
+            engine().template(t).unwrap().sample.is_some(),
+            "{t} has no sample"
+        );
+    }
+}
+
+#[test]
+fn snapshots_every_template_on_every_platform() {
+    for t in TEMPLATES {
+        for p in PLATFORMS {
+            let out = engine()
+                .render_for(t, &sample(t), p)
+                .unwrap_or_else(|e| panic!("{t} on {p}: {e}"));
+            let name = format!("{t}__{p}");
+            match out {
+                Value::String(s) => insta::assert_snapshot!(name, s),
+                v => insta::assert_json_snapshot!(name, v),
+            }
+        }
+    }
+}
+
+/// Every element of a Feishu 2.0 card, recursively (through column sets, columns, forms).
+fn walk<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Object(o) => {
+            if o.contains_key("tag") {
+                out.push(v);
+            }
+            for x in o.values() {
+                walk(x, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+        _ => {}
+    }
+}
+
+fn assert_feishu_v2(card: &Value) {
+    assert_eq!(card["schema"], "2.0");
+    assert_eq!(card["config"]["update_multi"], true);
+    assert!(
+        card.get("elements").is_none(),
+        "2.0 elements live under body"
+    );
+    assert!(card["body"]["elements"].is_array());
+    let mut tags = Vec::new();
+    walk(&card["body"], &mut tags);
+    let mut tables = 0;
+    for e in tags {
+        let tag = e["tag"].as_str().unwrap_or("");
+        assert!(
+            !["action", "note", "div"].contains(&tag),
+            "2.0 has no `{tag}` element: {e}"
+        );
+        if tag == "table" {
+            tables += 1;
+            let ps = e["page_size"].as_u64().unwrap();
+            assert!((1..=10).contains(&ps));
+        }
+        if tag == "button" {
+            let behaviors = e["behaviors"].as_array().expect("button has behaviors");
+            assert!(!behaviors.is_empty());
+            for b in behaviors {
+                match b["type"].as_str() {
+                    Some("callback") => {
+                        let perch = &b["value"]["perch"];
+                        assert!(
+                            perch["bot"].is_string()
+                                && perch["action"].is_string()
+                                && perch["args"].is_object(),
+                            "{b}"
+                        );
+                    }
+                    Some("open_url") => {
+                        assert!(b["default_url"].as_str().unwrap().starts_with("http"))
+                    }
+                    other => panic!("unexpected behavior {other:?}"),
+                }
+            }
+        }
+    }
+    assert!(tables <= 3);
+    assert!(serde_json::to_string(card).unwrap().len() <= 30 * 1024);
+}
+
+#[test]
+fn feishu_cards_have_the_2_0_shape() {
+    for t in TEMPLATES {
+        let card = engine().render_for(t, &sample(t), "feishu").unwrap();
+        assert_feishu_v2(&card);
+    }
+    // The reminder's three buttons call back to the bot named in the data.
+    let card = engine()
+        .render_for("reminder", &sample("reminder"), "feishu")
+        .unwrap();
+    let mut tags = Vec::new();
+    walk(&card["body"], &mut tags);
+    let callbacks: Vec<&Value> = tags
+        .iter()
+        .filter(|e| e["tag"] == "button")
+        .filter_map(|e| e["behaviors"][0]["value"].get("perch"))
+        .collect();
+    assert_eq!(callbacks.len(), 3);
+    for (perch, action) in callbacks.iter().zip(["done", "snooze", "reassign"]) {
+        assert_eq!(perch["bot"], "reminders");
+        assert_eq!(perch["action"], action);
+        assert_eq!(perch["args"]["id"], "r-42");
+    }
+}
+
+#[test]
+fn feishu_webhook_gets_a_1_0_card_without_callback_buttons() {
+    let card = engine()
+        .render_for("reminder", &sample("reminder"), "feishu_webhook")
+        .unwrap();
+    assert!(card.get("schema").is_none());
+    assert_eq!(card["config"]["update_multi"], true);
+    let text = card.to_string();
+    assert!(
+        !text.contains("\"perch\""),
+        "no callback values on a custom bot: {text}"
+    );
+    assert!(
+        text.contains("https://pm.example.com/tasks/42"),
+        "URL buttons stay"
+    );
+    assert!(
+        text.contains("Done / Snooze 1 day / Reassign"),
+        "dropped actions are named"
+    );
+}
+
+fn big_table_card(rows: usize) -> Value {
+    let rows: Vec<Value> = (0..rows)
+        .map(|i| json!([format!("row {i} {}", "x".repeat(60)), i, "ok"]))
+        .collect();
+    json!({"header": {"title": "Big"}, "elements": [
+        {"type": "table", "columns": ["name", "n", "state"], "rows": rows},
+        {"type": "note", "text": "end"}]})
+}
+
+#[test]
+fn oversized_tables_are_cut_with_a_more_line() {
+    let card = big_table_card(2000);
+    let feishu = cards::render("feishu", &card).unwrap();
+    let s = serde_json::to_string(&feishu).unwrap();
+    assert!(s.len() <= 30 * 1024, "{} bytes", s.len());
+    assert!(s.contains("more\""), "a '… and N more' note");
+    assert_feishu_v2(&feishu);
+
+    let webhook = cards::render("feishu_webhook", &card).unwrap();
+    assert!(serde_json::to_string(&webhook).unwrap().len() <= 19 * 1024);
+
+    let wecom = cards::render("wecom", &card).unwrap();
+    let content = wecom["markdown"]["content"].as_str().unwrap();
+    assert!(
+        content.len() <= 4096 && content.contains("… and "),
+        "{} bytes",
+        content.len()
+    );
+
+    let dingtalk = cards::render("dingtalk", &card).unwrap();
+    assert!(serde_json::to_string(&dingtalk).unwrap().len() <= 20 * 1024);
+
+    let slack = cards::render("slack", &card).unwrap();
+    for b in slack["blocks"].as_array().unwrap() {
+        if let Some(t) = b.pointer("/text/text").and_then(Value::as_str) {
+            assert!(t.chars().count() <= 3000);
+        }
+    }
+    assert!(slack.to_string().contains("… and "));
+}
+
+#[test]
+fn slack_respects_block_kit_limits() {
+    let elements: Vec<Value> = (0..80)
+        .map(|i| json!({"type": "markdown", "text": format!("line {i}")}))
+        .collect();
+    let buttons: Vec<Value> =
+        (0..30).map(|i| json!({"label": "b".repeat(100), "action": {"bot": "x", "action": format!("a{i}")}})).collect();
+    let mut all = vec![json!({"type": "buttons", "buttons": buttons})];
+    all.extend(elements);
+    let card = json!({"header": {"title": "t".repeat(300)}, "elements": all});
+    let out = cards::render("slack", &card).unwrap();
+    let blocks = out["blocks"].as_array().unwrap();
+    assert!(blocks.len() <= 50);
+    assert!(!out["text"].as_str().unwrap().is_empty());
+    assert!(blocks[0]["text"]["text"].as_str().unwrap().chars().count() <= 150);
+    let mut ids = std::collections::HashSet::new();
+    for b in blocks.iter().filter(|b| b["type"] == "actions") {
+        let els = b["elements"].as_array().unwrap();
+        assert!(els.len() <= 25);
+        for e in els {
+            assert!(e["text"]["text"].as_str().unwrap().chars().count() <= 75);
+            assert!(e["value"].as_str().unwrap().len() <= 2000);
+            assert!(e.get("style").is_none(), "default style is omitted");
+            assert!(
+                ids.insert(e["action_id"].as_str().unwrap().to_string()),
+                "action_id unique"
+            );
+        }
+    }
+    assert!(blocks.last().unwrap().to_string().contains("more"));
+}
+
+#[test]
+fn html_keeps_the_web_chat_contract() {
+    let card = json!({"header": {"title": "<b>T</b>", "colour": "carmine"}, "elements": [
+        {"type": "markdown", "text": "<script>alert(1)</script> **x** [l](javascript:alert(1))"},
+        {"type": "buttons", "buttons": [
+            {"label": "Done", "style": "primary", "action": {"bot": "r", "action": "done", "args": {"q": "it's \"<x>\""}}},
+            {"label": "Open", "url": "https://example.com/?a=1&b=2"}]}]});
+    let html = cards::render("html", &card).unwrap();
+    let html = html.as_str().unwrap();
+    assert!(!html.to_lowercase().contains("<script"), "{html}");
+    assert!(!html.contains(" on"), "no inline handlers: {html}");
+    assert!(html.contains("perch-card-header-carmine"));
+    assert!(html.contains("&lt;b&gt;T&lt;/b&gt;"));
+    assert!(html.contains(r#"<a class="perch-btn" href="https://example.com/?a=1&amp;b=2" target="_blank" rel="noopener">Open</a>"#));
+    let start = html
+        .find("<button class=\"perch-btn perch-btn-primary\" data-action='")
+        .unwrap();
+    let rest = &html[start..];
+    let attr_start = rest.find("data-action='").unwrap() + "data-action='".len();
+    let attr_end = rest[attr_start..].find('\'').unwrap();
+    let attr = &rest[attr_start..attr_start + attr_end];
+    let unescaped = attr
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    let action: Value = serde_json::from_str(&unescaped).unwrap();
+    assert_eq!(
+        action,
+        json!({"bot": "r", "action": "done", "args": {"q": "it's \"<x>\""}})
+    );
+    assert!(rest[attr_start + attr_end..].starts_with("'>Done</button>"));
+    for class in [
+        "perch-card",
+        "perch-card-header-carmine",
+        "perch-btn-primary",
+        "perch-card-table",
+        "perch-card-note",
+    ] {
+        assert!(
+            cards::HTML_CSS.contains(&format!(".{class}")),
+            "{class} styled"
+        );
+    }
+}
+
+#[test]
+fn bad_cards_are_refused_with_one_line() {
+    for (card, needle) in [
+        (json!({"elements": [{"type": "markdown"}]}), "text"),
+        (
+            json!({"header": {"title": "x"}, "elements": [{"type": "buttons", "buttons": [{"label": "a", "url": "ftp://x"}]}]}),
+            "buttons[0].url",
+        ),
+        (json!([1, 2]), "invalid card"),
+    ] {
+        let e = cards::render("slack", &card).unwrap_err();
+        assert!(matches!(e, CardError::Invalid(_)));
+        let msg = e.to_string();
+        assert!(msg.contains(needle) && !msg.contains('\n'), "{msg}");
+    }
+    assert!(matches!(
+        cards::render("telegram", &json!({"header": {"title": "x"}})),
+        Err(CardError::UnknownPlatform(_))
+    ));
+    assert_eq!(
+        cards::text_fallback(
+            &json!({"header": {"title": "T"}, "elements": [{"type": "markdown", "text": "**hi**"}]})
+        ),
+        "T\nhi"
+    );
+}
+
+#[test]
+fn strict_mode_errors_name_the_template_and_line() {
+    let mut data = sample("reminder");
+    data.as_object_mut().unwrap().remove("assignee");
+    let e = engine().card("reminder", &data).unwrap_err().to_string();
+    assert!(
+        e.contains("reminder") && e.contains("assignee") && e.contains("line "),
+        "{e}"
+    );
+
+    let e = engine().card("nope", &json!({})).unwrap_err().to_string();
+    assert!(e.contains("nope") && e.contains("reminder"), "{e}");
+}
+
+#[test]
+fn template_output_must_be_a_valid_card() {
+    let mut e = CardEngine::empty();
+    e.add(
+        "t",
+        "{\"header\": {\"title\": {{json n}}}}",
+        Path::new("t.hbs"),
+        None,
+    )
+    .unwrap();
+    let err = e.card("t", &json!({"n": 5})).unwrap_err().to_string();
+    assert!(
+        err.contains("template `t`") && err.contains("string"),
+        "{err}"
+    );
+    let err = CardEngine::empty()
+        .add("t", "{\"a\": \"{{{x}}}\"}", Path::new("t.hbs"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("t.hbs:1:8:"), "{err}");
+}
+
+#[test]
+fn helper_errors_name_the_template_and_line() {
+    let mut e = CardEngine::empty();
+    let src = "{\n  \"header\": {\"title\": \"{{date t tz=\"Mars/Base\"}}\"}\n}";
+    e.add("when", src, Path::new("cards/when.hbs"), None)
+        .unwrap();
+    let err = e.card("when", &json!({"t": 0})).unwrap_err().to_string();
+    assert!(
+        err.contains("template `when`") && err.contains("line 2") && err.contains("Mars/Base"),
+        "{err}"
+    );
+}
+
+fn broken_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("good.hbs"),
+        "{\"header\": {\"title\": \"{{t}}\"}}",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("broken.hbs"),
+        "{\n  \"header\": {\"title\": \"{{t =}}\"}\n}\n",
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn a_broken_template_fails_loading_with_file_and_line() {
+    let dir = broken_dir();
+    let e = CardEngine::load_dir(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("broken.hbs:"), "{e}");
+
+    // A template that compiles but renders a bad card with its own sample is caught too.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("x.hbs"),
+        "{\"header\": {\"title\": \"{{t}}\"}, \"elements\": [{{json items}}]}",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("x.sample.json"),
+        r#"{"t": "hi", "items": {"type": "mystery"}}"#,
+    )
+    .unwrap();
+    let e = CardEngine::load_dir(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("x.hbs") && e.contains("mystery"), "{e}");
+}
+
+#[tokio::test]
+async fn perch_start_fails_on_a_broken_template() {
+    let dir = broken_dir();
+    let data = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[server]\ndata_dir = {:?}\ncards_dir = {:?}\n",
+        data.path().display().to_string(),
+        dir.path().display().to_string()
+    );
+    let config = perch::config::Config::from_str(&toml, Path::new("test.toml")).unwrap();
+    let err =
+        match perch::runtime::Perch::start(config, std::sync::Arc::new(perch::clock::SystemClock))
+            .await
+        {
+            Ok(_) => panic!("started with a broken template"),
+            Err(e) => e.to_string(),
+        };
+    assert!(err.contains("broken.hbs:2:"), "{err}");
+}
+
+#[test]
+fn perch_check_reports_a_broken_template() {
+    let dir = broken_dir();
+    let config = dir.path().join("perch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ncards_dir = {:?}\n",
+            dir.path().display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_perch"))
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("broken.hbs:2:"), "{stderr}");
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[server]\ncards_dir = \"cards\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_perch"))
+        .arg("--config")
+        .arg(&good)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("6 card template(s)"));
+}
+
+#[test]
+fn card_render_command_prints_platform_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("card.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_perch"))
+        .args([
+            "--config",
+            "/nonexistent/perch.toml",
+            "card",
+            "render",
+            "daily_metrics",
+        ])
+        .args([
+            "--data",
+            "cards/daily_metrics.sample.json",
+            "--platform",
+            "feishu",
+            "--out",
+        ])
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let card: Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    assert_feishu_v2(&card);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_perch"))
+        .args([
+            "--config",
+            "/nonexistent/perch.toml",
+            "card",
+            "render",
+            "reminder",
+            "--platform",
+            "text",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Reminder: Submit the Q4 budget"));
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_perch"))
+        .args([
+            "--config",
+            "/nonexistent/perch.toml",
+            "card",
+            "render",
+            "reminder",
+            "--platform",
+            "fax",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown platform `fax`"));
+}
+
+#[tokio::test]
+async fn api_lists_and_renders_cards() {
+    let t = TestPerch::start("[server]\nlisten = \"127.0.0.1:0\"\n").await;
+    let http = reqwest::Client::new();
+    let list: Value = http
+        .get(t.url("/api/cards"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = list["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, TEMPLATES);
+    assert_eq!(list["templates"][4]["sample"]["bot"], "reminders");
+
+    let resp = http
+        .post(t.url("/api/cards/render"))
+        .json(&json!({"template": "reminder", "data": sample("reminder"), "platform": "slack"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["output"]["blocks"].is_array() && v["output"]["text"].is_string());
+    assert_eq!(
+        v["card"]["header"]["title"],
+        "Reminder: Submit the Q4 budget"
+    );
+
+    // Sample data is used when none is given; HTML comes back as a string.
+    let v: Value = http
+        .post(t.url("/api/cards/render"))
+        .json(&json!({"template": "welcome", "platform": "html"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        v["output"]
+            .as_str()
+            .unwrap()
+            .starts_with("<div class=\"perch-card\">")
+    );
+
+    for (body, needle) in [
+        (
+            json!({"template": "reminder", "data": {}, "platform": "slack"}),
+            "missing",
+        ),
+        (json!({"template": "nope", "platform": "slack"}), "nope"),
+        (json!({"template": "reminder", "platform": "fax"}), "fax"),
+        (
+            json!({"card": {"elements": []}, "platform": "html"}),
+            "invalid card",
+        ),
+        (json!({"platform": "html"}), "either"),
+    ] {
+        let resp = http
+            .post(t.url("/api/cards/render"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{body}");
+        let e: Value = resp.json().await.unwrap();
+        assert!(e["error"].as_str().unwrap().contains(needle), "{e}");
+    }
+}
+
+/// Strings that have broken JSON, HTML and chat formats before.
+fn hostile() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        "[\"\\\\<>&'`*_\\[\\]()\n\r\t\u{0}\u{1f}\u{2028}]{0,20}",
+        Just("</script><script>alert(1)</script>".to_string()),
+        Just("\"},{\"type\":\"divider\"},{\"type\":\"note\",\"text\":\"".to_string()),
+        Just("{{x}} {{{y}}} \\u0022".to_string()),
+        Just("مرحبا بالعالم ‏עברית‎ 🦀👩‍👩‍👧 e\u{301}".to_string()),
+        Just("<img src=x onerror=alert(1)>".to_string()),
+    ]
+}
+
+fn shape(name: &str, data: &Value) -> Vec<&'static str> {
+    engine()
+        .card(name, data)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .shape()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn hostile_strings_never_break_or_reshape_a_card(a in hostile(), b in hostile(), c in hostile()) {
+        let cases: Vec<(&str, Vec<&str>)> = vec![
+            ("reminder", vec!["/title", "/project", "/assignee", "/note", "/bot"]),
+            ("notification", vec!["/title", "/text", "/fields/0/value", "/fields/2/label", "/source"]),
+            ("welcome", vec!["/group", "/project", "/members/1", "/links/0/label", "/owner"]),
+            ("query_answer", vec!["/question", "/answer", "/table/rows/0/1", "/fields/3/value", "/title"]),
+            ("error", vec!["/message", "/hint", "/event_id", "/bot", "/title"]),
+            ("daily_metrics", vec!["/title", "/metrics/0/name", "/table/columns/0", "/table/rows/1/0", "/source"]),
+        ];
+        let values = [&a, &b, &c];
+        for (name, pointers) in cases {
+            let plain = sample(name);
+            let mut data = plain.clone();
+            for (i, p) in pointers.iter().enumerate() {
+                let mut s = values[i % 3].clone();
+                if s.trim().is_empty() {
+                    // Empty optional parts are left out by design (`{{#if note}}`), and
+                    // empty titles/labels are refused: neither is what this test is about.
+                    s.insert(0, 't');
+                }
+                *data.pointer_mut(p).unwrap_or_else(|| panic!("{name}{p}")) = Value::String(s);
+            }
+            let card = engine().card(name, &data);
+            prop_assert!(card.is_ok(), "{}: {:?}", name, card.err().map(|e| e.to_string()));
+            let card = card.unwrap();
+            prop_assert_eq!(card.shape(), shape(name, &plain), "{} changed shape", name);
+            for p in PLATFORMS {
+                let out = cards::render_card(p, &card);
+                prop_assert!(out.is_ok(), "{} on {}: {:?}", name, p, out.err().map(|e| e.to_string()));
+                let out = out.unwrap();
+                let text = serde_json::to_string(&out).unwrap();
+                prop_assert!(serde_json::from_str::<Value>(&text).is_ok());
+                if *p == "html" {
+                    let html = out.as_str().unwrap().to_lowercase();
+                    prop_assert!(!html.contains("<script") && !html.contains("<img src=x"), "{}", html);
+                }
+                if *p == "feishu" {
+                    assert_feishu_v2(&out);
+                }
+            }
+        }
+    }
+}
