@@ -340,7 +340,7 @@ impl Bot for AutoGroup {
         })?;
         let mut not_added: Vec<String> = created
             .detail
-            .get("invalid_members")
+            .get("not_added")
             .and_then(|v| v.as_array())
             .map(|a| {
                 a.iter()
@@ -362,7 +362,7 @@ impl Bot for AutoGroup {
             not_added.extend(
                 added
                     .detail
-                    .get("invalid_members")
+                    .get("not_added")
                     .and_then(|v| v.as_array())
                     .into_iter()
                     .flatten()

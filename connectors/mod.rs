@@ -9,6 +9,7 @@
 //!
 //! Flow: **connector (in)** → journal → router → bots → outbox → **connector (out)**.
 
+pub mod feishu;
 pub mod file;
 pub mod http;
 pub mod local;
@@ -250,6 +251,10 @@ pub enum ConnectorConfig {
     Http(http::HttpSourceConfig),
     /// JSON and CSV files on disk that bots query.
     File(file::FileSourceConfig),
+    /// A Feishu/Lark app bot (events, cards, Open API).
+    Feishu(feishu::FeishuConfig),
+    /// A Feishu/Lark custom group bot (send-only webhook).
+    FeishuWebhook(feishu::webhook_bot::FeishuWebhookConfig),
 }
 
 impl ConnectorConfig {
@@ -259,6 +264,8 @@ impl ConnectorConfig {
             ConnectorConfig::Webhook(_) => "webhook",
             ConnectorConfig::Http(_) => "http",
             ConnectorConfig::File(_) => "file",
+            ConnectorConfig::Feishu(_) => "feishu",
+            ConnectorConfig::FeishuWebhook(_) => "feishu_webhook",
         }
     }
 
@@ -269,6 +276,8 @@ impl ConnectorConfig {
             ConnectorConfig::Webhook(c) => c.validate(name, at, issues),
             ConnectorConfig::Http(c) => c.validate(name, at, issues),
             ConnectorConfig::File(c) => c.validate(name, at, issues),
+            ConnectorConfig::Feishu(c) => c.validate(name, at, issues),
+            ConnectorConfig::FeishuWebhook(c) => c.validate(name, at, issues),
         }
     }
 }
@@ -293,5 +302,9 @@ pub fn build(name: &str, config: ConnectorConfig, env: &ConnectorEnv) -> SharedC
         ConnectorConfig::Webhook(c) => Arc::new(webhook::Webhook::new(name, c, env.http.clone())),
         ConnectorConfig::Http(c) => Arc::new(http::HttpSource::new(name, c, env.http.clone())),
         ConnectorConfig::File(c) => Arc::new(file::FileSource::new(name, c)),
+        ConnectorConfig::Feishu(c) => Arc::new(feishu::Feishu::new(name, c, env)),
+        ConnectorConfig::FeishuWebhook(c) => {
+            Arc::new(feishu::webhook_bot::FeishuWebhook::new(name, c, env))
+        }
     }
 }

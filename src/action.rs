@@ -199,7 +199,8 @@ pub struct Delivered {
     /// The platform's id for the message or chat that was created, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// Extra facts worth keeping (e.g. members that could not be added).
+    /// Extra facts worth keeping. Convention for chat creation and adding members:
+    /// `"not_added": [ids]` lists the members that are not in the chat afterwards.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub detail: serde_json::Value,
 }
