@@ -121,13 +121,15 @@ async fn app_js() -> Response {
         .into_response()
 }
 
+/// The page's own styles followed by the card renderer's (`perch-card-*` classes), so
+/// cards look the same wherever the HTML renderer's output is shown.
 async fn style_css() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/css; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        STYLE_CSS,
+        format!("{STYLE_CSS}\n/* cards (perch::cards::HTML_CSS) */\n{}", crate::cards::HTML_CSS),
     )
         .into_response()
 }
