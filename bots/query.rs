@@ -182,14 +182,21 @@ impl Query {
         line
     }
 
-    /// Check the arguments against the schema; the named values, or the usage answer.
+    /// Check the arguments against the schema; the named values, or the usage answer
+    /// (written with the mention the person used: `@data gmv …`).
     fn bind(
         &self,
         word: &str,
         cmd: &Command,
         given: &[String],
+        mention: &str,
     ) -> Result<serde_json::Map<String, serde_json::Value>, BotError> {
-        let usage = || format!("Usage: {}", Self::usage(word, &cmd.config));
+        let usage = || {
+            format!(
+                "Usage: @{mention} {}",
+                Self::usage(word, &cmd.config).trim_start_matches("@bot ")
+            )
+        };
         if given.len() > cmd.config.args.len() {
             return Err(BotError::User(format!("Too many arguments. {}", usage())));
         }
@@ -311,7 +318,11 @@ impl Bot for Query {
                 known.join(", ")
             )));
         };
-        let args = self.bind(&parsed.name, cmd, &parsed.args)?;
+        let mention = parsed
+            .addressed_to
+            .clone()
+            .unwrap_or_else(|| "bot".to_string());
+        let args = self.bind(&parsed.name, cmd, &parsed.args, &mention)?;
         let path = self.paths.render(&parsed.name, &args)?;
         let (path, query) = match path.split_once('?') {
             Some((p, q)) => (p.to_string(), q.to_string()),

@@ -129,7 +129,10 @@ async fn style_css() -> Response {
             (header::CONTENT_TYPE, "text/css; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        format!("{STYLE_CSS}\n/* cards (perch::cards::HTML_CSS) */\n{}", crate::cards::HTML_CSS),
+        format!(
+            "{STYLE_CSS}\n/* cards (perch::cards::HTML_CSS) */\n{}",
+            crate::cards::HTML_CSS
+        ),
     )
         .into_response()
 }
