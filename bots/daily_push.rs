@@ -165,20 +165,7 @@ impl Bot for DailyPush {
         let path = self
             .paths
             .render("path", &serde_json::json!({ "date": date }))?;
-        let (path, query) = path
-            .split_once('?')
-            .map(|(p, q)| (p.to_string(), q.to_string()))
-            .unwrap_or((path, String::new()));
-        let mut req = DataRequest::get(path);
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |s: &str| {
-                percent_encoding::percent_decode_str(s)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
-            req.query.push((decode(k), decode(v)));
-        }
+        let req = DataRequest::from_rendered(&path);
         let answer = match ctx.fetch(&self.config.source, req).await {
             Ok(a) => a,
             Err(BotError::Source(e)) => {

@@ -324,20 +324,7 @@ impl Bot for Query {
             .unwrap_or_else(|| "bot".to_string());
         let args = self.bind(&parsed.name, cmd, &parsed.args, &mention)?;
         let path = self.paths.render(&parsed.name, &args)?;
-        let (path, query) = match path.split_once('?') {
-            Some((p, q)) => (p.to_string(), q.to_string()),
-            None => (path, String::new()),
-        };
-        let mut req = DataRequest::get(path);
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |s: &str| {
-                percent_encoding::percent_decode_str(s)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
-            req.query.push((decode(k), decode(v)));
-        }
+        let req = DataRequest::from_rendered(&path);
         let started = std::time::Instant::now();
         let answer = ctx.fetch(&cmd.source, req).await?;
         let took_ms = started.elapsed().as_millis() as u64;

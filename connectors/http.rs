@@ -122,12 +122,7 @@ impl HttpSource {
             (err, true, None)
         })?;
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = super::retry_after(resp.headers());
         let text = resp.text().await.map_err(|_| {
             (
                 SourceError::Timeout {

@@ -205,6 +205,32 @@ impl DataRequest {
             ..Default::default()
         }
     }
+
+    /// A GET from a rendered path template whose values are percent-encoded
+    /// (`/gmv/%E6%98%A8?day=2026-11-20`): the part after `?` becomes query pairs.
+    pub fn from_rendered(rendered: &str) -> Self {
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let (path, query) = rendered.split_once('?').unwrap_or((rendered, ""));
+        let mut req = DataRequest::get(path);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            req.query.push((decode(k), decode(v)));
+        }
+        req
+    }
+}
+
+/// The `Retry-After` header in seconds, if the response has one.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 /// Why a data source gave no answer. The text is meant for the person who asked

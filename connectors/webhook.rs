@@ -318,12 +318,7 @@ impl Connector for Webhook {
             .await
             .map_err(|e| SendError::retry(format!("POST {}: {}", redact_url(url), e)))?;
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = super::retry_after(resp.headers());
         let text = resp.text().await.unwrap_or_default();
         if status.is_success() {
             let id = serde_json::from_str::<serde_json::Value>(&text)
