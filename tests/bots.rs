@@ -58,21 +58,11 @@ retries = 0
 }
 
 async fn ops(w: &World) -> Vec<Value> {
-    w.platform
-        .received_requests()
-        .await
-        .unwrap_or_default()
-        .iter()
-        .map(|r| serde_json::from_slice(&r.body).unwrap())
-        .collect()
+    received_json(&w.platform).await
 }
 
 async fn wait_ops(w: &World, n: usize) -> Vec<Value> {
-    eventually(10, &format!("{n} operations at the platform"), || async {
-        let o = ops(w).await;
-        (o.len() >= n).then_some(o)
-    })
-    .await
+    wait_received(&w.platform, n).await
 }
 
 fn say(text: &str, id: &str) -> Event {

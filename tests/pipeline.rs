@@ -75,21 +75,11 @@ async fn sink() -> MockServer {
 
 /// Bodies POSTed to the sink, in arrival order.
 async fn sent(server: &MockServer) -> Vec<Value> {
-    server
-        .received_requests()
-        .await
-        .unwrap_or_default()
-        .iter()
-        .map(|r| serde_json::from_slice(&r.body).unwrap())
-        .collect()
+    received_json(server).await
 }
 
 async fn wait_sent(server: &MockServer, n: usize) -> Vec<Value> {
-    eventually(10, &format!("{n} deliveries at the sink"), || async {
-        let s = sent(server).await;
-        (s.len() >= n).then_some(s)
-    })
-    .await
+    wait_received(server, n).await
 }
 
 async fn post_event(t: &TestPerch, topic: &str, delivery: &str, body: &[u8]) -> reqwest::Response {
@@ -396,12 +386,7 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
         json!([]),
         "nothing stored"
     );
-    let metrics = reqwest::get(t.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.get_text("/metrics").await;
     assert!(
         metrics.contains("perch_events_rejected_total{connector=\"events\",status=\"401\"} 4"),
         "{metrics}"
@@ -661,12 +646,7 @@ async fn transient_failures_are_retried_and_delivered_once() {
         3,
         "two failures, one success, nothing more"
     );
-    let metrics = reqwest::get(t.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.get_text("/metrics").await;
     assert!(
         metrics.contains("perch_outbox_attempts_total{connector=\"chat\",result=\"retry\"}"),
         "{metrics}"

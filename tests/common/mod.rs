@@ -135,3 +135,39 @@ where
 pub fn sign(secret: &str, body: &[u8]) -> String {
     perch::connectors::webhook::sign(secret.as_bytes(), body)
 }
+
+impl TestPerch {
+    /// GET `path` and return the body as text (e.g. `/metrics`).
+    pub async fn get_text(&self, path: &str) -> String {
+        reqwest::get(self.url(path))
+            .await
+            .expect("GET")
+            .text()
+            .await
+            .expect("body")
+    }
+}
+
+/// The JSON bodies a wiremock server received, in arrival order.
+pub async fn received_json(server: &wiremock::MockServer) -> Vec<serde_json::Value> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).expect("a JSON body"))
+        .collect()
+}
+
+/// Wait (up to 10 s) until `server` has received at least `n` JSON bodies; return them.
+pub async fn wait_received(server: &wiremock::MockServer, n: usize) -> Vec<serde_json::Value> {
+    eventually(
+        10,
+        &format!("{n} requests at the fake endpoint"),
+        || async {
+            let got = received_json(server).await;
+            (got.len() >= n).then_some(got)
+        },
+    )
+    .await
+}
