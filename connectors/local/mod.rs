@@ -67,6 +67,25 @@ pub struct Room {
     pub created_by: Option<String>,
 }
 
+impl Room {
+    /// Fill in the event's chat (this room) and sender (`author`): what every event a
+    /// person makes in the web chat carries.
+    fn address(&self, event: &mut Event, author: String) {
+        event.chat = Some(Chat {
+            id: self.id.clone(),
+            chat_type: if self.direct {
+                ChatType::Direct
+            } else {
+                ChatType::Group
+            },
+        });
+        event.sender = Some(Person {
+            id: author.clone(),
+            name: Some(author),
+        });
+    }
+}
+
 /// One message in a room.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ChatMessage {
@@ -610,18 +629,7 @@ impl Inner {
         self.store_message(&msg).await?;
 
         let mut event = Event::new(&self.name, EventKind::Message, now);
-        event.chat = Some(Chat {
-            id: room.id.clone(),
-            chat_type: if room.direct {
-                ChatType::Direct
-            } else {
-                ChatType::Group
-            },
-        });
-        event.sender = Some(Person {
-            id: author.clone(),
-            name: Some(author),
-        });
+        room.address(&mut event, author);
         event.text = Some(text.to_string());
         event.mentions = mentions(text, self.bots());
         event.message_id = Some(msg.id.clone());
@@ -681,18 +689,7 @@ impl Inner {
             )));
         }
         let mut event = Event::new(&self.name, EventKind::CardAction, self.env.clock.now());
-        event.chat = Some(Chat {
-            id: room.id.clone(),
-            chat_type: if room.direct {
-                ChatType::Direct
-            } else {
-                ChatType::Group
-            },
-        });
-        event.sender = Some(Person {
-            id: author.clone(),
-            name: Some(author),
-        });
+        room.address(&mut event, author);
         event.message_id = Some(message_id.to_string());
         event.card_action = Some(CardAction {
             message_id: Some(message_id.to_string()),

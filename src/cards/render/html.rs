@@ -49,19 +49,12 @@ pub fn render(card: &Card) -> String {
                 h.push_str("</div>");
             }
             Element::Table { columns, rows } => {
-                h.push_str("<table class=\"perch-card-table\"><thead><tr>");
-                for c in columns {
-                    h.push_str(&format!("<th>{}</th>", escape_html(c)));
-                }
-                h.push_str("</tr></thead><tbody>");
-                for r in rows {
-                    h.push_str("<tr>");
-                    for c in r {
-                        h.push_str(&format!("<td>{}</td>", to_html(c.as_str())));
-                    }
-                    h.push_str("</tr>");
-                }
-                h.push_str("</tbody></table>");
+                h.push_str(&super::html_table(
+                    Some("perch-card-table"),
+                    columns,
+                    rows,
+                    to_html,
+                ));
             }
             Element::Image {
                 url: Some(u), alt, ..

@@ -49,19 +49,7 @@ fn content(card: &Card) -> Value {
                 h.push_str(&format!("<p>{}</p>", lines.join("<br>")));
             }
             Element::Table { columns, rows } => {
-                h.push_str("<table><thead><tr>");
-                for c in columns {
-                    h.push_str(&format!("<th>{}</th>", escape_html(c)));
-                }
-                h.push_str("</tr></thead><tbody>");
-                for r in rows {
-                    h.push_str("<tr>");
-                    for c in r {
-                        h.push_str(&format!("<td>{}</td>", escape_html(c.as_str())));
-                    }
-                    h.push_str("</tr>");
-                }
-                h.push_str("</tbody></table>");
+                h.push_str(&super::html_table(None, columns, rows, escape_html));
             }
             Element::Image {
                 key: Some(k), alt, ..

@@ -105,3 +105,31 @@ pub(crate) fn has_url_button(card: &Card) -> bool {
         |e| matches!(e, Element::Buttons { buttons } if buttons.iter().any(|b| b.url.is_some())),
     )
 }
+
+/// An HTML table (header row, then body rows), for the renderers that emit HTML (the web
+/// chat, Matrix). Header cells are escaped; body cells go through `cell`, so each
+/// renderer decides whether cells may carry markdown.
+pub fn html_table(
+    class: Option<&str>,
+    columns: &[String],
+    rows: &[Vec<super::model::Cell>],
+    cell: impl Fn(&str) -> String,
+) -> String {
+    let mut h = match class {
+        Some(c) => format!("<table class=\"{c}\"><thead><tr>"),
+        None => "<table><thead><tr>".to_string(),
+    };
+    for c in columns {
+        h.push_str(&format!("<th>{}</th>", super::markdown::escape_html(c)));
+    }
+    h.push_str("</tr></thead><tbody>");
+    for r in rows {
+        h.push_str("<tr>");
+        for c in r {
+            h.push_str(&format!("<td>{}</td>", cell(c.as_str())));
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</tbody></table>");
+    h
+}
