@@ -34,6 +34,17 @@ impl Bot for Echo {
     }
 
     async fn handle(&self, event: &Event, ctx: &mut BotContext) -> Result<Vec<Action>, BotError> {
+        // A card click is echoed as a toast to whoever clicked: the action and its args.
+        if let Some(click) = &event.card_action {
+            let args = match &click.args {
+                serde_json::Value::Null => String::new(),
+                args => format!(" {args}"),
+            };
+            return Ok(vec![Action::toast(
+                crate::action::ToastKind::Info,
+                format!("{}{}{args}", self.prefix, click.action),
+            )]);
+        }
         // Echo the whole message after the mention, keeping its original words.
         let said = match &ctx.command {
             Some(c) if c.name.is_empty() => String::new(),

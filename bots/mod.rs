@@ -10,8 +10,10 @@ pub mod greetings;
 pub mod help;
 pub mod notify;
 pub mod query;
+pub mod reminders;
 pub mod schedule_date;
 pub mod text_template;
+pub mod when;
 
 use crate::action::{Action, Delivered, Operation};
 use crate::clock::SharedClock;
@@ -37,6 +39,7 @@ pub enum BotConfig {
     AutoGroup(auto_group::AutoGroupConfig),
     DailyPush(daily_push::DailyPushConfig),
     Greetings(greetings::GreetingsConfig),
+    Reminders(reminders::RemindersConfig),
 }
 
 impl BotConfig {
@@ -49,6 +52,7 @@ impl BotConfig {
             BotConfig::AutoGroup(_) => "auto_group",
             BotConfig::DailyPush(_) => "daily_push",
             BotConfig::Greetings(_) => "greetings",
+            BotConfig::Reminders(_) => "reminders",
         }
     }
 
@@ -61,6 +65,7 @@ impl BotConfig {
             BotConfig::AutoGroup(c) => c.validate(name, at, config, issues),
             BotConfig::DailyPush(c) => c.validate(name, at, config, issues),
             BotConfig::Greetings(c) => c.validate(name, at, config, issues),
+            BotConfig::Reminders(c) => c.validate(name, at, config, issues),
         }
     }
 }
@@ -75,6 +80,7 @@ pub fn build(name: &str, config: BotConfig) -> Result<Arc<dyn Bot>, BotError> {
         BotConfig::AutoGroup(c) => Arc::new(auto_group::AutoGroup::new(name, c)?),
         BotConfig::DailyPush(c) => Arc::new(daily_push::DailyPush::new(name, c)?),
         BotConfig::Greetings(c) => Arc::new(greetings::Greetings::new(c)?),
+        BotConfig::Reminders(c) => Arc::new(reminders::Reminders::new(name, c)?),
     })
 }
 

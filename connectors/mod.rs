@@ -15,7 +15,7 @@ pub mod http;
 pub mod local;
 pub mod webhook;
 
-use crate::action::{Delivered, Operation};
+use crate::action::{ClickAnswer, Delivered, Operation};
 use crate::clock::SharedClock;
 use crate::event::Event;
 use crate::journal::Journal;
@@ -48,6 +48,25 @@ pub enum Inbound {
     Events { events: Vec<Event>, ack: Reply },
     /// Answer at once without storing anything (a URL-verification challenge).
     Respond(Reply),
+    /// A card click: journal `event`, wait up to `server.click_answer_window` for the
+    /// bot's answer (`crate::clicks`), and answer the platform with `reply` of it.
+    Click { event: Event, reply: ClickReply },
+}
+
+/// Builds the platform's HTTP answer to a card click from the bot's answer (`None` when
+/// the bot did not answer within the window).
+pub struct ClickReply(pub Box<dyn FnOnce(Option<&ClickAnswer>) -> Reply + Send>);
+
+impl ClickReply {
+    pub fn new(f: impl FnOnce(Option<&ClickAnswer>) -> Reply + Send + 'static) -> Self {
+        ClickReply(Box::new(f))
+    }
+}
+
+impl std::fmt::Debug for ClickReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClickReply(..)")
+    }
 }
 
 /// An HTTP answer a connector chooses.
@@ -314,6 +333,9 @@ pub struct ConnectorEnv {
     pub store: Arc<dyn Store>,
     /// Where connectors with their own HTTP routes (the web chat) put inbound events.
     pub journal: Journal,
+    /// Where connectors with their own HTTP routes wait for a card click's answer.
+    pub clicks: Arc<crate::clicks::Clicks>,
+    pub click_answer_window: Duration,
     pub clock: SharedClock,
     /// One shared HTTP client (timeouts set; rustls).
     pub http: reqwest::Client,

@@ -118,6 +118,64 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         member_id_type: Option<String>,
     },
+    /// Answer a card click with a short pop-up for the person who clicked (Feishu's
+    /// toast; the web chat's notice). Only meaningful for `card_action` events; for any
+    /// other event it is sent as a reply instead. The platform waits for it only a short
+    /// while (`server.click_answer_ms`), so a bot answers a click first and works after.
+    Toast { toast: Toast },
+    /// Carry out `then` once per `key` for this bot, whichever event asks: its outbox
+    /// key is `<bot>/once/<key>` instead of `<event>/<bot>/<index>`, and the outbox never
+    /// queues a key twice. For bots that scan their state on a tick (reminders): if a
+    /// crash makes them decide again, the same reminder is not sent twice.
+    Once { key: String, then: Box<Action> },
+}
+
+/// A pop-up answer to a card click.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Toast {
+    #[serde(default)]
+    pub kind: ToastKind,
+    pub text: String,
+}
+
+/// Feishu's four toast types (refs §1.7); the web chat colours them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToastKind {
+    #[default]
+    Info,
+    Success,
+    Warning,
+    Error,
+}
+
+impl ToastKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToastKind::Info => "info",
+            ToastKind::Success => "success",
+            ToastKind::Warning => "warning",
+            ToastKind::Error => "error",
+        }
+    }
+}
+
+/// What a bot answered to a card click, for the platform's synchronous answer: a toast
+/// and/or the clicked card's replacement (the neutral card of an `Update` of the clicked
+/// message; that update is also queued in the outbox, so the card changes even when the
+/// platform's answer window is missed).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClickAnswer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toast: Option<Toast>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<serde_json::Value>,
+}
+
+impl ClickAnswer {
+    pub fn is_empty(&self) -> bool {
+        self.toast.is_none() && self.card.is_none()
+    }
 }
 
 impl Action {
@@ -127,6 +185,22 @@ impl Action {
     pub fn reply_text(text: impl Into<String>) -> Self {
         Action::Reply {
             body: MessageBody::text(text),
+        }
+    }
+    /// A pop-up for the person who clicked a card button.
+    pub fn toast(kind: ToastKind, text: impl Into<String>) -> Self {
+        Action::Toast {
+            toast: Toast {
+                kind,
+                text: text.into(),
+            },
+        }
+    }
+    /// This action, carried out at most once per `key` (see `Action::Once`).
+    pub fn once(self, key: impl Into<String>) -> Self {
+        Action::Once {
+            key: key.into(),
+            then: Box::new(self),
         }
     }
     pub fn send(to: Target, body: MessageBody) -> Self {

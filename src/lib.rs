@@ -12,6 +12,7 @@
 
 pub mod action;
 pub mod cards;
+pub mod clicks;
 pub mod clock;
 pub mod command;
 pub mod config;

@@ -12,9 +12,13 @@
 //! friendly reply to whoever asked, a log line with the event id, and a failure in the
 //! event's fate; it never stops the router.
 //!
+//! **Clicks.** For a card-action event the bot's `Toast` and its `Update` of the clicked
+//! card are also recorded in the fate as the click's answer, and `Clicks` is told, so
+//! the platform request that brought the click can answer with them (`crate::clicks`).
+//!
 //! Flow: connector (in) → journal → **router** → bots → outbox → connector (out).
 
-use crate::action::{Action, MessageBody, Operation, Target};
+use crate::action::{Action, ClickAnswer, MessageBody, Operation, Target, ToastKind};
 use crate::bots::{Bot, BotContext, BotError, Services};
 use crate::config::{Config, RouteConfig};
 use crate::event::{Event, EventId, EventKind};
@@ -202,6 +206,8 @@ pub struct Processor {
     pub bot_timeout: Duration,
     /// Wakes the outbox when items were queued.
     pub outbox_wake: Arc<Notify>,
+    /// Told when a card click was handled (its request may be waiting for the answer).
+    pub clicks: Arc<crate::clicks::Clicks>,
 }
 
 impl Processor {
@@ -220,6 +226,8 @@ impl Processor {
         let names = self.bots_for(&event);
         let mut items = Vec::new();
         let mut failures = Vec::new();
+        let clicked = event.card_action.as_ref().map(|a| a.message_id.clone());
+        let mut answer = ClickAnswer::default();
 
         if names.is_empty() {
             if let Some(body) = self.unknown_command_hint(&event) {
@@ -234,6 +242,9 @@ impl Processor {
             }
             store.complete_event(id, &Fate::Unrouted, &items).await?;
             telemetry::event_handled(&event.connector, "unrouted");
+            if clicked.is_some() {
+                self.clicks.handled(id);
+            }
             if !items.is_empty() {
                 self.outbox_wake.notify_one();
             }
@@ -247,6 +258,14 @@ impl Processor {
                     bot: name.clone(),
                     error: "no such bot is configured".into(),
                 });
+                if clicked.is_some() {
+                    answer.toast = Some(crate::action::Toast {
+                        kind: ToastKind::Warning,
+                        text: format!(
+                            "This button belongs to `{name}`, which is not running any more."
+                        ),
+                    });
+                }
                 continue;
             };
             let mut ctx = BotContext::new(name, &event, self.services.clone());
@@ -271,6 +290,32 @@ impl Processor {
                 }
             };
             for (index, action) in actions.into_iter().enumerate() {
+                let (key, action) = match action {
+                    Action::Once { key, then } => (format!("{name}/once/{key}"), *then),
+                    action => (format!("{id}/{name}/{index:04}"), action),
+                };
+                let action = match action {
+                    Action::Toast { toast } if clicked.is_some() => {
+                        answer.toast = Some(toast);
+                        continue;
+                    }
+                    action => action,
+                };
+                if let (
+                    Some(Some(clicked)),
+                    Action::Update {
+                        connector,
+                        message_id,
+                        body: MessageBody::Card { card },
+                    },
+                ) = (&clicked, &action)
+                {
+                    if message_id == clicked
+                        && connector.as_deref().is_none_or(|c| c == event.connector)
+                    {
+                        answer.card = Some(card.clone());
+                    }
+                }
                 match resolve(&event, action) {
                     Ok((connector, op)) => {
                         if !self.services.connectors.contains_key(&connector) {
@@ -282,12 +327,7 @@ impl Processor {
                             });
                             continue;
                         }
-                        items.push(OutboxItem::new(
-                            format!("{id}/{name}/{index:04}"),
-                            connector,
-                            op,
-                            now,
-                        ));
+                        items.push(OutboxItem::new(key, connector, op, now));
                     }
                     Err(why) => failures.push(BotFailure {
                         bot: name.clone(),
@@ -300,8 +340,12 @@ impl Processor {
             bots: names,
             actions: items.len(),
             failures,
+            answer: (!answer.is_empty()).then_some(answer),
         };
         store.complete_event(id, &fate, &items).await?;
+        if clicked.is_some() {
+            self.clicks.handled(id);
+        }
         telemetry::event_handled(
             &event.connector,
             if matches!(&fate, Fate::Routed { failures, .. } if !failures.is_empty()) {
@@ -362,6 +406,10 @@ fn apology(bot: &str, event: &Event, e: &BotError) -> Option<Action> {
             event.id
         ),
     };
+    // A click is answered where it happened, not with a message to the whole chat.
+    if event.kind == EventKind::CardAction {
+        return Some(Action::toast(ToastKind::Error, text));
+    }
     Some(Action::reply_text(text))
 }
 
@@ -394,6 +442,19 @@ pub fn resolve(event: &Event, action: Action) -> Result<(String, Operation), Str
                 body,
                 reply_to: None,
             },
+        ),
+        Action::Once { .. } => {
+            return Err("`once` wraps an action once; it cannot wrap another `once`".into());
+        }
+        // Outside a click there is nobody to pop up for: say it in the chat.
+        Action::Toast { toast } => (
+            here(),
+            reply_op(event, MessageBody::text(toast.text)).ok_or_else(|| {
+                format!(
+                    "cannot answer event {} with a toast: it is not a click and has no chat or sender",
+                    event.id
+                )
+            })?,
         ),
         Action::Reply { body } => (
             here(),

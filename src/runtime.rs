@@ -55,6 +55,10 @@ pub struct Shared {
     pub schedules: Arc<crate::scheduler::Schedules>,
     /// The compiled card templates (`server.cards_dir`).
     pub cards: Arc<crate::cards::CardEngine>,
+    /// Where card-click requests wait for the bot's answer.
+    pub clicks: Arc<crate::clicks::Clicks>,
+    /// How long they wait (`server.click_answer_window`).
+    pub click_answer_window: std::time::Duration,
 }
 
 /// A running perch.
@@ -150,9 +154,12 @@ impl Perch {
                 })?;
         let cards = Arc::new(cards);
 
+        let clicks = Arc::new(crate::clicks::Clicks::new(store.clone()));
         let env = ConnectorEnv {
             store: store.clone(),
             journal: journal.clone(),
+            clicks: clicks.clone(),
+            click_answer_window: server.click_answer_window,
             clock: clock.clone(),
             http,
             bot_names: bot_configs.keys().cloned().collect(),
@@ -192,6 +199,7 @@ impl Perch {
             services,
             bot_timeout: server.bot_timeout,
             outbox_wake: outbox_wake.clone(),
+            clicks: clicks.clone(),
         });
         let (event_lanes, router_task) =
             crate::router::start(processor, server.concurrency, router_wake, cancel.clone());
@@ -231,6 +239,8 @@ impl Perch {
             started_at: clock.now(),
             schedules,
             cards,
+            clicks,
+            click_answer_window: server.click_answer_window,
         };
         Ok(Perch {
             shared,

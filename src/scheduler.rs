@@ -506,6 +506,7 @@ impl RunOutcome {
                 bots,
                 actions,
                 failures,
+                ..
             } if failures.is_empty() => RunOutcome::Ok {
                 bots: bots.clone(),
                 actions: *actions,

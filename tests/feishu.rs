@@ -380,7 +380,22 @@ async fn card_clicks_become_card_actions_for_the_named_bot() {
     fake.lock()
         .user_messages
         .insert("om_card_1".into(), "oc_team".into());
-    assert_eq!(sender.send(&click).await, (200, json!({})));
+    // The answer carries the bot's toast (echo echoes the action as a toast).
+    assert_eq!(
+        sender.send(&click).await,
+        (
+            200,
+            json!({ "toast": { "type": "info", "content": "done {\"id\":\"42\"}" } })
+        )
+    );
+    // Feishu retries the same callback: handled once, answered the same.
+    assert_eq!(
+        sender.send(&click).await,
+        (
+            200,
+            json!({ "toast": { "type": "info", "content": "done {\"id\":\"42\"}" } })
+        )
+    );
 
     // The legacy card request URL: SHA-1 signature over the verification token.
     let legacy = json!({ "open_id": "ou_bob", "open_message_id": "om_card_1", "open_chat_id": "oc_team", "token": "c-update",
@@ -412,9 +427,8 @@ async fn card_clicks_become_card_actions_for_the_named_bot() {
         })
         .collect();
     assert!(actions.contains(&"done".to_string()) && actions.contains(&"snooze".to_string()));
-    // The echo bot got them (it has nothing to echo, so it answers with its usage line).
-    let msgs = messages(&fake, 2).await;
-    assert!(msgs.iter().all(|m| m.chat_id == "oc_team"));
+    // The echo bot answered both with toasts, not with messages to the chat.
+    assert!(fake.calls_to("/open-apis/im/v1/messages").is_empty());
 }
 
 #[tokio::test]

@@ -792,6 +792,7 @@ async fn the_ledger_records_outcomes_and_alerts_on_failed_bots() {
                 bots: vec!["push".into()],
                 actions: 1,
                 failures: vec![],
+                answer: None,
             },
             &[],
         )
@@ -812,6 +813,7 @@ async fn the_ledger_records_outcomes_and_alerts_on_failed_bots() {
                 bots: vec!["push".into()],
                 actions: 0,
                 failures: vec![failure],
+                answer: None,
             },
             &[],
         )

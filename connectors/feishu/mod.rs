@@ -30,8 +30,9 @@ pub mod events;
 pub mod webhook_bot;
 
 use super::*;
-use crate::action::{ChatSpec, MessageBody, Target};
+use crate::action::{ChatSpec, ClickAnswer, MessageBody, Target};
 use crate::config::{EnvString, Secret};
+use crate::event::EventKind;
 use api::ApiClient;
 use serde_json::{Value, json};
 use std::sync::{RwLock, Weak};
@@ -345,14 +346,22 @@ impl Feishu {
             self.fetch_now.notify_one();
         }
         let event = events::to_event(doc, &env, &self.context(req, bot.as_deref()))?;
-        let ack = if env.event_type == "card.action.trigger" {
-            card_ack()
-        } else {
-            json!({ "msg": "success" })
-        };
-        Ok(Inbound::Events {
-            events: vec![event],
-            ack: Reply::ok(ack),
+        if env.event_type != "card.action.trigger" {
+            return Ok(Inbound::Events {
+                events: vec![event],
+                ack: Reply::ok(json!({ "msg": "success" })),
+            });
+        }
+        if event.kind != EventKind::CardAction {
+            // A click on a card perch did not make: journaled as a system event, no answer.
+            return Ok(Inbound::Events {
+                events: vec![event],
+                ack: Reply::ok(json!({})),
+            });
+        }
+        Ok(Inbound::Click {
+            event,
+            reply: ClickReply::new(|answer| Reply::ok(trigger_answer(answer))),
         })
     }
 
@@ -386,9 +395,15 @@ impl Feishu {
         sig.require()?;
         let bot = self.bot_open_id();
         let event = events::legacy_card_event(&doc, &self.context(req, bot.as_deref()))?;
-        Ok(Inbound::Events {
-            events: vec![event],
-            ack: Reply::ok(card_ack()),
+        if event.kind != EventKind::CardAction {
+            return Ok(Inbound::Events {
+                events: vec![event],
+                ack: Reply::ok(json!({})),
+            });
+        }
+        Ok(Inbound::Click {
+            event,
+            reply: ClickReply::new(|answer| Reply::ok(legacy_answer(answer))),
         })
     }
 
@@ -397,15 +412,57 @@ impl Feishu {
     }
 }
 
-/// The answer to a card click.
-///
-/// SEAM (card engine integration, later): Feishu accepts `{}`, `{"toast":{…}}` or
-/// `{"card":{"type":"raw","data":card}}` within 3 s (refs §1.7). Bots answer clicks
-/// asynchronously today (after the journal), so the ack is `{}` and bots update the card
-/// through `Action::Update` (PATCH). A synchronous toast / replacement card needs the
-/// router's answer before the ack, which the `Inbound` contract does not offer yet.
-fn card_ack() -> Value {
-    json!({})
+/// The answer to a `card.action.trigger` callback (refs §1.7): `{}`, and/or
+/// `"toast": {"type", "content"}`, and/or `"card": {"type": "raw", "data": <card 2.0>}`
+/// replacing the clicked card. The same update is also queued as a PATCH in the outbox
+/// (harmless: same content), so the card changes even if this answer comes too late.
+fn trigger_answer(answer: Option<&ClickAnswer>) -> Value {
+    let mut body = serde_json::Map::new();
+    let Some(answer) = answer else {
+        return Value::Object(body);
+    };
+    if let Some(toast) = &answer.toast {
+        body.insert(
+            "toast".into(),
+            json!({ "type": toast.kind.as_str(), "content": toast.text }),
+        );
+    }
+    if let Some(card) = &answer.card {
+        match feishu_card(card, "feishu") {
+            Ok(data) => {
+                body.insert("card".into(), json!({ "type": "raw", "data": data }));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the replacement card does not render; answering without it")
+            }
+        }
+    }
+    Value::Object(body)
+}
+
+/// The answer on the legacy card request URL (refs §1.7): `{}` or a whole 1.0 card that
+/// replaces the clicked one. The legacy URL has no documented toast (an SDK test answers
+/// non-200 with `{"content": …}`, [unverified]), so a toast is not shown there; the
+/// toast's text is logged instead. Use the `card.action.trigger` callback for toasts.
+fn legacy_answer(answer: Option<&ClickAnswer>) -> Value {
+    let Some(answer) = answer else {
+        return json!({});
+    };
+    if let Some(toast) = &answer.toast {
+        tracing::info!(toast = %toast.text, "legacy card URL: toast not shown (use card.action.trigger)");
+    }
+    match answer
+        .card
+        .as_ref()
+        .map(|card| feishu_card(card, "feishu_v1"))
+    {
+        Some(Ok(card)) => card,
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "the replacement card does not render; answering `{{}}`");
+            json!({})
+        }
+        None => json!({}),
+    }
 }
 
 /// Fetch the bot's open_id until it succeeds, with backoff (1 s doubling to 5 min), or
@@ -487,7 +544,7 @@ pub fn feishu_card(card: &Value, platform: &str) -> Result<Value, SendError> {
             "card: the renderer did not produce a JSON object".into(),
         ));
     };
-    if platform == "feishu" {
+    if platform == "feishu" || platform == "feishu_v1" {
         let config = obj.entry("config").or_insert_with(|| json!({}));
         if let Some(c) = config.as_object_mut() {
             c.insert("update_multi".into(), json!(true));
@@ -1061,11 +1118,11 @@ mod tests {
             body,
             Some(crypto::card_signature("1700000000", "n1", TOKEN, body)),
         );
-        let Inbound::Events { events, ack } = c.handle_inbound(&good).unwrap() else {
-            panic!()
+        let Inbound::Click { event, reply } = c.handle_inbound(&good).unwrap() else {
+            panic!("a perch button's click is answered as a click")
         };
-        assert_eq!(ack.body, json!({}));
-        assert_eq!(events[0].kind, crate::event::EventKind::CardAction);
+        assert_eq!(event.kind, crate::event::EventKind::CardAction);
+        assert_eq!((reply.0)(None).body, json!({}));
         let forged = request(
             "card",
             body,
@@ -1079,6 +1136,45 @@ mod tests {
             c.handle_inbound(&request("card", body, None)).unwrap_err(),
             InboundError::MissingSignature(SIGNATURE.into())
         );
+    }
+
+    fn answer_with_toast_and_card() -> ClickAnswer {
+        ClickAnswer {
+            toast: Some(crate::action::Toast {
+                kind: crate::action::ToastKind::Success,
+                text: "Snoozed".into(),
+            }),
+            card: Some(json!({ "header": { "title": "Snoozed until Thu" } })),
+        }
+    }
+
+    #[test]
+    fn card_trigger_answer_has_toast_and_raw_card_2_0() {
+        assert_eq!(trigger_answer(None), json!({}));
+        let body = trigger_answer(Some(&answer_with_toast_and_card()));
+        assert_eq!(
+            body["toast"],
+            json!({ "type": "success", "content": "Snoozed" })
+        );
+        assert_eq!(body["card"]["type"], "raw");
+        let card = &body["card"]["data"];
+        assert_eq!(card["schema"], "2.0");
+        assert_eq!(card["config"]["update_multi"], true);
+        assert!(card["body"]["elements"].is_array());
+    }
+
+    #[test]
+    fn legacy_answer_is_a_whole_1_0_card_or_empty() {
+        assert_eq!(legacy_answer(None), json!({}));
+        let toast_only = ClickAnswer {
+            card: None,
+            ..answer_with_toast_and_card()
+        };
+        assert_eq!(legacy_answer(Some(&toast_only)), json!({}));
+        let card = legacy_answer(Some(&answer_with_toast_and_card()));
+        assert!(card.get("schema").is_none(), "1.0 cards have no schema");
+        assert!(card["elements"].is_array());
+        assert_eq!(card["config"]["update_multi"], true);
     }
 
     #[test]

@@ -300,12 +300,19 @@ async fn post_action(
         args: b.action.args,
         message_id: None,
     };
-    let (event_id, duplicate) = s
+    let (event_id, duplicate, answer) = s
         .card_action(&room, &b.author, &b.client_id, &b.message_id, action)
         .await?;
-    Ok(Json(
-        json!({ "event_id": event_id, "duplicate": duplicate }),
-    ))
+    let answer = answer.as_ref();
+    Ok(Json(json!({
+        "event_id": event_id,
+        "duplicate": duplicate,
+        // Whether the bot answered within the window; the browser re-enables the button
+        // when it did and the card is not being replaced.
+        "answered": answer.is_some(),
+        "toast": answer.and_then(|a| a.toast.as_ref()),
+        "card_updated": answer.is_some_and(|a| a.card.is_some()),
+    })))
 }
 
 async fn bots(State(s): State<S>) -> Json<Value> {

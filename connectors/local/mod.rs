@@ -21,7 +21,7 @@ mod api;
 pub mod markdown;
 
 use super::*;
-use crate::action::{ChatSpec, MessageBody, Target};
+use crate::action::{ChatSpec, ClickAnswer, MessageBody, Target};
 use crate::event::{CardAction, Chat, ChatType, EventKind, Mention, Person};
 use crate::journal::{Accepted, JournalError};
 use crate::store::StoreError;
@@ -656,7 +656,9 @@ impl Inner {
     }
 
     /// A person clicked a card button. Journals a `CardAction` event for the bot the
-    /// button names. Returns the event id and whether it was a repeat.
+    /// button names and waits (up to `server.click_answer_window`) for the bot's answer.
+    /// Returns the event id, whether it was a repeat, and the answer (`None`: not in
+    /// time). A replacement card reaches the room through the outbox as an update.
     pub async fn card_action(
         &self,
         room_id: &str,
@@ -664,7 +666,7 @@ impl Inner {
         client_id: &str,
         message_id: &str,
         action: CardAction,
-    ) -> Result<(String, bool), ChatError> {
+    ) -> Result<(String, bool, Option<ClickAnswer>), ChatError> {
         let author = check_author(author, self.bots())?;
         check_client_id(client_id)?;
         let name_ok =
@@ -698,12 +700,21 @@ impl Inner {
         event.external_id = Some(client_id.to_string());
         event.payload = json!({ "room": { "id": room.id, "name": room.name } });
         let accepted = self.env.journal.accept(vec![event]).await?;
-        match accepted.first() {
-            Some(a) => Ok((a.id().to_string(), matches!(a, Accepted::Duplicate(_)))),
-            None => Err(ChatError::Journal(JournalError::Flush(
+        let Some(first) = accepted.first() else {
+            return Err(ChatError::Journal(JournalError::Flush(
                 "the journal returned nothing".into(),
-            ))),
-        }
+            )));
+        };
+        let answer = self
+            .env
+            .clicks
+            .answer(first.id(), self.env.click_answer_window)
+            .await;
+        Ok((
+            first.id().to_string(),
+            matches!(first, Accepted::Duplicate(_)),
+            answer,
+        ))
     }
 
     /// The room a `Target` means, created if needed: a chat id names a room (a bot

@@ -76,6 +76,9 @@ impl ConfigSource {
     }
 }
 
+/// The longest `server.click_answer_window`: Feishu's 3 s minus time for the network.
+pub const MAX_CLICK_ANSWER_WINDOW: Duration = Duration::from_millis(2900);
+
 /// `[server]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -103,6 +106,11 @@ pub struct ServerConfig {
     /// How long one bot may take on one event before it counts as failed.
     #[serde(deserialize_with = "de_duration")]
     pub bot_timeout: Duration,
+    /// How long the answer to a card click waits for the bot's toast or replacement
+    /// card before answering without them (the card still updates through the outbox).
+    /// Feishu drops an answer after 3 s (refs §1.7), so at most 2.9 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub click_answer_window: Duration,
     /// Log format: `text` or `json`.
     pub log_format: LogFormat,
     /// Directory of card templates (`<name>.hbs`, with `<name>.sample.json` beside each).
@@ -123,6 +131,7 @@ impl Default for ServerConfig {
             cache_mb: 64,
             concurrency: 64,
             bot_timeout: Duration::from_secs(30),
+            click_answer_window: Duration::from_millis(2500),
             log_format: LogFormat::Text,
             cards_dir: PathBuf::from("cards"),
         }
@@ -325,6 +334,15 @@ impl Config {
         }
         if self.server.concurrency == 0 || self.outbox.concurrency == 0 {
             issues.at(server_at, "concurrency must be at least 1");
+        }
+        if self.server.click_answer_window > MAX_CLICK_ANSWER_WINDOW {
+            issues.at(
+                key_offset(&self.source.text, "[server]", "click_answer_window"),
+                format!(
+                    "server.click_answer_window = {:?} is longer than {:?}: Feishu gives a card click's answer 3 s",
+                    self.server.click_answer_window, MAX_CLICK_ANSWER_WINDOW
+                ),
+            );
         }
         if self.outbox.max_attempts == 0 {
             issues.at(

@@ -167,5 +167,19 @@ async fn hook(
             }
             Ok((ack.status, Json(body)).into_response())
         }
+        Inbound::Click { event, reply } => {
+            let accepted = s
+                .journal
+                .accept(vec![event])
+                .await
+                .map_err(|e| ApiError::internal("could not store the event", e))?;
+            let answer = match accepted.first() {
+                // A retried click gets the first one's answer.
+                Some(a) => s.clicks.answer(a.id(), s.click_answer_window).await,
+                None => None,
+            };
+            let reply = (reply.0)(answer.as_ref());
+            Ok((reply.status, Json(reply.body)).into_response())
+        }
     }
 }

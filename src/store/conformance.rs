@@ -98,6 +98,7 @@ pub async fn pending_and_complete(s: &dyn Store) {
         bots: vec!["echo".into()],
         actions: 2,
         failures: vec![],
+        answer: None,
     };
     let items = vec![
         item(&format!("{}/echo/0000", ids[0]), now),

@@ -56,6 +56,10 @@ pub enum Fate {
         actions: usize,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         failures: Vec<BotFailure>,
+        /// For a card click: the toast / replacement card the bot answered with, which
+        /// the platform's HTTP answer carries (`crate::clicks`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        answer: Option<crate::action::ClickAnswer>,
     },
     /// No route matched.
     Unrouted,

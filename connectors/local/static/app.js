@@ -39,9 +39,10 @@ async function api(method, path, body) {
   return data;
 }
 
-function toast(text) {
+function toast(text, kind) {
   const t = $("toast");
   t.textContent = text;
+  t.dataset.kind = kind || "info";
   t.hidden = false;
   clearTimeout(toast.timer);
   toast.timer = setTimeout(() => { t.hidden = true; }, 4000);
@@ -346,8 +347,15 @@ async function clickAction(button, m) {
   button.disabled = true;
   button.setAttribute("aria-disabled", "true");
   try {
-    await api("POST", "/rooms/" + encodeURIComponent(m.room) + "/actions",
+    const answer = await api("POST", "/rooms/" + encodeURIComponent(m.room) + "/actions",
       { message_id: m.id, action, author: state.me, client_id: newId() });
+    if (answer && answer.toast) toast(answer.toast.text, answer.toast.kind);
+    // A replaced card arrives as an update with fresh buttons; otherwise (a toast only,
+    // or no answer in time) the button is usable again.
+    if (!(answer && answer.card_updated)) {
+      button.disabled = false;
+      button.removeAttribute("aria-disabled");
+    }
   } catch (e) {
     button.disabled = false;
     button.removeAttribute("aria-disabled");
