@@ -113,6 +113,9 @@ pub struct RemindersConfig {
     /// Connector reminders go through. Default: the one the item came from.
     #[serde(default)]
     pub connector: Option<String>,
+    /// Chat for items from events that name none. Default: directly to the owner.
+    #[serde(default)]
+    pub chat: Option<String>,
     /// Card template. Default `"reminder"` (see `cards/reminder.hbs` for its data).
     #[serde(default = "default_template")]
     pub template: String,
@@ -783,11 +786,18 @@ impl Reminders {
         let data = serde_json::to_value(event).unwrap_or(Value::Null);
         let title = self.titles.render(&format!("title{index}"), &data)?;
         let now = event.received_at;
+        // Lead times already past when the item arrives are skipped; an item that arrives
+        // overdue is reminded at the next tick.
+        let start = if due < now {
+            due - chrono::Duration::seconds(1)
+        } else {
+            now
+        };
         let mut item = match existing {
             // An update: a new due date (or a reopening) restarts the reminders.
             Some(mut old) => {
                 if old.due != due || !old.is_open() {
-                    old.handled_through = now;
+                    old.handled_through = start;
                     old.last = None;
                     old.escalated_by = None;
                     old.snoozed_until = None;
@@ -808,7 +818,7 @@ impl Reminders {
                 escalate_to: None,
                 link: None,
                 note: None,
-                handled_through: now,
+                handled_through: start,
                 last: None,
                 escalated_by: None,
                 snoozed_until: None,
@@ -821,7 +831,7 @@ impl Reminders {
         item.owner = owner;
         item.owner_name = p(&on.owner_name);
         item.due = due;
-        item.chat = p(&on.chat);
+        item.chat = p(&on.chat).or_else(|| self.config.chat.clone());
         // A payload names a person (a manager) unless it says `chat:<id>`.
         item.escalate_to = p(&on.escalate_to).map(|t| match t.strip_prefix("chat:") {
             Some(chat) => chat.to_string(),

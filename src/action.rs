@@ -124,7 +124,7 @@ pub enum Action {
     /// while (`server.click_answer_ms`), so a bot answers a click first and works after.
     Toast { toast: Toast },
     /// Carry out `then` once per `key` for this bot, whichever event asks: its outbox
-    /// key is `<bot>/once/<key>` instead of `<event>/<bot>/<index>`, and the outbox never
+    /// key is `once/<bot>/<key>` instead of `<event>/<bot>/<index>`, and the outbox never
     /// queues a key twice. For bots that scan their state on a tick (reminders): if a
     /// crash makes them decide again, the same reminder is not sent twice.
     Once { key: String, then: Box<Action> },

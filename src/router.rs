@@ -291,7 +291,7 @@ impl Processor {
             };
             for (index, action) in actions.into_iter().enumerate() {
                 let (key, action) = match action {
-                    Action::Once { key, then } => (format!("{name}/once/{key}"), *then),
+                    Action::Once { key, then } => (format!("once/{name}/{key}"), *then),
                     action => (format!("{id}/{name}/{index:04}"), action),
                 };
                 let action = match action {

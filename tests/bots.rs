@@ -469,3 +469,408 @@ bots = ["greet"]
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(ops(&w).await.len(), 4);
 }
+
+// ---- reminders -------------------------------------------------------------------
+
+/// A Shanghai wall time.
+fn sh(s: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M")
+        .unwrap()
+        .and_local_timezone(chrono_tz::Asia::Shanghai)
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+}
+
+fn system(topic: &str, id: &str, at: &str, payload: Value) -> Event {
+    let mut e = Event::new("chat", EventKind::System, sh(at));
+    e.topic = Some(topic.to_string());
+    e.payload = payload;
+    e.external_id = Some(id.to_string());
+    e
+}
+
+fn click(bot: &str, action: &str, item: &str, who: &str, message_id: &str, n: u32) -> Event {
+    let mut e = Event::new("chat", EventKind::CardAction, chrono::Utc::now());
+    e.chat = Some(Chat {
+        id: "oc_room".into(),
+        chat_type: ChatType::Group,
+    });
+    e.sender = Some(Person {
+        id: format!("ou_{}", who.to_lowercase()),
+        name: Some(who.to_string()),
+    });
+    e.card_action = Some(perch::event::CardAction {
+        bot: bot.into(),
+        action: action.into(),
+        args: json!({ "id": item, "days": 1 }),
+        message_id: Some(message_id.into()),
+    });
+    e.message_id = Some(message_id.into());
+    e.external_id = Some(format!("click-{n}"));
+    e
+}
+
+/// Accept a click and wait for the bot's answer to it.
+async fn press(t: &TestPerch, e: Event) -> perch::action::ClickAnswer {
+    let shared = &t.perch().shared;
+    let id = shared.journal.accept(vec![e]).await.unwrap()[0].id();
+    shared
+        .clicks
+        .answer(id, Duration::from_secs(10))
+        .await
+        .expect("the click is answered")
+}
+
+fn toast(a: &perch::action::ClickAnswer) -> String {
+    a.toast.as_ref().map(|t| t.text.clone()).unwrap_or_default()
+}
+
+const TASKS: &str = r#"
+[bots.tasks]
+kind = "reminders"
+timezone = "Asia/Shanghai"
+lead_times = ["1d"]
+escalate_after_days = 2
+quiet_hours = "20:00-08:00"
+
+[[bots.tasks.on]]
+topic = "task.due_set"
+id = "/task/id"
+title = "{{payload.task.title}}"
+owner = "/task/assignee"
+owner_name = "/task/assignee_name"
+due = "/task/due"
+chat = "/task/chat"
+escalate_to = "/task/manager"
+
+[[bots.tasks.on]]
+topic = "task.deleted"
+does = "delete"
+id = "/task/id"
+
+[[routes]]
+topic = "task.*"
+bots = ["tasks"]
+
+[[routes]]
+kind = "tick"
+topic = "reminders"
+bots = ["tasks"]
+
+[[routes]]
+mention = "*"
+bots = ["tasks"]
+"#;
+
+fn task(id: &str, due: &str) -> Value {
+    json!({ "task": { "id": id, "title": "Submit the Q4 budget", "assignee": "ou_alice",
+                      "assignee_name": "Alice", "due": due, "chat": "oc_room", "manager": "ou_boss" } })
+}
+
+async fn ticks(t: &TestPerch, slots: &[&str]) {
+    for slot in slots {
+        t.perch()
+            .shared
+            .journal
+            .accept(vec![tick("reminders", slot)])
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_reminder_card_until_its_owner_presses_done() {
+    let w = world().await;
+    let t = TestPerch::start(&config(&w, TASKS)).await;
+    let j = &t.perch().shared.journal;
+    j.accept(vec![system(
+        "task.due_set",
+        "ev-1",
+        "2026-11-20 10:00",
+        task("T-1", "2026-11-25 18:00"),
+    )])
+    .await
+    .unwrap();
+
+    // One day before, at 09:00: the card, with its buttons, in the task's chat.
+    ticks(&t, &["2026-11-24T09:00:00+08:00"]).await;
+    let o = wait_ops(&w, 1).await;
+    assert_eq!(o[0]["op"], "send");
+    assert_eq!(o[0]["to"], json!({"type": "chat", "id": "oc_room"}));
+    let card = &o[0]["body"]["card"];
+    assert_eq!(card["header"]["title"], "Reminder: Submit the Q4 budget");
+    let buttons = card.to_string();
+    for b in ["\"Done\"", "\"Snooze 1 day\"", "\"Reassign\""] {
+        assert!(buttons.contains(b), "{b} in {buttons}");
+    }
+    // Later ticks of the same day: nothing new (that step was sent).
+    ticks(
+        &t,
+        &["2026-11-24T09:05:00+08:00", "2026-11-24T12:00:00+08:00"],
+    )
+    .await;
+
+    // Someone else presses Done: a polite no, nothing changes.
+    let a = press(&t, click("tasks", "done", "T-1", "Bob", "om_1", 1)).await;
+    assert!(toast(&a).contains("only Alice (the owner)"), "{a:?}");
+    assert!(a.card.is_none());
+
+    // Alice presses Done: a toast, and the card is replaced in place.
+    let a = press(&t, click("tasks", "done", "T-1", "Alice", "om_1", 2)).await;
+    assert_eq!(toast(&a), "Done. No more reminders.");
+    assert_eq!(
+        a.card.as_ref().unwrap()["header"]["title"],
+        "Done: Submit the Q4 budget"
+    );
+    let o = wait_ops(&w, 2).await;
+    assert_eq!(o[1]["op"], "update");
+    assert_eq!(o[1]["message_id"], "om_1");
+    assert_eq!(
+        o[1]["body"]["card"]["header"]["title"],
+        "Done: Submit the Q4 budget"
+    );
+    assert!(
+        !o[1]["body"]["card"].to_string().contains("Snooze"),
+        "no buttons on a done card"
+    );
+    // The same click again (a platform retry): answered the same, handled once.
+    let again = press(&t, click("tasks", "done", "T-1", "Alice", "om_1", 2)).await;
+    assert_eq!(again, a);
+
+    // The due time and the days after: no more reminders.
+    ticks(
+        &t,
+        &[
+            "2026-11-25T18:00:00+08:00",
+            "2026-11-26T09:00:00+08:00",
+            "2026-11-28T09:00:00+08:00",
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ops(&w).await.len(), 2, "{:#?}", ops(&w).await);
+}
+
+#[tokio::test]
+async fn overdue_reminders_daily_and_escalation_on_day_n() {
+    let w = world().await;
+    let t = TestPerch::start(&config(&w, TASKS)).await;
+    let j = &t.perch().shared.journal;
+    j.accept(vec![system(
+        "task.due_set",
+        "ev-2",
+        "2026-11-20 10:00",
+        task("T-2", "2026-11-20 18:00"),
+    )])
+    .await
+    .unwrap();
+    // The due time; then 21:00 is quiet (nothing); overdue day 1 at 09:00.
+    ticks(
+        &t,
+        &["2026-11-20T18:00:00+08:00", "2026-11-20T21:00:00+08:00"],
+    )
+    .await;
+    let o = wait_ops(&w, 1).await;
+    assert!(text(&o[0]).contains("due today"), "{}", text(&o[0]));
+    ticks(&t, &["2026-11-21T09:00:00+08:00"]).await;
+    let o = wait_ops(&w, 2).await;
+    assert!(text(&o[1]).contains("overdue"), "{}", text(&o[1]));
+    assert_eq!(o[1]["to"]["id"], "oc_room");
+    // Day 2: the owner's chat again, and the manager, once.
+    ticks(&t, &["2026-11-22T09:00:00+08:00"]).await;
+    let o = wait_ops(&w, 4).await;
+    let to_boss: Vec<&Value> = o
+        .iter()
+        .filter(|x| x["to"] == json!({"type": "person", "id": "ou_boss"}))
+        .collect();
+    assert_eq!(to_boss.len(), 1, "{o:#?}");
+    assert_eq!(
+        to_boss[0]["body"]["card"]["header"]["title"],
+        "Escalated: Submit the Q4 budget"
+    );
+    // Day 3: the chat only.
+    ticks(&t, &["2026-11-23T09:00:00+08:00"]).await;
+    let o = wait_ops(&w, 5).await;
+    assert_eq!(o[4]["to"]["id"], "oc_room");
+    // A new due date restarts the schedule; deleting the item stops it.
+    j.accept(vec![system(
+        "task.deleted",
+        "ev-3",
+        "2026-11-23 10:00",
+        json!({ "task": { "id": "T-2" } }),
+    )])
+    .await
+    .unwrap();
+    ticks(&t, &["2026-11-24T09:00:00+08:00"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ops(&w).await.len(), 5);
+}
+
+const LOANS: &str = r#"
+[bots.loans]
+kind = "reminders"
+timezone = "Asia/Shanghai"
+noun = "loan"
+lead_times = []
+list_command = "loans"
+list_scope = "all"
+remind_command = false
+
+[[bots.loans.on]]
+topic = "item.borrowed"
+id = "/item/id"
+title = "Return {{payload.item.name}}"
+owner = "/borrower/id"
+owner_name = "/borrower/name"
+due = "/due_back"
+
+[[bots.loans.on]]
+topic = "item.returned"
+does = "done"
+id = "/item/id"
+
+[[routes]]
+topic = "item.*"
+bots = ["loans"]
+
+[[routes]]
+kind = "tick"
+bots = ["loans"]
+
+[[routes]]
+mention = "*"
+bots = ["loans"]
+"#;
+
+#[tokio::test]
+async fn a_loan_reminder_goes_to_the_borrower_until_returned() {
+    let w = world().await;
+    let t = TestPerch::start(&config(&w, LOANS)).await;
+    let j = &t.perch().shared.journal;
+    j.accept(vec![system(
+        "item.borrowed",
+        "scan-1",
+        "2026-11-18 15:00",
+        json!({ "item": { "id": 8812, "name": "Tektronix scope #3" },
+                "borrower": { "id": "ou_carol", "name": "Carol" }, "due_back": "2026-11-20" }),
+    )])
+    .await
+    .unwrap();
+    ticks(&t, &["2026-11-21T09:00:00+08:00"]).await;
+    let o = wait_ops(&w, 1).await;
+    assert_eq!(o[0]["to"], json!({"type": "person", "id": "ou_carol"}));
+    assert_eq!(
+        o[0]["body"]["card"]["header"]["title"],
+        "Loan: Return Tektronix scope #3"
+    );
+    assert!(text(&o[0]).contains("overdue"), "{}", text(&o[0]));
+
+    // Unreturned items, on demand.
+    let mut ask = say("@bot loans", "m-1");
+    ask.received_at = sh("2026-11-21 10:00");
+    j.accept(vec![ask]).await.unwrap();
+    let o = wait_ops(&w, 2).await;
+    let list = text(&o[1]);
+    assert!(
+        list.contains("`8812` Return Tektronix scope #3 — Carol") && list.contains("overdue"),
+        "{list}"
+    );
+
+    // Returned: no more reminders, and the list is empty.
+    j.accept(vec![system(
+        "item.returned",
+        "scan-2",
+        "2026-11-21 11:00",
+        json!({ "item": { "id": 8812 } }),
+    )])
+    .await
+    .unwrap();
+    let mut ask = say("@bot loans", "m-2");
+    ask.received_at = sh("2026-11-21 12:00");
+    j.accept(vec![ask]).await.unwrap();
+    let o = wait_ops(&w, 3).await;
+    assert_eq!(text(&o[2]), "No open loans here.");
+    ticks(&t, &["2026-11-22T09:00:00+08:00"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ops(&w).await.len(), 3);
+
+    // A loan that is already overdue when it is recorded: reminded at the next tick.
+    j.accept(vec![system(
+        "item.borrowed",
+        "scan-3",
+        "2026-11-22 10:00",
+        json!({ "item": { "id": "cam-1", "name": "Camera" },
+                "borrower": { "id": "ou_dan", "name": "Dan" }, "due_back": "2026-11-21" }),
+    )])
+    .await
+    .unwrap();
+    ticks(
+        &t,
+        &["2026-11-22T10:01:00+08:00", "2026-11-22T10:02:00+08:00"],
+    )
+    .await;
+    let o = wait_ops(&w, 4).await;
+    assert_eq!(o[3]["to"], json!({"type": "person", "id": "ou_dan"}));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ops(&w).await.len(), 4, "once");
+}
+
+#[tokio::test]
+async fn remind_command_reads_natural_dates_and_lists_what_is_open() {
+    let w = world().await;
+    let t = TestPerch::start(&config(&w, TASKS)).await;
+    let j = &t.perch().shared.journal;
+    // Saturday 21 November 2026, 10:00: 周五 is the 27th.
+    let mut ask = say("@bot remind @bob 周五 17:00 submit the budget", "m-1");
+    ask.received_at = sh("2026-11-21 10:00");
+    j.accept(vec![ask]).await.unwrap();
+    let o = wait_ops(&w, 1).await;
+    let ok = text(&o[0]);
+    assert!(
+        ok.starts_with("OK: I'll remind bob about “submit the budget” on Fri 27 Nov 17:00 (`r-"),
+        "{ok}"
+    );
+    let id = ok.rsplit('`').nth(1).unwrap().to_string();
+
+    // What cannot be read gets the usage, and changes nothing.
+    let mut bad = say("@bot remind @bob someday do it", "m-2");
+    bad.received_at = sh("2026-11-21 10:01");
+    j.accept(vec![bad]).await.unwrap();
+    let o = wait_ops(&w, 2).await;
+    assert!(
+        text(&o[1]).starts_with("I can't read \"someday\" as a time."),
+        "{}",
+        text(&o[1])
+    );
+
+    // The list, in the chat it was asked in.
+    let mut list = say("@bot reminders", "m-3");
+    list.received_at = sh("2026-11-21 10:02");
+    j.accept(vec![list]).await.unwrap();
+    let o = wait_ops(&w, 3).await;
+    assert!(
+        text(&o[2]).contains(&format!(
+            "`{id}` submit the budget — bob — Fri 27 Nov 17:00 (in 6 days)"
+        )),
+        "{}",
+        text(&o[2])
+    );
+    // Only the owner may snooze it by command too.
+    let mut snooze = say(&format!("@bot snooze {id}"), "m-4");
+    snooze.received_at = sh("2026-11-21 10:03");
+    j.accept(vec![snooze]).await.unwrap();
+    let o = wait_ops(&w, 4).await;
+    assert_eq!(
+        text(&o[3]),
+        format!("Only bob (the owner) can change reminder `{id}`.")
+    );
+
+    // The day before at 09:00, the reminder card goes to the chat it was asked in.
+    ticks(&t, &["2026-11-26T09:00:00+08:00"]).await;
+    let o = wait_ops(&w, 5).await;
+    assert_eq!(o[4]["to"]["id"], "oc_room");
+    assert_eq!(
+        o[4]["body"]["card"]["header"]["title"],
+        "Reminder: submit the budget"
+    );
+}

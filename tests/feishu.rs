@@ -789,3 +789,117 @@ async fn rate_limits_follow_feishu_quotas() {
     let limits = t2.perch().shared.connectors["g"].rate_limits();
     assert_eq!((limits.per_second, limits.per_minute), (Some(5), Some(100)));
 }
+
+/// A reminder card's Done button on Feishu: someone else gets a toast; the owner gets a
+/// toast and the replacement card (schema 2.0) in the callback's answer, and the card is
+/// also PATCHed through the outbox.
+#[tokio::test]
+async fn a_card_click_is_answered_with_a_toast_and_the_replacement_card() {
+    let fake = FakeFeishu::start().await;
+    let config = format!(
+        r#"{}
+[bots.tasks]
+kind = "reminders"
+timezone = "UTC"
+
+[[routes]]
+connector = "feishu"
+command = "remind"
+bots = ["tasks"]
+
+[[routes]]
+kind = "tick"
+bots = ["tasks"]
+"#,
+        config(&fake)
+    );
+    let t = TestPerch::start(&config).await;
+    wait_for_identity(&t).await;
+    let sender = EventSender::new(&t.url("/hooks/feishu"), TOKEN, Some(KEY));
+    let ask = sender.text_message(
+        &fake,
+        "ev-r1",
+        "om_ask",
+        "oc_team",
+        "remind me in 2 hours call the supplier",
+        true,
+    );
+    assert_eq!(sender.send(&ask).await.0, 200);
+    // echo and tasks both answer the mention.
+    let msgs = messages(&fake, 2).await;
+    let ok = msgs
+        .iter()
+        .find(|m| m.content.contains("I'll remind"))
+        .expect("the reminders bot confirms");
+    let item = ok.content.rsplit('`').nth(1).unwrap().to_string();
+
+    let slot = chrono::Utc::now() + chrono::Duration::minutes(121);
+    let mut tick = perch::event::Event::new(
+        "scheduler",
+        perch::event::EventKind::Tick,
+        chrono::Utc::now(),
+    );
+    tick.topic = Some("reminders".into());
+    tick.payload = json!({ "job": "reminders", "slot": slot.to_rfc3339() });
+    tick.external_id = Some(format!("reminders@{slot}"));
+    t.perch().shared.journal.accept(vec![tick]).await.unwrap();
+    let msgs = messages(&fake, 3).await;
+    let card = msgs
+        .iter()
+        .find(|m| m.msg_type == "interactive")
+        .expect("the reminder card");
+    assert_eq!(card.chat_id, "oc_team");
+    let content: Value = serde_json::from_str(&card.content).unwrap();
+    assert_eq!(content["config"]["update_multi"], true);
+
+    let press = |event_id: &str, who: &str| {
+        sender.envelope(
+            "card.action.trigger",
+            event_id,
+            json!({
+                "operator": { "open_id": who, "tenant_key": "tk" },
+                "token": "c-update", "host": "im_message",
+                "action": { "tag": "button", "value": { "perch": { "bot": "tasks", "action": "done", "args": { "id": item } } } },
+                "context": { "open_message_id": card.message_id, "open_chat_id": "oc_team" }
+            }),
+        )
+    };
+    let (status, bob) = sender.send(&press("ev-c1", "ou_bob")).await;
+    assert_eq!(status, 200);
+    assert_eq!(bob["toast"]["type"], "warning");
+    assert!(
+        bob["toast"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Sorry, only"),
+        "{bob}"
+    );
+    assert!(bob.get("card").is_none());
+
+    let (status, alice) = sender.send(&press("ev-c2", "ou_alice")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        alice["toast"],
+        json!({ "type": "success", "content": "Done. No more reminders." })
+    );
+    assert_eq!(alice["card"]["type"], "raw");
+    let data = &alice["card"]["data"];
+    assert_eq!(data["schema"], "2.0");
+    assert_eq!(
+        data["header"]["title"]["content"],
+        "Done: call the supplier"
+    );
+    assert_eq!(data["config"]["update_multi"], true);
+    // The outbox PATCHes the same card too (in case the answer came too late).
+    let card_id = card.message_id.clone();
+    eventually(10, "the card is patched", || {
+        let fake = fake.clone();
+        let id = card_id.clone();
+        async move {
+            fake.messages()
+                .into_iter()
+                .find(|m| m.message_id == id && !m.patches.is_empty())
+        }
+    })
+    .await;
+}

@@ -663,3 +663,119 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+/// Issue 3's round trip: a bot's card with buttons in a room; a click by someone who may
+/// not press gets a polite notice; the owner's click gets a notice and the card is
+/// replaced in place, for everyone who reads the room.
+#[tokio::test]
+async fn a_click_on_a_reminder_card_updates_it_in_place() {
+    let config = format!(
+        r#"{CONFIG}
+[bots.tasks]
+kind = "reminders"
+timezone = "UTC"
+
+[[routes]]
+connector = "web"
+mention = "tasks"
+bots = ["tasks"]
+
+[[routes]]
+kind = "tick"
+bots = ["tasks"]
+"#
+    );
+    let t = TestPerch::start(&config).await;
+    say(
+        &t,
+        "general",
+        "ann",
+        "@tasks remind me in 2 hours call the supplier",
+        "c-1",
+    )
+    .await;
+    let ok = reply_from(&t, "general", "tasks").await;
+    assert!(
+        ok["body"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("OK: I'll remind ann"),
+        "{ok}"
+    );
+    // The scheduler's tick, just after the due time.
+    let mut tick = perch::event::Event::new(
+        "scheduler",
+        perch::event::EventKind::Tick,
+        chrono::Utc::now(),
+    );
+    tick.topic = Some("reminders".into());
+    let slot = chrono::Utc::now() + chrono::Duration::minutes(121);
+    tick.payload = json!({ "job": "reminders", "slot": slot.to_rfc3339() });
+    tick.external_id = Some(format!("reminders@{slot}"));
+    t.perch().shared.journal.accept(vec![tick]).await.unwrap();
+    let card = eventually(10, "the reminder card", || async {
+        messages(&t, "general")
+            .await
+            .into_iter()
+            .find(|m| m["body"]["type"] == "card")
+    })
+    .await;
+    assert_eq!(
+        card["body"]["card"]["header"]["title"],
+        "Reminder: call the supplier"
+    );
+    assert_eq!(card["author"], "tasks");
+    assert!(
+        card["html"].as_str().unwrap().contains("data-action"),
+        "buttons render"
+    );
+    let message_id = card["id"].as_str().unwrap().to_string();
+    // The item id, from the Done button's action.
+    let buttons = card["body"]["card"]["elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "buttons")
+        .unwrap();
+    let item = buttons["buttons"][0]["action"]["args"]["id"].clone();
+    let press = |who: &str, client_id: &str| json!({ "message_id": message_id, "action": { "bot": "tasks", "action": "done", "args": { "id": item } }, "author": who, "client_id": client_id });
+
+    let (status, bob) =
+        post_json(&t, "/chat/api/rooms/general/actions", &press("bob", "k-1")).await;
+    assert_eq!(status, 200, "{bob}");
+    assert_eq!(bob["toast"]["kind"], "warning");
+    assert_eq!(
+        bob["toast"]["text"],
+        "Sorry, only ann (the owner) can do that."
+    );
+    assert_eq!(bob["card_updated"], false);
+
+    let (status, ann) =
+        post_json(&t, "/chat/api/rooms/general/actions", &press("ann", "k-2")).await;
+    assert_eq!(status, 200, "{ann}");
+    assert_eq!(
+        ann["toast"],
+        json!({ "kind": "success", "text": "Done. No more reminders." })
+    );
+    assert_eq!(ann["card_updated"], true);
+    let updated = eventually(10, "the card is replaced", || async {
+        messages(&t, "general").await.into_iter().find(|m| {
+            m["id"] == message_id
+                && m["body"]["card"]["header"]["title"] == "Done: call the supplier"
+        })
+    })
+    .await;
+    assert!(
+        !updated["html"].as_str().unwrap().contains("data-action"),
+        "no buttons on a done card"
+    );
+    assert_eq!(
+        messages(&t, "general")
+            .await
+            .iter()
+            .filter(|m| m["body"]["type"] == "card")
+            .count(),
+        1,
+        "replaced in place, not sent again"
+    );
+}

@@ -227,15 +227,10 @@ impl Local {
     }
 }
 
-/// The bot that sent an outbox item. Outbox keys are `<event id>/<bot>/<action index>`
-/// (see `crate::store::OutboxItem::key`), so the middle part names the bot; the router's
-/// own hints (`…/router/…`) and keys of any other shape are shown as "perch".
+/// The bot that sent an outbox item (its key names it: `crate::store::key_bot`); the
+/// router's own hints and keys of any other shape are shown as "perch".
 pub fn author_from_key(key: &str) -> String {
-    let parts: Vec<&str> = key.split('/').collect();
-    match parts.as_slice() {
-        [_, bot, _] if !bot.is_empty() && *bot != "router" => bot.to_string(),
-        _ => "perch".to_string(),
-    }
+    crate::store::key_bot(key).unwrap_or("perch").to_string()
 }
 
 /// A room id from its name: lower-case letters and digits (any script), the rest as `-`.
@@ -958,6 +953,7 @@ mod tests {
         assert_eq!(author_from_key("0190-aaaa/echo/0000"), "echo");
         assert_eq!(author_from_key("0190-aaaa/router/0000"), "perch");
         assert_eq!(author_from_key("manual-key"), "perch");
+        assert_eq!(author_from_key("once/tasks/r-1/1795/due"), "tasks");
         assert_eq!(author_from_key("a//0"), "perch");
     }
 

@@ -81,12 +81,24 @@ pub struct JournalEntry {
     pub fate: Fate,
 }
 
+/// The bot whose action an outbox key belongs to (`None` for the router's own hints and
+/// keys of other shapes).
+pub fn key_bot(key: &str) -> Option<&str> {
+    let parts: Vec<&str> = key.splitn(3, '/').collect();
+    match parts.as_slice() {
+        ["once", bot, _] if !bot.is_empty() => Some(bot),
+        [_, bot, index] if !bot.is_empty() && *bot != "router" && !index.contains('/') => Some(bot),
+        _ => None,
+    }
+}
+
 /// One operation waiting in the outbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutboxItem {
     /// Unique and deterministic: `<event id>/<bot>/<action index>` for bot actions, so
-    /// re-running a bot after a crash queues nothing new. Also the idempotency key the
-    /// connector sends to the platform.
+    /// re-running a bot after a crash queues nothing new, or `once/<bot>/<key>` for
+    /// `Action::Once`. Also the idempotency key the connector sends to the platform.
+    /// `key_bot` reads the bot back.
     pub key: String,
     pub connector: String,
     pub op: Operation,
