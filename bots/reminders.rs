@@ -494,6 +494,35 @@ pub struct Sent {
 }
 
 impl Item {
+    /// A new open item whose reminders start after `handled_through`.
+    pub fn new(
+        id: &str,
+        owner: String,
+        due: DateTime<Utc>,
+        connector: String,
+        handled_through: DateTime<Utc>,
+    ) -> Item {
+        Item {
+            id: id.to_string(),
+            title: String::new(),
+            owner,
+            owner_name: None,
+            due,
+            chat: None,
+            connector,
+            escalate_to: None,
+            link: None,
+            note: None,
+            handled_through,
+            last: None,
+            escalated_by: None,
+            snoozed_until: None,
+            snoozed_by: None,
+            done_by: None,
+            done_at: None,
+        }
+    }
+
     fn owner_display(&self) -> &str {
         self.owner_name.as_deref().unwrap_or(&self.owner)
     }
@@ -807,25 +836,7 @@ impl Reminders {
                 }
                 old
             }
-            None => Item {
-                id: id.to_string(),
-                title: String::new(),
-                owner: String::new(),
-                owner_name: None,
-                due,
-                chat: None,
-                connector: self.connector_for(event),
-                escalate_to: None,
-                link: None,
-                note: None,
-                handled_through: start,
-                last: None,
-                escalated_by: None,
-                snoozed_until: None,
-                snoozed_by: None,
-                done_by: None,
-                done_at: None,
-            },
+            None => Item::new(id, owner.clone(), due, self.connector_for(event), start),
         };
         item.title = title;
         item.owner = owner;
@@ -995,23 +1006,10 @@ impl Reminders {
         let hex = event.id.to_string().replace('-', "");
         let id = format!("r-{}", &hex[hex.len().saturating_sub(6)..]);
         let item = Item {
-            id: id.clone(),
             title: what,
-            owner,
             owner_name,
-            due,
             chat: event.chat.as_ref().map(|c| c.id.clone()),
-            connector: self.connector_for(event),
-            escalate_to: None,
-            link: None,
-            note: None,
-            handled_through: now,
-            last: None,
-            escalated_by: None,
-            snoozed_until: None,
-            snoozed_by: None,
-            done_by: None,
-            done_at: None,
+            ..Item::new(&id, owner, due, self.connector_for(event), now)
         };
         ctx.state_put(&Self::key(&id), &item).await?;
         Ok(vec![Action::reply_text(format!(

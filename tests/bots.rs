@@ -102,14 +102,6 @@ fn say(text: &str, id: &str) -> Event {
     e
 }
 
-fn tick(job: &str, slot: &str) -> Event {
-    let mut e = Event::new("scheduler", EventKind::Tick, chrono::Utc::now());
-    e.topic = Some(job.to_string());
-    e.payload = json!({ "job": job, "slot": slot });
-    e.external_id = Some(format!("{job}@{slot}"));
-    e
-}
-
 fn text(op: &Value) -> String {
     op["body"]["text"]
         .as_str()

@@ -834,15 +834,12 @@ bots = ["tasks"]
     let item = ok.content.rsplit('`').nth(1).unwrap().to_string();
 
     let slot = chrono::Utc::now() + chrono::Duration::minutes(121);
-    let mut tick = perch::event::Event::new(
-        "scheduler",
-        perch::event::EventKind::Tick,
-        chrono::Utc::now(),
-    );
-    tick.topic = Some("reminders".into());
-    tick.payload = json!({ "job": "reminders", "slot": slot.to_rfc3339() });
-    tick.external_id = Some(format!("reminders@{slot}"));
-    t.perch().shared.journal.accept(vec![tick]).await.unwrap();
+    t.perch()
+        .shared
+        .journal
+        .accept(vec![tick("reminders", &slot.to_rfc3339())])
+        .await
+        .unwrap();
     let msgs = messages(&fake, 3).await;
     let card = msgs
         .iter()

@@ -703,16 +703,13 @@ bots = ["tasks"]
         "{ok}"
     );
     // The scheduler's tick, just after the due time.
-    let mut tick = perch::event::Event::new(
-        "scheduler",
-        perch::event::EventKind::Tick,
-        chrono::Utc::now(),
-    );
-    tick.topic = Some("reminders".into());
     let slot = chrono::Utc::now() + chrono::Duration::minutes(121);
-    tick.payload = json!({ "job": "reminders", "slot": slot.to_rfc3339() });
-    tick.external_id = Some(format!("reminders@{slot}"));
-    t.perch().shared.journal.accept(vec![tick]).await.unwrap();
+    t.perch()
+        .shared
+        .journal
+        .accept(vec![tick("reminders", &slot.to_rfc3339())])
+        .await
+        .unwrap();
     let card = eventually(10, "the reminder card", || async {
         messages(&t, "general")
             .await

@@ -352,17 +352,7 @@ impl Feishu {
                 ack: Reply::ok(json!({ "msg": "success" })),
             });
         }
-        if event.kind != EventKind::CardAction {
-            // A click on a card perch did not make: journaled as a system event, no answer.
-            return Ok(Inbound::Events {
-                events: vec![event],
-                ack: Reply::ok(json!({})),
-            });
-        }
-        Ok(Inbound::Click {
-            event,
-            reply: ClickReply::new(|answer| Reply::ok(trigger_answer(answer))),
-        })
+        Ok(click(event, trigger_answer))
     }
 
     /// `POST /hooks/<name>`: events and new-style callbacks.
@@ -395,20 +385,27 @@ impl Feishu {
         sig.require()?;
         let bot = self.bot_open_id();
         let event = events::legacy_card_event(&doc, &self.context(req, bot.as_deref()))?;
-        if event.kind != EventKind::CardAction {
-            return Ok(Inbound::Events {
-                events: vec![event],
-                ack: Reply::ok(json!({})),
-            });
-        }
-        Ok(Inbound::Click {
-            event,
-            reply: ClickReply::new(|answer| Reply::ok(legacy_answer(answer))),
-        })
+        Ok(click(event, legacy_answer))
     }
 
     fn markdown(&self) -> MarkdownAs {
         self.config.markdown
+    }
+}
+
+/// A card callback's event: a click on a perch button waits for the bot's answer, which
+/// `answer` puts in the platform's form; a click on a card perch did not make is
+/// journaled as a system event and answered `{}`.
+fn click(event: Event, answer: fn(Option<&ClickAnswer>) -> Value) -> Inbound {
+    if event.kind != EventKind::CardAction {
+        return Inbound::Events {
+            events: vec![event],
+            ack: Reply::ok(json!({})),
+        };
+    }
+    Inbound::Click {
+        event,
+        reply: ClickReply::new(move |a| Reply::ok(answer(a))),
     }
 }
 

@@ -171,3 +171,17 @@ pub async fn wait_received(server: &wiremock::MockServer, n: usize) -> Vec<serde
     )
     .await
 }
+
+/// A tick as the scheduler makes it: `kind = tick`, topic and `payload.job` = the job,
+/// `payload.slot` (RFC 3339), and one external id per slot.
+pub fn tick(job: &str, slot: &str) -> perch::event::Event {
+    let mut e = perch::event::Event::new(
+        "scheduler",
+        perch::event::EventKind::Tick,
+        chrono::Utc::now(),
+    );
+    e.topic = Some(job.to_string());
+    e.payload = serde_json::json!({ "job": job, "slot": slot });
+    e.external_id = Some(format!("{job}@{slot}"));
+    e
+}
