@@ -380,18 +380,18 @@ fn helper_errors_name_the_template_and_line() {
     );
 }
 
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) {
+    std::fs::write(dir.path().join(name), text).unwrap();
+}
+
 fn broken_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("good.hbs"),
-        "{\"header\": {\"title\": \"{{t}}\"}}",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("broken.hbs"),
+    write(&dir, "good.hbs", "{\"header\": {\"title\": \"{{t}}\"}}");
+    write(
+        &dir,
+        "broken.hbs",
         "{\n  \"header\": {\"title\": \"{{t =}}\"}\n}\n",
-    )
-    .unwrap();
+    );
     dir
 }
 
@@ -403,16 +403,16 @@ fn a_broken_template_fails_loading_with_file_and_line() {
 
     // A template that compiles but renders a bad card with its own sample is caught too.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("x.hbs"),
+    write(
+        &dir,
+        "x.hbs",
         "{\"header\": {\"title\": \"{{t}}\"}, \"elements\": [{{json items}}]}",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("x.sample.json"),
+    );
+    write(
+        &dir,
+        "x.sample.json",
         r#"{"t": "hi", "items": {"type": "mystery"}}"#,
-    )
-    .unwrap();
+    );
     let e = CardEngine::load_dir(dir.path()).unwrap_err().to_string();
     assert!(e.contains("x.hbs") && e.contains("mystery"), "{e}");
 }

@@ -255,6 +255,14 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
     let good_sig = format!("sha256={}", sign(SECRET, &body));
     let not_json = b"{not json".to_vec();
     let big = format!(r#"{{"repo":"{}"}}"#, "x".repeat(4096)).into_bytes();
+    // A topic and this signature header.
+    let signed = |sig: String| {
+        vec![
+            ("X-Perch-Topic", "build.x".to_string()),
+            ("X-Perch-Signature", sig),
+        ]
+    };
+    let sha = |secret: &str, bytes: &[u8]| format!("sha256={}", sign(secret, bytes));
     let cases: Vec<(&str, &str, Vec<(&str, String)>, Vec<u8>, u16, &str)> = vec![
         (
             "no signature",
@@ -267,13 +275,7 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
         (
             "wrong signature",
             "/hooks/events",
-            vec![
-                ("X-Perch-Topic", "build.x".into()),
-                (
-                    "X-Perch-Signature",
-                    format!("sha256={}", sign("other", &body)),
-                ),
-            ],
+            signed(sha("other", &body)),
             body.clone(),
             401,
             "signature does not match",
@@ -281,10 +283,7 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
         (
             "signature of other bytes",
             "/hooks/events",
-            vec![
-                ("X-Perch-Topic", "build.x".into()),
-                ("X-Perch-Signature", good_sig.clone()),
-            ],
+            signed(good_sig.clone()),
             br#"{"repo":"y"}"#.to_vec(),
             401,
             "signature does not match",
@@ -292,10 +291,7 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
         (
             "garbage signature",
             "/hooks/events",
-            vec![
-                ("X-Perch-Topic", "build.x".into()),
-                ("X-Perch-Signature", "sha256=zz".into()),
-            ],
+            signed("sha256=zz".into()),
             body.clone(),
             401,
             "signature does not match",
@@ -303,13 +299,7 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
         (
             "malformed JSON",
             "/hooks/events",
-            vec![
-                ("X-Perch-Topic", "build.x".into()),
-                (
-                    "X-Perch-Signature",
-                    format!("sha256={}", sign(SECRET, &not_json)),
-                ),
-            ],
+            signed(sha(SECRET, &not_json)),
             not_json.clone(),
             400,
             "malformed body",
@@ -325,13 +315,7 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
         (
             "body over the limit",
             "/hooks/events",
-            vec![
-                ("X-Perch-Topic", "build.x".into()),
-                (
-                    "X-Perch-Signature",
-                    format!("sha256={}", sign(SECRET, &big)),
-                ),
-            ],
+            signed(sha(SECRET, &big)),
             big.clone(),
             413,
             "larger than the configured limit",

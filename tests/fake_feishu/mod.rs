@@ -286,6 +286,21 @@ fn invalid_token() -> Response {
     )
 }
 
+/// A write call as the real API takes it: the body parsed, then `gate` (recorded, token
+/// checked, faults injected). Every handler with a JSON body starts here.
+async fn admit(
+    s: &Shared,
+    method: &str,
+    path: &str,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Value, Response> {
+    let b = parse(body)?;
+    gate(s, method, path, query, headers, &b).await?;
+    Ok(b)
+}
+
 fn parse(body: &Bytes) -> Result<Value, Response> {
     serde_json::from_slice(body).map_err(|_| envelope(400, 9499, "Bad Request", Value::Null))
 }
@@ -382,13 +397,10 @@ async fn create_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let b = match parse(&body) {
+    let b = match admit(&s, "POST", "/open-apis/im/v1/messages", &q, &headers, &body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    if let Err(r) = gate(&s, "POST", "/open-apis/im/v1/messages", &q, &headers, &b).await {
-        return r;
-    }
     let (msg_type, content) = match check_content(&b) {
         Ok(x) => x,
         Err(r) => return r,
@@ -431,22 +443,19 @@ async fn reply_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let b = match parse(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    if let Err(r) = gate(
+    let b = match admit(
         &s,
         "POST",
         &format!("/open-apis/im/v1/messages/{id}/reply"),
         &HashMap::new(),
         &headers,
-        &b,
+        &body,
     )
     .await
     {
-        return r;
-    }
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let (msg_type, content) = match check_content(&b) {
         Ok(x) => x,
         Err(r) => return r,
@@ -481,22 +490,19 @@ async fn patch_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let b = match parse(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    if let Err(r) = gate(
+    let b = match admit(
         &s,
         "PATCH",
         &format!("/open-apis/im/v1/messages/{id}"),
         &HashMap::new(),
         &headers,
-        &b,
+        &body,
     )
     .await
     {
-        return r;
-    }
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let Some(content) = b["content"].as_str() else {
         return envelope(400, 230001, "content must be a string", Value::Null);
     };
@@ -516,13 +522,10 @@ async fn create_chat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let b = match parse(&body) {
+    let b = match admit(&s, "POST", "/open-apis/im/v1/chats", &q, &headers, &body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    if let Err(r) = gate(&s, "POST", "/open-apis/im/v1/chats", &q, &headers, &b).await {
-        return r;
-    }
     let mut st = s.lock().unwrap();
     let existing: Option<String> = q.get("uuid").and_then(|u| st.chat_uuids.get(u).cloned());
     if let Some(existing) = existing {
@@ -557,22 +560,19 @@ async fn add_members(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let b = match parse(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    if let Err(r) = gate(
+    let b = match admit(
         &s,
         "POST",
         &format!("/open-apis/im/v1/chats/{id}/members"),
         &q,
         &headers,
-        &b,
+        &body,
     )
     .await
     {
-        return r;
-    }
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let ids: Vec<String> = b["id_list"]
         .as_array()
         .into_iter()
@@ -618,22 +618,19 @@ async fn batch_get_id(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let b = match parse(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    if let Err(r) = gate(
+    let b = match admit(
         &s,
         "POST",
         "/open-apis/contact/v3/users/batch_get_id",
         &q,
         &headers,
-        &b,
+        &body,
     )
     .await
     {
-        return r;
-    }
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let emails: Vec<String> = b["emails"]
         .as_array()
         .into_iter()
