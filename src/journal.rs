@@ -2,9 +2,10 @@
 //! are durable, so an HTTP 2xx always means "this event survives a crash".
 //!
 //! **Group commit.** Each `accept` applies its writes (in memory) and then waits for a
-//! flush that began after them. One committer task runs the flushes back to back: while
-//! one flush is running, every request that arrives queues up, and the next flush covers
-//! them all. Many concurrent requests share one fsync; no request fsyncs alone.
+//! `Store::flush_journal` that began after them. One committer task runs them back to
+//! back: while one is running, every request that arrives queues up, and the next covers
+//! them all. Many concurrent requests share one fsync; no request fsyncs alone. (On sled,
+//! `flush_journal` writes the ingest log, `store::ingest_log`: one `write` + `fdatasync`.)
 //!
 //! Flow: connector (in) → **journal** → router.
 
@@ -109,8 +110,9 @@ impl Journal {
         Ok(out)
     }
 
-    /// Wait for a flush that starts after this call.
-    pub async fn durable(&self) -> Result<(), JournalError> {
+    /// Wait for a group commit that starts after this call: every event ingested before
+    /// it is then durable.
+    async fn durable(&self) -> Result<(), JournalError> {
         let (tx, rx) = oneshot::channel();
         self.commits
             .send(tx)
@@ -143,7 +145,7 @@ async fn run_committer(
             batch.push(more);
         }
         let started = std::time::Instant::now();
-        let result = store.flush().await.map_err(|e| e.to_string());
+        let result = store.flush_journal().await.map_err(|e| e.to_string());
         telemetry::journal_flush(batch.len(), started.elapsed());
         if let Err(e) = &result {
             tracing::error!(error = %e, waiting = batch.len(), "journal flush failed");

@@ -80,16 +80,18 @@ impl Perch {
         })?;
         let cache = config.server.cache_mb * 1024 * 1024;
         let store_dir = dir.join("store");
-        let store = tokio::task::spawn_blocking(move || SledStore::open(&store_dir, cache))
-            .await
-            .map_err(|e| StartError::Store {
-                dir: dir.display().to_string(),
-                source: StoreError::Io(e.to_string()),
-            })?
-            .map_err(|source| StartError::Store {
-                dir: dir.display().to_string(),
-                source,
-            })?;
+        let log_dir = dir.join("ingest-log");
+        let store =
+            tokio::task::spawn_blocking(move || SledStore::open(&store_dir, &log_dir, cache))
+                .await
+                .map_err(|e| StartError::Store {
+                    dir: dir.display().to_string(),
+                    source: StoreError::Io(e.to_string()),
+                })?
+                .map_err(|source| StartError::Store {
+                    dir: dir.display().to_string(),
+                    source,
+                })?;
         Self::start_with_store(config, Arc::new(store), clock).await
     }
 

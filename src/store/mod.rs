@@ -8,11 +8,12 @@
 //! - a namespaced **key-value** space for bot state and connector data (web-chat history).
 //!
 //! Writes are applied in memory at once and made durable by `flush`; the journal's group
-//! commit (`crate::journal`) calls `flush` once for many concurrent requests.
+//! commit (`crate::journal`) calls `flush_journal` once for many concurrent requests.
 //! `sled_store::SledStore` is the embedded backend; `conformance` is the test suite every
 //! backend must pass.
 
 pub mod conformance;
+pub mod ingest_log;
 pub mod sled_store;
 
 use crate::action::{Delivered, Operation};
@@ -249,6 +250,12 @@ pub trait Store: Send + Sync + 'static {
     // ---- upkeep -----------------------------------------------------------------
     /// Make every write applied so far durable.
     async fn flush(&self) -> StoreResult<()>;
+    /// Make every `ingest` applied so far durable: the journal's group commit. A backend
+    /// that logs ingests on their own (sled: `ingest_log`) makes this much cheaper than
+    /// `flush`; by default it is `flush`.
+    async fn flush_journal(&self) -> StoreResult<()> {
+        self.flush().await
+    }
     /// Drop what has aged out (see `SweepCutoffs`).
     async fn sweep(&self, cutoffs: SweepCutoffs) -> StoreResult<SweepStats>;
 }

@@ -24,9 +24,11 @@
 //! is what the journal's group commit relies on. Calls are synchronous but in-memory and
 //! short, except `flush`, which runs on sled's own thread via `flush_async`.
 
+use super::ingest_log::{self, IngestLog};
 use super::*;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 const EV: &[u8] = b"ev/";
@@ -48,6 +50,12 @@ pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
+    /// Where acknowledged events are made durable (`None` for a temporary store, which
+    /// need not survive a crash; then `flush_journal` flushes sled).
+    log: Option<Arc<IngestLog>>,
+    /// Records appended since the last log write. Its lock is the ingest lock: an event
+    /// is applied to sled and appended here under it, so the log keeps sled's order.
+    log_buffer: Arc<std::sync::Mutex<Vec<u8>>>,
     // Counters kept in memory so `/metrics` needs no scan; rebuilt by one scan at open.
     pending: AtomicI64,
     queued: AtomicI64,
@@ -124,29 +132,51 @@ impl SledStore {
     /// Open (or create) the store in `dir`. If sled reports corruption, the directory is
     /// moved aside to `<dir>.corrupt-<time>` and an empty store is started, with an error
     /// logged: perch keeps answering, and the old data is kept for recovery.
-    pub fn open(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
-        match Self::open_exact(dir, cache_bytes) {
+    ///
+    /// `log_dir` holds the ingest log (`ingest_log`): what earlier runs left there is
+    /// replayed into sled first, so every acknowledged event is back.
+    pub fn open(dir: &Path, log_dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
+        let db = match Self::open_sled(dir, cache_bytes) {
             Err(StoreError::Corrupt(why)) => {
                 let aside =
                     dir.with_extension(format!("corrupt-{}", Utc::now().format("%Y%m%dT%H%M%S")));
-                tracing::error!(dir = %dir.display(), aside = %aside.display(), %why, "store is corrupt; moved aside, starting empty");
+                tracing::error!(dir = %dir.display(), aside = %aside.display(), %why, "store is corrupt; moved aside, starting empty (events still in the ingest log are replayed)");
                 std::fs::rename(dir, &aside)
                     .map_err(|e| StoreError::Io(format!("moving corrupt store aside: {e}")))?;
-                Self::open_exact(dir, cache_bytes)
+                Self::open_sled(dir, cache_bytes)
             }
             other => other,
+        }?;
+        let (log, left, old_segments) = IngestLog::open(log_dir)?;
+        let mut store = Self::from_db(db)?;
+        let mut replayed = 0;
+        for record in &left {
+            let json = serde_json::to_vec(&record.event)?;
+            if store.apply_ingest(&record.event, &json, record.dedupe_until, true)?
+                == Ingested::Accepted
+            {
+                replayed += 1;
+            }
         }
+        if !left.is_empty() {
+            store.db.flush().map_err(io)?;
+            tracing::info!(records = left.len(), replayed, "ingest log replayed");
+        }
+        ingest_log::remove(&old_segments);
+        store.log = Some(Arc::new(log));
+        Ok(store)
     }
 
-    fn open_exact(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
-        let db = sled::Config::new()
+    fn open_sled(dir: &Path, cache_bytes: u64) -> StoreResult<sled::Db> {
+        // sled flushes on its own timer; acknowledged events are durable through the
+        // ingest log, so nothing on the hot path waits for a sled flush.
+        sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(Some(500))
             .open()
-            .map_err(io)?;
-        Self::from_db(db)
+            .map_err(io)
     }
 
     /// A throw-away store that lives in a temporary directory. For tests.
@@ -166,9 +196,82 @@ impl SledStore {
         Ok(SledStore {
             db,
             tree,
+            log: None,
+            log_buffer: Arc::new(std::sync::Mutex::new(Vec::new())),
             pending: AtomicI64::new(pending),
             queued: AtomicI64::new(queued),
         })
+    }
+
+    /// Store `event` (serialised as `entry`) unless it is a duplicate, and append it to
+    /// the ingest log. `replay`: it comes from the log itself, so it is not appended
+    /// again, and skipped if sled already has it.
+    fn apply_ingest(
+        &self,
+        event: &Event,
+        entry: &[u8],
+        dedupe_until: DateTime<Utc>,
+        replay: bool,
+    ) -> StoreResult<Ingested> {
+        let id = event.id.0.as_bytes().to_vec();
+        let ev_key = key(EV, &id);
+        let pe_key = key(PE, &id);
+        let lane = event.lane_key();
+        let pl_key = lane_key(PL, &lane, &id);
+        let dedupe = event.external_id.as_ref().map(|x| {
+            let rest = dedupe_rest(&event.connector, x);
+            let mut value = id.clone();
+            value.extend_from_slice(&ms_be(dedupe_until));
+            let mut dx = ms_be(dedupe_until).to_vec();
+            dx.extend_from_slice(&rest);
+            (key(DD, &rest), value, key(DX, &dx), rest)
+        });
+        let now_ms = event.received_at.timestamp_millis();
+        // The ingest lock (see `log_buffer`); a poisoned lock only means another ingest
+        // panicked, and the buffer is still whole.
+        let mut buffer = self.log_buffer.lock().unwrap_or_else(|p| p.into_inner());
+        let outcome = self
+            .tree
+            .transaction(|tx| {
+                if replay && tx.get(&ev_key)?.is_some() {
+                    return Ok(None);
+                }
+                if let Some((dd_key, value, dx_key, rest)) = &dedupe {
+                    if let Some(old) = tx.get(dd_key)? {
+                        if old.len() == 24 {
+                            let expires = be_ms(&old[16..24]);
+                            if expires > now_ms {
+                                let original = event_id_from(&old[..16])
+                                    .map_err(ConflictableTransactionError::Abort)?;
+                                return Ok(Some(Ingested::Duplicate { original }));
+                            }
+                            // Expired: drop its index entry; the key is reused below.
+                            let mut old_dx = old[16..24].to_vec();
+                            old_dx.extend_from_slice(rest);
+                            tx.remove(key(DX, &old_dx))?;
+                        }
+                    }
+                    tx.insert(dd_key.as_slice(), value.as_slice())?;
+                    tx.insert(dx_key.as_slice(), &[] as &[u8])?;
+                }
+                tx.insert(ev_key.as_slice(), entry)?;
+                tx.insert(pe_key.as_slice(), lane.as_bytes())?;
+                tx.insert(pl_key.as_slice(), &[] as &[u8])?;
+                Ok(Some(Ingested::Accepted))
+            })
+            .map_err(tx_err)?;
+        match outcome {
+            // Replayed, and already in sled.
+            None => Ok(Ingested::Duplicate { original: event.id }),
+            Some(Ingested::Accepted) => {
+                if self.log.is_some() && !replay {
+                    ingest_log::encode(&mut buffer, dedupe_until, entry);
+                }
+                self.pending.fetch_add(1, Ordering::Relaxed);
+                Ok(Ingested::Accepted)
+            }
+            Some(duplicate) => Ok(duplicate),
+        }
     }
 
     /// Read a lane index: lanes after `after_lane`, each with its first `per_lane` items.
@@ -309,52 +412,32 @@ struct EncodedItem {
 #[async_trait]
 impl Store for SledStore {
     async fn ingest(&self, event: &Event, dedupe_until: DateTime<Utc>) -> StoreResult<Ingested> {
-        let entry = serde_json::to_vec(event)?;
-        let id = event.id.0.as_bytes().to_vec();
-        let ev_key = key(EV, &id);
-        let pe_key = key(PE, &id);
-        let lane = event.lane_key();
-        let pl_key = lane_key(PL, &lane, &id);
-        let dedupe = event.external_id.as_ref().map(|x| {
-            let rest = dedupe_rest(&event.connector, x);
-            let mut value = id.clone();
-            value.extend_from_slice(&ms_be(dedupe_until));
-            let mut dx = ms_be(dedupe_until).to_vec();
-            dx.extend_from_slice(&rest);
-            (key(DD, &rest), value, key(DX, &dx), rest)
-        });
-        let now_ms = event.received_at.timestamp_millis();
-        let outcome = self
-            .tree
-            .transaction(|tx| {
-                if let Some((dd_key, value, dx_key, rest)) = &dedupe {
-                    if let Some(old) = tx.get(dd_key)? {
-                        if old.len() == 24 {
-                            let expires = be_ms(&old[16..24]);
-                            if expires > now_ms {
-                                let original = event_id_from(&old[..16])
-                                    .map_err(ConflictableTransactionError::Abort)?;
-                                return Ok(Ingested::Duplicate { original });
-                            }
-                            // Expired: drop its index entry; the key is reused below.
-                            let mut old_dx = old[16..24].to_vec();
-                            old_dx.extend_from_slice(rest);
-                            tx.remove(key(DX, &old_dx))?;
-                        }
-                    }
-                    tx.insert(dd_key.as_slice(), value.as_slice())?;
-                    tx.insert(dx_key.as_slice(), &[] as &[u8])?;
+        let json = serde_json::to_vec(event)?;
+        self.apply_ingest(event, &json, dedupe_until, false)
+    }
+
+    async fn flush_journal(&self) -> StoreResult<()> {
+        let Some(log) = &self.log else {
+            return self.flush().await;
+        };
+        // The log writes and fsyncs: off the async runtime.
+        let (log, buffer) = (log.clone(), self.log_buffer.clone());
+        let closed = tokio::task::spawn_blocking(move || {
+            log.write(|| std::mem::take(&mut *buffer.lock().unwrap_or_else(|p| p.into_inner())))
+        })
+        .await
+        .map_err(|e| StoreError::Io(format!("ingest log writer stopped: {e}")))??;
+        if let Some(segment) = closed {
+            // Its records are all in sled; once sled has flushed, the segment can go.
+            let db = self.db.clone();
+            tokio::task::spawn_blocking(move || match db.flush() {
+                Ok(_) => ingest_log::remove(&[segment]),
+                Err(e) => {
+                    tracing::warn!(error = %e, "sled flush after an ingest log segment failed; the segment is kept for replay")
                 }
-                tx.insert(ev_key.as_slice(), entry.as_slice())?;
-                tx.insert(pe_key.as_slice(), lane.as_bytes())?;
-                tx.insert(pl_key.as_slice(), &[] as &[u8])?;
-                Ok(Ingested::Accepted)
-            })
-            .map_err(tx_err)?;
-        if outcome == Ingested::Accepted {
-            self.pending.fetch_add(1, Ordering::Relaxed);
+            });
         }
-        Ok(outcome)
+        Ok(())
     }
 
     async fn pending_lanes(
@@ -718,5 +801,86 @@ impl Store for SledStore {
             stats.events += 1;
         }
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventKind;
+    use std::path::PathBuf;
+
+    fn event(n: u32) -> Event {
+        let mut e = Event::new("hooks", EventKind::System, Utc::now());
+        e.external_id = Some(format!("delivery-{n}"));
+        e
+    }
+
+    /// Copy the ingest log's segments from `from` to `to` (a run whose sled lost
+    /// everything it had not flushed, as after a power cut).
+    fn copy_log(from: &Path, to: &Path) -> Vec<PathBuf> {
+        std::fs::create_dir_all(to).unwrap();
+        let mut copied = Vec::new();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            let target = to.join(path.file_name().unwrap());
+            std::fs::copy(&path, &target).unwrap();
+            copied.push(target);
+        }
+        copied
+    }
+
+    #[tokio::test]
+    async fn acknowledged_events_come_back_from_the_ingest_log_alone() {
+        let a = tempfile::tempdir().unwrap();
+        let store =
+            SledStore::open(&a.path().join("store"), &a.path().join("log"), 1 << 20).unwrap();
+        let events: Vec<Event> = (0..3).map(event).collect();
+        let until = Utc::now() + chrono::Duration::hours(8);
+        for e in &events {
+            assert_eq!(store.ingest(e, until).await.unwrap(), Ingested::Accepted);
+        }
+        // A duplicate is not logged: the log holds what was accepted, in order.
+        assert!(matches!(
+            store.ingest(&event(0), until).await.unwrap(),
+            Ingested::Duplicate { .. }
+        ));
+        store.flush_journal().await.unwrap();
+
+        // A fresh sled with only the log: everything acknowledged is back, pending.
+        let b = tempfile::tempdir().unwrap();
+        let segments = copy_log(&a.path().join("log"), &b.path().join("log"));
+        // A crash mid-write leaves a torn record after them; it is ignored.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&segments[0])
+            .unwrap();
+        std::io::Write::write_all(&mut f, &[200, 1, 0, 0, 7, 7]).unwrap();
+        drop(f);
+        let open_b = || SledStore::open(&b.path().join("store"), &b.path().join("log"), 1 << 20);
+        let restored = open_b().unwrap();
+        for e in &events {
+            let entry = restored.event(e.id).await.unwrap().expect("replayed");
+            assert_eq!(&entry.event, e);
+            assert_eq!(entry.fate, Fate::Pending);
+        }
+        assert_eq!(restored.pending_count().await.unwrap(), 3);
+        // Dedupe survives too: the platform's retry of a logged event is a duplicate.
+        assert_eq!(
+            restored.ingest(&event(1), until).await.unwrap(),
+            Ingested::Duplicate {
+                original: events[1].id
+            }
+        );
+        // The replayed segments are gone once sled has them.
+        assert_eq!(std::fs::read_dir(b.path().join("log")).unwrap().count(), 1);
+        drop(restored);
+
+        // Replaying the same records again (a crash before the segments were deleted)
+        // changes nothing.
+        copy_log(&a.path().join("log"), &b.path().join("log"));
+        let again = open_b().unwrap();
+        assert_eq!(again.pending_count().await.unwrap(), 3);
+        assert_eq!(again.recent_events(None, 10).await.unwrap().len(), 3);
     }
 }

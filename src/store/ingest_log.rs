@@ -1,0 +1,291 @@
+//! The ingest log: a write-ahead log of accepted events, so that the journal's group
+//! commit costs one `write` + `fdatasync` instead of a sled flush.
+//!
+//! Why: a sled flush writes out every page touched since the last one, so its cost grows
+//! with the keys written per event, and the group commit used to pay it hundreds of
+//! times a second (bench/README.md has the figures). With this log, sled is flushed on
+//! its own timer and at each segment change, never on the hot path; what makes an
+//! acknowledged event durable is its record here.
+//!
+//! **Format.** Segment files `<dir>/<seq, 20 digits>.log`. Records back to back:
+//! `[payload length: u32 LE][CRC-32 of payload: u32 LE][payload]`, where the payload is
+//! `[dedupe expiry, Unix µs: i64 LE][the event as JSON]`. A crash can only tear the last
+//! record; reading a segment stops at the first record that is short or fails its
+//! checksum, and says how many bytes it left.
+//!
+//! **Order.** `SledStore::ingest` applies an event to sled and appends its record under
+//! one lock, so the log's order is sled's order and a replay reaches the same dedupe
+//! outcome as the live run did.
+//!
+//! **Life of a segment.** Records are appended to the open segment until it passes
+//! `SEGMENT_BYTES`; then a new one is opened and the old one is deleted after a sled
+//! flush (everything in it was applied to sled before it was appended). At open, the
+//! store replays every segment left over into sled (events it already has are skipped),
+//! flushes sled and deletes them.
+
+use super::{StoreError, StoreResult};
+use crate::event::Event;
+use chrono::{DateTime, Utc};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// A segment is closed once it has grown past this.
+pub const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
+/// Length and checksum before each payload.
+const HEADER: usize = 8;
+/// A payload larger than this is a torn or foreign length field, not a record (events
+/// are limited far below it by the connectors' body limits).
+const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Io(format!("ingest log: {what} {}: {e}", path.display()))
+}
+
+/// One logged ingest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestRecord {
+    pub dedupe_until: DateTime<Utc>,
+    pub event: Event,
+}
+
+/// Append one record for `event` (already serialised as `event_json`) to `buffer`.
+pub fn encode(buffer: &mut Vec<u8>, dedupe_until: DateTime<Utc>, event_json: &[u8]) {
+    let payload_len = 8 + event_json.len();
+    let until = dedupe_until.timestamp_micros().to_le_bytes();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&until);
+    crc.update(event_json);
+    buffer.reserve(HEADER + payload_len);
+    buffer.extend_from_slice(&(payload_len as u32).to_le_bytes());
+    buffer.extend_from_slice(&crc.finalize().to_le_bytes());
+    buffer.extend_from_slice(&until);
+    buffer.extend_from_slice(event_json);
+}
+
+/// The whole records at the start of `bytes`, and how many bytes after them are not a
+/// whole record (a torn tail).
+pub fn decode(bytes: &[u8]) -> (Vec<IngestRecord>, usize) {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while bytes.len() - at >= HEADER {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default()) as usize;
+        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap_or_default());
+        let start = at + HEADER;
+        if !(8..=MAX_PAYLOAD).contains(&len) || bytes.len() - start < len {
+            break;
+        }
+        let payload = &bytes[start..start + len];
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        let micros = i64::from_le_bytes(payload[..8].try_into().unwrap_or_default());
+        let (Some(dedupe_until), Ok(event)) = (
+            DateTime::<Utc>::from_timestamp_micros(micros),
+            serde_json::from_slice::<Event>(&payload[8..]),
+        ) else {
+            // A checksummed record we cannot read was written by another version of
+            // perch: stop here rather than guess, like a torn tail.
+            break;
+        };
+        records.push(IngestRecord {
+            dedupe_until,
+            event,
+        });
+        at = start + len;
+    }
+    (records, bytes.len() - at)
+}
+
+/// The open segment.
+struct Segment {
+    file: File,
+    seq: u64,
+    bytes: u64,
+}
+
+pub struct IngestLog {
+    dir: PathBuf,
+    /// Held while writing, so that buffers reach the file in the order they were taken.
+    open: Mutex<Segment>,
+}
+
+impl IngestLog {
+    /// Open the log in `dir` (created if missing). Returns it with the records the
+    /// segments left by earlier runs hold, in order, and those segments' paths: the
+    /// caller replays the records, makes them durable in the store and then calls
+    /// `remove` on the paths.
+    pub fn open(dir: &Path) -> StoreResult<(IngestLog, Vec<IngestRecord>, Vec<PathBuf>)> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
+        let mut old: Vec<(u64, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| io_err("reading", dir, e))? {
+            let path = entry.map_err(|e| io_err("reading", dir, e))?.path();
+            let seq = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(seq) = seq {
+                old.push((seq, path));
+            }
+        }
+        old.sort();
+        let mut records = Vec::new();
+        for (_, path) in &old {
+            let bytes = std::fs::read(path).map_err(|e| io_err("reading", path, e))?;
+            let (mut found, torn) = decode(&bytes);
+            if torn > 0 {
+                tracing::warn!(segment = %path.display(), records = found.len(), torn_bytes = torn, "ingest log segment ends in a torn record (a crash mid-write); the whole records before it are replayed");
+            }
+            records.append(&mut found);
+        }
+        let next = old.last().map_or(1, |(seq, _)| seq + 1);
+        let open = create_segment(dir, next)?;
+        let log = IngestLog {
+            dir: dir.to_path_buf(),
+            open: Mutex::new(open),
+        };
+        Ok((log, records, old.into_iter().map(|(_, p)| p).collect()))
+    }
+
+    /// Write `take()`'s bytes to the open segment and `fdatasync` it. `take` runs with
+    /// the segment locked, so buffers taken earlier are written earlier. Blocking: call
+    /// it off the async runtime. Returns the path of a segment it closed, which may be
+    /// removed once the store has flushed.
+    pub fn write(&self, take: impl FnOnce() -> Vec<u8>) -> StoreResult<Option<PathBuf>> {
+        let mut open = self
+            .open
+            .lock()
+            .map_err(|_| StoreError::Io("ingest log: a writer panicked".into()))?;
+        let bytes = take();
+        if bytes.is_empty() {
+            // Whatever was taken before is already written: its writer held this lock.
+            return Ok(None);
+        }
+        let path = segment_path(&self.dir, open.seq);
+        open.file
+            .write_all(&bytes)
+            .and_then(|_| open.file.sync_data())
+            .map_err(|e| io_err("writing", &path, e))?;
+        open.bytes += bytes.len() as u64;
+        if open.bytes < SEGMENT_BYTES {
+            return Ok(None);
+        }
+        let next = create_segment(&self.dir, open.seq + 1)?;
+        *open = next;
+        Ok(Some(path))
+    }
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.log"))
+}
+
+/// Create segment `seq` and make its directory entry durable.
+fn create_segment(dir: &Path, seq: u64) -> StoreResult<Segment> {
+    let path = segment_path(dir, seq);
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| io_err("creating", &path, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err("syncing directory", dir, e))?;
+    Ok(Segment {
+        file,
+        seq,
+        bytes: 0,
+    })
+}
+
+/// Delete segments whose records are durable in the store.
+pub fn remove(paths: &[PathBuf]) {
+    for path in paths {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(segment = %path.display(), error = %e, "could not delete an ingest log segment; it will be replayed (harmlessly) at the next start");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventId, EventKind};
+
+    fn event(n: u32) -> Event {
+        let mut e = Event::new("hooks", EventKind::System, Utc::now());
+        e.external_id = Some(format!("x-{n}"));
+        e.text = Some(format!("event {n}"));
+        e
+    }
+
+    fn buffer_of(events: &[Event]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for e in events {
+            encode(&mut buf, e.received_at, &serde_json::to_vec(e).unwrap());
+        }
+        buf
+    }
+
+    #[test]
+    fn records_round_trip_in_order() {
+        let events: Vec<Event> = (0..5).map(event).collect();
+        let (records, torn) = decode(&buffer_of(&events));
+        assert_eq!(torn, 0);
+        let ids: Vec<EventId> = records.iter().map(|r| r.event.id).collect();
+        assert_eq!(ids, events.iter().map(|e| e.id).collect::<Vec<_>>());
+        assert_eq!(records[0].event, events[0]);
+        assert_eq!(
+            records[0].dedupe_until.timestamp_micros(),
+            events[0].received_at.timestamp_micros()
+        );
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_tail_is_left_and_the_records_before_it_kept() {
+        let events: Vec<Event> = (0..3).map(event).collect();
+        let whole = buffer_of(&events);
+        // Every cut inside the last record keeps exactly the first two.
+        let last = buffer_of(&events[2..]).len();
+        for cut in 1..last {
+            let (records, torn) = decode(&whole[..whole.len() - cut]);
+            assert_eq!(records.len(), 2, "cut {cut}");
+            assert_eq!(torn, last - cut);
+        }
+        // A flipped byte in the second record's payload stops reading there.
+        let mut flipped = whole.clone();
+        let second = buffer_of(&events[..1]).len() + HEADER + 20;
+        flipped[second] ^= 0x55;
+        let (records, torn) = decode(&flipped);
+        assert_eq!(records.len(), 1);
+        assert_eq!(torn, whole.len() - buffer_of(&events[..1]).len());
+        // A length field of zero (a pre-allocated or zeroed tail) is not a record.
+        let mut zeroed = whole.clone();
+        zeroed.extend_from_slice(&[0u8; 64]);
+        assert_eq!(decode(&zeroed).0.len(), 3);
+    }
+
+    #[test]
+    fn open_returns_what_earlier_runs_left_and_continues_in_a_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, left, old) = IngestLog::open(dir.path()).unwrap();
+        assert!(left.is_empty() && old.is_empty());
+        let events: Vec<Event> = (0..4).map(event).collect();
+        log.write(|| buffer_of(&events[..2])).unwrap();
+        log.write(|| buffer_of(&events[2..])).unwrap();
+        log.write(Vec::new).unwrap();
+        drop(log);
+        let (log, left, old) = IngestLog::open(dir.path()).unwrap();
+        assert_eq!(left.len(), 4);
+        assert_eq!(left[3].event, events[3]);
+        assert_eq!(old.len(), 1);
+        remove(&old);
+        log.write(|| buffer_of(&events[..1])).unwrap();
+        drop(log);
+        let (_, left, old) = IngestLog::open(dir.path()).unwrap();
+        assert_eq!(left.len(), 1, "the removed segment is not replayed again");
+        assert_eq!(old.len(), 1);
+    }
+}
