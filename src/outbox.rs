@@ -111,6 +111,11 @@ impl Outbox {
     /// Deliver one item, retrying in place until it is delivered or dead. Store errors
     /// are returned; the item then stays queued and is picked up again.
     pub async fn deliver(&self, mut item: OutboxItem) -> Result<(), StoreError> {
+        // Sent already, and still queued: a crash came between the two writes of
+        // `outbox_delivered` (the store writes the sent record first). Finish it.
+        if let Some(record) = self.store.sent(&item.key).await? {
+            return self.store.outbox_delivered(&item.key, &record).await;
+        }
         let Some(connector) = self.connectors.get(&item.connector) else {
             let why = format!(
                 "connector `{}` is not configured (configured: {})",

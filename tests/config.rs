@@ -91,6 +91,7 @@ fn a_missing_variable_is_named_where_it_is_used() {
 fn every_semantic_problem_is_reported_at_once() {
     let config = r#"[server]
 listen = "0.0.0.0:8080"
+journal_retention = "1h"
 
 [connectors.gh]
 kind = "webhook"
@@ -113,16 +114,17 @@ bots = ["e", "nope"]
     assert_eq!(code, 1);
     for expected in [
         "perch.toml:2:1: listen = 0.0.0.0:8080 is not a loopback address",
-        "perch.toml:4:1: connector `gh`: set `secret`",
-        "perch.toml:10:1: bot `n`: set exactly one of `chat` or `person`",
-        "perch.toml:10:1: bot `n`: connector `missing` is not defined",
-        "perch.toml:10:1: bot `n`, text template at line 1, column 8: invalid handlebars syntax",
-        "perch.toml:15:1: route names connector `gx`, which is not defined (defined: gh)",
-        "perch.toml:15:1: route names bot `nope`, which is not defined (defined: e, n)",
-        "perch.toml:15:1: bad regex in `text`",
-        "perch.toml:15:1: bad topic glob",
+        "perch.toml:3:1: server.journal_retention = 3600s is shorter than server.dedupe_window = 28800s",
+        "perch.toml:5:1: connector `gh`: set `secret`",
+        "perch.toml:11:1: bot `n`: set exactly one of `chat` or `person`",
+        "perch.toml:11:1: bot `n`: connector `missing` is not defined",
+        "perch.toml:11:1: bot `n`, text template at line 1, column 8: invalid handlebars syntax",
+        "perch.toml:16:1: route names connector `gx`, which is not defined (defined: gh)",
+        "perch.toml:16:1: route names bot `nope`, which is not defined (defined: e, n)",
+        "perch.toml:16:1: bad regex in `text`",
+        "perch.toml:16:1: bad topic glob",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }
-    assert!(out.starts_with("9 problem(s) in the config:"), "{out}");
+    assert!(out.starts_with("10 problem(s) in the config:"), "{out}");
 }

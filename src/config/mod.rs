@@ -335,6 +335,16 @@ impl Config {
         if self.server.concurrency == 0 || self.outbox.concurrency == 0 {
             issues.at(server_at, "concurrency must be at least 1");
         }
+        if self.server.journal_retention < self.server.dedupe_window {
+            // A retry is recognised by its original event, which must still be there.
+            issues.at(
+                key_offset(&self.source.text, "[server]", "journal_retention"),
+                format!(
+                    "server.journal_retention = {:?} is shorter than server.dedupe_window = {:?}: events must be kept at least as long as their retries are recognised",
+                    self.server.journal_retention, self.server.dedupe_window
+                ),
+            );
+        }
         if self.server.click_answer_window > MAX_CLICK_ANSWER_WINDOW {
             issues.at(
                 key_offset(&self.source.text, "[server]", "click_answer_window"),

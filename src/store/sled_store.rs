@@ -1,6 +1,4 @@
-//! The embedded backend: sled `=0.34.7`, one tree, records under short key prefixes so
-//! that every multi-record change (ingest, complete an event, deliver an item) is one
-//! single-tree transaction.
+//! The embedded backend: sled `=0.34.7`, one tree, records under short key prefixes.
 //!
 //! | prefix | key                                   | value                          |
 //! |--------|---------------------------------------|--------------------------------|
@@ -20,13 +18,30 @@
 //! The `pl/` and `ol/` indexes let the feeders read a queue lane by lane, keys only, and
 //! jump past a lane with one seek (lane keys never contain `\0`).
 //!
-//! sled only makes writes durable on `flush` (and on its own timer every 500 ms), which
-//! is what the journal's group commit relies on. Calls are synchronous but in-memory and
-//! short, except `flush`, which runs on sled's own thread via `flush_async`.
+//! **Durability.** sled makes writes durable on `flush` and on its own timer (every
+//! 500 ms). Acknowledged events do not wait for either: `ingest` also appends them to the
+//! ingest log (`super::ingest_log`), which `flush_journal` writes and fsyncs, and which
+//! `open` replays. Calls are synchronous but in-memory and short.
+//!
+//! **No sled transactions.** Every sled transaction or batch writes out and syncs sled's
+//! current log buffer (`sync_file_range`), which made it cost as much as a flush
+//! (bench/README.md). So each change is a sequence of single-key writes, ordered so that
+//! whatever prefix of it a crash leaves is harmless or repaired by `repair` at open:
+//!
+//! - `ingest` (under the ingest lock): `dd/ dx/ ev/ pl/ pe/`, `pe/` last. An event is
+//!   *whole* when it has `pe/` or `fa/`; a dedupe key whose event is not whole does not
+//!   make a retry a duplicate, and a replay re-applies an event that is not whole.
+//! - `complete_event`: outbox items, then `fa/`, then `pl/`, then `pe/`.
+//! - queueing an item: `ob/` (insert-if-absent), then `ol/`; delivering: `se/ sx/`, then
+//!   `ob/`, then `ol/`. The outbox checks `se/` before sending, so an item that is both
+//!   sent and queued is never sent again.
+//!
+//! One event is handled by one router lane and one item by one outbox lane at a time, so
+//! the only keys written concurrently are `once/` outbox keys, which go through
+//! insert-if-absent (compare-and-swap).
 
 use super::ingest_log::{self, IngestLog};
 use super::*;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -107,13 +122,6 @@ fn io(e: sled::Error) -> StoreError {
     }
 }
 
-fn tx_err(e: TransactionError<StoreError>) -> StoreError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => io(e),
-    }
-}
-
 /// `<prefix><lane>\0<item>`: a lane-index key.
 fn lane_key(prefix: &[u8], lane: &str, item: &[u8]) -> Vec<u8> {
     let mut k = key(prefix, lane.as_bytes());
@@ -191,16 +199,101 @@ impl SledStore {
 
     fn from_db(db: sled::Db) -> StoreResult<Self> {
         let tree = db.open_tree("perch").map_err(io)?;
-        let pending = tree.scan_prefix(PE).count() as i64;
-        let queued = tree.scan_prefix(OB).count() as i64;
-        Ok(SledStore {
+        let store = SledStore {
             db,
             tree,
             log: None,
             log_buffer: Arc::new(std::sync::Mutex::new(Vec::new())),
-            pending: AtomicI64::new(pending),
-            queued: AtomicI64::new(queued),
-        })
+            pending: AtomicI64::new(0),
+            queued: AtomicI64::new(0),
+        };
+        let (pending, queued) = store.repair()?;
+        store.pending.store(pending, Ordering::Relaxed);
+        store.queued.store(queued, Ordering::Relaxed);
+        Ok(store)
+    }
+
+    /// Finish the changes a crash cut short between their single-key writes (see the
+    /// module docs), and count the pending events and queued items. Reads every pending
+    /// event's and queued item's keys once.
+    fn repair(&self) -> StoreResult<(i64, i64)> {
+        let mut repaired = 0;
+        // Pending markers: an event with a fate was handled (drop the marker); one
+        // without must be in its lane index.
+        let mut pending = 0;
+        for kv in self.tree.scan_prefix(PE) {
+            let (k, lane) = kv.map_err(io)?;
+            let id = &k[PE.len()..];
+            let pl_key = lane_key(PL, &String::from_utf8_lossy(&lane), id);
+            if self.tree.contains_key(key(FA, id)).map_err(io)? {
+                self.tree.remove(&pl_key).map_err(io)?;
+                self.tree.remove(&k).map_err(io)?;
+                repaired += 1;
+            } else {
+                if !self.tree.contains_key(&pl_key).map_err(io)? {
+                    self.tree.insert(pl_key, &[] as &[u8]).map_err(io)?;
+                    repaired += 1;
+                }
+                pending += 1;
+            }
+        }
+        // Lane index entries of events no longer pending.
+        for kv in self.tree.scan_prefix(PL) {
+            let (k, _) = kv.map_err(io)?;
+            let id = &k[k.len().saturating_sub(16)..];
+            if !self.tree.contains_key(key(PE, id)).map_err(io)? {
+                self.tree.remove(&k).map_err(io)?;
+                repaired += 1;
+            }
+        }
+        // Queued items: one already sent or dead leaves the queue; the others must be
+        // in their lane index.
+        let mut queued = 0;
+        for kv in self.tree.scan_prefix(OB) {
+            let (k, raw) = kv.map_err(io)?;
+            let item_key = &k[OB.len()..];
+            let done = self.tree.contains_key(key(SE, item_key)).map_err(io)?
+                || self.tree.contains_key(key(DL, item_key)).map_err(io)?;
+            if done {
+                self.dequeue(&k)?;
+                repaired += 1;
+                continue;
+            }
+            let item: OutboxItem = serde_json::from_slice(&raw)?;
+            let ol_key = lane_key(OL, &item.lane_key(), item_key);
+            if !self.tree.contains_key(&ol_key).map_err(io)? {
+                self.tree.insert(ol_key, &[] as &[u8]).map_err(io)?;
+                repaired += 1;
+            }
+            queued += 1;
+        }
+        // Lane index entries of items no longer queued (outbox keys never contain `\0`).
+        for kv in self.tree.scan_prefix(OL) {
+            let (k, _) = kv.map_err(io)?;
+            let rest = &k[OL.len()..];
+            let Some(sep) = rest.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            if !self
+                .tree
+                .contains_key(key(OB, &rest[sep + 1..]))
+                .map_err(io)?
+            {
+                self.tree.remove(&k).map_err(io)?;
+                repaired += 1;
+            }
+        }
+        if repaired > 0 {
+            tracing::info!(repaired, "store: finished changes a crash had cut short");
+        }
+        Ok((pending, queued))
+    }
+
+    /// Whether all of an ingest's writes reached sled: `pe/`, written last, or `fa/`,
+    /// written when the router was done with it.
+    fn is_whole(&self, id: &[u8]) -> StoreResult<bool> {
+        Ok(self.tree.contains_key(key(PE, id)).map_err(io)?
+            || self.tree.contains_key(key(FA, id)).map_err(io)?)
     }
 
     /// Store `event` (serialised as `entry`) unless it is a duplicate, and append it to
@@ -230,48 +323,40 @@ impl SledStore {
         // The ingest lock (see `log_buffer`); a poisoned lock only means another ingest
         // panicked, and the buffer is still whole.
         let mut buffer = self.log_buffer.lock().unwrap_or_else(|p| p.into_inner());
-        let outcome = self
-            .tree
-            .transaction(|tx| {
-                if replay && tx.get(&ev_key)?.is_some() {
-                    return Ok(None);
-                }
-                if let Some((dd_key, value, dx_key, rest)) = &dedupe {
-                    if let Some(old) = tx.get(dd_key)? {
-                        if old.len() == 24 {
-                            let expires = be_ms(&old[16..24]);
-                            if expires > now_ms {
-                                let original = event_id_from(&old[..16])
-                                    .map_err(ConflictableTransactionError::Abort)?;
-                                return Ok(Some(Ingested::Duplicate { original }));
-                            }
-                            // Expired: drop its index entry; the key is reused below.
-                            let mut old_dx = old[16..24].to_vec();
-                            old_dx.extend_from_slice(rest);
-                            tx.remove(key(DX, &old_dx))?;
-                        }
-                    }
-                    tx.insert(dd_key.as_slice(), value.as_slice())?;
-                    tx.insert(dx_key.as_slice(), &[] as &[u8])?;
-                }
-                tx.insert(ev_key.as_slice(), entry)?;
-                tx.insert(pe_key.as_slice(), lane.as_bytes())?;
-                tx.insert(pl_key.as_slice(), &[] as &[u8])?;
-                Ok(Some(Ingested::Accepted))
-            })
-            .map_err(tx_err)?;
-        match outcome {
-            // Replayed, and already in sled.
-            None => Ok(Ingested::Duplicate { original: event.id }),
-            Some(Ingested::Accepted) => {
-                if self.log.is_some() && !replay {
-                    ingest_log::encode(&mut buffer, dedupe_until, entry);
-                }
-                self.pending.fetch_add(1, Ordering::Relaxed);
-                Ok(Ingested::Accepted)
-            }
-            Some(duplicate) => Ok(duplicate),
+        if replay && self.is_whole(&id)? {
+            return Ok(Ingested::Duplicate { original: event.id });
         }
+        if let Some((dd_key, value, dx_key, rest)) = &dedupe {
+            if let Some(old) = self.tree.get(dd_key).map_err(io)? {
+                if old.len() == 24 {
+                    let original = event_id_from(&old[..16])?;
+                    if be_ms(&old[16..24]) > now_ms
+                        && original != event.id
+                        && self.is_whole(&old[..16])?
+                    {
+                        return Ok(Ingested::Duplicate { original });
+                    }
+                    // Expired, or left by an ingest a crash cut short: reuse the key.
+                    let mut old_dx = old[16..24].to_vec();
+                    old_dx.extend_from_slice(rest);
+                    self.tree.remove(key(DX, &old_dx)).map_err(io)?;
+                }
+            }
+            self.tree
+                .insert(dd_key.as_slice(), value.as_slice())
+                .map_err(io)?;
+            self.tree
+                .insert(dx_key.as_slice(), &[] as &[u8])
+                .map_err(io)?;
+        }
+        self.tree.insert(ev_key, entry).map_err(io)?;
+        self.tree.insert(pl_key, &[] as &[u8]).map_err(io)?;
+        self.tree.insert(pe_key, lane.as_bytes()).map_err(io)?;
+        if self.log.is_some() && !replay {
+            ingest_log::encode(&mut buffer, dedupe_until, entry);
+        }
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        Ok(Ingested::Accepted)
     }
 
     /// Read a lane index: lanes after `after_lane`, each with its first `per_lane` items.
@@ -354,19 +439,32 @@ impl SledStore {
         Ok(out)
     }
 
-    /// Insert the items whose keys are neither queued nor sent; returns how many.
-    fn enqueue_in_tx(
-        tx: &sled::transaction::TransactionalTree,
-        items: &[EncodedItem],
-    ) -> Result<usize, ConflictableTransactionError<StoreError>> {
-        let mut added = 0;
+    /// Queue the items whose keys are neither queued nor sent; returns how many.
+    fn enqueue_encoded(&self, items: &[EncodedItem]) -> StoreResult<usize> {
+        let mut added = 0usize;
         for it in items {
-            if tx.get(&it.ob)?.is_some() || tx.get(&it.se)?.is_some() {
+            if self.tree.contains_key(&it.se).map_err(io)? {
                 continue;
             }
-            tx.insert(it.ob.as_slice(), it.value.as_slice())?;
-            tx.insert(it.ol.as_slice(), &[] as &[u8])?;
+            // Insert if absent: an item already queued keeps its attempts.
+            let inserted = self
+                .tree
+                .compare_and_swap(&it.ob, None as Option<&[u8]>, Some(it.value.as_slice()))
+                .map_err(io)?
+                .is_ok();
+            if !inserted {
+                continue;
+            }
+            self.tree
+                .insert(it.ol.as_slice(), &[] as &[u8])
+                .map_err(io)?;
             added += 1;
+            // A `once/` key may have been delivered for another event between the check
+            // and the insert (its `se/` is written before its `ob/` is removed): take it
+            // back. The outbox checks `se/` before sending, so it is not sent meanwhile.
+            if self.tree.contains_key(&it.se).map_err(io)? && self.dequeue(&it.ob)? {
+                added -= 1;
+            }
         }
         Ok(added)
     }
@@ -385,23 +483,20 @@ impl SledStore {
             .collect()
     }
 
-    /// Remove a queued item and its lane-index entry inside a transaction; whether it
-    /// was queued.
-    fn dequeue_in_tx(
-        tx: &sled::transaction::TransactionalTree,
-        ob_key: &[u8],
-    ) -> Result<bool, ConflictableTransactionError<StoreError>> {
-        let Some(raw) = tx.remove(ob_key)? else {
+    /// Remove a queued item, then its lane-index entry; whether it was queued.
+    fn dequeue(&self, ob_key: &[u8]) -> StoreResult<bool> {
+        let Some(raw) = self.tree.remove(ob_key).map_err(io)? else {
             return Ok(false);
         };
-        let item: OutboxItem = serde_json::from_slice(&raw)
-            .map_err(|e| ConflictableTransactionError::Abort(StoreError::Decode(e)))?;
-        tx.remove(lane_key(OL, &item.lane_key(), item.key.as_bytes()))?;
+        let item: OutboxItem = serde_json::from_slice(&raw)?;
+        self.tree
+            .remove(lane_key(OL, &item.lane_key(), item.key.as_bytes()))
+            .map_err(io)?;
         Ok(true)
     }
 }
 
-/// An outbox item ready for a transaction: its keys and its JSON.
+/// An outbox item ready to be queued: its keys and its JSON.
 struct EncodedItem {
     ob: Vec<u8>,
     ol: Vec<u8>,
@@ -472,38 +567,27 @@ impl Store for SledStore {
         fate: &Fate,
         items: &[OutboxItem],
     ) -> StoreResult<()> {
-        let ev_key = key(EV, id.0.as_bytes());
-        let fa_key = key(FA, id.0.as_bytes());
-        let pe_key = key(PE, id.0.as_bytes());
+        let id_bytes = id.0.as_bytes();
+        if !self.tree.contains_key(key(EV, id_bytes)).map_err(io)? {
+            return Err(StoreError::Corrupt(format!(
+                "event {id} is not in the journal"
+            )));
+        }
         let encoded = Self::encode_items(items)?;
         // The fate goes under its own small key: the event itself is never rewritten.
         let fate_json = serde_json::to_vec(fate)?;
-        let (was_pending, added) = self
-            .tree
-            .transaction(|tx| {
-                if tx.get(&ev_key)?.is_none() {
-                    return Err(ConflictableTransactionError::Abort(StoreError::Corrupt(
-                        format!("event {id} is not in the journal"),
-                    )));
-                }
-                tx.insert(fa_key.as_slice(), fate_json.as_slice())?;
-                let was_pending = match tx.remove(pe_key.as_slice())? {
-                    Some(lane) => {
-                        tx.remove(lane_key(
-                            PL,
-                            &String::from_utf8_lossy(&lane),
-                            id.0.as_bytes(),
-                        ))?;
-                        true
-                    }
-                    None => false,
-                };
-                let added = Self::enqueue_in_tx(tx, &encoded)?;
-                Ok((was_pending, added))
-            })
-            .map_err(tx_err)?;
-        if was_pending {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
+        // Items first: if a crash comes before the event stops being pending, the router
+        // runs it again and finds them queued (or sent).
+        let added = self.enqueue_encoded(&encoded)?;
+        self.tree.insert(key(FA, id_bytes), fate_json).map_err(io)?;
+        let pe_key = key(PE, id_bytes);
+        if let Some(lane) = self.tree.get(&pe_key).map_err(io)? {
+            self.tree
+                .remove(lane_key(PL, &String::from_utf8_lossy(&lane), id_bytes))
+                .map_err(io)?;
+            if self.tree.remove(&pe_key).map_err(io)?.is_some() {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         self.queued.fetch_add(added as i64, Ordering::Relaxed);
         Ok(())
@@ -531,11 +615,7 @@ impl Store for SledStore {
     }
 
     async fn enqueue(&self, items: &[OutboxItem]) -> StoreResult<usize> {
-        let encoded = Self::encode_items(items)?;
-        let added = self
-            .tree
-            .transaction(|tx| Self::enqueue_in_tx(tx, &encoded))
-            .map_err(tx_err)?;
+        let added = self.enqueue_encoded(&Self::encode_items(items)?)?;
         self.queued.fetch_add(added as i64, Ordering::Relaxed);
         Ok(added)
     }
@@ -590,53 +670,38 @@ impl Store for SledStore {
 
     async fn outbox_update(&self, item: &OutboxItem) -> StoreResult<()> {
         let k = key(OB, item.key.as_bytes());
-        let v = serde_json::to_vec(item)?;
         // Only while still queued: never resurrect a delivered or dead item.
-        self.tree
-            .transaction(|tx| {
-                if tx.get(&k)?.is_some() {
-                    tx.insert(k.as_slice(), v.as_slice())?;
-                }
-                Ok(())
-            })
-            .map_err(tx_err)
+        if let Some(current) = self.tree.get(&k).map_err(io)? {
+            let v = serde_json::to_vec(item)?;
+            // Lost only to a removal (one outbox lane owns the item): nothing to save.
+            let _ = self
+                .tree
+                .compare_and_swap(&k, Some(current), Some(v))
+                .map_err(io)?;
+        }
+        Ok(())
     }
 
     async fn outbox_delivered(&self, k: &str, record: &SentRecord) -> StoreResult<()> {
-        let ob_key = key(OB, k.as_bytes());
-        let se_key = key(SE, k.as_bytes());
         let mut sx = ms_be(record.at).to_vec();
         sx.extend_from_slice(k.as_bytes());
-        let sx_key = key(SX, &sx);
-        let v = serde_json::to_vec(record)?;
-        let removed = self
-            .tree
-            .transaction(|tx| {
-                let removed = Self::dequeue_in_tx(tx, &ob_key)?;
-                tx.insert(se_key.as_slice(), v.as_slice())?;
-                tx.insert(sx_key.as_slice(), &[] as &[u8])?;
-                Ok(removed)
-            })
-            .map_err(tx_err)?;
-        if removed {
+        // The record first: a queued item that is also sent is never sent again.
+        self.tree
+            .insert(key(SE, k.as_bytes()), serde_json::to_vec(record)?)
+            .map_err(io)?;
+        self.tree.insert(key(SX, &sx), &[] as &[u8]).map_err(io)?;
+        if self.dequeue(&key(OB, k.as_bytes()))? {
             self.queued.fetch_sub(1, Ordering::Relaxed);
         }
         Ok(())
     }
 
     async fn outbox_dead(&self, letter: &DeadLetter) -> StoreResult<()> {
-        let ob_key = key(OB, letter.item.key.as_bytes());
-        let dl_key = key(DL, letter.item.key.as_bytes());
-        let v = serde_json::to_vec(letter)?;
-        let removed = self
-            .tree
-            .transaction(|tx| {
-                let removed = Self::dequeue_in_tx(tx, &ob_key)?;
-                tx.insert(dl_key.as_slice(), v.as_slice())?;
-                Ok(removed)
-            })
-            .map_err(tx_err)?;
-        if removed {
+        let k = letter.item.key.as_bytes();
+        self.tree
+            .insert(key(DL, k), serde_json::to_vec(letter)?)
+            .map_err(io)?;
+        if self.dequeue(&key(OB, k))? {
             self.queued.fetch_sub(1, Ordering::Relaxed);
         }
         Ok(())
@@ -656,33 +721,39 @@ impl Store for SledStore {
 
     async fn replay_dead(&self, k: &str, now: DateTime<Utc>) -> StoreResult<Option<OutboxItem>> {
         let dl_key = key(DL, k.as_bytes());
-        let ob_key = key(OB, k.as_bytes());
-        let item = self
+        let Some(raw) = self.tree.get(&dl_key).map_err(io)? else {
+            return Ok(None);
+        };
+        let letter: DeadLetter = serde_json::from_slice(&raw)?;
+        let mut item = letter.item;
+        item.attempts = 0;
+        item.next_at = now;
+        item.last_error = Some(format!("replayed after: {}", letter.error));
+        // Queued before the letter goes, so a crash in between loses nothing (`repair`
+        // drops the letter's item from the queue only while the letter is there).
+        let ob_key = key(OB, item.key.as_bytes());
+        let queued = self
             .tree
-            .transaction(|tx| {
-                let Some(raw) = tx.remove(dl_key.as_slice())? else {
-                    return Ok(None);
-                };
-                let letter: DeadLetter = serde_json::from_slice(&raw)
-                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::Decode(e)))?;
-                let mut item = letter.item;
-                item.attempts = 0;
-                item.next_at = now;
-                item.last_error = Some(format!("replayed after: {}", letter.error));
-                let v = serde_json::to_vec(&item)
-                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::Decode(e)))?;
-                tx.insert(ob_key.as_slice(), v)?;
-                tx.insert(
+            .compare_and_swap(
+                &ob_key,
+                None as Option<&[u8]>,
+                Some(serde_json::to_vec(&item)?),
+            )
+            .map_err(io)?
+            .is_ok();
+        if queued {
+            self.tree
+                .insert(
                     lane_key(OL, &item.lane_key(), item.key.as_bytes()),
                     &[] as &[u8],
-                )?;
-                Ok(Some(item))
-            })
-            .map_err(tx_err)?;
-        if item.is_some() {
+                )
+                .map_err(io)?;
+        }
+        self.tree.remove(&dl_key).map_err(io)?;
+        if queued {
             self.queued.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(item)
+        Ok(Some(item))
     }
 
     async fn kv_get(&self, ns: &str, k: &str) -> StoreResult<Option<Vec<u8>>> {
@@ -745,24 +816,21 @@ impl Store for SledStore {
                 break;
             }
             let dd_key = key(DD, &rest[8..]);
-            let dx_key = k.to_vec();
-            let removed = self
-                .tree
-                .transaction(|tx| {
-                    tx.remove(dx_key.as_slice())?;
-                    // Only if the key was not renewed since (its expiry still matches).
-                    match tx.get(&dd_key)? {
-                        Some(v) if v.len() == 24 && v[16..24] == rest[..8] => {
-                            tx.remove(dd_key.as_slice())?;
-                            Ok(true)
-                        }
-                        _ => Ok(false),
-                    }
-                })
-                .map_err(tx_err)?;
-            if removed {
-                stats.dedupe_keys += 1;
+            // Only if the key was not renewed since (its expiry still matches); ingests
+            // run under a lock of their own, hence compare-and-swap.
+            if let Some(v) = self.tree.get(&dd_key).map_err(io)? {
+                if v.len() == 24
+                    && v[16..24] == rest[..8]
+                    && self
+                        .tree
+                        .compare_and_swap(&dd_key, Some(v), None as Option<&[u8]>)
+                        .map_err(io)?
+                        .is_ok()
+                {
+                    stats.dedupe_keys += 1;
+                }
             }
+            self.tree.remove(&k).map_err(io)?;
         }
         // Sent records: walk their time index.
         let sent_ms = cut.sent_before.timestamp_millis();
@@ -772,10 +840,9 @@ impl Store for SledStore {
             if rest.len() < 8 || be_ms(rest) >= sent_ms {
                 break;
             }
-            let mut batch = sled::Batch::default();
-            batch.remove(k.to_vec());
-            batch.remove(key(SE, &rest[8..]));
-            self.tree.apply_batch(batch).map_err(io)?;
+            // The record first: an index entry left by a crash is swept next time.
+            self.tree.remove(key(SE, &rest[8..])).map_err(io)?;
+            self.tree.remove(&k).map_err(io)?;
             stats.sent_records += 1;
         }
         // Journal: ids are UUID v7, whose first 48 bits are the arrival time in ms.
@@ -794,10 +861,8 @@ impl Store for SledStore {
             if self.tree.contains_key(key(PE, id)).map_err(io)? {
                 continue;
             }
-            let mut batch = sled::Batch::default();
-            batch.remove(k.to_vec());
-            batch.remove(key(FA, id));
-            self.tree.apply_batch(batch).map_err(io)?;
+            self.tree.remove(key(FA, id)).map_err(io)?;
+            self.tree.remove(&k).map_err(io)?;
             stats.events += 1;
         }
         Ok(stats)
@@ -882,5 +947,125 @@ mod tests {
         let again = open_b().unwrap();
         assert_eq!(again.pending_count().await.unwrap(), 3);
         assert_eq!(again.recent_events(None, 10).await.unwrap().len(), 3);
+    }
+}
+
+#[cfg(test)]
+mod repair_tests {
+    //! What a crash between the single-key writes of one change can leave, and how
+    //! `repair` (run at every open) finishes it.
+    use super::*;
+    use crate::action::{Delivered, MessageBody, Operation, Target};
+    use crate::event::EventKind;
+
+    fn open(dir: &Path) -> SledStore {
+        SledStore::open(&dir.join("store"), &dir.join("log"), 1 << 20).unwrap()
+    }
+
+    fn item(key: &str) -> OutboxItem {
+        let op = Operation::Send {
+            to: Target::Chat {
+                id: "general".into(),
+            },
+            body: MessageBody::Text { text: "hi".into() },
+            reply_to: None,
+        };
+        OutboxItem::new(key.into(), "web".into(), op, Utc::now())
+    }
+
+    fn sent(key: &str) -> SentRecord {
+        SentRecord {
+            key: key.into(),
+            connector: "web".into(),
+            delivered: Delivered::default(),
+            at: Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn half_done_queue_changes_are_finished_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let items = [item("e1/b/0"), item("e2/b/0"), item("e3/b/0")];
+        assert_eq!(store.enqueue(&items).await.unwrap(), 3);
+        // e1: sent, but the crash came before it left the queue.
+        store
+            .tree
+            .insert(
+                key(SE, b"e1/b/0"),
+                serde_json::to_vec(&sent("e1/b/0")).unwrap(),
+            )
+            .unwrap();
+        // e2: queued, but its lane-index entry was not written.
+        store
+            .tree
+            .remove(lane_key(OL, &items[1].lane_key(), b"e2/b/0"))
+            .unwrap();
+        // e3: taken off the queue, but its lane-index entry was left.
+        store.tree.remove(key(OB, b"e3/b/0")).unwrap();
+        drop(store);
+
+        let store = open(dir.path());
+        assert_eq!(store.outbox_count().await.unwrap(), 1);
+        let lanes = store.outbox_lanes(None, 10, 10).await.unwrap();
+        assert_eq!(
+            lanes,
+            vec![(items[1].lane_key(), vec!["e2/b/0".to_string()])]
+        );
+        assert!(store.outbox_item("e1/b/0").await.unwrap().is_none());
+        // A key already sent is never queued again.
+        assert_eq!(store.enqueue(&items[..1]).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn half_done_ingests_and_completions_are_finished_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let until = Utc::now() + chrono::Duration::hours(8);
+        let mut events = Vec::new();
+        for n in 0..3 {
+            let mut e = Event::new("hooks", EventKind::System, Utc::now());
+            e.external_id = Some(format!("d-{n}"));
+            store.ingest(&e, until).await.unwrap();
+            events.push(e);
+        }
+        let id = |n: usize| events[n].id.0.as_bytes().to_vec();
+        // 0: the ingest was cut before its pending marker, and was never acknowledged.
+        store.tree.remove(key(PE, &id(0))).unwrap();
+        // 1: pending, but its lane-index entry is missing.
+        store
+            .tree
+            .remove(lane_key(PL, &events[1].lane_key(), &id(1)))
+            .unwrap();
+        // 2: handled (fate written), cut before it stopped being pending.
+        store
+            .tree
+            .insert(
+                key(FA, &id(2)),
+                serde_json::to_vec(&Fate::Unrouted).unwrap(),
+            )
+            .unwrap();
+        drop(store);
+
+        let store = open(dir.path());
+        assert_eq!(store.pending_count().await.unwrap(), 1);
+        let lanes = store.pending_lanes(None, 10, 10).await.unwrap();
+        assert_eq!(lanes, vec![(events[1].lane_key(), vec![events[1].id])]);
+        // The platform's retry of the unacknowledged event 0 is a new event, not a
+        // duplicate of one that was never whole; the retry of event 2 is a duplicate.
+        let mut retry = Event::new("hooks", EventKind::System, Utc::now());
+        retry.external_id = Some("d-0".into());
+        assert_eq!(
+            store.ingest(&retry, until).await.unwrap(),
+            Ingested::Accepted
+        );
+        retry.id = EventId::new();
+        retry.external_id = Some("d-2".into());
+        assert_eq!(
+            store.ingest(&retry, until).await.unwrap(),
+            Ingested::Duplicate {
+                original: events[2].id
+            }
+        );
     }
 }
