@@ -103,6 +103,10 @@ struct Segment {
     file: File,
     seq: u64,
     bytes: u64,
+    /// Records whose write failed: the file may end in a torn record (after which a
+    /// replay reads nothing), so they go to a new segment with the next write, and no
+    /// write reports success before they are durable.
+    unwritten: Vec<u8>,
 }
 
 pub struct IngestLog {
@@ -151,30 +155,51 @@ impl IngestLog {
 
     /// Write `take()`'s bytes to the open segment and `fdatasync` it. `take` runs with
     /// the segment locked, so buffers taken earlier are written earlier. Blocking: call
-    /// it off the async runtime. Returns the path of a segment it closed, which may be
-    /// removed once the store has flushed.
-    pub fn write(&self, take: impl FnOnce() -> Vec<u8>) -> StoreResult<Option<PathBuf>> {
+    /// it off the async runtime. Returns the segments it closed, which may be removed
+    /// once the store has flushed.
+    pub fn write(&self, take: impl FnOnce() -> Vec<u8>) -> StoreResult<Vec<PathBuf>> {
         let mut open = self
             .open
             .lock()
             .map_err(|_| StoreError::Io("ingest log: a writer panicked".into()))?;
-        let bytes = take();
+        let mut bytes = std::mem::take(&mut open.unwritten);
+        let retrying = !bytes.is_empty();
+        bytes.extend_from_slice(&take());
         if bytes.is_empty() {
             // Whatever was taken before is already written: its writer held this lock.
-            return Ok(None);
+            return Ok(Vec::new());
+        }
+        let mut closed = Vec::new();
+        if retrying {
+            // The last write failed and may have left a torn record: never append
+            // after it.
+            match create_segment(&self.dir, open.seq + 1) {
+                Ok(next) => closed.push(segment_path(
+                    &self.dir,
+                    std::mem::replace(&mut *open, next).seq,
+                )),
+                Err(e) => {
+                    open.unwritten = bytes;
+                    return Err(e);
+                }
+            }
         }
         let path = segment_path(&self.dir, open.seq);
-        open.file
+        if let Err(e) = open
+            .file
             .write_all(&bytes)
             .and_then(|_| open.file.sync_data())
-            .map_err(|e| io_err("writing", &path, e))?;
-        open.bytes += bytes.len() as u64;
-        if open.bytes < SEGMENT_BYTES {
-            return Ok(None);
+        {
+            open.unwritten = bytes;
+            return Err(io_err("writing", &path, e));
         }
-        let next = create_segment(&self.dir, open.seq + 1)?;
-        *open = next;
-        Ok(Some(path))
+        open.bytes += bytes.len() as u64;
+        if open.bytes >= SEGMENT_BYTES {
+            let next = create_segment(&self.dir, open.seq + 1)?;
+            *open = next;
+            closed.push(path);
+        }
+        Ok(closed)
     }
 }
 
@@ -197,6 +222,7 @@ fn create_segment(dir: &Path, seq: u64) -> StoreResult<Segment> {
         file,
         seq,
         bytes: 0,
+        unwritten: Vec::new(),
     })
 }
 
@@ -265,6 +291,27 @@ mod tests {
         let mut zeroed = whole.clone();
         zeroed.extend_from_slice(&[0u8; 64]);
         assert_eq!(decode(&zeroed).0.len(), 3);
+    }
+
+    #[test]
+    fn records_of_a_failed_write_go_to_a_new_segment_before_anything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _, _) = IngestLog::open(dir.path()).unwrap();
+        let events: Vec<Event> = (0..3).map(event).collect();
+        log.write(|| buffer_of(&events[..1])).unwrap();
+        // The disk refuses the next write (a read-only handle stands in for it).
+        let first = segment_path(dir.path(), 1);
+        log.open.lock().unwrap().file = File::open(&first).unwrap();
+        assert!(log.write(|| buffer_of(&events[1..2])).is_err());
+        // Nothing new to write, yet the failed records are still owed: not Ok(empty).
+        let closed = log.write(Vec::new).unwrap();
+        assert_eq!(closed, vec![first]);
+        log.write(|| buffer_of(&events[2..])).unwrap();
+        drop(log);
+        let (_, left, old) = IngestLog::open(dir.path()).unwrap();
+        let ids: Vec<_> = left.iter().map(|r| r.event.id).collect();
+        assert_eq!(ids, events.iter().map(|e| e.id).collect::<Vec<_>>());
+        assert_eq!(old.len(), 2);
     }
 
     #[test]

@@ -522,11 +522,11 @@ impl Store for SledStore {
         })
         .await
         .map_err(|e| StoreError::Io(format!("ingest log writer stopped: {e}")))??;
-        if let Some(segment) = closed {
-            // Its records are all in sled; once sled has flushed, the segment can go.
+        if !closed.is_empty() {
+            // Their records are all in sled; once sled has flushed, the segments can go.
             let db = self.db.clone();
             tokio::task::spawn_blocking(move || match db.flush() {
-                Ok(_) => ingest_log::remove(&[segment]),
+                Ok(_) => ingest_log::remove(&closed),
                 Err(e) => {
                     tracing::warn!(error = %e, "sled flush after an ingest log segment failed; the segment is kept for replay")
                 }
