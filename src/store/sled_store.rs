@@ -327,20 +327,20 @@ impl SledStore {
             return Ok(Ingested::Duplicate { original: event.id });
         }
         if let Some((dd_key, value, dx_key, rest)) = &dedupe {
-            if let Some(old) = self.tree.get(dd_key).map_err(io)? {
-                if old.len() == 24 {
-                    let original = event_id_from(&old[..16])?;
-                    if be_ms(&old[16..24]) > now_ms
-                        && original != event.id
-                        && self.is_whole(&old[..16])?
-                    {
-                        return Ok(Ingested::Duplicate { original });
-                    }
-                    // Expired, or left by an ingest a crash cut short: reuse the key.
-                    let mut old_dx = old[16..24].to_vec();
-                    old_dx.extend_from_slice(rest);
-                    self.tree.remove(key(DX, &old_dx)).map_err(io)?;
+            if let Some(old) = self.tree.get(dd_key).map_err(io)?
+                && old.len() == 24
+            {
+                let original = event_id_from(&old[..16])?;
+                if be_ms(&old[16..24]) > now_ms
+                    && original != event.id
+                    && self.is_whole(&old[..16])?
+                {
+                    return Ok(Ingested::Duplicate { original });
                 }
+                // Expired, or left by an ingest a crash cut short: reuse the key.
+                let mut old_dx = old[16..24].to_vec();
+                old_dx.extend_from_slice(rest);
+                self.tree.remove(key(DX, &old_dx)).map_err(io)?;
             }
             self.tree
                 .insert(dd_key.as_slice(), value.as_slice())
@@ -818,17 +818,16 @@ impl Store for SledStore {
             let dd_key = key(DD, &rest[8..]);
             // Only if the key was not renewed since (its expiry still matches); ingests
             // run under a lock of their own, hence compare-and-swap.
-            if let Some(v) = self.tree.get(&dd_key).map_err(io)? {
-                if v.len() == 24
-                    && v[16..24] == rest[..8]
-                    && self
-                        .tree
-                        .compare_and_swap(&dd_key, Some(v), None as Option<&[u8]>)
-                        .map_err(io)?
-                        .is_ok()
-                {
-                    stats.dedupe_keys += 1;
-                }
+            if let Some(v) = self.tree.get(&dd_key).map_err(io)?
+                && v.len() == 24
+                && v[16..24] == rest[..8]
+                && self
+                    .tree
+                    .compare_and_swap(&dd_key, Some(v), None as Option<&[u8]>)
+                    .map_err(io)?
+                    .is_ok()
+            {
+                stats.dedupe_keys += 1;
             }
             self.tree.remove(&k).map_err(io)?;
         }
