@@ -230,22 +230,14 @@ impl SledStore {
                 self.tree.remove(&k).map_err(io)?;
                 repaired += 1;
             } else {
-                if !self.tree.contains_key(&pl_key).map_err(io)? {
-                    self.tree.insert(pl_key, &[] as &[u8]).map_err(io)?;
-                    repaired += 1;
-                }
+                repaired += usize::from(self.ensure_index(pl_key)?);
                 pending += 1;
             }
         }
         // Lane index entries of events no longer pending.
-        for kv in self.tree.scan_prefix(PL) {
-            let (k, _) = kv.map_err(io)?;
-            let id = &k[k.len().saturating_sub(16)..];
-            if !self.tree.contains_key(key(PE, id)).map_err(io)? {
-                self.tree.remove(&k).map_err(io)?;
-                repaired += 1;
-            }
-        }
+        repaired += self.drop_stale_index(PL, |rest| {
+            Some(key(PE, &rest[rest.len().saturating_sub(16)..]))
+        })?;
         // Queued items: one already sent or dead leaves the queue; the others must be
         // in their lane index.
         let mut queued = 0;
@@ -260,33 +252,48 @@ impl SledStore {
                 continue;
             }
             let item: OutboxItem = serde_json::from_slice(&raw)?;
-            let ol_key = lane_key(OL, &item.lane_key(), item_key);
-            if !self.tree.contains_key(&ol_key).map_err(io)? {
-                self.tree.insert(ol_key, &[] as &[u8]).map_err(io)?;
-                repaired += 1;
-            }
+            repaired += usize::from(self.ensure_index(lane_key(OL, &item.lane_key(), item_key))?);
             queued += 1;
         }
         // Lane index entries of items no longer queued (outbox keys never contain `\0`).
-        for kv in self.tree.scan_prefix(OL) {
-            let (k, _) = kv.map_err(io)?;
-            let rest = &k[OL.len()..];
-            let Some(sep) = rest.iter().position(|b| *b == 0) else {
-                continue;
-            };
-            if !self
-                .tree
-                .contains_key(key(OB, &rest[sep + 1..]))
-                .map_err(io)?
-            {
-                self.tree.remove(&k).map_err(io)?;
-                repaired += 1;
-            }
-        }
+        repaired += self.drop_stale_index(OL, |rest| {
+            let sep = rest.iter().position(|b| *b == 0)?;
+            Some(key(OB, &rest[sep + 1..]))
+        })?;
         if repaired > 0 {
             tracing::info!(repaired, "store: finished changes a crash had cut short");
         }
         Ok((pending, queued))
+    }
+
+    /// Insert an (empty) index entry if it is missing; whether it was.
+    fn ensure_index(&self, index_key: Vec<u8>) -> StoreResult<bool> {
+        if self.tree.contains_key(&index_key).map_err(io)? {
+            return Ok(false);
+        }
+        self.tree.insert(index_key, &[] as &[u8]).map_err(io)?;
+        Ok(true)
+    }
+
+    /// Remove the entries under `prefix` whose record (`record_of` the key's rest) is
+    /// gone; how many.
+    fn drop_stale_index(
+        &self,
+        prefix: &[u8],
+        record_of: impl Fn(&[u8]) -> Option<Vec<u8>>,
+    ) -> StoreResult<usize> {
+        let mut dropped = 0;
+        for kv in self.tree.scan_prefix(prefix) {
+            let (k, _) = kv.map_err(io)?;
+            let Some(record) = record_of(&k[prefix.len()..]) else {
+                continue;
+            };
+            if !self.tree.contains_key(record).map_err(io)? {
+                self.tree.remove(&k).map_err(io)?;
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
     }
 
     /// Whether all of an ingest's writes reached sled: `pe/`, written last, or `fa/`,
