@@ -59,14 +59,27 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn_perch(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_perch"))
-        .args(["--config", config.to_str().unwrap(), "serve"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("perch binary starts")
+/// A perch process that is SIGKILLed when dropped, so a failing assertion does not leave
+/// it running (holding the test's output open).
+struct Perch(Child);
+
+impl Drop for Perch {
+    fn drop(&mut self) {
+        self.0.kill().ok(); // std's kill() is SIGKILL on Unix
+        self.0.wait().ok();
+    }
+}
+
+fn spawn_perch(config: &std::path::Path) -> Perch {
+    Perch(
+        Command::new(env!("CARGO_BIN_EXE_perch"))
+            .args(["--config", config.to_str().unwrap(), "serve"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("perch binary starts"),
+    )
 }
 
 async fn wait_healthy(base: &str) {
@@ -197,14 +210,13 @@ bots = ["relay"]
     let mut acked_all: Vec<String> = Vec::new();
     let rounds = 3;
     for round in 0..rounds {
-        let mut child = spawn_perch(&config);
+        let child = spawn_perch(&config);
         wait_healthy(&base).await;
         let stop = tokio_util::sync::CancellationToken::new();
         let loader = tokio::spawn(load(base.clone(), 8, stop.clone(), round));
         // Let load build up, then kill -9 in the middle of it.
         tokio::time::sleep(Duration::from_millis(700)).await;
-        child.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix
-        child.wait().unwrap();
+        drop(child);
         stop.cancel();
         let acked = loader.await.unwrap();
         assert!(
@@ -215,7 +227,7 @@ bots = ["relay"]
     }
 
     // A last, clean start: it must finish everything that was queued.
-    let mut child = spawn_perch(&config);
+    let _child = spawn_perch(&config);
     wait_healthy(&base).await;
     let mut settled = false;
     for _ in 0..1500 {
@@ -278,6 +290,4 @@ bots = ["relay"]
         sink.keys.len(),
         repeats
     );
-    child.kill().ok();
-    child.wait().ok();
 }

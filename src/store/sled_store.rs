@@ -28,9 +28,11 @@
 //! (bench/README.md). So each change is a sequence of single-key writes, ordered so that
 //! whatever prefix of it a crash leaves is harmless or repaired by `repair` at open:
 //!
-//! - `ingest` (under the ingest lock): `dd/ dx/ ev/ pl/ pe/`, `pe/` last. An event is
-//!   *whole* when it has `pe/` or `fa/`; a dedupe key whose event is not whole does not
-//!   make a retry a duplicate, and a replay re-applies an event that is not whole.
+//! - `ingest` (under the ingest lock): `dd/ dx/ pe/ ev/ pl/`. An event is *whole* once
+//!   `ev/` is written; a dedupe key whose event is not whole does not make a retry a
+//!   duplicate, a replay re-applies an event that is not whole, and `repair` drops a
+//!   pending marker without its event and restores a missing lane-index entry. `pl/`,
+//!   through which the router finds the event, comes last.
 //! - `complete_event`: outbox items, then `fa/`, then `pl/`, then `pe/`.
 //! - queueing an item: `ob/` (insert-if-absent), then `ol/`; delivering: `se/ sx/`, then
 //!   `ob/`, then `ol/`. The outbox checks `se/` before sending, so an item that is both
@@ -218,14 +220,18 @@ impl SledStore {
     /// event's and queued item's keys once.
     fn repair(&self) -> StoreResult<(i64, i64)> {
         let mut repaired = 0;
-        // Pending markers: an event with a fate was handled (drop the marker); one
-        // without must be in its lane index.
+        // Pending markers: an event with a fate was handled, and an event that is not
+        // there was cut short before it was stored (if it was acknowledged, the ingest
+        // log replays it after this): drop the marker. Any other must be in its lane
+        // index.
         let mut pending = 0;
         for kv in self.tree.scan_prefix(PE) {
             let (k, lane) = kv.map_err(io)?;
             let id = &k[PE.len()..];
             let pl_key = lane_key(PL, &String::from_utf8_lossy(&lane), id);
-            if self.tree.contains_key(key(FA, id)).map_err(io)? {
+            if self.tree.contains_key(key(FA, id)).map_err(io)?
+                || !self.tree.contains_key(key(EV, id)).map_err(io)?
+            {
                 self.tree.remove(&pl_key).map_err(io)?;
                 self.tree.remove(&k).map_err(io)?;
                 repaired += 1;
@@ -296,11 +302,10 @@ impl SledStore {
         Ok(dropped)
     }
 
-    /// Whether all of an ingest's writes reached sled: `pe/`, written last, or `fa/`,
-    /// written when the router was done with it.
+    /// Whether an ingest's writes reached sled: its event, written after its pending
+    /// marker (and only the lane-index entry after it, which `repair` can restore).
     fn is_whole(&self, id: &[u8]) -> StoreResult<bool> {
-        Ok(self.tree.contains_key(key(PE, id)).map_err(io)?
-            || self.tree.contains_key(key(FA, id)).map_err(io)?)
+        self.tree.contains_key(key(EV, id)).map_err(io)
     }
 
     /// Store `event` (serialised as `entry`) unless it is a duplicate, and append it to
@@ -356,9 +361,11 @@ impl SledStore {
                 .insert(dx_key.as_slice(), &[] as &[u8])
                 .map_err(io)?;
         }
+        // The lane-index entry last: the router finds the event through it, so it never
+        // sees one half written.
+        self.tree.insert(pe_key, lane.as_bytes()).map_err(io)?;
         self.tree.insert(ev_key, entry).map_err(io)?;
         self.tree.insert(pl_key, &[] as &[u8]).map_err(io)?;
-        self.tree.insert(pe_key, lane.as_bytes()).map_err(io)?;
         if self.log.is_some() && !replay {
             ingest_log::encode(&mut buffer, dedupe_until, entry);
         }
@@ -1036,8 +1043,13 @@ mod repair_tests {
             events.push(e);
         }
         let id = |n: usize| events[n].id.0.as_bytes().to_vec();
-        // 0: the ingest was cut before its pending marker, and was never acknowledged.
-        store.tree.remove(key(PE, &id(0))).unwrap();
+        // 0: the ingest was cut after its pending marker, before the event itself, and
+        // was never acknowledged.
+        store.tree.remove(key(EV, &id(0))).unwrap();
+        store
+            .tree
+            .remove(lane_key(PL, &events[0].lane_key(), &id(0)))
+            .unwrap();
         // 1: pending, but its lane-index entry is missing.
         store
             .tree
@@ -1055,6 +1067,7 @@ mod repair_tests {
 
         let store = open(dir.path());
         assert_eq!(store.pending_count().await.unwrap(), 1);
+        assert_eq!(store.recent_events(None, 10).await.unwrap().len(), 2);
         let lanes = store.pending_lanes(None, 10, 10).await.unwrap();
         assert_eq!(lanes, vec![(events[1].lane_key(), vec![events[1].id])]);
         // The platform's retry of the unacknowledged event 0 is a new event, not a
