@@ -11,11 +11,12 @@
 
 use crate::clock::SharedClock;
 use crate::event::{Event, EventId};
+use crate::lanes::Doorbell;
 use crate::store::{Ingested, Store, StoreError};
 use crate::telemetry;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Room for requests waiting on a flush; beyond that `accept` waits (backpressure).
@@ -54,8 +55,8 @@ type Waiter = oneshot::Sender<Result<(), String>>;
 pub struct Journal {
     store: Arc<dyn Store>,
     commits: mpsc::Sender<Waiter>,
-    /// Wakes the router when new events are pending.
-    router_wake: Arc<Notify>,
+    /// Hands new events to the router.
+    router: Arc<Doorbell<EventId, EventId>>,
     dedupe_window: Duration,
     clock: SharedClock,
 }
@@ -67,7 +68,7 @@ impl Journal {
         store: Arc<dyn Store>,
         dedupe_window: Duration,
         clock: SharedClock,
-        router_wake: Arc<Notify>,
+        router: Arc<Doorbell<EventId, EventId>>,
         cancel: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(COMMIT_QUEUE);
@@ -75,7 +76,7 @@ impl Journal {
         let journal = Journal {
             store,
             commits: tx,
-            router_wake,
+            router,
             dedupe_window,
             clock,
         };
@@ -104,9 +105,16 @@ impl Journal {
         for (event, a) in events.iter().zip(&out) {
             telemetry::event_received(&event.connector, matches!(a, Accepted::New(_)));
         }
-        if out.iter().any(|a| matches!(a, Accepted::New(_))) {
-            self.router_wake.notify_one();
-        }
+        let new = events
+            .iter()
+            .zip(&out)
+            .filter(|(_, a)| matches!(a, Accepted::New(_)));
+        self.router
+            .offer(
+                new.map(|(e, _)| (e.id, e.lane_key(), e.id))
+                    .collect::<Vec<_>>(),
+            )
+            .await;
         Ok(out)
     }
 

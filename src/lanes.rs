@@ -16,6 +16,13 @@
 //! A scan reads a page and then claims its items one by one; an item completed in
 //! between is still on the page. So the keys completed since the scan began are
 //! remembered and never claimed again by that scan (else it would run twice).
+//!
+//! **New work is offered, not scanned for.** Producers (the journal for the router, the
+//! router for the outbox) hold a `Doorbell` and offer each item once it is in the store.
+//! An offer is dispatched at once if its lane has no older work waiting in the store (the
+//! lane is not *starved*) and there is room; otherwise it is left to the scan that the
+//! lane's completions trigger. So a steady stream costs no scans at all; scans run at
+//! start-up, to refill starved lanes, and every second as a safety net.
 
 use futures::future::BoxFuture;
 use std::collections::HashMap;
@@ -58,6 +65,9 @@ struct InFlight<K> {
     starved: std::collections::HashSet<String>,
     /// A scan stopped at `max_in_flight`.
     all_full: bool,
+    /// The first full scan is done: until then the store may hold older work for any
+    /// lane, and offers are left to it.
+    scanned: bool,
 }
 
 /// A set of lanes processing `T`s keyed by `K`.
@@ -80,8 +90,9 @@ where
 {
     /// `handler` processes one item; it must call `Lanes::complete` with the item's key
     /// when the item no longer needs to be in flight (done, or handed back to the store).
-    pub fn new(limits: LaneLimits, wake: Arc<Notify>, handler: Handler<T>) -> Arc<Self> {
-        Arc::new(Lanes {
+    /// `door` is how producers reach these lanes from now on.
+    pub fn new(limits: LaneLimits, door: &Doorbell<K, T>, handler: Handler<T>) -> Arc<Self> {
+        let lanes = Arc::new(Lanes {
             lanes: Mutex::new(HashMap::new()),
             generation: std::sync::atomic::AtomicU64::new(0),
             handler,
@@ -92,11 +103,14 @@ where
                 completed: std::collections::HashSet::new(),
                 starved: std::collections::HashSet::new(),
                 all_full: false,
+                scanned: false,
             }),
             limits,
-            wake,
+            wake: door.wake.clone(),
             tracker: TaskTracker::new(),
-        })
+        });
+        let _ = door.lanes.set(Arc::downgrade(&lanes));
+        lanes
     }
 
     /// The item `key` is finished: free its slot, and wake the feeder if the store may
@@ -141,9 +155,14 @@ where
             .len()
     }
 
-    /// Claim a slot for `key` in `lane`. `None`: already in flight, or no room.
+    /// Claim a slot for `key` in `lane`. `Ok(false)`: already in flight, or no room in
+    /// the lane (which is then starved).
     fn claim(&self, key: &K, lane: &str) -> Result<bool, Full> {
         let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        self.claim_in(&mut f, key, lane)
+    }
+
+    fn claim_in(&self, f: &mut InFlight<K>, key: &K, lane: &str) -> Result<bool, Full> {
         if f.keys.contains_key(key) || f.completed.contains(key) {
             return Ok(false);
         }
@@ -159,6 +178,35 @@ where
         f.per_lane.insert(lane.to_string(), n + 1);
         f.keys.insert(key.clone(), lane.to_string());
         Ok(true)
+    }
+
+    /// New work, already in the store: dispatch it now if its lane may take it. `false`
+    /// if it was left to a scan that nothing has asked for yet (before the first scan).
+    pub async fn offer(self: &Arc<Self>, key: K, lane: &str, item: T) -> bool {
+        {
+            let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            if !f.scanned {
+                return false;
+            }
+            // Older work of this lane waits in the store: the scan keeps the order.
+            if f.starved.contains(lane) {
+                return true;
+            }
+            match self.claim_in(&mut f, &key, lane) {
+                Ok(true) => {}
+                // In flight already, or the lane is full and now starved: its
+                // completions bring the scan.
+                Ok(false) => return true,
+                Err(Full) => {
+                    // `all_full` is set: the next completion brings the scan; the lane
+                    // must not take newer work before this item.
+                    f.starved.insert(lane.to_string());
+                    return true;
+                }
+            }
+        }
+        self.push(lane, item).await;
+        true
     }
 
     /// Put an item into its lane, starting the lane if needed. Waits while the lane's
@@ -277,6 +325,10 @@ where
                     after = Some(lane);
                 }
                 if !full_page {
+                    self.in_flight
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .scanned = true;
                     break;
                 }
             }
@@ -299,6 +351,45 @@ where
 
 struct Full;
 
+/// How a producer reaches `Lanes` that are built after it (the journal before the router,
+/// the router before the outbox): `offer` new work, or `ring` to have the store scanned.
+pub struct Doorbell<K, T> {
+    wake: Arc<Notify>,
+    lanes: std::sync::OnceLock<std::sync::Weak<Lanes<K, T>>>,
+}
+
+impl<K, T> Doorbell<K, T>
+where
+    K: Clone + Eq + Hash + Send + 'static,
+    T: Send + 'static,
+{
+    pub fn new() -> Arc<Self> {
+        Arc::new(Doorbell {
+            wake: Arc::new(Notify::new()),
+            lanes: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Have the feeder scan the store (work arrived that was not offered).
+    pub fn ring(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Offer work that is already in the store, as `(key, lane, item)`.
+    pub async fn offer(&self, work: impl IntoIterator<Item = (K, String, T)>) {
+        let Some(lanes) = self.lanes.get().and_then(std::sync::Weak::upgrade) else {
+            return self.ring();
+        };
+        let mut left = false;
+        for (key, lane, item) in work {
+            left |= !lanes.offer(key, &lane, item).await;
+        }
+        if left {
+            self.ring();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,7 +402,7 @@ mod tests {
         ));
         let seen: Arc<Mutex<HashMap<String, Vec<u32>>>> = Arc::default();
         let runs = Arc::new(AtomicUsize::new(0));
-        let wake = Arc::new(Notify::new());
+        let door = Doorbell::new();
         let lanes_slot: Arc<Mutex<Option<Arc<Lanes<u32, (u32, String)>>>>> = Arc::default();
         let handler: Handler<(u32, String)> = {
             let (seen, runs, queue, slot) = (
@@ -325,10 +416,15 @@ mod tests {
                     (seen.clone(), runs.clone(), queue.clone(), slot.clone());
                 Box::pin(async move {
                     tokio::time::sleep(Duration::from_micros(50)).await;
+                    let lanes = slot.lock().unwrap().clone().unwrap();
+                    // Like the real handlers: work no longer in the store is done.
+                    if !queue.lock().unwrap().iter().any(|(q, _)| *q == k) {
+                        lanes.complete(&k);
+                        return;
+                    }
                     seen.lock().unwrap().entry(lane).or_default().push(k);
                     runs.fetch_add(1, Ordering::SeqCst);
                     queue.lock().unwrap().retain(|(q, _)| *q != k);
-                    let lanes = slot.lock().unwrap().clone().unwrap();
                     lanes.complete(&k);
                 })
             })
@@ -338,7 +434,7 @@ mod tests {
             max_in_flight: 40,
             max_per_lane: 8,
         };
-        let lanes = Lanes::new(limits, wake.clone(), handler);
+        let lanes = Lanes::new(limits, &door, handler);
         *lanes_slot.lock().unwrap() = Some(lanes.clone());
         let cancel = CancellationToken::new();
         let q = queue.clone();
@@ -361,16 +457,39 @@ mod tests {
             },
             cancel.clone(),
         ));
-        for _ in 0..200 {
-            if runs.load(Ordering::SeqCst) == 300 {
-                break;
+        let wait_for = |n: usize| {
+            let runs = runs.clone();
+            async move {
+                for _ in 0..200 {
+                    if runs.load(Ordering::SeqCst) == n {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        wait_for(300).await;
+        // New work is stored, then offered (some of it twice); lanes fill past their cap
+        // (8), so offers meet starved lanes and scans take over.
+        for batch in (300..600u32).collect::<Vec<_>>().chunks(30) {
+            let work: Vec<_> = batch
+                .iter()
+                .map(|i| (*i, format!("lane{}", i % 7)))
+                .collect();
+            queue.lock().unwrap().extend(work.iter().cloned());
+            let offers = work.iter().chain(&work[..5]);
+            door.offer(
+                offers
+                    .map(|(k, l)| (*k, l.clone(), (*k, l.clone())))
+                    .collect::<Vec<_>>(),
+            )
+            .await;
         }
+        wait_for(600).await;
         cancel.cancel();
         feeder.await.unwrap();
         lanes.drain().await;
-        assert_eq!(runs.load(Ordering::SeqCst), 300);
+        assert_eq!(runs.load(Ordering::SeqCst), 600);
         for (_, ks) in seen.lock().unwrap().iter() {
             let mut sorted = ks.clone();
             sorted.sort();

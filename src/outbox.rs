@@ -24,7 +24,6 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// The rate limiters of one connector.
@@ -216,7 +215,7 @@ impl Outbox {
     /// Start delivering: a feeder over the stored queue and one lane per chat.
     pub fn start(
         self: Arc<Self>,
-        wake: Arc<Notify>,
+        door: &crate::lanes::Doorbell<String, String>,
         cancel: CancellationToken,
     ) -> (Arc<Lanes<String, String>>, tokio::task::JoinHandle<()>) {
         // Weak: the lanes own this handler, so a strong reference back would be a cycle
@@ -249,7 +248,7 @@ impl Outbox {
             max_in_flight: 10_000,
             max_per_lane: 32,
         };
-        let lanes = Lanes::new(limits, wake, handler);
+        let lanes = Lanes::new(limits, door, handler);
         let _ = slot.set(Arc::downgrade(&lanes));
         let store = self.store.clone();
         let feeder = tokio::spawn(lanes.clone().feed(

@@ -30,7 +30,6 @@ use regex::Regex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 
 /// Compile a topic glob: `*` matches any run of characters (dots included).
 pub fn compile_glob(pattern: &str) -> Result<GlobMatcher, globset::Error> {
@@ -204,8 +203,8 @@ pub struct Processor {
     pub bots: HashMap<String, Arc<dyn Bot>>,
     pub services: Arc<Services>,
     pub bot_timeout: Duration,
-    /// Wakes the outbox when items were queued.
-    pub outbox_wake: Arc<Notify>,
+    /// Hands queued items to the outbox.
+    pub outbox: Arc<crate::lanes::Doorbell<String, String>>,
     /// Told when a card click was handled (its request may be waiting for the answer).
     pub clicks: Arc<crate::clicks::Clicks>,
 }
@@ -245,9 +244,7 @@ impl Processor {
             if clicked.is_some() {
                 self.clicks.handled(id);
             }
-            if !items.is_empty() {
-                self.outbox_wake.notify_one();
-            }
+            self.offer_to_outbox(&items).await;
             return Ok(());
         }
 
@@ -354,10 +351,18 @@ impl Processor {
                 "routed"
             },
         );
-        if !items.is_empty() {
-            self.outbox_wake.notify_one();
-        }
+        self.offer_to_outbox(&items).await;
         Ok(())
+    }
+
+    /// The items are in the store now: hand them to the outbox's lanes.
+    async fn offer_to_outbox(&self, items: &[OutboxItem]) {
+        if !items.is_empty() {
+            let work = items
+                .iter()
+                .map(|it| (it.key.clone(), it.lane_key(), it.key.clone()));
+            self.outbox.offer(work.collect::<Vec<_>>()).await;
+        }
     }
 
     fn bots_for(&self, event: &Event) -> Vec<String> {
@@ -509,7 +514,7 @@ pub fn resolve(event: &Event, action: Action) -> Result<(String, Operation), Str
 pub fn start(
     processor: Arc<Processor>,
     concurrency: usize,
-    wake: Arc<Notify>,
+    door: &crate::lanes::Doorbell<EventId, EventId>,
     cancel: tokio_util::sync::CancellationToken,
 ) -> (Arc<Lanes<EventId, EventId>>, tokio::task::JoinHandle<()>) {
     let store = processor.services.store.clone();
@@ -537,7 +542,7 @@ pub fn start(
         max_in_flight: 4096,
         max_per_lane: 64,
     };
-    let lanes = Lanes::new(limits, wake, handler);
+    let lanes = Lanes::new(limits, door, handler);
     let _ = slot.set(Arc::downgrade(&lanes));
     let feeder = tokio::spawn(lanes.clone().feed(
         move |after: Option<String>, max_lanes, per_lane| {

@@ -15,7 +15,6 @@ use crate::store::{SledStore, Store, StoreError, SweepCutoffs};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +48,8 @@ pub struct Shared {
     pub admin_token: Option<crate::config::Secret>,
     pub body_limit: usize,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-    pub outbox_wake: Arc<Notify>,
+    /// Hands queued items to the outbox (`ring` after queueing outside the router).
+    pub outbox: Arc<crate::lanes::Doorbell<String, String>>,
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// The configured schedules (for `GET /api/schedules`).
     pub schedules: Arc<crate::scheduler::Schedules>,
@@ -102,14 +102,14 @@ impl Perch {
         clock: SharedClock,
     ) -> Result<Perch, StartError> {
         let metrics = crate::telemetry::install();
-        let router_wake = Arc::new(Notify::new());
-        let outbox_wake = Arc::new(Notify::new());
+        let router_door = crate::lanes::Doorbell::new();
+        let outbox_door = crate::lanes::Doorbell::new();
         let cancel = CancellationToken::new();
         let (journal, committer_task) = Journal::start(
             store.clone(),
             config.server.dedupe_window,
             clock.clone(),
-            router_wake.clone(),
+            router_door.clone(),
             cancel.clone(),
         );
         let http = reqwest::Client::builder()
@@ -200,18 +200,18 @@ impl Perch {
             bots,
             services,
             bot_timeout: server.bot_timeout,
-            outbox_wake: outbox_wake.clone(),
+            outbox: outbox_door.clone(),
             clicks: clicks.clone(),
         });
         let (event_lanes, router_task) =
-            crate::router::start(processor, server.concurrency, router_wake, cancel.clone());
+            crate::router::start(processor, server.concurrency, &router_door, cancel.clone());
         let outbox = Arc::new(Outbox::new(
             store.clone(),
             connectors.clone(),
             outbox_config,
             clock.clone(),
         ));
-        let (outbox_lanes, outbox_task) = outbox.start(outbox_wake.clone(), cancel.clone());
+        let (outbox_lanes, outbox_task) = outbox.start(&outbox_door, cancel.clone());
         let upkeep_task = tokio::spawn(upkeep(
             store.clone(),
             clock.clone(),
@@ -224,7 +224,7 @@ impl Perch {
             store.clone(),
             journal.clone(),
             clock.clone(),
-            outbox_wake.clone(),
+            outbox_door.clone(),
         )
         .await?;
         let scheduler_task = tokio::spawn(scheduler.run(cancel.clone()));
@@ -237,7 +237,7 @@ impl Perch {
             admin_token: server.admin_token.filter(|t| !t.is_empty()),
             body_limit: server.body_limit,
             metrics,
-            outbox_wake,
+            outbox: outbox_door,
             started_at: clock.now(),
             schedules,
             cards,

@@ -51,7 +51,6 @@ use serde_spanned::Spanned;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// The connector name ticks carry. Reserved: no configured connector may use it.
@@ -611,7 +610,7 @@ pub struct Scheduler {
     store: Arc<dyn Store>,
     journal: Journal,
     clock: SharedClock,
-    outbox_wake: Arc<Notify>,
+    outbox: Arc<crate::lanes::Doorbell<String, String>>,
     cursors: Vec<Cursor>,
     unresolved: Vec<Unresolved>,
 }
@@ -625,7 +624,7 @@ impl Scheduler {
         store: Arc<dyn Store>,
         journal: Journal,
         clock: SharedClock,
-        outbox_wake: Arc<Notify>,
+        outbox: Arc<crate::lanes::Doorbell<String, String>>,
     ) -> Result<Scheduler, SchedulerError> {
         let now = floor_second(clock.now());
         let mut cursors = Vec::with_capacity(schedules.jobs.len());
@@ -673,7 +672,7 @@ impl Scheduler {
             store,
             journal,
             clock,
-            outbox_wake,
+            outbox,
             cursors,
             unresolved,
         })
@@ -974,7 +973,7 @@ impl Scheduler {
             now,
         );
         if self.store.enqueue(&[item]).await? > 0 {
-            self.outbox_wake.notify_one();
+            self.outbox.ring();
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ use perch::clock::{Clock, ManualClock, SharedClock};
 use perch::config::Config;
 use perch::event::EventId;
 use perch::journal::{Accepted, Journal};
+use perch::lanes::Doorbell;
 use perch::scheduler::{Fired, Scheduler, Schedules};
 use perch::store::{
     DeadLetter, Fate, JournalEntry, OutboxItem, SentRecord, SledStore, Store, StoreResult,
@@ -22,7 +23,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 
 fn utc(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
@@ -161,7 +161,7 @@ struct Rig {
     clock: ManualClock,
     journal: Journal,
     schedules: Arc<Schedules>,
-    wake: Arc<Notify>,
+    outbox: Arc<Doorbell<String, String>>,
 }
 
 impl Rig {
@@ -174,7 +174,7 @@ impl Rig {
             store.clone(),
             dedupe,
             shared,
-            Arc::new(Notify::new()),
+            Doorbell::new(),
             tokio_util::sync::CancellationToken::new(),
         );
         Rig {
@@ -182,7 +182,7 @@ impl Rig {
             clock,
             journal,
             schedules: schedules(toml),
-            wake: Arc::new(Notify::new()),
+            outbox: Doorbell::new(),
         }
     }
     async fn open(&self) -> Scheduler {
@@ -191,7 +191,7 @@ impl Rig {
             self.store.clone(),
             self.journal.clone(),
             Arc::new(self.clock.clone()),
-            self.wake.clone(),
+            self.outbox.clone(),
         )
         .await
         .expect("scheduler opens")

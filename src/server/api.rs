@@ -148,7 +148,7 @@ async fn replay(
         .map_err(store_err)?
     {
         Some(item) => {
-            s.outbox_wake.notify_one();
+            s.outbox.ring();
             Ok(Json(json!({ "replayed": item })))
         }
         None => Err(ApiError::new(
