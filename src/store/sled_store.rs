@@ -476,7 +476,11 @@ impl SledStore {
             // A `once/` key may have been delivered for another event between the check
             // and the insert (its `se/` is written before its `ob/` is removed): take it
             // back. The outbox checks `se/` before sending, so it is not sent meanwhile.
-            if self.tree.contains_key(&it.se).map_err(io)? && self.dequeue(&it.ob)? {
+            // (Other keys belong to one event, which one router lane handles at a time.)
+            if it.ob.starts_with(b"ob/once/")
+                && self.tree.contains_key(&it.se).map_err(io)?
+                && self.dequeue(&it.ob)?
+            {
                 added -= 1;
             }
         }
