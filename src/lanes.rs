@@ -115,8 +115,8 @@ where
 
     /// The item `key` is finished: free its slot, and wake the feeder if the store may
     /// hold more for this lane: the lane was left *starved* by a scan and is now down to
-    /// half its cap, or a scan stopped at `max_in_flight`. New items wake the feeder
-    /// themselves (the journal and the router do), so this is the only refill signal
+    /// half its cap, or a scan stopped at `max_in_flight`. New items are offered through
+    /// the `Doorbell` (by the journal and the router), so this is the only refill signal
     /// needed; the 1 s poll is a safety net. Waking at half the cap rather than on every
     /// completion means one scan per `max_per_lane / 2` items of a busy chat instead of
     /// one per item (bench/README.md).
