@@ -18,8 +18,10 @@
 //! outcome as the live run did.
 //!
 //! **Life of a segment.** Records are appended to the open segment until it passes
-//! `SEGMENT_BYTES`; then a new one is opened and the old one is deleted after a sled
-//! flush (everything in it was applied to sled before it was appended). At open, the
+//! `SEGMENT_BYTES`, or until the store's periodic sweep closes it (every 10 minutes, so
+//! a segment never outlives the events in it); then a new one is opened and the old one
+//! is deleted after a sled flush (everything in it was applied to sled before it was
+//! appended). At open, the
 //! store replays every segment left over into sled (events it already has are skipped),
 //! flushes sled and deletes them.
 
@@ -200,6 +202,28 @@ impl IngestLog {
             closed.push(path);
         }
         Ok(closed)
+    }
+}
+
+impl IngestLog {
+    /// Close the open segment if it holds records, and return it: it may be removed once
+    /// the store has flushed. Called by the store's periodic sweep, so that no segment
+    /// outlives the events in it: a segment replayed after its events were swept would
+    /// bring them back.
+    pub fn close_segment(&self) -> StoreResult<Option<PathBuf>> {
+        let mut open = self
+            .open
+            .lock()
+            .map_err(|_| StoreError::Io("ingest log: a writer panicked".into()))?;
+        if open.bytes == 0 || !open.unwritten.is_empty() {
+            // Empty, or owed a retry that will move to a new segment by itself.
+            return Ok(None);
+        }
+        let next = create_segment(&self.dir, open.seq + 1)?;
+        Ok(Some(segment_path(
+            &self.dir,
+            std::mem::replace(&mut *open, next).seq,
+        )))
     }
 }
 

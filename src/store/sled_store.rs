@@ -824,6 +824,15 @@ impl Store for SledStore {
     }
 
     async fn sweep(&self, cut: SweepCutoffs) -> StoreResult<SweepStats> {
+        // First retire the ingest log's open segment: its events are in sled, and once
+        // sled has flushed it must go, before the events in it age out below (a replay
+        // of a segment older than them would bring swept events back).
+        if let Some(log) = &self.log
+            && let Some(segment) = log.close_segment()?
+        {
+            self.db.flush_async().await.map_err(io)?;
+            ingest_log::remove(&[segment]);
+        }
         let mut stats = SweepStats::default();
         // Dedupe keys: walk the expiry index up to `now`.
         let now_ms = cut.now.timestamp_millis();
@@ -964,6 +973,43 @@ mod tests {
         let again = open_b().unwrap();
         assert_eq!(again.pending_count().await.unwrap(), 3);
         assert_eq!(again.recent_events(None, 10).await.unwrap().len(), 3);
+    }
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+    use crate::event::EventKind;
+
+    /// A segment must not outlive its events: after a sweep, a restart replays nothing,
+    /// so events swept later cannot come back from an old segment.
+    #[tokio::test]
+    async fn a_sweep_retires_the_ingest_log_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || SledStore::open(&dir.path().join("store"), &dir.path().join("log"), 1 << 20);
+        let store = open().unwrap();
+        let now = Utc::now();
+        let e = Event::new("hooks", EventKind::System, now);
+        store
+            .ingest(&e, now + chrono::Duration::hours(8))
+            .await
+            .unwrap();
+        store.flush_journal().await.unwrap();
+        let segments = || std::fs::read_dir(dir.path().join("log")).unwrap().count();
+        assert_eq!(segments(), 1);
+        let cut = SweepCutoffs {
+            now,
+            sent_before: now - chrono::Duration::hours(8),
+            journal_before: now - chrono::Duration::days(7),
+        };
+        store.sweep(cut).await.unwrap();
+        // The closed segment is gone; the new one is empty.
+        assert_eq!(segments(), 1);
+        let (_, left, _) = IngestLog::open(&dir.path().join("log")).unwrap();
+        assert!(left.is_empty(), "nothing to replay after a sweep");
+        // The event itself is still there, pending.
+        assert_eq!(store.pending_count().await.unwrap(), 1);
+        assert!(store.event(e.id).await.unwrap().is_some());
     }
 }
 
