@@ -234,31 +234,13 @@ async fn serve(config: Config) -> Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!("perch listening on http://{listen}");
     axum::serve(listener, perch.app())
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(perch::server::stop_signal())
         .await
         .context("HTTP server")?;
     tracing::info!("draining and flushing");
     perch.shutdown().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
 async fn send(

@@ -9,14 +9,10 @@ use common::*;
 use chrono::{DateTime, Utc};
 use perch::clock::{Clock, ManualClock, SharedClock};
 use perch::config::Config;
-use perch::event::EventId;
 use perch::journal::{Accepted, Journal};
 use perch::lanes::Doorbell;
 use perch::scheduler::{Fired, Scheduler, Schedules};
-use perch::store::{
-    DeadLetter, Fate, JournalEntry, OutboxItem, SentRecord, SledStore, Store, StoreResult,
-    SweepCutoffs, SweepStats,
-};
+use perch::store::{Fate, SledStore, Store};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
@@ -42,119 +38,6 @@ fn config_error(toml: &str) -> String {
     }
 }
 
-/// The sled store minus the fsync: the simulation makes thousands of group commits and
-/// only cares about their order, not that they reach the disk.
-struct NoFsync(SledStore);
-
-#[async_trait::async_trait]
-impl Store for NoFsync {
-    async fn ingest(
-        &self,
-        e: &perch::event::Event,
-        until: DateTime<Utc>,
-    ) -> StoreResult<perch::store::Ingested> {
-        self.0.ingest(e, until).await
-    }
-    async fn pending_lanes(
-        &self,
-        after_lane: Option<&str>,
-        max_lanes: usize,
-        per_lane: usize,
-    ) -> StoreResult<Vec<(String, Vec<EventId>)>> {
-        self.0.pending_lanes(after_lane, max_lanes, per_lane).await
-    }
-    async fn event(&self, id: EventId) -> StoreResult<Option<JournalEntry>> {
-        self.0.event(id).await
-    }
-    async fn complete_event(
-        &self,
-        id: EventId,
-        fate: &Fate,
-        items: &[OutboxItem],
-    ) -> StoreResult<()> {
-        self.0.complete_event(id, fate, items).await
-    }
-    async fn recent_events(
-        &self,
-        before: Option<EventId>,
-        limit: usize,
-    ) -> StoreResult<Vec<JournalEntry>> {
-        self.0.recent_events(before, limit).await
-    }
-    async fn pending_count(&self) -> StoreResult<usize> {
-        self.0.pending_count().await
-    }
-    async fn enqueue(&self, items: &[OutboxItem]) -> StoreResult<usize> {
-        self.0.enqueue(items).await
-    }
-    async fn outbox_after(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<OutboxItem>> {
-        self.0.outbox_after(after, limit).await
-    }
-    async fn outbox_lanes(
-        &self,
-        after_lane: Option<&str>,
-        max_lanes: usize,
-        per_lane: usize,
-    ) -> StoreResult<Vec<(String, Vec<String>)>> {
-        self.0.outbox_lanes(after_lane, max_lanes, per_lane).await
-    }
-    async fn outbox_item(&self, key: &str) -> StoreResult<Option<OutboxItem>> {
-        self.0.outbox_item(key).await
-    }
-    async fn outbox_update(&self, item: &OutboxItem) -> StoreResult<()> {
-        self.0.outbox_update(item).await
-    }
-    async fn outbox_delivered(&self, key: &str, record: &SentRecord) -> StoreResult<()> {
-        self.0.outbox_delivered(key, record).await
-    }
-    async fn outbox_dead(&self, letter: &DeadLetter) -> StoreResult<()> {
-        self.0.outbox_dead(letter).await
-    }
-    async fn outbox_count(&self) -> StoreResult<usize> {
-        self.0.outbox_count().await
-    }
-    async fn sent(&self, key: &str) -> StoreResult<Option<SentRecord>> {
-        self.0.sent(key).await
-    }
-    async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>> {
-        self.0.dead_letters(limit).await
-    }
-    async fn replay_dead(&self, key: &str, now: DateTime<Utc>) -> StoreResult<Option<OutboxItem>> {
-        self.0.replay_dead(key, now).await
-    }
-    async fn kv_get(&self, ns: &str, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        self.0.kv_get(ns, key).await
-    }
-    async fn kv_put(&self, ns: &str, key: &str, value: &[u8]) -> StoreResult<()> {
-        self.0.kv_put(ns, key, value).await
-    }
-    async fn kv_delete(&self, ns: &str, key: &str) -> StoreResult<()> {
-        self.0.kv_delete(ns, key).await
-    }
-    async fn kv_compare_and_swap(
-        &self,
-        ns: &str,
-        key: &str,
-        expected: Option<&[u8]>,
-        new: Option<&[u8]>,
-    ) -> StoreResult<bool> {
-        self.0.kv_compare_and_swap(ns, key, expected, new).await
-    }
-    async fn kv_scan(&self, ns: &str, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
-        self.0.kv_scan(ns, prefix).await
-    }
-    async fn flush(&self) -> StoreResult<()> {
-        Ok(())
-    }
-    async fn sweep(&self, cutoffs: SweepCutoffs) -> StoreResult<SweepStats> {
-        self.0.sweep(cutoffs).await
-    }
-}
-
 /// A scheduler on `store` with a manual clock: what a restart makes.
 struct Rig {
     store: Arc<dyn Store>,
@@ -166,7 +49,7 @@ struct Rig {
 
 impl Rig {
     fn new(toml: &str, start: DateTime<Utc>, dedupe: Duration) -> Rig {
-        let store: Arc<dyn Store> = Arc::new(NoFsync(SledStore::temporary().expect("temp store")));
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary().expect("temp store"));
         let clock = ManualClock::new(start);
         let shared: SharedClock = Arc::new(clock.clone());
         // The committer ends with the test's runtime; no cancellation needed.

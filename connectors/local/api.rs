@@ -350,28 +350,8 @@ async fn stream(State(s): State<S>) -> Sse<impl Stream<Item = Result<SseEvent, I
     let end = Box::pin(async {
         tokio::select! {
             _ = tokio::time::sleep(STREAM_LIFETIME) => {}
-            _ = stop_signal() => {}
+            _ = crate::server::stop_signal() => {}
         }
     });
     Sse::new(hello.chain(events).take_until(end)).keep_alive(KeepAlive::default())
-}
-
-async fn stop_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
