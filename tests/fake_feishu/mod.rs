@@ -286,6 +286,17 @@ fn invalid_token() -> Response {
     )
 }
 
+/// `?` for handlers that answer with a `Response` either way: the value, or the refusal
+/// returned as the handler's answer.
+macro_rules! answer_or {
+    ($result:expr) => {
+        match $result {
+            Ok(v) => v,
+            Err(refusal) => return refusal,
+        }
+    };
+}
+
 /// A write call as the real API takes it: the body parsed, then `gate` (recorded, token
 /// checked, faults injected). Every handler with a JSON body starts here.
 async fn admit(
@@ -397,14 +408,8 @@ async fn create_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let b = match admit(&s, "POST", "/open-apis/im/v1/messages", &q, &headers, &body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let (msg_type, content) = match check_content(&b) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+    let b = answer_or!(admit(&s, "POST", "/open-apis/im/v1/messages", &q, &headers, &body).await);
+    let (msg_type, content) = answer_or!(check_content(&b));
     let id_type = q.get("receive_id_type").cloned().unwrap_or_default();
     let receive_id = b["receive_id"].as_str().unwrap_or_default().to_string();
     if !["open_id", "union_id", "user_id", "email", "chat_id"].contains(&id_type.as_str())
@@ -443,23 +448,18 @@ async fn reply_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let b = match admit(
-        &s,
-        "POST",
-        &format!("/open-apis/im/v1/messages/{id}/reply"),
-        &HashMap::new(),
-        &headers,
-        &body,
-    )
-    .await
-    {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let (msg_type, content) = match check_content(&b) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+    let b = answer_or!(
+        admit(
+            &s,
+            "POST",
+            &format!("/open-apis/im/v1/messages/{id}/reply"),
+            &HashMap::new(),
+            &headers,
+            &body,
+        )
+        .await
+    );
+    let (msg_type, content) = answer_or!(check_content(&b));
     let mut st = s.lock().unwrap();
     let chat = st.user_messages.get(&id).cloned().or_else(|| {
         st.messages
@@ -490,19 +490,17 @@ async fn patch_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let b = match admit(
-        &s,
-        "PATCH",
-        &format!("/open-apis/im/v1/messages/{id}"),
-        &HashMap::new(),
-        &headers,
-        &body,
-    )
-    .await
-    {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let b = answer_or!(
+        admit(
+            &s,
+            "PATCH",
+            &format!("/open-apis/im/v1/messages/{id}"),
+            &HashMap::new(),
+            &headers,
+            &body,
+        )
+        .await
+    );
     let Some(content) = b["content"].as_str() else {
         return envelope(400, 230001, "content must be a string", Value::Null);
     };
@@ -522,10 +520,7 @@ async fn create_chat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let b = match admit(&s, "POST", "/open-apis/im/v1/chats", &q, &headers, &body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let b = answer_or!(admit(&s, "POST", "/open-apis/im/v1/chats", &q, &headers, &body).await);
     let mut st = s.lock().unwrap();
     let existing: Option<String> = q.get("uuid").and_then(|u| st.chat_uuids.get(u).cloned());
     if let Some(existing) = existing {
@@ -560,19 +555,17 @@ async fn add_members(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let b = match admit(
-        &s,
-        "POST",
-        &format!("/open-apis/im/v1/chats/{id}/members"),
-        &q,
-        &headers,
-        &body,
-    )
-    .await
-    {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let b = answer_or!(
+        admit(
+            &s,
+            "POST",
+            &format!("/open-apis/im/v1/chats/{id}/members"),
+            &q,
+            &headers,
+            &body,
+        )
+        .await
+    );
     let ids: Vec<String> = b["id_list"]
         .as_array()
         .into_iter()
@@ -618,19 +611,17 @@ async fn batch_get_id(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let b = match admit(
-        &s,
-        "POST",
-        "/open-apis/contact/v3/users/batch_get_id",
-        &q,
-        &headers,
-        &body,
-    )
-    .await
-    {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let b = answer_or!(
+        admit(
+            &s,
+            "POST",
+            "/open-apis/contact/v3/users/batch_get_id",
+            &q,
+            &headers,
+            &body,
+        )
+        .await
+    );
     let emails: Vec<String> = b["emails"]
         .as_array()
         .into_iter()
