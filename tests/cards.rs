@@ -449,24 +449,14 @@ fn perch_check_reports_a_broken_template() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_perch"))
-        .arg("--config")
-        .arg(&config)
-        .arg("check")
-        .output()
-        .unwrap();
+    let out = common::perch_command(&["--config", config.to_str().unwrap(), "check"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("broken.hbs:2:"), "{stderr}");
 
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "[server]\ncards_dir = \"cards\"\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_perch"))
-        .arg("--config")
-        .arg(&good)
-        .arg("check")
-        .output()
-        .unwrap();
+    let out = common::perch_command(&["--config", good.to_str().unwrap(), "check"]);
     assert!(
         out.status.success(),
         "{}",
@@ -479,24 +469,19 @@ fn perch_check_reports_a_broken_template() {
 fn card_render_command_prints_platform_json() {
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("card.json");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_perch"))
-        .args([
-            "--config",
-            "/nonexistent/perch.toml",
-            "card",
-            "render",
-            "daily_metrics",
-        ])
-        .args([
-            "--data",
-            "cards/daily_metrics.sample.json",
-            "--platform",
-            "feishu",
-            "--out",
-        ])
-        .arg(&out_file)
-        .output()
-        .unwrap();
+    let out = common::perch_command(&[
+        "--config",
+        "/nonexistent/perch.toml",
+        "card",
+        "render",
+        "daily_metrics",
+        "--data",
+        "cards/daily_metrics.sample.json",
+        "--platform",
+        "feishu",
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -505,33 +490,22 @@ fn card_render_command_prints_platform_json() {
     let card: Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
     assert_feishu_v2(&card);
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_perch"))
-        .args([
+    // Without a config file: the built-in cards and their samples.
+    let render_reminder = |platform| {
+        let args = [
             "--config",
             "/nonexistent/perch.toml",
             "card",
             "render",
             "reminder",
-            "--platform",
-            "text",
-        ])
-        .output()
-        .unwrap();
+        ];
+        common::perch_command(&[&args[..], &["--platform", platform]].concat())
+    };
+    let out = render_reminder("text");
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("Reminder: Submit the Q4 budget"));
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_perch"))
-        .args([
-            "--config",
-            "/nonexistent/perch.toml",
-            "card",
-            "render",
-            "reminder",
-            "--platform",
-            "fax",
-        ])
-        .output()
-        .unwrap();
+    let out = render_reminder("fax");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown platform `fax`"));
 }

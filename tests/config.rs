@@ -1,17 +1,13 @@
 //! `perch check`: a valid config prints a summary and exits 0; a bad one prints every
 //! problem with file:line:column and exits 1.
 
-use std::process::Command;
+mod common;
 
 fn check(config: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("perch.toml");
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_perch"))
-        .args(["--config", path.to_str().unwrap(), "check"])
-        .env_remove("PERCH_ADMIN_TOKEN")
-        .output()
-        .unwrap();
+    let out = common::perch_command(&["--config", path.to_str().unwrap(), "check"]);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -989,11 +989,13 @@ fn perch_schedule_prints_next_fire_times_in_each_zone() {
         "[schedules.daily_push]\ncron = \"0 0 9 * * MON-FRI\"\ntimezone = \"Asia/Shanghai\"\ntopic = \"push.daily\"\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_perch"))
-        .args(["schedule", "--count", "3", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = common::perch_command(&[
+        "schedule",
+        "--count",
+        "3",
+        "--config",
+        path.to_str().unwrap(),
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -1018,11 +1020,7 @@ fn perch_schedule_prints_next_fire_times_in_each_zone() {
         "[schedules.bad]\ncron = \"nope\"\ntimezone = \"UTC\"\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_perch"))
-        .args(["schedule", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = common::perch_command(&["schedule", "--config", path.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("perch.toml:2:8"),

@@ -185,3 +185,13 @@ pub fn tick(job: &str, slot: &str) -> perch::event::Event {
     e.external_id = Some(format!("{job}@{slot}"));
     e
 }
+
+/// Run the `perch` command with `args` and wait for it (no admin token from the
+/// environment leaks in).
+pub fn perch_command(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_perch"))
+        .args(args)
+        .env_remove("PERCH_ADMIN_TOKEN")
+        .output()
+        .expect("the perch binary runs")
+}
