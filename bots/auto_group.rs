@@ -79,9 +79,7 @@ pub struct NameRule {
 impl AutoGroupConfig {
     pub fn validate(&self, name: &str, at: usize, config: &Config, issues: &mut Issues) {
         if let Some(c) = &self.connector {
-            if !config.connectors.contains_key(c) {
-                issues.at(at, format!("bot `{name}`: connector `{c}` is not defined"));
-            }
+            config.check_connector(issues, at, &format!("bot `{name}`: connector"), c);
         }
         if let Err(e) = templates(name, self) {
             issues.at(at, e.to_string());

@@ -81,19 +81,9 @@ use serde::Serialize;
 
 impl DailyPushConfig {
     pub fn validate(&self, name: &str, at: usize, config: &Config, issues: &mut Issues) {
-        if !config.connectors.contains_key(&self.source) {
-            issues.at(
-                at,
-                format!(
-                    "bot `{name}`: source `{}` is not a defined connector",
-                    self.source
-                ),
-            );
-        }
+        config.check_connector(issues, at, &format!("bot `{name}`: source"), &self.source);
         if let Some(c) = &self.connector {
-            if !config.connectors.contains_key(c) {
-                issues.at(at, format!("bot `{name}`: connector `{c}` is not defined"));
-            }
+            config.check_connector(issues, at, &format!("bot `{name}`: connector"), c);
         }
         if let Err(e) = schedule_date::zone(&self.timezone) {
             issues.at(at, format!("bot `{name}`: {e}"));
@@ -229,31 +219,13 @@ impl Bot for DailyPush {
                 })
             })
             .collect();
-        // A table from an array of objects: columns from the first row.
-        let show = |v: &serde_json::Value| {
-            v.as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| v.to_string())
-        };
         let table = self
             .config
             .table_pointer
             .as_deref()
             .and_then(|p| answer.pointer(p))
             .and_then(|v| v.as_array())
-            .and_then(|rows| {
-                let columns: Vec<String> = rows.first()?.as_object()?.keys().cloned().collect();
-                let cells: Vec<Vec<String>> = rows
-                    .iter()
-                    .map(|r| {
-                        columns
-                            .iter()
-                            .map(|c| r.get(c).map(show).unwrap_or_default())
-                            .collect()
-                    })
-                    .collect();
-                Some(serde_json::json!({ "columns": columns, "rows": cells }))
-            });
+            .and_then(|rows| table_of(rows));
         // Shaped for cards/daily_metrics.hbs (`metrics`), plus the computed `figures`.
         let metrics: Vec<serde_json::Value> = rows
             .iter()

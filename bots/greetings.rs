@@ -55,15 +55,7 @@ pub struct Occasion {
 
 impl GreetingsConfig {
     pub fn validate(&self, name: &str, at: usize, config: &Config, issues: &mut Issues) {
-        if !config.connectors.contains_key(&self.source) {
-            issues.at(
-                at,
-                format!(
-                    "bot `{name}`: source `{}` is not a defined connector",
-                    self.source
-                ),
-            );
-        }
+        config.check_connector(issues, at, &format!("bot `{name}`: source"), &self.source);
         if let Err(e) = schedule_date::zone(&self.timezone) {
             issues.at(at, format!("bot `{name}`: {e}"));
         }

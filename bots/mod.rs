@@ -361,3 +361,26 @@ impl BotContext {
         Ok(delivered)
     }
 }
+
+/// A JSON value as a card shows it: text as it is, anything else as JSON.
+pub(crate) fn cell_text(v: &serde_json::Value) -> String {
+    v.as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| v.to_string())
+}
+
+/// An array of objects as a card table, `{"columns", "rows"}`, with the columns of the
+/// first row; `None` if there is no first row or it is not an object.
+pub(crate) fn table_of(rows: &[serde_json::Value]) -> Option<serde_json::Value> {
+    let columns: Vec<String> = rows.first()?.as_object()?.keys().cloned().collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            columns
+                .iter()
+                .map(|c| r.get(c).map(cell_text).unwrap_or_default())
+                .collect()
+        })
+        .collect();
+    Some(serde_json::json!({ "columns": columns, "rows": cells }))
+}

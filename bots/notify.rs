@@ -48,9 +48,7 @@ impl NotifyConfig {
             issues.at(at, format!("bot `{name}`: set `text` or `card`"));
         }
         if let Some(c) = &self.connector {
-            if !config.connectors.contains_key(c) {
-                issues.at(at, format!("bot `{name}`: connector `{c}` is not defined"));
-            }
+            config.check_connector(issues, at, &format!("bot `{name}`: connector"), c);
         }
         if let Err(e) = compile(name, self) {
             issues.at(at, e.to_string());

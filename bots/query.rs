@@ -83,13 +83,12 @@ impl QueryConfig {
         for (word, c) in &self.commands {
             match c.source.as_ref().or(self.source.as_ref()) {
                 None => issues.at(at, format!("bot `{name}`, command `{word}`: no `source`")),
-                Some(s) if !config.connectors.contains_key(s) => issues.at(
+                Some(s) => config.check_connector(
+                    issues,
                     at,
-                    format!(
-                        "bot `{name}`, command `{word}`: source `{s}` is not a defined connector"
-                    ),
+                    &format!("bot `{name}`, command `{word}`: source"),
+                    s,
                 ),
-                _ => {}
             }
             for a in &c.args {
                 if let Some(p) = &a.pattern {
@@ -232,39 +231,21 @@ impl Query {
 /// array of objects as a `table`, anything else as the `answer` text.
 fn card_data(result: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
     use serde_json::{Value, json};
-    let show = |v: &Value| {
-        v.as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| v.to_string())
-    };
     let mut data = serde_json::Map::new();
     match result {
         Value::Object(map) => {
             let fields: Vec<Value> = map
                 .iter()
                 .filter(|(_, v)| !v.is_object() && !v.is_array())
-                .map(|(k, v)| json!({ "label": k, "value": show(v) }))
+                .map(|(k, v)| json!({ "label": k, "value": cell_text(v) }))
                 .collect();
             data.insert("fields".into(), Value::Array(fields));
         }
-        Value::Array(rows) if !rows.is_empty() && rows.iter().all(Value::is_object) => {
-            let columns: Vec<String> = rows[0]
-                .as_object()
-                .map(|o| o.keys().cloned().collect())
-                .unwrap_or_default();
-            let cells: Vec<Vec<String>> = rows
-                .iter()
-                .map(|r| {
-                    columns
-                        .iter()
-                        .map(|c| r.get(c).map(show).unwrap_or_default())
-                        .collect()
-                })
-                .collect();
-            data.insert("table".into(), json!({ "columns": columns, "rows": cells }));
+        Value::Array(rows) if rows.iter().all(Value::is_object) && !rows.is_empty() => {
+            data.insert("table".into(), table_of(rows).unwrap_or_default());
         }
         other => {
-            data.insert("answer".into(), Value::String(show(other)));
+            data.insert("answer".into(), Value::String(cell_text(other)));
         }
     }
     data

@@ -201,12 +201,7 @@ impl RemindersConfig {
             issues.at(at, format!("bot `{name}`: {e}"));
         }
         if let Some(c) = &self.connector {
-            if !config.connectors.contains_key(c) {
-                issues.at(
-                    at,
-                    format!("bot `{name}`: connector `{c}` is not a defined connector"),
-                );
-            }
+            config.check_connector(issues, at, &format!("bot `{name}`: connector"), c);
         }
         for on in &self.on {
             if on.does == ItemChange::Open {

@@ -37,7 +37,7 @@
 
 use crate::action::{MessageBody, Operation, Target};
 use crate::clock::SharedClock;
-use crate::config::{Config, Issues, de_duration};
+use crate::config::{Config, Issues, de_duration, names};
 use crate::event::{Event, EventId, EventKind};
 use crate::journal::{Accepted, Journal, JournalError};
 use crate::store::{BotFailure, Fate, OutboxItem, Store, StoreError};
@@ -221,15 +221,6 @@ pub fn validate(config: &Config, issues: &mut Issues) {
                 Some(_) => {}
             }
         }
-    }
-}
-
-fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
-    let v: Vec<&str> = it.map(String::as_str).collect();
-    if v.is_empty() {
-        "none".to_string()
-    } else {
-        v.join(", ")
     }
 }
 

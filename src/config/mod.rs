@@ -314,6 +314,20 @@ impl Config {
     }
 
     /// Every semantic problem, each with its location. Empty means valid.
+    /// Report `connector` if no `[connectors.<name>]` defines it; `what` says who names
+    /// it and as what, e.g. "bot `push`: source".
+    pub fn check_connector(&self, issues: &mut Issues, at: usize, what: &str, connector: &str) {
+        if !self.connectors.contains_key(connector) {
+            issues.at(
+                at,
+                format!(
+                    "{what} `{connector}` is not defined (defined: {})",
+                    names(self.connectors.keys())
+                ),
+            );
+        }
+    }
+
     pub fn validate(&self) -> Vec<ConfigIssue> {
         let mut issues = Issues::new(&self.source);
         let server_at = key_offset(&self.source.text, "[server]", "listen");
@@ -497,7 +511,8 @@ fn key_offset(text: &str, header: &str, key: &str) -> usize {
         .map_or(start, |i| start + i + 1)
 }
 
-fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
+/// A list of names for an error message, or "none".
+pub(crate) fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
     let v: Vec<&str> = it.map(String::as_str).collect();
     if v.is_empty() {
         "none".to_string()
