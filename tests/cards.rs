@@ -20,16 +20,8 @@ const TEMPLATES: &[&str] = &[
     "reminder",
     "welcome",
 ];
-const PLATFORMS: &[&str] = &[
-    "feishu",
-    "feishu_webhook",
-    "slack",
-    "dingtalk",
-    "wecom",
-    "matrix",
-    "text",
-    "html",
-];
+// Every platform `render` knows, so a new one cannot go untested.
+use perch::cards::PLATFORMS;
 
 fn engine() -> &'static CardEngine {
     static ENGINE: OnceLock<CardEngine> = OnceLock::new();
