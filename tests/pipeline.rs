@@ -370,11 +370,8 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
         json!([]),
         "nothing stored"
     );
-    let metrics = t.get_text("/metrics").await;
-    assert!(
-        metrics.contains("perch_events_rejected_total{connector=\"events\",status=\"401\"} 4"),
-        "{metrics}"
-    );
+    t.assert_metric("perch_events_rejected_total{connector=\"events\",status=\"401\"} 4")
+        .await;
 }
 
 #[tokio::test]
@@ -630,11 +627,8 @@ async fn transient_failures_are_retried_and_delivered_once() {
         3,
         "two failures, one success, nothing more"
     );
-    let metrics = t.get_text("/metrics").await;
-    assert!(
-        metrics.contains("perch_outbox_attempts_total{connector=\"chat\",result=\"retry\"}"),
-        "{metrics}"
-    );
+    t.assert_metric("perch_outbox_attempts_total{connector=\"chat\",result=\"retry\"}")
+        .await;
 }
 
 #[tokio::test]

@@ -146,6 +146,13 @@ impl TestPerch {
             .await
             .expect("body")
     }
+
+    /// Assert that `/metrics` has a line containing `sample` (name, labels and maybe
+    /// the value).
+    pub async fn assert_metric(&self, sample: &str) {
+        let metrics = self.get_text("/metrics").await;
+        assert!(metrics.contains(sample), "no {sample:?} in:\n{metrics}");
+    }
 }
 
 /// The JSON bodies a wiremock server received, in arrival order.
