@@ -107,7 +107,7 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 }
 
 async fn index(State(s): State<S>) -> Html<String> {
-    Html(INDEX_HTML.replace("{{TITLE}}", &super::markdown::escape(&s.title)))
+    Html(INDEX_HTML.replace("{{TITLE}}", &crate::cards::markdown::escape_html(&s.title)))
 }
 
 async fn app_js() -> Response {

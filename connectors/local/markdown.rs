@@ -8,24 +8,10 @@
 //!
 //! Flow: bot → outbox → web-chat `execute` → history → **HTML** → browser.
 
+// One HTML escaper for every HTML perch writes: the cards'.
+use crate::cards::markdown::escape_html;
 use regex::Regex;
 use std::sync::LazyLock;
-
-/// Escape text for HTML element content and double- or single-quoted attributes.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + s.len() / 8);
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// Plain text (what people type, and bots' text bodies): escaped, links and @mentions
 /// marked, newlines kept. No emphasis: a `*` a person typed stays a `*`.
@@ -66,7 +52,7 @@ pub fn markdown_to_html(md: &str) -> String {
             match code.take() {
                 Some(lines) => {
                     out.push_str("<pre><code>");
-                    out.push_str(&escape(&lines.join("\n")));
+                    out.push_str(&escape_html(&lines.join("\n")));
                     out.push_str("</code></pre>");
                 }
                 None => {
@@ -111,7 +97,7 @@ pub fn markdown_to_html(md: &str) -> String {
     if let Some(lines) = code {
         // An unterminated fence: still show what was there as code.
         out.push_str("<pre><code>");
-        out.push_str(&escape(&lines.join("\n")));
+        out.push_str(&escape_html(&lines.join("\n")));
         out.push_str("</code></pre>");
     }
     flush_para(&mut out, &mut para);
@@ -155,7 +141,7 @@ fn inline(line: &str) -> String {
         let Some(close) = after.find('`') else { break };
         out.push_str(&links(&rest[..open], true));
         out.push_str("<code>");
-        out.push_str(&escape(&after[..close]));
+        out.push_str(&escape_html(&after[..close]));
         out.push_str("</code>");
         rest = &after[close + 1..];
     }
@@ -172,7 +158,7 @@ static LINK: LazyLock<Regex> = LazyLock::new(|| {
 /// escaped into the `href` and can only be http(s) because the pattern demands it.
 fn links(raw: &str, emphasis: bool) -> String {
     let decorate = |s: &str| {
-        let escaped = escape(s);
+        let escaped = escape_html(s);
         let escaped = if emphasis {
             emphasize(&escaped)
         } else {
@@ -196,11 +182,11 @@ fn links(raw: &str, emphasis: bool) -> String {
         };
         out.push_str(&decorate(&raw[last..whole.start()]));
         out.push_str(r#"<a href=""#);
-        out.push_str(&escape(url));
+        out.push_str(&escape_html(url));
         out.push_str(r#"" target="_blank" rel="noopener noreferrer nofollow">"#);
         match text {
             Some(t) => out.push_str(&decorate(t)),
-            None => out.push_str(&escape(url)),
+            None => out.push_str(&escape_html(url)),
         }
         out.push_str("</a>");
         last = end;
