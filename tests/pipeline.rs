@@ -598,18 +598,13 @@ bots = ["strict", "fine"]
 
 #[tokio::test]
 async fn transient_failures_are_retried_and_delivered_once() {
-    let s = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(2)
-        .with_priority(1)
-        .mount(&s)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .with_priority(2)
-        .mount(&s)
-        .await;
+    let s = common::fails_then(
+        "POST",
+        ResponseTemplate::new(503),
+        2,
+        ResponseTemplate::new(200),
+    )
+    .await;
     let t = TestPerch::start(&config(&s.uri(), NOTIFY)).await;
     post_event(&t, "build.failed", "r1", br#"{"repo":"r"}"#).await;
     let got = wait_sent(&s, 3).await;
@@ -633,18 +628,13 @@ async fn transient_failures_are_retried_and_delivered_once() {
 
 #[tokio::test]
 async fn retry_after_is_honoured() {
-    let s = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1"))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&s)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .with_priority(2)
-        .mount(&s)
-        .await;
+    let s = common::fails_then(
+        "POST",
+        ResponseTemplate::new(429).insert_header("retry-after", "1"),
+        1,
+        ResponseTemplate::new(200),
+    )
+    .await;
     let t = TestPerch::start(&config(&s.uri(), NOTIFY)).await;
     let started = Instant::now();
     post_event(&t, "build.failed", "ra", br#"{"repo":"r"}"#).await;
@@ -657,18 +647,13 @@ async fn retry_after_is_honoured() {
 
 #[tokio::test]
 async fn permanent_failures_go_to_dead_letters_and_replay_delivers() {
-    let s = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(400).set_body_string("bad chat"))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&s)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .with_priority(2)
-        .mount(&s)
-        .await;
+    let s = common::fails_then(
+        "POST",
+        ResponseTemplate::new(400).set_body_string("bad chat"),
+        1,
+        ResponseTemplate::new(200),
+    )
+    .await;
     let t = TestPerch::start(&config(&s.uri(), NOTIFY)).await;
     post_event(&t, "build.failed", "p1", br#"{"repo":"r"}"#).await;
     let dead = eventually(5, "a dead letter", || async {

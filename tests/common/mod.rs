@@ -202,3 +202,26 @@ pub fn perch_command(args: &[&str]) -> std::process::Output {
         .output()
         .expect("the perch binary runs")
 }
+
+/// A fake endpoint that answers `first` to the first `times` requests of `method`, then
+/// `then`: a platform that fails for a while.
+pub async fn fails_then(
+    method: &str,
+    first: wiremock::ResponseTemplate,
+    times: u64,
+    then: wiremock::ResponseTemplate,
+) -> wiremock::MockServer {
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method(method))
+        .respond_with(first)
+        .up_to_n_times(times)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    wiremock::Mock::given(wiremock::matchers::method(method))
+        .respond_with(then)
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    server
+}
