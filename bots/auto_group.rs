@@ -84,13 +84,13 @@ impl AutoGroupConfig {
         if let Err(e) = templates(name, self) {
             issues.at(at, e.to_string());
         }
-        if let Some(p) = &self.rule.pattern {
-            if regex::Regex::new(p).is_err() {
-                issues.at(
-                    at,
-                    format!("bot `{name}`: rule.pattern {p:?} is not a valid regex"),
-                );
-            }
+        if let Some(p) = &self.rule.pattern
+            && regex::Regex::new(p).is_err()
+        {
+            issues.at(
+                at,
+                format!("bot `{name}`: rule.pattern {p:?} is not a valid regex"),
+            );
         }
         for p in self.from_event.values().chain(self.members_pointer.iter()) {
             if !p.starts_with('/') {
@@ -218,10 +218,10 @@ impl AutoGroup {
             }
             ids.extend(cmd.people.iter().map(|p| p.id.clone()));
             emails.extend(cmd.args.iter().filter(|a| is_email(a)).cloned());
-            if let Some(sender) = &event.sender {
-                if !ids.contains(&sender.id) {
-                    ids.push(sender.id.clone());
-                }
+            if let Some(sender) = &event.sender
+                && !ids.contains(&sender.id)
+            {
+                ids.push(sender.id.clone());
             }
         } else {
             for (f, pointer) in &self.config.from_event {

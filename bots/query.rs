@@ -91,17 +91,17 @@ impl QueryConfig {
                 ),
             }
             for a in &c.args {
-                if let Some(p) = &a.pattern {
-                    if let Err(e) = regex::Regex::new(p) {
-                        issues.at(
-                            at,
-                            format!(
-                                "bot `{name}`, command `{word}`, arg `{}`: bad pattern: {}",
-                                a.name,
-                                e.to_string().lines().last().unwrap_or("")
-                            ),
-                        );
-                    }
+                if let Some(p) = &a.pattern
+                    && let Err(e) = regex::Regex::new(p)
+                {
+                    issues.at(
+                        at,
+                        format!(
+                            "bot `{name}`, command `{word}`, arg `{}`: bad pattern: {}",
+                            a.name,
+                            e.to_string().lines().last().unwrap_or("")
+                        ),
+                    );
                 }
             }
             let mut optional_seen = false;

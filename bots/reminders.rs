@@ -381,16 +381,16 @@ impl Rules {
                 );
                 continue;
             }
-            if let Some((start, end)) = self.quiet {
-                if self.quiet_at(local.time()) {
-                    let day = if start > end && local.time() >= start {
-                        local.date_naive().succ_opt().unwrap_or(local.date_naive())
-                    } else {
-                        local.date_naive()
-                    };
-                    t = self.at(day, end);
-                    continue;
-                }
+            if let Some((start, end)) = self.quiet
+                && self.quiet_at(local.time())
+            {
+                let day = if start > end && local.time() >= start {
+                    local.date_naive().succ_opt().unwrap_or(local.date_naive())
+                } else {
+                    local.date_naive()
+                };
+                t = self.at(day, end);
+                continue;
             }
             return t;
         }

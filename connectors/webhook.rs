@@ -108,19 +108,19 @@ impl WebhookConfig {
             ("chat_pointer", &self.chat_pointer),
             ("sender_pointer", &self.sender_pointer),
         ] {
-            if let Some(p) = p {
-                if !p.starts_with('/') {
-                    issues.at(at, format!("connector `{name}`: {field} {p:?} is not a JSON pointer (it must start with `/`)"));
-                }
+            if let Some(p) = p
+                && !p.starts_with('/')
+            {
+                issues.at(at, format!("connector `{name}`: {field} {p:?} is not a JSON pointer (it must start with `/`)"));
             }
         }
-        if let Some(url) = &self.send_url {
-            if reqwest::Url::parse(url).is_err() {
-                issues.at(
-                    at,
-                    format!("connector `{name}`: send_url {:?} is not a URL", &**url),
-                );
-            }
+        if let Some(url) = &self.send_url
+            && reqwest::Url::parse(url).is_err()
+        {
+            issues.at(
+                at,
+                format!("connector `{name}`: send_url {:?} is not a URL", &**url),
+            );
         }
     }
 }

@@ -99,10 +99,10 @@ impl Route {
         if self.kind.is_some_and(|k| k != event.kind) {
             return false;
         }
-        if let Some(glob) = &self.topic {
-            if !event.topic.as_deref().is_some_and(|t| glob.is_match(t)) {
-                return false;
-            }
+        if let Some(glob) = &self.topic
+            && !event.topic.as_deref().is_some_and(|t| glob.is_match(t))
+        {
+            return false;
         }
         if let Some(want) = &self.mention {
             let ok = if want == "*" {
@@ -121,15 +121,15 @@ impl Route {
                 return false;
             }
         }
-        if let Some(cmd) = &self.command {
-            if !crate::command::parse(event).is_some_and(|c| c.name == *cmd) {
-                return false;
-            }
+        if let Some(cmd) = &self.command
+            && crate::command::parse(event).is_none_or(|c| c.name != *cmd)
+        {
+            return false;
         }
-        if let Some(re) = &self.text {
-            if !event.text.as_deref().is_some_and(|t| re.is_match(t)) {
-                return false;
-            }
+        if let Some(re) = &self.text
+            && !event.text.as_deref().is_some_and(|t| re.is_match(t))
+        {
+            return false;
         }
         self.payload
             .iter()
@@ -229,15 +229,15 @@ impl Processor {
         let mut answer = ClickAnswer::default();
 
         if names.is_empty() {
-            if let Some(body) = self.unknown_command_hint(&event) {
-                if let Some(op) = reply_op(&event, body) {
-                    items.push(OutboxItem::new(
-                        format!("{id}/router/0000"),
-                        event.connector.clone(),
-                        op,
-                        now,
-                    ));
-                }
+            if let Some(body) = self.unknown_command_hint(&event)
+                && let Some(op) = reply_op(&event, body)
+            {
+                items.push(OutboxItem::new(
+                    format!("{id}/router/0000"),
+                    event.connector.clone(),
+                    op,
+                    now,
+                ));
             }
             store.complete_event(id, &Fate::Unrouted, &items).await?;
             telemetry::event_handled(&event.connector, "unrouted");
@@ -306,12 +306,10 @@ impl Processor {
                         body: MessageBody::Card { card },
                     },
                 ) = (&clicked, &action)
+                    && message_id == clicked
+                    && connector.as_deref().is_none_or(|c| c == event.connector)
                 {
-                    if message_id == clicked
-                        && connector.as_deref().is_none_or(|c| c == event.connector)
-                    {
-                        answer.card = Some(card.clone());
-                    }
+                    answer.card = Some(card.clone());
                 }
                 match resolve(&event, action) {
                     Ok((connector, op)) => {

@@ -21,7 +21,7 @@ pub fn install() -> PrometheusHandle {
                         5.0, 10.0, 30.0, 60.0,
                     ],
                 )
-                .and_then(|b| Ok(b.build_recorder()));
+                .map(|b| b.build_recorder());
             match recorder {
                 Ok(r) => {
                     let handle = r.handle();

@@ -109,11 +109,11 @@ pub fn payload_of(doc: &Value) -> Value {
     if let Some(h) = p.get_mut("header").and_then(Value::as_object_mut) {
         h.remove("token");
     }
-    if let Some(o) = p.as_object_mut() {
-        if o.contains_key("uuid") || o.contains_key("type") {
-            // 1.0 envelopes and challenges carry the verification token at the top level.
-            o.remove("token");
-        }
+    if let Some(o) = p.as_object_mut()
+        && (o.contains_key("uuid") || o.contains_key("type"))
+    {
+        // 1.0 envelopes and challenges carry the verification token at the top level.
+        o.remove("token");
     }
     p
 }

@@ -97,10 +97,10 @@ impl FeishuWebhook {
             }
             MessageBody::Card { card } => {
                 let mut card = feishu_card(card, "feishu_webhook")?;
-                if let Some(k) = keyword {
-                    if !card.to_string().contains(k) {
-                        add_keyword_to_card(&mut card, k);
-                    }
+                if let Some(k) = keyword
+                    && !card.to_string().contains(k)
+                {
+                    add_keyword_to_card(&mut card, k);
                 }
                 json!({ "msg_type": "interactive", "card": card })
             }

@@ -113,10 +113,10 @@ fn list_item(line: &str) -> Option<(bool, &str)> {
         }
     }
     let digits = line.chars().take_while(|c| c.is_ascii_digit()).count();
-    if (1..=3).contains(&digits) {
-        if let Some(rest) = line[digits..].strip_prefix(". ") {
-            return Some((true, rest));
-        }
+    if (1..=3).contains(&digits)
+        && let Some(rest) = line[digits..].strip_prefix(". ")
+    {
+        return Some((true, rest));
     }
     None
 }

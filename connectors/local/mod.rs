@@ -415,10 +415,10 @@ impl Inner {
         for (_, raw) in self.env.store.kv_scan(&self.ns, "room/").await? {
             rooms.push(serde_json::from_slice(&raw)?);
         }
-        if !rooms.iter().any(|r| r.id == DEFAULT_ROOM) {
-            if let Some(general) = self.room(DEFAULT_ROOM).await? {
-                rooms.push(general);
-            }
+        if !rooms.iter().any(|r| r.id == DEFAULT_ROOM)
+            && let Some(general) = self.room(DEFAULT_ROOM).await?
+        {
+            rooms.push(general);
         }
         rooms.sort_by(|a, b| {
             (a.id != DEFAULT_ROOM, a.name.to_lowercase())

@@ -419,21 +419,21 @@ impl Config {
                 );
             }
         }
-        if let Some(t) = &r.text {
-            if let Err(e) = regex::Regex::new(t) {
-                issues.at(
-                    at,
-                    format!(
-                        "bad regex in `text`: {}",
-                        e.to_string().lines().last().unwrap_or("")
-                    ),
-                );
-            }
+        if let Some(t) = &r.text
+            && let Err(e) = regex::Regex::new(t)
+        {
+            issues.at(
+                at,
+                format!(
+                    "bad regex in `text`: {}",
+                    e.to_string().lines().last().unwrap_or("")
+                ),
+            );
         }
-        if let Some(t) = &r.topic {
-            if let Err(e) = crate::router::compile_glob(t) {
-                issues.at(at, format!("bad topic glob {t:?}: {e}"));
-            }
+        if let Some(t) = &r.topic
+            && let Err(e) = crate::router::compile_glob(t)
+        {
+            issues.at(at, format!("bad topic glob {t:?}: {e}"));
         }
         for pointer in r.payload.keys() {
             if !pointer.is_empty() && !pointer.starts_with('/') {

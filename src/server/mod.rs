@@ -156,14 +156,14 @@ async fn hook(
             let mut body = ack.body;
             // Acks that report an event id report the one the journal kept (the original,
             // for a duplicate).
-            if let (Some(obj), Some(first)) = (body.as_object_mut(), accepted.first()) {
-                if obj.contains_key("event_id") {
-                    obj.insert("event_id".into(), json!(first.id().to_string()));
-                    obj.insert(
-                        "duplicate".into(),
-                        json!(matches!(first, Accepted::Duplicate(_))),
-                    );
-                }
+            if let (Some(obj), Some(first)) = (body.as_object_mut(), accepted.first())
+                && obj.contains_key("event_id")
+            {
+                obj.insert("event_id".into(), json!(first.id().to_string()));
+                obj.insert(
+                    "duplicate".into(),
+                    json!(matches!(first, Accepted::Duplicate(_))),
+                );
             }
             Ok((ack.status, Json(body)).into_response())
         }

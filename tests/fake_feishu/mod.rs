@@ -361,11 +361,11 @@ async fn bot_info(State(s): State<Shared>, headers: HeaderMap) -> Response {
 
 /// Store a message unless its uuid was seen: same uuid → same message id.
 fn store_message(st: &mut FakeState, mut m: Message) -> Value {
-    if let Some(u) = &m.uuid {
-        if let Some(id) = st.uuids.get(u) {
-            let existing = st.messages.iter().find(|x| &x.message_id == id).unwrap();
-            return json!({ "message_id": existing.message_id, "chat_id": existing.chat_id, "msg_type": existing.msg_type });
-        }
+    if let Some(u) = &m.uuid
+        && let Some(id) = st.uuids.get(u)
+    {
+        let existing = st.messages.iter().find(|x| &x.message_id == id).unwrap();
+        return json!({ "message_id": existing.message_id, "chat_id": existing.chat_id, "msg_type": existing.msg_type });
     }
     st.seq += 1;
     m.message_id = format!("om_fake_{}", st.seq);
@@ -683,10 +683,10 @@ async fn custom_bot(State(s): State<Shared>, Path(token): Path<String>, body: By
             );
         }
     }
-    if let Some(k) = &hook.keyword {
-        if !String::from_utf8_lossy(&body).contains(k.as_str()) {
-            return reply(19024, "Key Words Not Found");
-        }
+    if let Some(k) = &hook.keyword
+        && !String::from_utf8_lossy(&body).contains(k.as_str())
+    {
+        return reply(19024, "Key Words Not Found");
     }
     match b["msg_type"].as_str() {
         Some("interactive") if !b["card"].is_object() => {
