@@ -12,6 +12,7 @@
 use crate::clock::SharedClock;
 use crate::event::{Event, EventId};
 use crate::lanes::Doorbell;
+use crate::router::PendingEvent;
 use crate::store::{Ingested, Store, StoreError};
 use crate::telemetry;
 use std::sync::Arc;
@@ -56,7 +57,7 @@ pub struct Journal {
     store: Arc<dyn Store>,
     commits: mpsc::Sender<Waiter>,
     /// Hands new events to the router.
-    router: Arc<Doorbell<EventId, EventId>>,
+    router: Arc<Doorbell<EventId, PendingEvent>>,
     dedupe_window: Duration,
     clock: SharedClock,
 }
@@ -68,7 +69,7 @@ impl Journal {
         store: Arc<dyn Store>,
         dedupe_window: Duration,
         clock: SharedClock,
-        router: Arc<Doorbell<EventId, EventId>>,
+        router: Arc<Doorbell<EventId, PendingEvent>>,
         cancel: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(COMMIT_QUEUE);
@@ -105,16 +106,13 @@ impl Journal {
         for (event, a) in events.iter().zip(&out) {
             telemetry::event_received(&event.connector, matches!(a, Accepted::New(_)));
         }
+        // The router gets the new events whole: it need not read them back.
         let new = events
-            .iter()
+            .into_iter()
             .zip(&out)
-            .filter(|(_, a)| matches!(a, Accepted::New(_)));
-        self.router
-            .offer(
-                new.map(|(e, _)| (e.id, e.lane_key(), e.id))
-                    .collect::<Vec<_>>(),
-            )
-            .await;
+            .filter(|(_, a)| matches!(a, Accepted::New(_)))
+            .map(|(e, _)| (e.id, e.lane_key(), PendingEvent::Offered(Box::new(e))));
+        self.router.offer(new.collect::<Vec<_>>()).await;
         Ok(out)
     }
 

@@ -121,9 +121,22 @@ where
     /// completion means one scan per `max_per_lane / 2` items of a busy chat instead of
     /// one per item (bench/README.md).
     pub fn complete(&self, key: &K) {
+        self.free(key, true);
+    }
+
+    /// The item `key` is not in the store yet (a scan found its queue entry while the
+    /// write that stores it was still running): free its slot without counting it as
+    /// done, so the offer that follows that write dispatches it.
+    pub fn release(&self, key: &K) {
+        self.free(key, false);
+    }
+
+    fn free(&self, key: &K, done: bool) {
         let wake = {
             let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            f.completed.insert(key.clone());
+            if done {
+                f.completed.insert(key.clone());
+            }
             let mut wake = std::mem::take(&mut f.all_full);
             if let Some(lane) = f.keys.remove(key) {
                 let left = match f.per_lane.get_mut(&lane) {
@@ -395,6 +408,9 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// Where a test's handler finds the lanes it runs in (they are built after it).
+    type LanesSlot<T> = Arc<Mutex<Option<Arc<Lanes<u32, T>>>>>;
+
     #[tokio::test]
     async fn keeps_order_per_lane_and_runs_each_item_once() {
         let queue: Arc<Mutex<Vec<(u32, String)>>> = Arc::new(Mutex::new(
@@ -403,7 +419,7 @@ mod tests {
         let seen: Arc<Mutex<HashMap<String, Vec<u32>>>> = Arc::default();
         let runs = Arc::new(AtomicUsize::new(0));
         let door = Doorbell::new();
-        let lanes_slot: Arc<Mutex<Option<Arc<Lanes<u32, (u32, String)>>>>> = Arc::default();
+        let lanes_slot: LanesSlot<(u32, String)> = Arc::default();
         let handler: Handler<(u32, String)> = {
             let (seen, runs, queue, slot) = (
                 seen.clone(),
@@ -495,5 +511,63 @@ mod tests {
             sorted.sort();
             assert_eq!(ks, &sorted, "per-lane order");
         }
+    }
+
+    /// A released item (not stored yet when its lane got it) is dispatched again by the
+    /// offer that follows its store write; a completed one is not.
+    #[tokio::test]
+    async fn a_released_item_comes_back_with_its_offer() {
+        let door = Doorbell::new();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let slot: LanesSlot<u32> = Arc::default();
+        let handler: Handler<u32> = {
+            let (runs, slot) = (runs.clone(), slot.clone());
+            Arc::new(move |k: u32| {
+                let (runs, slot) = (runs.clone(), slot.clone());
+                Box::pin(async move {
+                    let lanes = slot.lock().unwrap().clone().unwrap();
+                    if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                        lanes.release(&k);
+                    } else {
+                        lanes.complete(&k);
+                    }
+                })
+            })
+        };
+        let limits = LaneLimits {
+            concurrency: 1,
+            max_in_flight: 4,
+            max_per_lane: 4,
+        };
+        let lanes = Lanes::new(limits, &door, handler);
+        *slot.lock().unwrap() = Some(lanes.clone());
+        let cancel = CancellationToken::new();
+        let feeder = tokio::spawn(lanes.clone().feed(
+            |_, _, _| async { Ok::<_, String>(Vec::<(String, Vec<(u32, u32)>)>::new()) },
+            cancel.clone(),
+        ));
+        // Offers are left to the first scan until it has run.
+        while !lanes.offer(7, "a", 7).await {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let settle = || async {
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if lanes.in_flight() == 0 {
+                    break;
+                }
+            }
+        };
+        settle().await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert!(lanes.offer(7, "a", 7).await);
+        settle().await;
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "released: dispatched again");
+        assert!(lanes.offer(7, "a", 7).await);
+        settle().await;
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "completed: not again");
+        cancel.cancel();
+        feeder.await.unwrap();
+        lanes.drain().await;
     }
 }

@@ -197,6 +197,33 @@ impl Router {
     }
 }
 
+/// A pending event for a router lane.
+pub enum PendingEvent {
+    /// Found in the store's pending queue by a scan: only its id is known.
+    Scanned(EventId),
+    /// Handed over by the journal right after it was stored, so not read back.
+    Offered(Box<Event>),
+}
+
+impl PendingEvent {
+    pub fn id(&self) -> EventId {
+        match self {
+            PendingEvent::Scanned(id) => *id,
+            PendingEvent::Offered(event) => event.id,
+        }
+    }
+}
+
+/// What `Processor::process` did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Processed {
+    /// Handled now, or already handled before.
+    Done,
+    /// Not stored yet: a scan found its queue entry while its ingest was still running.
+    /// The journal offers it once the ingest is durable.
+    NotStoredYet,
+}
+
 /// Runs bots on pending events; one `Processor` per perch.
 pub struct Processor {
     pub router: Router,
@@ -212,25 +239,40 @@ pub struct Processor {
 impl Processor {
     /// Handle one pending event end to end. Store errors are returned (the event stays
     /// pending and is retried on the next scan); bot errors are not errors here.
-    pub async fn process(&self, id: EventId) -> Result<(), StoreError> {
+    pub async fn process(&self, pending: PendingEvent) -> Result<Processed, StoreError> {
         let store = &self.services.store;
-        let Some(entry) = store.event(id).await? else {
-            return Ok(());
+        let event = match pending {
+            // A scan may have found and handled it before the offer came.
+            PendingEvent::Offered(event) => {
+                if !store.is_pending(&event).await? {
+                    return Ok(Processed::Done);
+                }
+                *event
+            }
+            PendingEvent::Scanned(id) => match store.event(id).await? {
+                None => return Ok(Processed::NotStoredYet),
+                Some(entry) if entry.fate != Fate::Pending => return Ok(Processed::Done),
+                Some(entry) => entry.event,
+            },
         };
-        if entry.fate != Fate::Pending {
-            return Ok(());
-        }
-        let event = entry.event;
+        self.handle(&event).await?;
+        Ok(Processed::Done)
+    }
+
+    /// Run the bots on a pending event and record what became of it.
+    async fn handle(&self, event: &Event) -> Result<(), StoreError> {
+        let store = &self.services.store;
+        let id = event.id;
         let now = self.services.clock.now();
-        let names = self.bots_for(&event);
+        let names = self.bots_for(event);
         let mut items = Vec::new();
         let mut failures = Vec::new();
         let clicked = event.card_action.as_ref().map(|a| a.message_id.clone());
         let mut answer = ClickAnswer::default();
 
         if names.is_empty() {
-            if let Some(body) = self.unknown_command_hint(&event)
-                && let Some(op) = reply_op(&event, body)
+            if let Some(body) = self.unknown_command_hint(event)
+                && let Some(op) = reply_op(event, body)
             {
                 items.push(OutboxItem::new(
                     format!("{id}/router/0000"),
@@ -239,7 +281,7 @@ impl Processor {
                     now,
                 ));
             }
-            store.complete_event(id, &Fate::Unrouted, &items).await?;
+            store.complete_event(event, &Fate::Unrouted, &items).await?;
             telemetry::event_handled(&event.connector, "unrouted");
             if clicked.is_some() {
                 self.clicks.handled(id);
@@ -265,9 +307,9 @@ impl Processor {
                 }
                 continue;
             };
-            let mut ctx = BotContext::new(name, &event, self.services.clone());
+            let mut ctx = BotContext::new(name, event, self.services.clone());
             let result =
-                match tokio::time::timeout(self.bot_timeout, bot.handle(&event, &mut ctx)).await {
+                match tokio::time::timeout(self.bot_timeout, bot.handle(event, &mut ctx)).await {
                     Ok(r) => r,
                     Err(_) => Err(BotError::Other(format!(
                         "timed out after {:?}",
@@ -283,7 +325,7 @@ impl Processor {
                         bot: name.clone(),
                         error: e.to_string(),
                     });
-                    apology(name, &event, &e).into_iter().collect()
+                    apology(name, event, &e).into_iter().collect()
                 }
             };
             for (index, action) in actions.into_iter().enumerate() {
@@ -311,7 +353,7 @@ impl Processor {
                 {
                     answer.card = Some(card.clone());
                 }
-                match resolve(&event, action) {
+                match resolve(event, action) {
                     Ok((connector, op)) => {
                         if !self.services.connectors.contains_key(&connector) {
                             failures.push(BotFailure {
@@ -337,7 +379,7 @@ impl Processor {
             failures,
             answer: (!answer.is_empty()).then_some(answer),
         };
-        store.complete_event(id, &fate, &items).await?;
+        store.complete_event(event, &fate, &items).await?;
         if clicked.is_some() {
             self.clicks.handled(id);
         }
@@ -512,25 +554,37 @@ pub fn resolve(event: &Event, action: Action) -> Result<(String, Operation), Str
 pub fn start(
     processor: Arc<Processor>,
     concurrency: usize,
-    door: &crate::lanes::Doorbell<EventId, EventId>,
+    door: &crate::lanes::Doorbell<EventId, PendingEvent>,
     cancel: tokio_util::sync::CancellationToken,
-) -> (Arc<Lanes<EventId, EventId>>, tokio::task::JoinHandle<()>) {
+) -> (
+    Arc<Lanes<EventId, PendingEvent>>,
+    tokio::task::JoinHandle<()>,
+) {
     let store = processor.services.store.clone();
     // Weak: the lanes own this handler, so a strong reference back would be a cycle
     // that keeps the store (and its file lock) alive after shutdown.
-    let slot: Arc<std::sync::OnceLock<std::sync::Weak<Lanes<EventId, EventId>>>> = Arc::default();
+    let slot: Arc<std::sync::OnceLock<std::sync::Weak<Lanes<EventId, PendingEvent>>>> =
+        Arc::default();
     let handler = {
         let slot = slot.clone();
-        Arc::new(move |id: EventId| {
+        Arc::new(move |pending: PendingEvent| {
             let processor = processor.clone();
             let slot = slot.clone();
             Box::pin(async move {
-                if let Err(e) = processor.process(id).await {
-                    tracing::error!(event_id = %id, error = %e, "event could not be processed; it stays pending");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
+                let id = pending.id();
+                let processed = match processor.process(pending).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(event_id = %id, error = %e, "event could not be processed; it stays pending");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        Processed::Done
+                    }
+                };
                 if let Some(lanes) = slot.get().and_then(std::sync::Weak::upgrade) {
-                    lanes.complete(&id);
+                    match processed {
+                        Processed::Done => lanes.complete(&id),
+                        Processed::NotStoredYet => lanes.release(&id),
+                    }
                 }
             }) as futures::future::BoxFuture<'static, ()>
         })
@@ -553,7 +607,10 @@ pub fn start(
                 Ok::<_, StoreError>(
                     lanes
                         .into_iter()
-                        .map(|(lane, ids)| (lane, ids.into_iter().map(|id| (id, id)).collect()))
+                        .map(|(lane, ids)| {
+                            let items = ids.into_iter().map(|id| (id, PendingEvent::Scanned(id)));
+                            (lane, items.collect())
+                        })
                         .collect::<Vec<_>>(),
                 )
             }

@@ -64,7 +64,7 @@ pub struct Shared {
 /// A running perch.
 pub struct Perch {
     pub shared: Shared,
-    event_lanes: Arc<Lanes<EventId, EventId>>,
+    event_lanes: Arc<Lanes<EventId, crate::router::PendingEvent>>,
     outbox_lanes: Arc<Lanes<String, String>>,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -309,7 +309,6 @@ async fn upkeep(
                 chrono::Duration::from_std(dedupe_window).unwrap_or(chrono::Duration::hours(8));
             let keep = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(7));
             let cut = SweepCutoffs {
-                now,
                 sent_before: now - window,
                 journal_before: now - keep,
             };

@@ -666,11 +666,15 @@ async fn the_ledger_records_outcomes_and_alerts_on_failed_bots() {
     let fired = run_until(&mut s, &rig.clock, utc("2026-05-01T02:00:00Z")).await;
     assert_eq!(fired.len(), 2);
     // The router handled the first tick fine and the second with a failing bot.
-    let ok = fired[0].accepted.id();
-    let bad = fired[1].accepted.id();
+    let stored = |n: usize| {
+        let id = fired[n].accepted.id();
+        let store = rig.store.clone();
+        async move { store.event(id).await.unwrap().unwrap().event }
+    };
+    let (ok, bad) = (stored(0).await, stored(1).await);
     rig.store
         .complete_event(
-            ok,
+            &ok,
             &Fate::Routed {
                 bots: vec!["push".into()],
                 actions: 1,
@@ -691,7 +695,7 @@ async fn the_ledger_records_outcomes_and_alerts_on_failed_bots() {
     };
     rig.store
         .complete_event(
-            bad,
+            &bad,
             &Fate::Routed {
                 bots: vec!["push".into()],
                 actions: 0,
@@ -736,7 +740,7 @@ async fn the_ledger_records_outcomes_and_alerts_on_failed_bots() {
     let v = serde_json::to_value(&job.runs).unwrap();
     assert_eq!(v[0]["outcome"]["result"], "bots_failed", "{v}");
     assert_eq!(v[1]["outcome"]["result"], "ok", "{v}");
-    assert_eq!(v[1]["event_id"], serde_json::json!(ok));
+    assert_eq!(v[1]["event_id"], serde_json::json!(ok.id));
 }
 
 #[tokio::test]

@@ -87,10 +87,12 @@ pub async fn dedupes_within_window(s: &dyn Store) {
 pub async fn pending_and_complete(s: &dyn Store) {
     let now = Utc::now();
     let mut ids = Vec::new();
+    let mut events = Vec::new();
     for _ in 0..5 {
         let e = event("gh", None, now);
         s.ingest(&e, now).await.unwrap();
         ids.push(e.id);
+        events.push(e);
     }
     // One lane (connector "gh", no chat): all five, in id order; per_lane limits.
     let lanes = s.pending_lanes(None, 10, 100).await.unwrap();
@@ -114,12 +116,14 @@ pub async fn pending_and_complete(s: &dyn Store) {
         item(&format!("{}/echo/0000", ids[0]), now),
         item(&format!("{}/echo/0001", ids[0]), now),
     ];
-    s.complete_event(ids[0], &fate, &items).await.unwrap();
+    assert!(s.is_pending(&events[0]).await.unwrap());
+    s.complete_event(&events[0], &fate, &items).await.unwrap();
     assert_eq!(s.event(ids[0]).await.unwrap().unwrap().fate, fate);
+    assert!(!s.is_pending(&events[0]).await.unwrap());
     assert_eq!(s.pending_count().await.unwrap(), 4);
     assert_eq!(s.outbox_count().await.unwrap(), 2);
     // Completing again (a re-run after a crash) queues nothing twice.
-    s.complete_event(ids[0], &fate, &items).await.unwrap();
+    s.complete_event(&events[0], &fate, &items).await.unwrap();
     assert_eq!(s.outbox_count().await.unwrap(), 2);
     assert_eq!(s.pending_count().await.unwrap(), 4);
 
@@ -302,9 +306,7 @@ pub async fn sweep(s: &dyn Store) {
         0,
     )));
     s.ingest(&old, now - Duration::days(9)).await.unwrap();
-    s.complete_event(old.id, &Fate::Unrouted, &[])
-        .await
-        .unwrap();
+    s.complete_event(&old, &Fate::Unrouted, &[]).await.unwrap();
     let fresh = event("gh", Some("fresh"), now);
     s.ingest(&fresh, now + Duration::hours(8)).await.unwrap();
     let record = SentRecord {
@@ -317,7 +319,6 @@ pub async fn sweep(s: &dyn Store) {
 
     let stats = s
         .sweep(SweepCutoffs {
-            now,
             sent_before: now - Duration::days(1),
             journal_before: now - Duration::days(7),
         })

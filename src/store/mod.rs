@@ -149,11 +149,11 @@ pub struct DeadLetter {
 /// What `Store::sweep` may drop.
 #[derive(Debug, Clone, Copy)]
 pub struct SweepCutoffs {
-    /// Dedupe keys that expired before this time.
-    pub now: DateTime<Utc>,
     /// Sent records older than this.
     pub sent_before: DateTime<Utc>,
-    /// Journal entries received before this (never pending ones).
+    /// Journal entries received before this (never pending ones), with their dedupe
+    /// keys: the journal's retention is at least the dedupe window, so those have
+    /// expired.
     pub journal_before: DateTime<Utc>,
 }
 
@@ -185,12 +185,22 @@ pub trait Store: Send + Sync + 'static {
         max_lanes: usize,
         per_lane: usize,
     ) -> StoreResult<Vec<(String, Vec<EventId>)>>;
+    /// The event with its fate; `None` if it is not stored (or its ingest is still
+    /// running).
     async fn event(&self, id: EventId) -> StoreResult<Option<JournalEntry>>;
-    /// Atomically: record the fate, drop the event from pending, and queue `items`
-    /// (skipping keys already queued or already sent).
+    /// Whether the stored `event` still waits for the router (has no fate yet): cheaper
+    /// than `event` for one the router already holds.
+    async fn is_pending(&self, event: &Event) -> StoreResult<bool> {
+        Ok(self
+            .event(event.id)
+            .await?
+            .is_some_and(|e| e.fate == Fate::Pending))
+    }
+    /// Atomically: record the fate of the stored `event`, drop it from pending, and
+    /// queue `items` (skipping keys already queued or already sent).
     async fn complete_event(
         &self,
-        id: EventId,
+        event: &Event,
         fate: &Fate,
         items: &[OutboxItem],
     ) -> StoreResult<()>;

@@ -4,10 +4,8 @@
 //! |--------|---------------------------------------|--------------------------------|
 //! | `ev/`  | event id (16 bytes, time-ordered)     | `Event` JSON (never rewritten) |
 //! | `fa/`  | event id                              | `Fate` JSON, once handled      |
-//! | `pe/`  | event id                              | lane key: the event is pending |
-//! | `pl/`  | lane `\0` event id                    | empty: pending events by lane  |
+//! | `pl/`  | lane `\0` event id                    | the event's `dd/` key rest (or empty): pending events by lane |
 //! | `dd/`  | connector `\0` external id            | event id + expiry (ms, BE)     |
-//! | `dx/`  | expiry (ms, BE) + the `dd/` key rest  | empty: dedupe expiry index     |
 //! | `ob/`  | outbox key                            | `OutboxItem` JSON              |
 //! | `ol/`  | lane `\0` outbox key                  | empty: queued items by lane    |
 //! | `se/`  | outbox key                            | `SentRecord` JSON              |
@@ -16,7 +14,15 @@
 //! | `kv/`  | namespace `\0` key                    | bytes                          |
 //!
 //! The `pl/` and `ol/` indexes let the feeders read a queue lane by lane, keys only, and
-//! jump past a lane with one seek (lane keys never contain `\0`).
+//! jump past a lane with one seek (lane keys never contain `\0`). An event is pending
+//! exactly while its `pl/` entry exists.
+//!
+//! **Few keys per event.** sled costs several µs per written key, so an event writes
+//! three at ingest (`pl/ dd/ ev/`) and two when handled (`fa/`, then `pl/` removed).
+//! Dedupe keys have no expiry index of their own: `server.journal_retention` is at least
+//! `server.dedupe_window` (config validation), so a key has expired by the time its
+//! event ages out of the journal, and the sweep drops both together. (Stores written
+//! before this layout also had `pe/` and `dx/` keys; `repair` drops them.)
 //!
 //! **Durability.** sled makes writes durable on `flush` and on its own timer (every
 //! 500 ms). Acknowledged events do not wait for either: `ingest` also appends them to the
@@ -28,12 +34,14 @@
 //! (bench/README.md). So each change is a sequence of single-key writes, ordered so that
 //! whatever prefix of it a crash leaves is harmless or repaired by `repair` at open:
 //!
-//! - `ingest` (under the ingest lock): `dd/ dx/ pe/ ev/ pl/`. An event is *whole* once
-//!   `ev/` is written; a dedupe key whose event is not whole does not make a retry a
-//!   duplicate, a replay re-applies an event that is not whole, and `repair` drops a
-//!   pending marker without its event and restores a missing lane-index entry. `pl/`,
-//!   through which the router finds the event, comes last.
-//! - `complete_event`: outbox items, then `fa/`, then `pl/`, then `pe/`.
+//! - `ingest` (under the ingest lock): `pl/ dd/ ev/`. An event is *whole* once `ev/` is
+//!   written, so a whole event always has its `pl/` entry or its fate. A dedupe key
+//!   whose event is not whole does not make a retry a duplicate, a replay re-applies an
+//!   event that is not whole, and `repair` drops a `pl/` entry without its event, with
+//!   the dedupe key it names. The router may find a `pl/` entry whose ingest is still
+//!   running: `event` then says there is no such event yet, and the router leaves the
+//!   entry alone.
+//! - `complete_event`: outbox items, then `fa/`, then `pl/`.
 //! - queueing an item: `ob/` (insert-if-absent), then `ol/`; delivering: `se/ sx/`, then
 //!   `ob/`, then `ol/`. The outbox checks `se/` before sending, so an item that is both
 //!   sent and queued is never sent again.
@@ -50,11 +58,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 const EV: &[u8] = b"ev/";
 const FA: &[u8] = b"fa/";
-const PE: &[u8] = b"pe/";
+/// Pending markers of the layout before `pl/` took their place (dropped by `repair`).
+const LEGACY_PE: &[u8] = b"pe/";
 const PL: &[u8] = b"pl/";
 const OL: &[u8] = b"ol/";
 const DD: &[u8] = b"dd/";
-const DX: &[u8] = b"dx/";
+/// The dedupe expiry index of that layout (dropped by `repair`).
+const LEGACY_DX: &[u8] = b"dx/";
 const OB: &[u8] = b"ob/";
 const SE: &[u8] = b"se/";
 const SX: &[u8] = b"sx/";
@@ -220,30 +230,34 @@ impl SledStore {
     /// event's and queued item's keys once.
     fn repair(&self) -> StoreResult<(i64, i64)> {
         let mut repaired = 0;
-        // Pending markers: an event with a fate was handled, and an event that is not
-        // there was cut short before it was stored (if it was acknowledged, the ingest
-        // log replays it after this): drop the marker. Any other must be in its lane
-        // index.
+        // Keys of the layout before this one: `pl/` entries now mark pending events,
+        // and dedupe keys go with their events.
+        for legacy in [LEGACY_PE, LEGACY_DX] {
+            for kv in self.tree.scan_prefix(legacy) {
+                self.tree.remove(kv.map_err(io)?.0).map_err(io)?;
+                repaired += 1;
+            }
+        }
+        // Pending events: one with a fate was handled, and one that is not there was cut
+        // short before it was stored (if it was acknowledged, the ingest log replays it
+        // after this): drop the entry, and in the second case the dedupe key it wrote.
         let mut pending = 0;
-        for kv in self.tree.scan_prefix(PE) {
-            let (k, lane) = kv.map_err(io)?;
-            let id = &k[PE.len()..];
-            let pl_key = lane_key(PL, &String::from_utf8_lossy(&lane), id);
-            if self.tree.contains_key(key(FA, id)).map_err(io)?
-                || !self.tree.contains_key(key(EV, id)).map_err(io)?
-            {
-                self.tree.remove(&pl_key).map_err(io)?;
+        for kv in self.tree.scan_prefix(PL) {
+            let (k, dedupe_rest) = kv.map_err(io)?;
+            let id = &k[k.len().saturating_sub(16)..];
+            if !self.tree.contains_key(key(EV, id)).map_err(io)? {
+                if !dedupe_rest.is_empty() {
+                    self.drop_dedupe_key(&key(DD, &dedupe_rest), id)?;
+                }
+                self.tree.remove(&k).map_err(io)?;
+                repaired += 1;
+            } else if self.tree.contains_key(key(FA, id)).map_err(io)? {
                 self.tree.remove(&k).map_err(io)?;
                 repaired += 1;
             } else {
-                repaired += usize::from(self.ensure_index(pl_key)?);
                 pending += 1;
             }
         }
-        // Lane index entries of events no longer pending.
-        repaired += self.drop_stale_index(PL, |rest| {
-            Some(key(PE, &rest[rest.len().saturating_sub(16)..]))
-        })?;
         // Queued items: one already sent or dead leaves the queue; the others must be
         // in their lane index.
         let mut queued = 0;
@@ -302,8 +316,25 @@ impl SledStore {
         Ok(dropped)
     }
 
-    /// Whether an ingest's writes reached sled: its event, written after its pending
-    /// marker (and only the lane-index entry after it, which `repair` can restore).
+    /// Remove the dedupe key `dd_key` if it still names event `id` (a later event with
+    /// the same external id may have taken it over). Compare-and-swap: ingests of other
+    /// events may write the key meanwhile. Whether it was removed.
+    fn drop_dedupe_key(&self, dd_key: &[u8], id: &[u8]) -> StoreResult<bool> {
+        let Some(value) = self.tree.get(dd_key).map_err(io)? else {
+            return Ok(false);
+        };
+        if value.len() != 24 || &value[..16] != id {
+            return Ok(false);
+        }
+        Ok(self
+            .tree
+            .compare_and_swap(dd_key, Some(value), None as Option<&[u8]>)
+            .map_err(io)?
+            .is_ok())
+    }
+
+    /// Whether an ingest's writes reached sled: its event, written last (after its
+    /// lane-index entry and its dedupe key).
     fn is_whole(&self, id: &[u8]) -> StoreResult<bool> {
         self.tree.contains_key(key(EV, id)).map_err(io)
     }
@@ -318,54 +349,51 @@ impl SledStore {
         dedupe_until: DateTime<Utc>,
         replay: bool,
     ) -> StoreResult<Ingested> {
-        let id = event.id.0.as_bytes().to_vec();
-        let ev_key = key(EV, &id);
-        let pe_key = key(PE, &id);
-        let lane = event.lane_key();
-        let pl_key = lane_key(PL, &lane, &id);
-        let dedupe = event.external_id.as_ref().map(|x| {
-            let rest = dedupe_rest(&event.connector, x);
-            let mut value = id.clone();
-            value.extend_from_slice(&ms_be(dedupe_until));
-            let mut dx = ms_be(dedupe_until).to_vec();
-            dx.extend_from_slice(&rest);
-            (key(DD, &rest), value, key(DX, &dx), rest)
-        });
+        let id = event.id.0.as_bytes();
+        let pl_key = lane_key(PL, &event.lane_key(), id);
+        let rest = event
+            .external_id
+            .as_ref()
+            .map(|x| dedupe_rest(&event.connector, x));
         let now_ms = event.received_at.timestamp_millis();
         // The ingest lock (see `log_buffer`); a poisoned lock only means another ingest
         // panicked, and the buffer is still whole.
         let mut buffer = self.log_buffer.lock().unwrap_or_else(|p| p.into_inner());
-        if replay && self.is_whole(&id)? {
+        if replay && self.is_whole(id)? {
             return Ok(Ingested::Duplicate { original: event.id });
         }
-        if let Some((dd_key, value, dx_key, rest)) = &dedupe {
-            if let Some(old) = self.tree.get(dd_key).map_err(io)?
-                && old.len() == 24
-            {
-                let original = event_id_from(&old[..16])?;
-                if be_ms(&old[16..24]) > now_ms
-                    && original != event.id
-                    && self.is_whole(&old[..16])?
+        let dedupe = match &rest {
+            Some(rest) => {
+                let dd_key = key(DD, rest);
+                if let Some(old) = self.tree.get(&dd_key).map_err(io)?
+                    && old.len() == 24
                 {
-                    return Ok(Ingested::Duplicate { original });
+                    let original = event_id_from(&old[..16])?;
+                    // Otherwise it expired, or an ingest a crash cut short left it: the
+                    // key is taken over.
+                    if be_ms(&old[16..24]) > now_ms
+                        && original != event.id
+                        && self.is_whole(&old[..16])?
+                    {
+                        return Ok(Ingested::Duplicate { original });
+                    }
                 }
-                // Expired, or left by an ingest a crash cut short: reuse the key.
-                let mut old_dx = old[16..24].to_vec();
-                old_dx.extend_from_slice(rest);
-                self.tree.remove(key(DX, &old_dx)).map_err(io)?;
+                let mut value = Vec::with_capacity(24);
+                value.extend_from_slice(id);
+                value.extend_from_slice(&ms_be(dedupe_until));
+                Some((dd_key, value))
             }
-            self.tree
-                .insert(dd_key.as_slice(), value.as_slice())
-                .map_err(io)?;
-            self.tree
-                .insert(dx_key.as_slice(), &[] as &[u8])
-                .map_err(io)?;
+            None => None,
+        };
+        // Pending first and the event last (module docs): a crash in between leaves
+        // nothing `repair` cannot undo.
+        self.tree
+            .insert(pl_key, rest.unwrap_or_default())
+            .map_err(io)?;
+        if let Some((dd_key, value)) = dedupe {
+            self.tree.insert(dd_key, value).map_err(io)?;
         }
-        // The lane-index entry last: the router finds the event through it, so it never
-        // sees one half written.
-        self.tree.insert(pe_key, lane.as_bytes()).map_err(io)?;
-        self.tree.insert(ev_key, entry).map_err(io)?;
-        self.tree.insert(pl_key, &[] as &[u8]).map_err(io)?;
+        self.tree.insert(key(EV, id), entry).map_err(io)?;
         if self.log.is_some() && !replay {
             ingest_log::encode(&mut buffer, dedupe_until, entry);
         }
@@ -514,6 +542,13 @@ impl SledStore {
     }
 }
 
+/// The fields of a stored event that name its dedupe key (the rest is not parsed).
+#[derive(serde::Deserialize)]
+struct EventOrigin {
+    connector: String,
+    external_id: Option<String>,
+}
+
 /// An outbox item ready to be queued: its keys and its JSON.
 struct EncodedItem {
     ob: Vec<u8>,
@@ -581,16 +616,11 @@ impl Store for SledStore {
 
     async fn complete_event(
         &self,
-        id: EventId,
+        event: &Event,
         fate: &Fate,
         items: &[OutboxItem],
     ) -> StoreResult<()> {
-        let id_bytes = id.0.as_bytes();
-        if !self.tree.contains_key(key(EV, id_bytes)).map_err(io)? {
-            return Err(StoreError::Corrupt(format!(
-                "event {id} is not in the journal"
-            )));
-        }
+        let id_bytes = event.id.0.as_bytes();
         let encoded = Self::encode_items(items)?;
         // The fate goes under its own small key: the event itself is never rewritten.
         let fate_json = serde_json::to_vec(fate)?;
@@ -598,17 +628,17 @@ impl Store for SledStore {
         // runs it again and finds them queued (or sent).
         let added = self.enqueue_encoded(&encoded)?;
         self.tree.insert(key(FA, id_bytes), fate_json).map_err(io)?;
-        let pe_key = key(PE, id_bytes);
-        if let Some(lane) = self.tree.get(&pe_key).map_err(io)? {
-            self.tree
-                .remove(lane_key(PL, &String::from_utf8_lossy(&lane), id_bytes))
-                .map_err(io)?;
-            if self.tree.remove(&pe_key).map_err(io)?.is_some() {
-                self.pending.fetch_sub(1, Ordering::Relaxed);
-            }
+        let pl_key = lane_key(PL, &event.lane_key(), id_bytes);
+        if self.tree.remove(pl_key).map_err(io)?.is_some() {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
         }
         self.queued.fetch_add(added as i64, Ordering::Relaxed);
         Ok(())
+    }
+
+    async fn is_pending(&self, event: &Event) -> StoreResult<bool> {
+        let id = event.id.0.as_bytes();
+        Ok(self.is_whole(id)? && !self.tree.contains_key(key(FA, id)).map_err(io)?)
     }
 
     async fn recent_events(
@@ -834,30 +864,6 @@ impl Store for SledStore {
             ingest_log::remove(&[segment]);
         }
         let mut stats = SweepStats::default();
-        // Dedupe keys: walk the expiry index up to `now`.
-        let now_ms = cut.now.timestamp_millis();
-        for kv in self.tree.scan_prefix(DX) {
-            let (k, _) = kv.map_err(io)?;
-            let rest = &k[DX.len()..];
-            if rest.len() < 8 || be_ms(rest) > now_ms {
-                break;
-            }
-            let dd_key = key(DD, &rest[8..]);
-            // Only if the key was not renewed since (its expiry still matches); ingests
-            // run under a lock of their own, hence compare-and-swap.
-            if let Some(v) = self.tree.get(&dd_key).map_err(io)?
-                && v.len() == 24
-                && v[16..24] == rest[..8]
-                && self
-                    .tree
-                    .compare_and_swap(&dd_key, Some(v), None as Option<&[u8]>)
-                    .map_err(io)?
-                    .is_ok()
-            {
-                stats.dedupe_keys += 1;
-            }
-            self.tree.remove(&k).map_err(io)?;
-        }
         // Sent records: walk their time index.
         let sent_ms = cut.sent_before.timestamp_millis();
         for kv in self.tree.scan_prefix(SX) {
@@ -871,10 +877,12 @@ impl Store for SledStore {
             self.tree.remove(&k).map_err(io)?;
             stats.sent_records += 1;
         }
-        // Journal: ids are UUID v7, whose first 48 bits are the arrival time in ms.
+        // Journal: ids are UUID v7, whose first 48 bits are the arrival time in ms. A
+        // handled event goes with its dedupe key (expired by now: the retention is at
+        // least the dedupe window); a pending one (no fate yet) stays.
         let journal_ms = cut.journal_before.timestamp_millis();
         for kv in self.tree.scan_prefix(EV) {
-            let (k, _) = kv.map_err(io)?;
+            let (k, raw) = kv.map_err(io)?;
             let id = &k[EV.len()..];
             if id.len() < 6 {
                 continue;
@@ -884,8 +892,14 @@ impl Store for SledStore {
             if u64::from_be_bytes(ts) as i64 >= journal_ms {
                 break;
             }
-            if self.tree.contains_key(key(PE, id)).map_err(io)? {
+            if !self.tree.contains_key(key(FA, id)).map_err(io)? {
                 continue;
+            }
+            let origin: EventOrigin = serde_json::from_slice(&raw)?;
+            if let Some(x) = &origin.external_id
+                && self.drop_dedupe_key(&key(DD, &dedupe_rest(&origin.connector, x)), id)?
+            {
+                stats.dedupe_keys += 1;
             }
             self.tree.remove(key(FA, id)).map_err(io)?;
             self.tree.remove(&k).map_err(io)?;
@@ -998,7 +1012,6 @@ mod sweep_tests {
         let segments = || std::fs::read_dir(dir.path().join("log")).unwrap().count();
         assert_eq!(segments(), 1);
         let cut = SweepCutoffs {
-            now,
             sent_before: now - chrono::Duration::hours(8),
             journal_before: now - chrono::Duration::days(7),
         };
@@ -1093,18 +1106,10 @@ mod repair_tests {
             events.push(e);
         }
         let id = |n: usize| events[n].id.0.as_bytes().to_vec();
-        // 0: the ingest was cut after its pending marker, before the event itself, and
-        // was never acknowledged.
+        // 0: the ingest was cut after its lane-index entry and dedupe key, before the
+        // event itself, and was never acknowledged.
         store.tree.remove(key(EV, &id(0))).unwrap();
-        store
-            .tree
-            .remove(lane_key(PL, &events[0].lane_key(), &id(0)))
-            .unwrap();
-        // 1: pending, but its lane-index entry is missing.
-        store
-            .tree
-            .remove(lane_key(PL, &events[1].lane_key(), &id(1)))
-            .unwrap();
+        // 1: pending, untouched.
         // 2: handled (fate written), cut before it stopped being pending.
         store
             .tree
@@ -1113,10 +1118,20 @@ mod repair_tests {
                 serde_json::to_vec(&Fate::Unrouted).unwrap(),
             )
             .unwrap();
+        // Keys of the layout before this one.
+        store
+            .tree
+            .insert(key(LEGACY_PE, &id(1)), b"hooks/-")
+            .unwrap();
+        store.tree.insert(key(LEGACY_DX, b"x"), b"").unwrap();
         drop(store);
 
         let store = open(dir.path());
         assert_eq!(store.pending_count().await.unwrap(), 1);
+        let left = |prefix: &[u8]| store.tree.scan_prefix(prefix).count();
+        assert_eq!((left(PL), left(LEGACY_PE), left(LEGACY_DX)), (1, 0, 0));
+        // Event 0's dedupe key went with its lane-index entry.
+        assert_eq!(left(DD), 2);
         assert_eq!(store.recent_events(None, 10).await.unwrap().len(), 2);
         let lanes = store.pending_lanes(None, 10, 10).await.unwrap();
         assert_eq!(lanes, vec![(events[1].lane_key(), vec![events[1].id])]);
