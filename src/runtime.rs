@@ -38,9 +38,20 @@ pub enum StartError {
     },
 }
 
-/// Everything the HTTP layer needs.
+/// Everything the HTTP layer needs. Cloned for every request (axum state), so it is one
+/// `Arc`; its fields are read through `Deref`.
 #[derive(Clone)]
-pub struct Shared {
+pub struct Shared(Arc<SharedParts>);
+
+impl std::ops::Deref for Shared {
+    type Target = SharedParts;
+    fn deref(&self) -> &SharedParts {
+        &self.0
+    }
+}
+
+/// What `Shared` holds.
+pub struct SharedParts {
     pub store: Arc<dyn Store>,
     pub journal: Journal,
     pub connectors: HashMap<String, SharedConnector>,
@@ -229,7 +240,7 @@ impl Perch {
         .await?;
         let scheduler_task = tokio::spawn(scheduler.run(cancel.clone()));
 
-        let shared = Shared {
+        let shared = Shared(Arc::new(SharedParts {
             store,
             journal,
             connectors,
@@ -243,7 +254,7 @@ impl Perch {
             cards,
             clicks,
             click_answer_window: server.click_answer_window,
-        };
+        }));
         Ok(Perch {
             shared,
             event_lanes,

@@ -188,8 +188,8 @@ pub trait Store: Send + Sync + 'static {
     /// The event with its fate; `None` if it is not stored (or its ingest is still
     /// running).
     async fn event(&self, id: EventId) -> StoreResult<Option<JournalEntry>>;
-    /// Whether the stored `event` still waits for the router (has no fate yet): cheaper
-    /// than `event` for one the router already holds.
+    /// Whether `event`, which is stored, still waits for the router (has no fate yet):
+    /// cheaper than `event` for one the router already holds.
     async fn is_pending(&self, event: &Event) -> StoreResult<bool> {
         Ok(self
             .event(event.id)

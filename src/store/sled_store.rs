@@ -637,8 +637,9 @@ impl Store for SledStore {
     }
 
     async fn is_pending(&self, event: &Event) -> StoreResult<bool> {
-        let id = event.id.0.as_bytes();
-        Ok(self.is_whole(id)? && !self.tree.contains_key(key(FA, id)).map_err(io)?)
+        // A stored event is pending exactly while its lane-index entry exists.
+        let pl_key = lane_key(PL, &event.lane_key(), event.id.0.as_bytes());
+        self.tree.contains_key(pl_key).map_err(io)
     }
 
     async fn recent_events(
