@@ -90,20 +90,19 @@ impl Notify {
             templates: compile(name, config)?,
         })
     }
-
-    fn render(&self, template: &str, event: &Event) -> Result<String, BotError> {
-        self.templates.render(template, event)
-    }
 }
 
 #[async_trait]
 impl Bot for Notify {
     async fn handle(&self, event: &Event, ctx: &mut BotContext) -> Result<Vec<Action>, BotError> {
+        // The event as templates see it, serialised once for the recipient and the body.
+        let data = self.templates.context(event)?;
+        let render = |template: &str| self.templates.render_in(template, &data);
         let to = if self.to_chat {
-            Target::chat(self.render("chat", event)?)
+            Target::chat(render("chat")?)
         } else {
             Target::Person {
-                id: self.render("person", event)?,
+                id: render("person")?,
                 id_type: self.person_id_type.clone(),
             }
         };
@@ -115,12 +114,9 @@ impl Bot for Notify {
             )));
         }
         let body = match &self.card {
-            Some(template) => ctx.card(
-                template,
-                &serde_json::to_value(event).map_err(crate::store::StoreError::from)?,
-            )?,
-            None if self.markdown => MessageBody::markdown(self.render("text", event)?),
-            None => MessageBody::text(self.render("text", event)?),
+            Some(template) => ctx.card(template, data.data())?,
+            None if self.markdown => MessageBody::markdown(render("text")?),
+            None => MessageBody::text(render("text")?),
         };
         Ok(vec![Action::Send {
             connector: self.connector.clone(),

@@ -75,8 +75,19 @@ impl TextTemplates {
 
     /// Render `name` over `data`.
     pub fn render<T: serde::Serialize>(&self, name: &str, data: &T) -> Result<String, BotError> {
+        self.render_in(name, &self.context(data)?)
+    }
+
+    /// `data` as templates see it: serialise once, then `render_in` several templates.
+    pub fn context<T: serde::Serialize>(&self, data: &T) -> Result<handlebars::Context, BotError> {
+        handlebars::Context::wraps(data)
+            .map_err(|e| BotError::Template(format!("bot `{}`: template data: {e}", self.owner)))
+    }
+
+    /// Render `name` over a `context`.
+    pub fn render_in(&self, name: &str, context: &handlebars::Context) -> Result<String, BotError> {
         self.hb
-            .render(name, data)
+            .render_with_context(name, context)
             .map_err(|e| BotError::Template(format!("bot `{}`, {name} template: {e}", self.owner)))
     }
 }
