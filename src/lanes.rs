@@ -411,6 +411,23 @@ mod tests {
     /// Where a test's handler finds the lanes it runs in (they are built after it).
     type LanesSlot<T> = Arc<Mutex<Option<Arc<Lanes<u32, T>>>>>;
 
+    /// Lanes with these limits, put where `handler` finds them.
+    fn lanes_in<T: Send + 'static>(
+        slot: &LanesSlot<T>,
+        (concurrency, max_in_flight, max_per_lane): (usize, usize, usize),
+        door: &Doorbell<u32, T>,
+        handler: Handler<T>,
+    ) -> Arc<Lanes<u32, T>> {
+        let limits = LaneLimits {
+            concurrency,
+            max_in_flight,
+            max_per_lane,
+        };
+        let lanes = Lanes::new(limits, door, handler);
+        *slot.lock().unwrap() = Some(lanes.clone());
+        lanes
+    }
+
     #[tokio::test]
     async fn keeps_order_per_lane_and_runs_each_item_once() {
         let queue: Arc<Mutex<Vec<(u32, String)>>> = Arc::new(Mutex::new(
@@ -445,13 +462,7 @@ mod tests {
                 })
             })
         };
-        let limits = LaneLimits {
-            concurrency: 4,
-            max_in_flight: 40,
-            max_per_lane: 8,
-        };
-        let lanes = Lanes::new(limits, &door, handler);
-        *lanes_slot.lock().unwrap() = Some(lanes.clone());
+        let lanes = lanes_in(&lanes_slot, (4, 40, 8), &door, handler);
         let cancel = CancellationToken::new();
         let q = queue.clone();
         let feeder = tokio::spawn(lanes.clone().feed(
@@ -534,13 +545,7 @@ mod tests {
                 })
             })
         };
-        let limits = LaneLimits {
-            concurrency: 1,
-            max_in_flight: 4,
-            max_per_lane: 4,
-        };
-        let lanes = Lanes::new(limits, &door, handler);
-        *slot.lock().unwrap() = Some(lanes.clone());
+        let lanes = lanes_in(&slot, (1, 4, 4), &door, handler);
         let cancel = CancellationToken::new();
         let feeder = tokio::spawn(lanes.clone().feed(
             |_, _, _| async { Ok::<_, String>(Vec::<(String, Vec<(u32, u32)>)>::new()) },
