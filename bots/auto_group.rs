@@ -79,7 +79,7 @@ pub struct NameRule {
 impl AutoGroupConfig {
     pub fn validate(&self, name: &str, at: usize, config: &Config, issues: &mut Issues) {
         if let Some(c) = &self.connector {
-            config.check_connector(issues, at, &format!("bot `{name}`: connector"), c);
+            config.check_connector(issues, at, &format!("bot `{name}`"), c);
         }
         if let Err(e) = templates(name, self) {
             issues.at(at, e.to_string());

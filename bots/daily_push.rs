@@ -83,7 +83,7 @@ impl DailyPushConfig {
     pub fn validate(&self, name: &str, at: usize, config: &Config, issues: &mut Issues) {
         config.check_connector(issues, at, &format!("bot `{name}`: source"), &self.source);
         if let Some(c) = &self.connector {
-            config.check_connector(issues, at, &format!("bot `{name}`: connector"), c);
+            config.check_connector(issues, at, &format!("bot `{name}`"), c);
         }
         if let Err(e) = schedule_date::zone(&self.timezone) {
             issues.at(at, format!("bot `{name}`: {e}"));

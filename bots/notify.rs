@@ -48,7 +48,7 @@ impl NotifyConfig {
             issues.at(at, format!("bot `{name}`: set `text` or `card`"));
         }
         if let Some(c) = &self.connector {
-            config.check_connector(issues, at, &format!("bot `{name}`: connector"), c);
+            config.check_connector(issues, at, &format!("bot `{name}`"), c);
         }
         if let Err(e) = compile(name, self) {
             issues.at(at, e.to_string());

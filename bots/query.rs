@@ -99,7 +99,7 @@ impl QueryConfig {
                         format!(
                             "bot `{name}`, command `{word}`, arg `{}`: bad pattern: {}",
                             a.name,
-                            e.to_string().lines().last().unwrap_or("")
+                            crate::config::regex_problem(&e)
                         ),
                     );
                 }

@@ -201,7 +201,7 @@ impl RemindersConfig {
             issues.at(at, format!("bot `{name}`: {e}"));
         }
         if let Some(c) = &self.connector {
-            config.check_connector(issues, at, &format!("bot `{name}`: connector"), c);
+            config.check_connector(issues, at, &format!("bot `{name}`"), c);
         }
         for on in &self.on {
             if on.does == ItemChange::Open {

@@ -37,7 +37,7 @@
 
 use crate::action::{MessageBody, Operation, Target};
 use crate::clock::SharedClock;
-use crate::config::{Config, Issues, de_duration, names};
+use crate::config::{Config, Issues, de_duration};
 use crate::event::{Event, EventId, EventKind};
 use crate::journal::{Accepted, Journal, JournalError};
 use crate::store::{BotFailure, Fate, OutboxItem, Store, StoreError};
@@ -209,13 +209,18 @@ pub fn validate(config: &Config, issues: &mut Issues) {
             match split_alert_chat(alert.get_ref()) {
                 None => issues.at(
                     alert.span().start,
-                    format!("schedule `{name}`: alert_chat {:?} must be \"<connector>:<chat id>\"", alert.get_ref()),
+                    format!(
+                        "schedule `{name}`: alert_chat {:?} must be \"<connector>:<chat id>\"",
+                        alert.get_ref()
+                    ),
                 ),
                 Some((c, _)) if !config.connectors.contains_key(c) => issues.at(
                     alert.span().start,
-                    format!(
-                        "schedule `{name}`: alert_chat names connector `{c}`, which is not defined (defined: {})",
-                        names(config.connectors.keys())
+                    crate::config::undefined(
+                        &format!("schedule `{name}`: alert_chat"),
+                        "connector",
+                        c,
+                        config.connectors.keys(),
                     ),
                 ),
                 Some(_) => {}

@@ -113,7 +113,7 @@ bots = ["e", "nope"]
         "perch.toml:3:1: server.journal_retention = 3600s is shorter than server.dedupe_window = 28800s",
         "perch.toml:5:1: connector `gh`: set `secret`",
         "perch.toml:11:1: bot `n`: set exactly one of `chat` or `person`",
-        "perch.toml:11:1: bot `n`: connector `missing` is not defined",
+        "perch.toml:11:1: bot `n` names connector `missing`, which is not defined (defined: gh)",
         "perch.toml:11:1: bot `n`, text template at line 1, column 8: invalid handlebars syntax",
         "perch.toml:16:1: route names connector `gx`, which is not defined (defined: gh)",
         "perch.toml:16:1: route names bot `nope`, which is not defined (defined: e, n)",

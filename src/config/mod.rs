@@ -314,16 +314,13 @@ impl Config {
     }
 
     /// Every semantic problem, each with its location. Empty means valid.
-    /// Report `connector` if no `[connectors.<name>]` defines it; `what` says who names
-    /// it and as what, e.g. "bot `push`: source".
-    pub fn check_connector(&self, issues: &mut Issues, at: usize, what: &str, connector: &str) {
+    /// Report `connector` if no `[connectors.<name>]` defines it; `who` names it, e.g.
+    /// "bot `push`" or "bot `push`: source".
+    pub fn check_connector(&self, issues: &mut Issues, at: usize, who: &str, connector: &str) {
         if !self.connectors.contains_key(connector) {
             issues.at(
                 at,
-                format!(
-                    "{what} `{connector}` is not defined (defined: {})",
-                    names(self.connectors.keys())
-                ),
+                undefined(who, "connector", connector, self.connectors.keys()),
             );
         }
     }
@@ -398,10 +395,7 @@ impl Config {
             if !self.connectors.contains_key(c) && c != crate::scheduler::CONNECTOR {
                 issues.at(
                     at,
-                    format!(
-                        "route names connector `{c}`, which is not defined (defined: {})",
-                        names(self.connectors.keys())
-                    ),
+                    undefined("route", "connector", c, self.connectors.keys()),
                 );
             }
         }
@@ -410,25 +404,13 @@ impl Config {
         }
         for b in &r.bots {
             if !self.bots.contains_key(b) {
-                issues.at(
-                    at,
-                    format!(
-                        "route names bot `{b}`, which is not defined (defined: {})",
-                        names(self.bots.keys())
-                    ),
-                );
+                issues.at(at, undefined("route", "bot", b, self.bots.keys()));
             }
         }
         if let Some(t) = &r.text
             && let Err(e) = regex::Regex::new(t)
         {
-            issues.at(
-                at,
-                format!(
-                    "bad regex in `text`: {}",
-                    e.to_string().lines().last().unwrap_or("")
-                ),
-            );
+            issues.at(at, format!("bad regex in `text`: {}", regex_problem(&e)));
         }
         if let Some(t) = &r.topic
             && let Err(e) = crate::router::compile_glob(t)
@@ -512,6 +494,25 @@ fn key_offset(text: &str, header: &str, key: &str) -> usize {
 }
 
 /// A list of names for an error message, or "none".
+/// How every check words a reference to something the config does not define:
+/// "<who> names <kind> `<name>`, which is not defined (defined: …)".
+pub(crate) fn undefined<'a>(
+    who: &str,
+    kind: &str,
+    name: &str,
+    defined: impl Iterator<Item = &'a String>,
+) -> String {
+    format!(
+        "{who} names {kind} `{name}`, which is not defined (defined: {})",
+        names(defined)
+    )
+}
+
+/// A regex error in one line: its last (the lines before it draw the pattern).
+pub(crate) fn regex_problem(e: &regex::Error) -> String {
+    e.to_string().lines().last().unwrap_or("").to_string()
+}
+
 pub(crate) fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
     let v: Vec<&str> = it.map(String::as_str).collect();
     if v.is_empty() {

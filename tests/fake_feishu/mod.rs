@@ -299,6 +299,17 @@ macro_rules! answer_or {
 
 /// A write call as the real API takes it: the body parsed, then `gate` (recorded, token
 /// checked, faults injected). Every handler with a JSON body starts here.
+/// `admit` for a call without query parameters.
+async fn admit_call(
+    s: &Shared,
+    method: &str,
+    path: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Value, Response> {
+    admit(s, method, path, &HashMap::new(), headers, body).await
+}
+
 async fn admit(
     s: &Shared,
     method: &str,
@@ -448,17 +459,8 @@ async fn reply_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let b = answer_or!(
-        admit(
-            &s,
-            "POST",
-            &format!("/open-apis/im/v1/messages/{id}/reply"),
-            &HashMap::new(),
-            &headers,
-            &body,
-        )
-        .await
-    );
+    let path = format!("/open-apis/im/v1/messages/{id}/reply");
+    let b = answer_or!(admit_call(&s, "POST", &path, &headers, &body).await);
     let (msg_type, content) = answer_or!(check_content(&b));
     let mut st = s.lock().unwrap();
     let chat = st.user_messages.get(&id).cloned().or_else(|| {
@@ -490,17 +492,8 @@ async fn patch_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let b = answer_or!(
-        admit(
-            &s,
-            "PATCH",
-            &format!("/open-apis/im/v1/messages/{id}"),
-            &HashMap::new(),
-            &headers,
-            &body,
-        )
-        .await
-    );
+    let path = format!("/open-apis/im/v1/messages/{id}");
+    let b = answer_or!(admit_call(&s, "PATCH", &path, &headers, &body).await);
     let Some(content) = b["content"].as_str() else {
         return envelope(400, 230001, "content must be a string", Value::Null);
     };
