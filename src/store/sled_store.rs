@@ -1,4 +1,5 @@
-//! The embedded backend: sled `=0.34.7`, one tree, records under short key prefixes.
+//! The embedded backend: sled `=0.34.7`, records under short key prefixes, a sled tree
+//! per prefix (`super::sled_families`).
 //!
 //! | prefix | key                                   | value                          |
 //! |--------|---------------------------------------|--------------------------------|
@@ -51,6 +52,7 @@
 //! insert-if-absent (compare-and-swap).
 
 use super::ingest_log::{self, IngestLog};
+use super::sled_families::Families;
 use super::*;
 use std::path::Path;
 use std::sync::Arc;
@@ -76,7 +78,8 @@ pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 pub struct SledStore {
     db: sled::Db,
-    tree: sled::Tree,
+    /// Every record, by its key's family (the calls of one `sled::Tree`).
+    tree: Families,
     /// Where acknowledged events are made durable (`None` for a temporary store, which
     /// need not survive a crash; then `flush_journal` flushes sled).
     log: Option<Arc<IngestLog>>,
@@ -210,7 +213,11 @@ impl SledStore {
     }
 
     fn from_db(db: sled::Db) -> StoreResult<Self> {
-        let tree = db.open_tree("perch").map_err(io)?;
+        let tree = Families::open(&db).map_err(io)?;
+        let moved = tree.migrate_single_tree().map_err(io)?;
+        if moved > 0 {
+            tracing::info!(moved, "store: records moved to a tree per key family");
+        }
         let store = SledStore {
             db,
             tree,
@@ -1152,5 +1159,60 @@ mod repair_tests {
                 original: events[2].id
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_store_of_the_single_tree_layout_moves_to_a_tree_per_family() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let until = Utc::now() + chrono::Duration::hours(8);
+        let event = |n: u32| {
+            let mut e = Event::new("hooks", EventKind::System, Utc::now());
+            e.external_id = Some(format!("d-{n}"));
+            e
+        };
+        let (handled, pending) = (event(1), event(2));
+        store.ingest(&handled, until).await.unwrap();
+        store.ingest(&pending, until).await.unwrap();
+        store
+            .complete_event(&handled, &Fate::Unrouted, &[item("k/1")])
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        drop(store);
+        // Put every record where the old layout kept it: the one tree `perch`.
+        {
+            let db = sled::open(dir.path().join("store")).unwrap();
+            let single = db.open_tree("perch").unwrap();
+            for name in db.tree_names() {
+                if name == b"perch" || name == b"__sled__default" {
+                    continue;
+                }
+                let family = db.open_tree(&name).unwrap();
+                for kv in family.iter() {
+                    let (k, v) = kv.unwrap();
+                    single.insert(&k, v).unwrap();
+                    family.remove(&k).unwrap();
+                }
+            }
+            db.flush().unwrap();
+        }
+
+        let store = open(dir.path());
+        assert_eq!(store.pending_count().await.unwrap(), 1);
+        assert_eq!(store.outbox_count().await.unwrap(), 1);
+        let events = store.recent_events(None, 10).await.unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1].fate, Fate::Unrouted);
+        assert!(store.outbox_item("k/1").await.unwrap().is_some());
+        // The dedupe keys moved too.
+        assert_eq!(
+            store.ingest(&event(1), until).await.unwrap(),
+            Ingested::Duplicate {
+                original: handled.id
+            }
+        );
+        let single = store.db.open_tree("perch").unwrap();
+        assert_eq!(single.len(), 0);
     }
 }
