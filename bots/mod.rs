@@ -348,15 +348,12 @@ impl BotContext {
             }
         };
         store
-            .outbox_delivered(
-                &key,
-                &SentRecord {
-                    key: key.clone(),
-                    connector: connector.to_string(),
-                    delivered: delivered.clone(),
-                    at: self.clock.now(),
-                },
-            )
+            .record_sent(&SentRecord {
+                key: key.clone(),
+                connector: connector.to_string(),
+                delivered: delivered.clone(),
+                at: self.clock.now(),
+            })
             .await?;
         Ok(delivered)
     }

@@ -26,6 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// Where queued items are offered to the outbox's lanes (keyed by outbox key).
+pub type OutboxDoor = crate::lanes::Doorbell<String, OutboxItem>;
+
 /// The rate limiters of one connector.
 struct Limiters {
     global: Option<DefaultDirectRateLimiter>,
@@ -113,7 +116,7 @@ impl Outbox {
         // Sent already, and still queued: a crash came between the two writes of
         // `outbox_delivered` (the store writes the sent record first). Finish it.
         if let Some(record) = self.store.sent(&item.key).await? {
-            return self.store.outbox_delivered(&item.key, &record).await;
+            return self.store.outbox_delivered(&item, &record).await;
         }
         let Some(connector) = self.connectors.get(&item.connector) else {
             let why = format!(
@@ -155,7 +158,7 @@ impl Outbox {
                         delivered,
                         at: now,
                     };
-                    self.store.outbox_delivered(&item.key, &record).await?;
+                    self.store.outbox_delivered(&item, &record).await?;
                     telemetry::delivery_attempt(&item.connector, "delivered");
                     telemetry::delivered(
                         &item.connector,
@@ -215,20 +218,23 @@ impl Outbox {
     /// Start delivering: a feeder over the stored queue and one lane per chat.
     pub fn start(
         self: Arc<Self>,
-        door: &crate::lanes::Doorbell<String, String>,
+        door: &OutboxDoor,
         cancel: CancellationToken,
-    ) -> (Arc<Lanes<String, String>>, tokio::task::JoinHandle<()>) {
+    ) -> (Arc<Lanes<String, OutboxItem>>, tokio::task::JoinHandle<()>) {
         // Weak: the lanes own this handler, so a strong reference back would be a cycle
         // that keeps the store (and its file lock) alive after shutdown.
-        let slot: Arc<std::sync::OnceLock<std::sync::Weak<Lanes<String, String>>>> = Arc::default();
+        let slot: Arc<std::sync::OnceLock<std::sync::Weak<Lanes<String, OutboxItem>>>> =
+            Arc::default();
         let handler = {
             let (this, slot) = (self.clone(), slot.clone());
-            Arc::new(move |key: String| {
+            Arc::new(move |offered: OutboxItem| {
                 let (this, slot) = (this.clone(), slot.clone());
                 Box::pin(async move {
                     // Read the item now: it may have been delivered or dead-lettered since
-                    // the scan saw its key, and then there is nothing to do.
-                    let result = match this.store.outbox_item(&key).await {
+                    // it was offered or scanned, and then there is nothing to do.
+                    let lane = offered.lane_key();
+                    let key = offered.key;
+                    let result = match this.store.outbox_item(&lane, &key).await {
                         Ok(Some(item)) => this.deliver(item).await,
                         Ok(None) => Ok(()),
                         Err(e) => Err(e),
@@ -261,8 +267,11 @@ impl Outbox {
                     Ok::<_, StoreError>(
                         lanes
                             .into_iter()
-                            .map(|(lane, keys)| {
-                                (lane, keys.into_iter().map(|k| (k.clone(), k)).collect())
+                            .map(|(lane, items)| {
+                                (
+                                    lane,
+                                    items.into_iter().map(|it| (it.key.clone(), it)).collect(),
+                                )
                             })
                             .collect::<Vec<_>>(),
                     )

@@ -231,7 +231,7 @@ pub struct Processor {
     pub services: Arc<Services>,
     pub bot_timeout: Duration,
     /// Hands queued items to the outbox.
-    pub outbox: Arc<crate::lanes::Doorbell<String, String>>,
+    pub outbox: Arc<crate::outbox::OutboxDoor>,
     /// Told when a card click was handled (its request may be waiting for the answer).
     pub clicks: Arc<crate::clicks::Clicks>,
 }
@@ -400,7 +400,7 @@ impl Processor {
         if !items.is_empty() {
             let work = items
                 .iter()
-                .map(|it| (it.key.clone(), it.lane_key(), it.key.clone()));
+                .map(|it| (it.key.clone(), it.lane_key(), it.clone()));
             self.outbox.offer(work.collect::<Vec<_>>()).await;
         }
     }

@@ -60,7 +60,7 @@ pub struct SharedParts {
     pub body_limit: usize,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Hands queued items to the outbox (`ring` after queueing outside the router).
-    pub outbox: Arc<crate::lanes::Doorbell<String, String>>,
+    pub outbox: Arc<crate::outbox::OutboxDoor>,
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// The configured schedules (for `GET /api/schedules`).
     pub schedules: Arc<crate::scheduler::Schedules>,
@@ -76,7 +76,7 @@ pub struct SharedParts {
 pub struct Perch {
     pub shared: Shared,
     event_lanes: Arc<Lanes<EventId, crate::router::PendingEvent>>,
-    outbox_lanes: Arc<Lanes<String, String>>,
+    outbox_lanes: Arc<Lanes<String, crate::store::OutboxItem>>,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }

@@ -606,7 +606,7 @@ pub struct Scheduler {
     store: Arc<dyn Store>,
     journal: Journal,
     clock: SharedClock,
-    outbox: Arc<crate::lanes::Doorbell<String, String>>,
+    outbox: Arc<crate::outbox::OutboxDoor>,
     cursors: Vec<Cursor>,
     unresolved: Vec<Unresolved>,
 }
@@ -620,7 +620,7 @@ impl Scheduler {
         store: Arc<dyn Store>,
         journal: Journal,
         clock: SharedClock,
-        outbox: Arc<crate::lanes::Doorbell<String, String>>,
+        outbox: Arc<crate::outbox::OutboxDoor>,
     ) -> Result<Scheduler, SchedulerError> {
         let now = floor_second(clock.now());
         let mut cursors = Vec::with_capacity(schedules.jobs.len());

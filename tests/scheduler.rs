@@ -44,7 +44,7 @@ struct Rig {
     clock: ManualClock,
     journal: Journal,
     schedules: Arc<Schedules>,
-    outbox: Arc<Doorbell<String, String>>,
+    outbox: Arc<perch::outbox::OutboxDoor>,
 }
 
 impl Rig {

@@ -157,10 +157,10 @@ pub async fn outbox_lifecycle(s: &dyn Store) {
     assert_eq!(
         lanes,
         vec![
-            ("web/b".to_string(), vec!["k/b1".to_string()]),
+            ("web/b".to_string(), vec![in_b.clone()]),
             (
                 "web/room".to_string(),
-                vec!["k/0".to_string(), "k/1".to_string()]
+                vec![items[0].clone(), items[1].clone()]
             ),
         ]
     );
@@ -170,9 +170,14 @@ pub async fn outbox_lifecycle(s: &dyn Store) {
             .len(),
         3
     );
-    assert_eq!(s.outbox_item("k/b1").await.unwrap(), Some(in_b));
+    assert_eq!(s.outbox_item("web/b", "k/b1").await.unwrap(), Some(in_b));
+    assert_eq!(
+        s.outbox_item("web/room", "k/b1").await.unwrap(),
+        None,
+        "an item is found in its own lane only"
+    );
     s.outbox_dead(&DeadLetter {
-        item: s.outbox_item("k/b1").await.unwrap().unwrap(),
+        item: s.outbox_item("web/b", "k/b1").await.unwrap().unwrap(),
         error: "x".into(),
         died_at: now,
     })
@@ -187,9 +192,9 @@ pub async fn outbox_lifecycle(s: &dyn Store) {
         lanes_now(s).await.contains(&"web/b".to_string()),
         "a replayed item is back in its lane"
     );
-    let b1 = s.outbox_item("k/b1").await.unwrap().unwrap();
+    let b1 = s.outbox_item("web/b", "k/b1").await.unwrap().unwrap();
     s.outbox_delivered(
-        &b1.key,
+        &b1,
         &SentRecord {
             key: b1.key.clone(),
             connector: "web".into(),
@@ -203,7 +208,7 @@ pub async fn outbox_lifecycle(s: &dyn Store) {
         !lanes_now(s).await.contains(&"web/b".to_string()),
         "a delivered item leaves its lane"
     );
-    assert!(s.outbox_item("k/b1").await.unwrap().is_none());
+    assert!(s.outbox_item("web/b", "k/b1").await.unwrap().is_none());
 
     let page = s.outbox_after(None, 2).await.unwrap();
     assert_eq!(
@@ -227,7 +232,7 @@ pub async fn outbox_lifecycle(s: &dyn Store) {
         },
         at: now,
     };
-    s.outbox_delivered("k/0", &record).await.unwrap();
+    s.outbox_delivered(&items[0], &record).await.unwrap();
     assert_eq!(s.sent("k/0").await.unwrap(), Some(record));
     assert_eq!(s.outbox_count().await.unwrap(), 2);
     assert_eq!(
@@ -315,7 +320,9 @@ pub async fn sweep(s: &dyn Store) {
         delivered: Delivered::default(),
         at: now - Duration::days(2),
     };
-    s.outbox_delivered("s/1", &record).await.unwrap();
+    s.outbox_delivered(&item("s/1", now), &record)
+        .await
+        .unwrap();
 
     let stats = s
         .sweep(SweepCutoffs {

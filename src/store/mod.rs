@@ -220,19 +220,21 @@ pub trait Store: Send + Sync + 'static {
     /// Queued items in key order, starting after `after` (for listing).
     async fn outbox_after(&self, after: Option<&str>, limit: usize)
     -> StoreResult<Vec<OutboxItem>>;
-    /// Queued item keys grouped by lane, like `pending_lanes`.
+    /// Queued items grouped by lane, like `pending_lanes`.
     async fn outbox_lanes(
         &self,
         after_lane: Option<&str>,
         max_lanes: usize,
         per_lane: usize,
-    ) -> StoreResult<Vec<(String, Vec<String>)>>;
-    /// One item, if it is still queued.
-    async fn outbox_item(&self, key: &str) -> StoreResult<Option<OutboxItem>>;
+    ) -> StoreResult<Vec<(String, Vec<OutboxItem>)>>;
+    /// One item of `lane` (`OutboxItem::lane_key`), if it is still queued.
+    async fn outbox_item(&self, lane: &str, key: &str) -> StoreResult<Option<OutboxItem>>;
     /// Save an item's attempts, next time and last error.
     async fn outbox_update(&self, item: &OutboxItem) -> StoreResult<()>;
     /// The item was delivered: drop it from the queue and remember it as sent.
-    async fn outbox_delivered(&self, key: &str, record: &SentRecord) -> StoreResult<()>;
+    async fn outbox_delivered(&self, item: &OutboxItem, record: &SentRecord) -> StoreResult<()>;
+    /// Remember an operation carried out without the queue (an awaited call) as sent.
+    async fn record_sent(&self, record: &SentRecord) -> StoreResult<()>;
     /// The item failed for good: move it to the dead letters.
     async fn outbox_dead(&self, letter: &DeadLetter) -> StoreResult<()>;
     async fn outbox_count(&self) -> StoreResult<usize>;

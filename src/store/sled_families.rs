@@ -1,10 +1,10 @@
-//! One sled tree per key family (`ev/`, `pl/`, `ob/`, …), behind the calls of a single
+//! One sled tree per key family (`ev/`, `pl/`, `ol/`, …), behind the calls of a single
 //! `sled::Tree`.
 //!
 //! Why: measured, not derived. Back to back against the single shared tree, five pairs
 //! of benchmark runs, perch spent 107–113 µs of CPU per event in the send phase against
 //! 121–134 µs, and every pair went the same way (bench/README.md, session 5). The likely
-//! reason is that the short-lived queue keys (`pl/`, `ol/`, `ob/`) no longer share index
+//! reason is that the short-lived queue keys (`pl/`, `ol/`) no longer share index
 //! nodes, and paths through them, with the long-lived journal (`ev/`, `fa/`, `dd/`): sled
 //! clones a whole node (an index node has up to 256 children) for every change to it.
 //! Leaf splits did not get rarer: a profile still puts about 13 % of perch's CPU in them.
@@ -20,7 +20,8 @@ use std::ops::{Bound, RangeBounds};
 /// The tree every record lived in before families had their own.
 const SINGLE_TREE: &str = "perch";
 
-/// The key families, each with the name of its tree.
+/// The key families, each with the name of its tree. (`ob/` held queued items before
+/// `ol/` did; `repair` moves what an older store has there.)
 const FAMILIES: [&[u8]; 10] = [
     b"ev/", b"fa/", b"pl/", b"ol/", b"dd/", b"ob/", b"se/", b"sx/", b"dl/", b"kv/",
 ];

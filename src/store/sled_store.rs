@@ -7,16 +7,17 @@
 //! | `fa/`  | event id                              | `Fate` JSON, once handled      |
 //! | `pl/`  | lane `\0` event id                    | the event's `dd/` key rest (or empty): pending events by lane |
 //! | `dd/`  | connector `\0` external id            | event id + expiry (ms, BE)     |
-//! | `ob/`  | outbox key                            | `OutboxItem` JSON              |
-//! | `ol/`  | lane `\0` outbox key                  | empty: queued items by lane    |
+//! | `ol/`  | lane `\0` outbox key                  | `OutboxItem` JSON: queued items by lane |
 //! | `se/`  | outbox key                            | `SentRecord` JSON              |
 //! | `sx/`  | sent time (ms, BE) + outbox key       | empty: sent-record expiry index|
 //! | `dl/`  | outbox key                            | `DeadLetter` JSON              |
 //! | `kv/`  | namespace `\0` key                    | bytes                          |
 //!
-//! The `pl/` and `ol/` indexes let the feeders read a queue lane by lane, keys only, and
-//! jump past a lane with one seek (lane keys never contain `\0`). An event is pending
-//! exactly while its `pl/` entry exists.
+//! The `pl/` and `ol/` keys let the feeders read a queue lane by lane and jump past a
+//! lane with one seek (lane keys never contain `\0`). An event is pending exactly while
+//! its `pl/` entry exists; an item is queued exactly while its `ol/` entry exists, and
+//! that entry holds the item, so queueing and delivering it write one key each (a
+//! lookup names the item's lane, which every caller has: `OutboxItem::lane_key`).
 //!
 //! **Few keys per event.** sled costs several µs per written key, so an event writes
 //! three at ingest (`pl/ dd/ ev/`) and two when handled (`fa/`, then `pl/` removed).
@@ -43,13 +44,16 @@
 //!   running: `event` then says there is no such event yet, and the router leaves the
 //!   entry alone.
 //! - `complete_event`: outbox items, then `fa/`, then `pl/`.
-//! - queueing an item: `ob/` (insert-if-absent), then `ol/`; delivering: `se/ sx/`, then
-//!   `ob/`, then `ol/`. The outbox checks `se/` before sending, so an item that is both
-//!   sent and queued is never sent again.
+//! - queueing an item: `ol/` (insert-if-absent); delivering: `se/ sx/`, then `ol/`
+//!   removed. The outbox checks `se/` before sending, so an item that is both sent and
+//!   queued is never sent again.
 //!
 //! One event is handled by one router lane and one item by one outbox lane at a time, so
 //! the only keys written concurrently are `once/` outbox keys, which go through
 //! insert-if-absent (compare-and-swap).
+//!
+//! (Stores written before items moved into `ol/` kept them under `ob/<key>` with an
+//! empty `ol/` entry; `repair` moves them.)
 
 use super::ingest_log::{self, IngestLog};
 use super::sled_families::Families;
@@ -67,7 +71,8 @@ const OL: &[u8] = b"ol/";
 const DD: &[u8] = b"dd/";
 /// The dedupe expiry index of that layout (dropped by `repair`).
 const LEGACY_DX: &[u8] = b"dx/";
-const OB: &[u8] = b"ob/";
+/// Queued items by key, of the layout before `ol/` held them (moved by `repair`).
+const LEGACY_OB: &[u8] = b"ob/";
 const SE: &[u8] = b"se/";
 const SX: &[u8] = b"sx/";
 const DL: &[u8] = b"dl/";
@@ -143,6 +148,20 @@ fn lane_key(prefix: &[u8], lane: &str, item: &[u8]) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(item);
     k
+}
+
+/// Where a queued item lives: `ol/<lane>\0<key>`.
+fn queue_key(item: &OutboxItem) -> Vec<u8> {
+    lane_key(OL, &item.lane_key(), item.key.as_bytes())
+}
+
+/// The item part of a lane-index key's rest (`<lane>\0<item>`).
+fn lane_item(rest: &[u8]) -> StoreResult<&[u8]> {
+    let sep = rest
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or_else(|| StoreError::Corrupt("lane index key without separator".into()))?;
+    Ok(&rest[sep + 1..])
 }
 
 fn event_id_from(b: &[u8]) -> StoreResult<EventId> {
@@ -265,62 +284,34 @@ impl SledStore {
                 pending += 1;
             }
         }
-        // Queued items: one already sent or dead leaves the queue; the others must be
-        // in their lane index.
-        let mut queued = 0;
-        for kv in self.tree.scan_prefix(OB) {
+        // Queued items of the layout before `ol/` held them: into their lane entries.
+        for kv in self.tree.scan_prefix(LEGACY_OB) {
             let (k, raw) = kv.map_err(io)?;
-            let item_key = &k[OB.len()..];
-            let done = self.tree.contains_key(key(SE, item_key)).map_err(io)?
+            let item: OutboxItem = serde_json::from_slice(&raw)?;
+            self.tree.insert(queue_key(&item), raw).map_err(io)?;
+            self.tree.remove(&k).map_err(io)?;
+            repaired += 1;
+        }
+        // Queued items: one already sent or dead leaves the queue (as does an empty entry,
+        // an index of that old layout whose item was gone).
+        let mut queued = 0;
+        for kv in self.tree.scan_prefix(OL) {
+            let (k, raw) = kv.map_err(io)?;
+            let item_key = lane_item(&k[OL.len()..])?;
+            let done = raw.is_empty()
+                || self.tree.contains_key(key(SE, item_key)).map_err(io)?
                 || self.tree.contains_key(key(DL, item_key)).map_err(io)?;
             if done {
-                self.dequeue(&k)?;
+                self.tree.remove(&k).map_err(io)?;
                 repaired += 1;
-                continue;
+            } else {
+                queued += 1;
             }
-            let item: OutboxItem = serde_json::from_slice(&raw)?;
-            repaired += usize::from(self.ensure_index(lane_key(OL, &item.lane_key(), item_key))?);
-            queued += 1;
         }
-        // Lane index entries of items no longer queued (outbox keys never contain `\0`).
-        repaired += self.drop_stale_index(OL, |rest| {
-            let sep = rest.iter().position(|b| *b == 0)?;
-            Some(key(OB, &rest[sep + 1..]))
-        })?;
         if repaired > 0 {
             tracing::info!(repaired, "store: finished changes a crash had cut short");
         }
         Ok((pending, queued))
-    }
-
-    /// Insert an (empty) index entry if it is missing; whether it was.
-    fn ensure_index(&self, index_key: Vec<u8>) -> StoreResult<bool> {
-        if self.tree.contains_key(&index_key).map_err(io)? {
-            return Ok(false);
-        }
-        self.tree.insert(index_key, &[] as &[u8]).map_err(io)?;
-        Ok(true)
-    }
-
-    /// Remove the entries under `prefix` whose record (`record_of` the key's rest) is
-    /// gone; how many.
-    fn drop_stale_index(
-        &self,
-        prefix: &[u8],
-        record_of: impl Fn(&[u8]) -> Option<Vec<u8>>,
-    ) -> StoreResult<usize> {
-        let mut dropped = 0;
-        for kv in self.tree.scan_prefix(prefix) {
-            let (k, _) = kv.map_err(io)?;
-            let Some(record) = record_of(&k[prefix.len()..]) else {
-                continue;
-            };
-            if !self.tree.contains_key(record).map_err(io)? {
-                self.tree.remove(&k).map_err(io)?;
-                dropped += 1;
-            }
-        }
-        Ok(dropped)
     }
 
     /// Remove the dedupe key `dd_key` if it still names event `id` (a later event with
@@ -408,14 +399,15 @@ impl SledStore {
         Ok(Ingested::Accepted)
     }
 
-    /// Read a lane index: lanes after `after_lane`, each with its first `per_lane` items.
+    /// Read a lane index: lanes after `after_lane`, each with its first `per_lane` items
+    /// (the item part of each key, and the value).
     fn lane_scan(
         &self,
         prefix: &[u8],
         after_lane: Option<&str>,
         max_lanes: usize,
         per_lane: usize,
-    ) -> StoreResult<Vec<(String, Vec<Vec<u8>>)>> {
+    ) -> StoreResult<Vec<(String, Vec<(Vec<u8>, sled::IVec)>)>> {
         // `lane\x01` sorts after every `lane\0…` key and before any longer lane name.
         let next_lane = |lane: &[u8]| {
             let mut k = key(prefix, lane);
@@ -430,28 +422,25 @@ impl SledStore {
         while out.len() < max_lanes {
             let mut iter = self.tree.range(start.clone()..);
             let Some(first) = iter.next() else { break };
-            let (k, _) = first.map_err(io)?;
+            let (k, v) = first.map_err(io)?;
             if !k.starts_with(prefix) {
                 break;
             }
             let rest = &k[prefix.len()..];
-            let sep = rest
-                .iter()
-                .position(|b| *b == 0)
-                .ok_or_else(|| StoreError::Corrupt("lane index key without separator".into()))?;
-            let lane = rest[..sep].to_vec();
-            let mut items = vec![rest[sep + 1..].to_vec()];
+            let item = lane_item(rest)?;
+            let lane = rest[..rest.len() - item.len() - 1].to_vec();
+            let mut items = vec![(item.to_vec(), v)];
             let mut lane_prefix = key(prefix, &lane);
             lane_prefix.push(0);
             for kv in iter {
                 if items.len() >= per_lane {
                     break;
                 }
-                let (k, _) = kv.map_err(io)?;
+                let (k, v) = kv.map_err(io)?;
                 if !k.starts_with(&lane_prefix) {
                     break;
                 }
-                items.push(k[lane_prefix.len()..].to_vec());
+                items.push((k[lane_prefix.len()..].to_vec(), v));
             }
             start = next_lane(&lane);
             out.push((String::from_utf8_lossy(&lane).into_owned(), items));
@@ -498,23 +487,20 @@ impl SledStore {
             // Insert if absent: an item already queued keeps its attempts.
             let inserted = self
                 .tree
-                .compare_and_swap(&it.ob, None as Option<&[u8]>, Some(it.value.as_slice()))
+                .compare_and_swap(&it.ol, None as Option<&[u8]>, Some(it.value.as_slice()))
                 .map_err(io)?
                 .is_ok();
             if !inserted {
                 continue;
             }
-            self.tree
-                .insert(it.ol.as_slice(), &[] as &[u8])
-                .map_err(io)?;
             added += 1;
             // A `once/` key may have been delivered for another event between the check
-            // and the insert (its `se/` is written before its `ob/` is removed): take it
+            // and the insert (its `se/` is written before its `ol/` is removed): take it
             // back. The outbox checks `se/` before sending, so it is not sent meanwhile.
             // (Other keys belong to one event, which one router lane handles at a time.)
-            if it.ob.starts_with(b"ob/once/")
+            if it.once
                 && self.tree.contains_key(&it.se).map_err(io)?
-                && self.dequeue(&it.ob)?
+                && self.tree.remove(&it.ol).map_err(io)?.is_some()
             {
                 added -= 1;
             }
@@ -527,25 +513,22 @@ impl SledStore {
             .iter()
             .map(|it| {
                 Ok(EncodedItem {
-                    ob: key(OB, it.key.as_bytes()),
-                    ol: lane_key(OL, &it.lane_key(), it.key.as_bytes()),
+                    ol: queue_key(it),
                     se: key(SE, it.key.as_bytes()),
+                    once: it.key.starts_with("once/"),
                     value: serde_json::to_vec(it)?,
                 })
             })
             .collect()
     }
 
-    /// Remove a queued item, then its lane-index entry; whether it was queued.
-    fn dequeue(&self, ob_key: &[u8]) -> StoreResult<bool> {
-        let Some(raw) = self.tree.remove(ob_key).map_err(io)? else {
-            return Ok(false);
-        };
-        let item: OutboxItem = serde_json::from_slice(&raw)?;
-        self.tree
-            .remove(lane_key(OL, &item.lane_key(), item.key.as_bytes()))
-            .map_err(io)?;
-        Ok(true)
+    /// Take an item off the queue; whether it was queued.
+    fn dequeue(&self, item: &OutboxItem) -> StoreResult<bool> {
+        let was = self.tree.remove(queue_key(item)).map_err(io)?.is_some();
+        if was {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(was)
     }
 }
 
@@ -558,9 +541,10 @@ struct EventOrigin {
 
 /// An outbox item ready to be queued: its keys and its JSON.
 struct EncodedItem {
-    ob: Vec<u8>,
     ol: Vec<u8>,
     se: Vec<u8>,
+    /// A `once/` key, which several events may queue.
+    once: bool,
     value: Vec<u8>,
 }
 
@@ -607,7 +591,7 @@ impl Store for SledStore {
                 Ok((
                     lane,
                     ids.iter()
-                        .map(|b| event_id_from(b))
+                        .map(|(b, _)| event_id_from(b))
                         .collect::<StoreResult<Vec<_>>>()?,
                 ))
             })
@@ -681,23 +665,26 @@ impl Store for SledStore {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<OutboxItem>> {
-        let start = match after {
-            Some(k) => {
-                let mut k = key(OB, k.as_bytes());
-                k.push(0);
-                k
-            }
-            None => OB.to_vec(),
-        };
-        let mut out = Vec::new();
-        for kv in self.tree.range(start..) {
+        // Items live by lane; key order takes a pass over the queue's keys (values are
+        // read only for the page). An admin listing, not a hot path.
+        let mut page: Vec<(Vec<u8>, sled::IVec)> = Vec::new();
+        for kv in self.tree.scan_prefix(OL) {
             let (k, v) = kv.map_err(io)?;
-            if !k.starts_with(OB) || out.len() >= limit {
-                break;
+            let item_key = lane_item(&k[OL.len()..])?;
+            if after.is_some_and(|a| item_key <= a.as_bytes()) {
+                continue;
             }
-            out.push(serde_json::from_slice(&v)?);
+            page.push((item_key.to_vec(), v));
+            if page.len() > limit * 2 {
+                page.sort_by(|a, b| a.0.cmp(&b.0));
+                page.truncate(limit);
+            }
         }
-        Ok(out)
+        page.sort_by(|a, b| a.0.cmp(&b.0));
+        page.truncate(limit);
+        page.into_iter()
+            .map(|(_, v)| Ok(serde_json::from_slice(&v)?))
+            .collect()
     }
 
     async fn outbox_lanes(
@@ -705,27 +692,25 @@ impl Store for SledStore {
         after_lane: Option<&str>,
         max_lanes: usize,
         per_lane: usize,
-    ) -> StoreResult<Vec<(String, Vec<String>)>> {
-        Ok(self
-            .lane_scan(OL, after_lane, max_lanes, per_lane)?
+    ) -> StoreResult<Vec<(String, Vec<OutboxItem>)>> {
+        self.lane_scan(OL, after_lane, max_lanes, per_lane)?
             .into_iter()
-            .map(|(lane, keys)| {
-                (
-                    lane,
-                    keys.into_iter()
-                        .map(|k| String::from_utf8_lossy(&k).into_owned())
-                        .collect(),
-                )
+            .map(|(lane, entries)| {
+                let items = entries
+                    .iter()
+                    .map(|(_, raw)| serde_json::from_slice(raw))
+                    .collect::<Result<Vec<OutboxItem>, _>>()?;
+                Ok((lane, items))
             })
-            .collect())
+            .collect()
     }
 
-    async fn outbox_item(&self, k: &str) -> StoreResult<Option<OutboxItem>> {
-        self.get_json(&key(OB, k.as_bytes()))
+    async fn outbox_item(&self, lane: &str, k: &str) -> StoreResult<Option<OutboxItem>> {
+        self.get_json(&lane_key(OL, lane, k.as_bytes()))
     }
 
     async fn outbox_update(&self, item: &OutboxItem) -> StoreResult<()> {
-        let k = key(OB, item.key.as_bytes());
+        let k = queue_key(item);
         // Only while still queued: never resurrect a delivered or dead item.
         if let Some(current) = self.tree.get(&k).map_err(io)? {
             let v = serde_json::to_vec(item)?;
@@ -738,28 +723,32 @@ impl Store for SledStore {
         Ok(())
     }
 
-    async fn outbox_delivered(&self, k: &str, record: &SentRecord) -> StoreResult<()> {
-        let mut sx = ms_be(record.at).to_vec();
-        sx.extend_from_slice(k.as_bytes());
+    async fn outbox_delivered(&self, item: &OutboxItem, record: &SentRecord) -> StoreResult<()> {
         // The record first: a queued item that is also sent is never sent again.
+        self.record_sent(record).await?;
+        self.dequeue(item)?;
+        Ok(())
+    }
+
+    async fn record_sent(&self, record: &SentRecord) -> StoreResult<()> {
+        let k = record.key.as_bytes();
+        let mut sx = ms_be(record.at).to_vec();
+        sx.extend_from_slice(k);
         self.tree
-            .insert(key(SE, k.as_bytes()), serde_json::to_vec(record)?)
+            .insert(key(SE, k), serde_json::to_vec(record)?)
             .map_err(io)?;
         self.tree.insert(key(SX, &sx), &[] as &[u8]).map_err(io)?;
-        if self.dequeue(&key(OB, k.as_bytes()))? {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-        }
         Ok(())
     }
 
     async fn outbox_dead(&self, letter: &DeadLetter) -> StoreResult<()> {
-        let k = letter.item.key.as_bytes();
         self.tree
-            .insert(key(DL, k), serde_json::to_vec(letter)?)
+            .insert(
+                key(DL, letter.item.key.as_bytes()),
+                serde_json::to_vec(letter)?,
+            )
             .map_err(io)?;
-        if self.dequeue(&key(OB, k))? {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.dequeue(&letter.item)?;
         Ok(())
     }
 
@@ -787,24 +776,15 @@ impl Store for SledStore {
         item.last_error = Some(format!("replayed after: {}", letter.error));
         // Queued before the letter goes, so a crash in between loses nothing (`repair`
         // drops the letter's item from the queue only while the letter is there).
-        let ob_key = key(OB, item.key.as_bytes());
         let queued = self
             .tree
             .compare_and_swap(
-                &ob_key,
+                queue_key(&item),
                 None as Option<&[u8]>,
                 Some(serde_json::to_vec(&item)?),
             )
             .map_err(io)?
             .is_ok();
-        if queued {
-            self.tree
-                .insert(
-                    lane_key(OL, &item.lane_key(), item.key.as_bytes()),
-                    &[] as &[u8],
-                )
-                .map_err(io)?;
-        }
         self.tree.remove(&dl_key).map_err(io)?;
         if queued {
             self.queued.fetch_add(1, Ordering::Relaxed);
@@ -1080,23 +1060,41 @@ mod repair_tests {
                 serde_json::to_vec(&sent("e1/b/0")).unwrap(),
             )
             .unwrap();
-        // e2: queued, but its lane-index entry was not written.
+        // e2: queued, untouched.
+        // e3: dead, but the crash came before it left the queue.
         store
             .tree
-            .remove(lane_key(OL, &items[1].lane_key(), b"e2/b/0"))
+            .insert(key(DL, b"e3/b/0"), b"{}" as &[u8])
             .unwrap();
-        // e3: taken off the queue, but its lane-index entry was left.
-        store.tree.remove(key(OB, b"e3/b/0")).unwrap();
+        // e4: queued in the layout before `ol/` held items (`ob/` and an empty index).
+        let e4 = item("e4/b/0");
+        store
+            .tree
+            .insert(key(LEGACY_OB, b"e4/b/0"), serde_json::to_vec(&e4).unwrap())
+            .unwrap();
+        store
+            .tree
+            .insert(lane_key(OL, &e4.lane_key(), b"e4/b/0"), b"" as &[u8])
+            .unwrap();
+        // e5: an empty index entry of that layout whose item was gone.
+        store
+            .tree
+            .insert(lane_key(OL, &e4.lane_key(), b"e5/b/0"), b"" as &[u8])
+            .unwrap();
         drop(store);
 
         let store = open(dir.path());
-        assert_eq!(store.outbox_count().await.unwrap(), 1);
+        assert_eq!(store.outbox_count().await.unwrap(), 2);
         let lanes = store.outbox_lanes(None, 10, 10).await.unwrap();
-        assert_eq!(
-            lanes,
-            vec![(items[1].lane_key(), vec!["e2/b/0".to_string()])]
+        assert_eq!(lanes, vec![(e4.lane_key(), vec![items[1].clone(), e4])]);
+        assert_eq!(store.tree.scan_prefix(LEGACY_OB).count(), 0);
+        assert!(
+            store
+                .outbox_item(&items[0].lane_key(), "e1/b/0")
+                .await
+                .unwrap()
+                .is_none()
         );
-        assert!(store.outbox_item("e1/b/0").await.unwrap().is_none());
         // A key already sent is never queued again.
         assert_eq!(store.enqueue(&items[..1]).await.unwrap(), 0);
     }
@@ -1204,7 +1202,13 @@ mod repair_tests {
         let events = store.recent_events(None, 10).await.unwrap();
         assert_eq!(events.len(), 2);
         assert_eq!(events[1].fate, Fate::Unrouted);
-        assert!(store.outbox_item("k/1").await.unwrap().is_some());
+        assert!(
+            store
+                .outbox_item(&item("k/1").lane_key(), "k/1")
+                .await
+                .unwrap()
+                .is_some()
+        );
         // The dedupe keys moved too.
         assert_eq!(
             store.ingest(&event(1), until).await.unwrap(),
