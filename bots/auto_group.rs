@@ -129,6 +129,13 @@ pub struct AutoGroup {
 
 use serde::Serialize;
 
+/// What `gather` collects: the fields, the members by id and the members by e-mail.
+type Gathered = (
+    serde_json::Map<String, serde_json::Value>,
+    Vec<String>,
+    Vec<String>,
+);
+
 impl AutoGroup {
     pub fn new(name: &str, config: AutoGroupConfig) -> Result<Self, BotError> {
         let pattern = config
@@ -181,18 +188,7 @@ impl AutoGroup {
     }
 
     /// Fields, members (ids) and members by e-mail, from a command or an event.
-    fn gather(
-        &self,
-        event: &Event,
-        ctx: &BotContext,
-    ) -> Result<
-        (
-            serde_json::Map<String, serde_json::Value>,
-            Vec<String>,
-            Vec<String>,
-        ),
-        BotError,
-    > {
+    fn gather(&self, event: &Event, ctx: &BotContext) -> Result<Gathered, BotError> {
         let mut fields = serde_json::Map::new();
         let mut ids = Vec::new();
         let mut emails = Vec::new();

@@ -50,12 +50,18 @@ pub enum Inbound {
     Respond(Reply),
     /// A card click: journal `event`, wait up to `server.click_answer_window` for the
     /// bot's answer (`crate::clicks`), and answer the platform with `reply` of it.
-    Click { event: Event, reply: ClickReply },
+    Click {
+        event: Box<Event>,
+        reply: ClickReply,
+    },
 }
 
 /// Builds the platform's HTTP answer to a card click from the bot's answer (`None` when
 /// the bot did not answer within the window).
-pub struct ClickReply(pub Box<dyn FnOnce(Option<&ClickAnswer>) -> Reply + Send>);
+pub struct ClickReply(pub Box<ClickReplyFn>);
+
+/// The function inside a `ClickReply`.
+pub type ClickReplyFn = dyn FnOnce(Option<&ClickAnswer>) -> Reply + Send;
 
 impl ClickReply {
     pub fn new(f: impl FnOnce(Option<&ClickAnswer>) -> Reply + Send + 'static) -> Self {
@@ -287,6 +293,8 @@ pub trait DataSource: Send + Sync {
 /// settings. Adding a kind: a variant here, a line in `kind()`, `validate()` and `build()`.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+// A config is read once at start, so the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum ConnectorConfig {
     /// The built-in web chat.
     Local(local::LocalConfig),

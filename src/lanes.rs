@@ -469,7 +469,8 @@ mod tests {
             move |after: Option<String>, max_lanes, per_lane| {
                 let q = q.clone();
                 async move {
-                    let mut by_lane: std::collections::BTreeMap<String, Vec<(u32, (u32, String))>> =
+                    type Work = (u32, (u32, String));
+                    let mut by_lane: std::collections::BTreeMap<String, Vec<Work>> =
                         Default::default();
                     for (k, l) in q.lock().unwrap().iter() {
                         if after.as_ref().is_none_or(|a| l > a) {

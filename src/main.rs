@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use perch::config::{Config, LogFormat};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// mimalloc instead of glibc's malloc. sled frees its tree nodes on whichever thread
@@ -142,11 +142,11 @@ fn main() -> Result<()> {
     }
 }
 
-fn load(path: &PathBuf) -> Result<Config> {
+fn load(path: &Path) -> Result<Config> {
     Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn check(path: &PathBuf) -> Result<()> {
+fn check(path: &Path) -> Result<()> {
     match Config::load(path) {
         Ok(config) => match perch::cards::CardEngine::load_dir(&config.server.cards_dir) {
             Ok(cards) => {
@@ -187,7 +187,7 @@ fn init_logging(json: bool) {
 }
 
 fn card_render(
-    config: &PathBuf,
+    config: &Path,
     template: String,
     data: Option<PathBuf>,
     platform: String,

@@ -263,7 +263,16 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
         ]
     };
     let sha = |secret: &str, bytes: &[u8]| format!("sha256={}", sign(secret, bytes));
-    let cases: Vec<(&str, &str, Vec<(&str, String)>, Vec<u8>, u16, &str)> = vec![
+    // (what, path, headers, body, expected status, expected reason)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<(&'a str, String)>,
+        Vec<u8>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "no signature",
             "/hooks/events",

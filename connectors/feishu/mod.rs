@@ -404,7 +404,7 @@ fn click(event: Event, answer: fn(Option<&ClickAnswer>) -> Value) -> Inbound {
         };
     }
     Inbound::Click {
-        event,
+        event: Box::new(event),
         reply: ClickReply::new(move |a| Reply::ok(answer(a))),
     }
 }

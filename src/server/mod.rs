@@ -170,7 +170,7 @@ async fn hook(
         Inbound::Click { event, reply } => {
             let accepted = s
                 .journal
-                .accept(vec![event])
+                .accept(vec![*event])
                 .await
                 .map_err(|e| ApiError::internal("could not store the event", e))?;
             let answer = match accepted.first() {

@@ -150,6 +150,9 @@ fn lane_key(prefix: &[u8], lane: &str, item: &[u8]) -> Vec<u8> {
     k
 }
 
+/// A lane's entries as `lane_scan` reads them: the item part of each key, and its value.
+type LaneEntries = Vec<(Vec<u8>, sled::IVec)>;
+
 /// Where a queued item lives: `ol/<lane>\0<key>`.
 fn queue_key(item: &OutboxItem) -> Vec<u8> {
     lane_key(OL, &item.lane_key(), item.key.as_bytes())
@@ -407,7 +410,7 @@ impl SledStore {
         after_lane: Option<&str>,
         max_lanes: usize,
         per_lane: usize,
-    ) -> StoreResult<Vec<(String, Vec<(Vec<u8>, sled::IVec)>)>> {
+    ) -> StoreResult<Vec<(String, LaneEntries)>> {
         // `lane\x01` sorts after every `lane\0…` key and before any longer lane name.
         let next_lane = |lane: &[u8]| {
             let mut k = key(prefix, lane);
