@@ -26,8 +26,17 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// A queued item as the outbox's lanes carry it: where it is (the store reads the item
+/// itself when it is delivered).
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// `OutboxItem::lane_key`.
+    pub lane: String,
+    pub key: String,
+}
+
 /// Where queued items are offered to the outbox's lanes (keyed by outbox key).
-pub type OutboxDoor = crate::lanes::Doorbell<String, OutboxItem>;
+pub type OutboxDoor = crate::lanes::Doorbell<String, Queued>;
 
 /// The rate limiters of one connector.
 struct Limiters {
@@ -220,20 +229,17 @@ impl Outbox {
         self: Arc<Self>,
         door: &OutboxDoor,
         cancel: CancellationToken,
-    ) -> (Arc<Lanes<String, OutboxItem>>, tokio::task::JoinHandle<()>) {
+    ) -> (Arc<Lanes<String, Queued>>, tokio::task::JoinHandle<()>) {
         // Weak: the lanes own this handler, so a strong reference back would be a cycle
         // that keeps the store (and its file lock) alive after shutdown.
-        let slot: Arc<std::sync::OnceLock<std::sync::Weak<Lanes<String, OutboxItem>>>> =
-            Arc::default();
+        let slot: Arc<std::sync::OnceLock<std::sync::Weak<Lanes<String, Queued>>>> = Arc::default();
         let handler = {
             let (this, slot) = (self.clone(), slot.clone());
-            Arc::new(move |offered: OutboxItem| {
+            Arc::new(move |Queued { lane, key }: Queued| {
                 let (this, slot) = (this.clone(), slot.clone());
                 Box::pin(async move {
                     // Read the item now: it may have been delivered or dead-lettered since
                     // it was offered or scanned, and then there is nothing to do.
-                    let lane = offered.lane_key();
-                    let key = offered.key;
                     let result = match this.store.outbox_item(&lane, &key).await {
                         Ok(Some(item)) => this.deliver(item).await,
                         Ok(None) => Ok(()),
@@ -267,11 +273,18 @@ impl Outbox {
                     Ok::<_, StoreError>(
                         lanes
                             .into_iter()
-                            .map(|(lane, items)| {
-                                (
-                                    lane,
-                                    items.into_iter().map(|it| (it.key.clone(), it)).collect(),
-                                )
+                            .map(|(lane, keys)| {
+                                let work = keys
+                                    .into_iter()
+                                    .map(|key| {
+                                        let queued = Queued {
+                                            lane: lane.clone(),
+                                            key: key.clone(),
+                                        };
+                                        (key, queued)
+                                    })
+                                    .collect();
+                                (lane, work)
                             })
                             .collect::<Vec<_>>(),
                     )

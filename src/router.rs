@@ -398,9 +398,14 @@ impl Processor {
     /// The items are in the store now: hand them to the outbox's lanes.
     async fn offer_to_outbox(&self, items: &[OutboxItem]) {
         if !items.is_empty() {
-            let work = items
-                .iter()
-                .map(|it| (it.key.clone(), it.lane_key(), it.clone()));
+            let work = items.iter().map(|it| {
+                let lane = it.lane_key();
+                let queued = crate::outbox::Queued {
+                    lane: lane.clone(),
+                    key: it.key.clone(),
+                };
+                (it.key.clone(), lane, queued)
+            });
             self.outbox.offer(work.collect::<Vec<_>>()).await;
         }
     }

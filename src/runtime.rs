@@ -76,7 +76,7 @@ pub struct SharedParts {
 pub struct Perch {
     pub shared: Shared,
     event_lanes: Arc<Lanes<EventId, crate::router::PendingEvent>>,
-    outbox_lanes: Arc<Lanes<String, crate::store::OutboxItem>>,
+    outbox_lanes: Arc<Lanes<String, crate::outbox::Queued>>,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }

@@ -157,10 +157,10 @@ pub async fn outbox_lifecycle(s: &dyn Store) {
     assert_eq!(
         lanes,
         vec![
-            ("web/b".to_string(), vec![in_b.clone()]),
+            ("web/b".to_string(), vec!["k/b1".to_string()]),
             (
                 "web/room".to_string(),
-                vec![items[0].clone(), items[1].clone()]
+                vec!["k/0".to_string(), "k/1".to_string()]
             ),
         ]
     );

@@ -220,13 +220,13 @@ pub trait Store: Send + Sync + 'static {
     /// Queued items in key order, starting after `after` (for listing).
     async fn outbox_after(&self, after: Option<&str>, limit: usize)
     -> StoreResult<Vec<OutboxItem>>;
-    /// Queued items grouped by lane, like `pending_lanes`.
+    /// Queued item keys grouped by lane, like `pending_lanes`.
     async fn outbox_lanes(
         &self,
         after_lane: Option<&str>,
         max_lanes: usize,
         per_lane: usize,
-    ) -> StoreResult<Vec<(String, Vec<OutboxItem>)>>;
+    ) -> StoreResult<Vec<(String, Vec<String>)>>;
     /// One item of `lane` (`OutboxItem::lane_key`), if it is still queued.
     async fn outbox_item(&self, lane: &str, key: &str) -> StoreResult<Option<OutboxItem>>;
     /// Save an item's attempts, next time and last error.

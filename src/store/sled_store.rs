@@ -150,9 +150,6 @@ fn lane_key(prefix: &[u8], lane: &str, item: &[u8]) -> Vec<u8> {
     k
 }
 
-/// A lane's entries as `lane_scan` reads them: the item part of each key, and its value.
-type LaneEntries = Vec<(Vec<u8>, sled::IVec)>;
-
 /// Where a queued item lives: `ol/<lane>\0<key>`.
 fn queue_key(item: &OutboxItem) -> Vec<u8> {
     lane_key(OL, &item.lane_key(), item.key.as_bytes())
@@ -403,14 +400,14 @@ impl SledStore {
     }
 
     /// Read a lane index: lanes after `after_lane`, each with its first `per_lane` items
-    /// (the item part of each key, and the value).
+    /// (the item part of each key).
     fn lane_scan(
         &self,
         prefix: &[u8],
         after_lane: Option<&str>,
         max_lanes: usize,
         per_lane: usize,
-    ) -> StoreResult<Vec<(String, LaneEntries)>> {
+    ) -> StoreResult<Vec<(String, Vec<Vec<u8>>)>> {
         // `lane\x01` sorts after every `lane\0…` key and before any longer lane name.
         let next_lane = |lane: &[u8]| {
             let mut k = key(prefix, lane);
@@ -425,25 +422,25 @@ impl SledStore {
         while out.len() < max_lanes {
             let mut iter = self.tree.range(start.clone()..);
             let Some(first) = iter.next() else { break };
-            let (k, v) = first.map_err(io)?;
+            let (k, _) = first.map_err(io)?;
             if !k.starts_with(prefix) {
                 break;
             }
             let rest = &k[prefix.len()..];
             let item = lane_item(rest)?;
             let lane = rest[..rest.len() - item.len() - 1].to_vec();
-            let mut items = vec![(item.to_vec(), v)];
+            let mut items = vec![item.to_vec()];
             let mut lane_prefix = key(prefix, &lane);
             lane_prefix.push(0);
             for kv in iter {
                 if items.len() >= per_lane {
                     break;
                 }
-                let (k, v) = kv.map_err(io)?;
+                let (k, _) = kv.map_err(io)?;
                 if !k.starts_with(&lane_prefix) {
                     break;
                 }
-                items.push((k[lane_prefix.len()..].to_vec(), v));
+                items.push(k[lane_prefix.len()..].to_vec());
             }
             start = next_lane(&lane);
             out.push((String::from_utf8_lossy(&lane).into_owned(), items));
@@ -594,7 +591,7 @@ impl Store for SledStore {
                 Ok((
                     lane,
                     ids.iter()
-                        .map(|(b, _)| event_id_from(b))
+                        .map(|b| event_id_from(b))
                         .collect::<StoreResult<Vec<_>>>()?,
                 ))
             })
@@ -695,17 +692,20 @@ impl Store for SledStore {
         after_lane: Option<&str>,
         max_lanes: usize,
         per_lane: usize,
-    ) -> StoreResult<Vec<(String, Vec<OutboxItem>)>> {
-        self.lane_scan(OL, after_lane, max_lanes, per_lane)?
+    ) -> StoreResult<Vec<(String, Vec<String>)>> {
+        // Keys only: the outbox reads each item when it delivers it, and a scan may
+        // see an item many times before then.
+        Ok(self
+            .lane_scan(OL, after_lane, max_lanes, per_lane)?
             .into_iter()
-            .map(|(lane, entries)| {
-                let items = entries
+            .map(|(lane, keys)| {
+                let keys = keys
                     .iter()
-                    .map(|(_, raw)| serde_json::from_slice(raw))
-                    .collect::<Result<Vec<OutboxItem>, _>>()?;
-                Ok((lane, items))
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .collect();
+                (lane, keys)
             })
-            .collect()
+            .collect())
     }
 
     async fn outbox_item(&self, lane: &str, k: &str) -> StoreResult<Option<OutboxItem>> {
@@ -1089,7 +1089,10 @@ mod repair_tests {
         let store = open(dir.path());
         assert_eq!(store.outbox_count().await.unwrap(), 2);
         let lanes = store.outbox_lanes(None, 10, 10).await.unwrap();
-        assert_eq!(lanes, vec![(e4.lane_key(), vec![items[1].clone(), e4])]);
+        assert_eq!(
+            lanes,
+            vec![(e4.lane_key(), vec![items[1].key.clone(), e4.key.clone()])]
+        );
         assert_eq!(store.tree.scan_prefix(LEGACY_OB).count(), 0);
         assert!(
             store
