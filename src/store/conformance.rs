@@ -171,6 +171,20 @@ pub async fn outbox_lifecycle(s: &dyn Store) {
         3
     );
     assert_eq!(s.outbox_item("web/b", "k/b1").await.unwrap(), Some(in_b));
+    // The listing goes in key order across lanes, a page at a time.
+    let keys = |page: Vec<OutboxItem>| page.into_iter().map(|i| i.key).collect::<Vec<_>>();
+    assert_eq!(
+        keys(s.outbox_after(None, 10).await.unwrap()),
+        vec!["k/0", "k/1", "k/2", "k/b1"]
+    );
+    assert_eq!(
+        keys(s.outbox_after(Some("k/0"), 2).await.unwrap()),
+        vec!["k/1", "k/2"]
+    );
+    assert_eq!(
+        keys(s.outbox_after(Some("k/2"), 2).await.unwrap()),
+        vec!["k/b1"]
+    );
     assert_eq!(
         s.outbox_item("web/room", "k/b1").await.unwrap(),
         None,
