@@ -39,6 +39,7 @@ fn item(key: &str, now: DateTime<Utc>) -> OutboxItem {
 /// Run every check on a fresh store from `make`.
 pub async fn run_all<S: Store, F: Fn() -> S>(make: F) {
     dedupes_within_window(&make()).await;
+    dedupes_concurrent_ingests(&make()).await;
     pending_and_complete(&make()).await;
     outbox_lifecycle(&make()).await;
     kv(&make()).await;
@@ -82,6 +83,65 @@ pub async fn dedupes_within_window(s: &dyn Store) {
     assert_eq!(s.pending_count().await.unwrap(), 5);
     // The duplicate stored nothing.
     assert!(s.event(again.id).await.unwrap().is_none());
+}
+
+/// Ingests of one external id that race on several threads: exactly one is accepted,
+/// every other one names it as the original, and only it is pending. (Needs a
+/// multi-threaded runtime.)
+pub async fn dedupes_concurrent_ingests(s: &dyn Store) {
+    const ROUNDS: usize = 50;
+    const RACERS: usize = 8;
+    let now = Utc::now();
+    let runtime = tokio::runtime::Handle::current();
+    let before = s.pending_count().await.unwrap();
+    let mut accepted = Vec::new();
+    for round in 0..ROUNDS {
+        let external = format!("race-{round}");
+        let events: Vec<Event> = (0..RACERS)
+            .map(|_| event("gh", Some(&external), now))
+            .collect();
+        let outcomes: Vec<Ingested> = tokio::task::block_in_place(|| {
+            std::thread::scope(|scope| {
+                let racers: Vec<_> = events
+                    .iter()
+                    .map(|e| {
+                        let runtime = runtime.clone();
+                        scope.spawn(move || runtime.block_on(s.ingest(e, now + Duration::hours(8))))
+                    })
+                    .collect();
+                racers
+                    .into_iter()
+                    .map(|r| r.join().expect("ingest thread").expect("ingest"))
+                    .collect()
+            })
+        });
+        let winners: Vec<&Event> = events
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == Ingested::Accepted)
+            .map(|(e, _)| e)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {outcomes:?}");
+        let winner = winners[0].id;
+        for (e, o) in events.iter().zip(&outcomes) {
+            if e.id != winner {
+                assert_eq!(*o, Ingested::Duplicate { original: winner });
+                assert!(s.event(e.id).await.unwrap().is_none());
+            }
+        }
+        accepted.push(winner);
+    }
+    assert_eq!(s.pending_count().await.unwrap(), before + ROUNDS);
+    let mut pending: Vec<EventId> = s
+        .pending_lanes(None, 100, 10 * ROUNDS * RACERS)
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|(_, ids)| ids)
+        .collect();
+    pending.sort();
+    accepted.sort();
+    assert_eq!(pending, accepted, "only the accepted ingests are pending");
 }
 
 pub async fn pending_and_complete(s: &dyn Store) {
@@ -367,7 +427,8 @@ pub async fn sweep(s: &dyn Store) {
 
 #[cfg(test)]
 mod tests {
-    #[tokio::test]
+    // Multi-threaded: `dedupes_concurrent_ingests` races ingests on threads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sled_store_conforms() {
         super::run_all(|| super::SledStore::temporary().expect("temporary sled store")).await;
     }

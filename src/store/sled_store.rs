@@ -36,8 +36,9 @@
 //! (bench/README.md). So each change is a sequence of single-key writes, ordered so that
 //! whatever prefix of it a crash leaves is harmless or repaired by `repair` at open:
 //!
-//! - `ingest` (under the ingest lock): `pl/ dd/ ev/`. An event is *whole* once `ev/` is
-//!   written, so a whole event always has its `pl/` entry or its fate. A dedupe key
+//! - `ingest` (under its dedupe key's ingest lock): `pl/`, `dd/` (insert-if-absent; a
+//!   duplicate then removes its `pl/` entry again), `ev/`. An event is *whole* once
+//!   `ev/` is written, so a whole event always has its `pl/` entry or its fate. A dedupe key
 //!   whose event is not whole does not make a retry a duplicate, a replay re-applies an
 //!   event that is not whole, and `repair` drops a `pl/` entry without its event, with
 //!   the dedupe key it names. The router may find a `pl/` entry whose ingest is still
@@ -78,6 +79,10 @@ const SX: &[u8] = b"sx/";
 const DL: &[u8] = b"dl/";
 const KV: &[u8] = b"kv/";
 
+/// Ingest locks (`SledStore::ingest_stripes`): far more than the runtime has threads,
+/// so two ingests of different dedupe keys rarely share one.
+const INGEST_STRIPES: usize = 64;
+
 /// sled's default cache is 1 GiB; perch needs far less (STACK.md §1b).
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -88,9 +93,16 @@ pub struct SledStore {
     /// Where acknowledged events are made durable (`None` for a temporary store, which
     /// need not survive a crash; then `flush_journal` flushes sled).
     log: Option<Arc<IngestLog>>,
-    /// Records appended since the last log write. Its lock is the ingest lock: an event
-    /// is applied to sled and appended here under it, so the log keeps sled's order.
+    /// Records appended since the last log write (held only to append or take them).
     log_buffer: Arc<std::sync::Mutex<Vec<u8>>>,
+    /// The ingest locks: ingests of one dedupe key run one at a time, under the stripe
+    /// its key hashes to, from the dedupe decision through the log append. So the log
+    /// keeps sled's order for every key (a replay reaches the live run's outcome), and
+    /// a dedupe key whose event is not whole is never one that an ingest is still
+    /// writing. Ingests of different keys, and of events without an external id (no
+    /// dedupe), run side by side: one lock for all of them kept a tokio worker blocked
+    /// whenever both took an event at once.
+    ingest_stripes: Box<[std::sync::Mutex<()>]>,
     // Counters kept in memory so `/metrics` needs no scan; rebuilt by one scan at open.
     pending: AtomicI64,
     queued: AtomicI64,
@@ -242,6 +254,9 @@ impl SledStore {
             tree,
             log: None,
             log_buffer: Arc::new(std::sync::Mutex::new(Vec::new())),
+            ingest_stripes: (0..INGEST_STRIPES)
+                .map(|_| std::sync::Mutex::new(()))
+                .collect(),
             pending: AtomicI64::new(0),
             queued: AtomicI64::new(0),
         };
@@ -354,16 +369,32 @@ impl SledStore {
             .as_ref()
             .map(|x| dedupe_rest(&event.connector, x));
         let now_ms = event.received_at.timestamp_millis();
-        // The ingest lock (see `log_buffer`); a poisoned lock only means another ingest
-        // panicked, and the buffer is still whole.
-        let mut buffer = self.log_buffer.lock().unwrap_or_else(|p| p.into_inner());
+        // A poisoned lock only means another ingest panicked; what it guards is in sled.
+        let _stripe = rest.as_ref().map(|rest| {
+            self.ingest_stripes[crc32fast::hash(rest) as usize % INGEST_STRIPES]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        });
         if replay && self.is_whole(id)? {
             return Ok(Ingested::Duplicate { original: event.id });
         }
-        let dedupe = match &rest {
-            Some(rest) => {
-                let dd_key = key(DD, rest);
-                if let Some(old) = self.tree.get(&dd_key).map_err(io)?
+        // Pending first and the event last (module docs): a crash in between leaves
+        // nothing `repair` cannot undo.
+        self.tree
+            .insert(&pl_key, rest.as_deref().unwrap_or_default())
+            .map_err(io)?;
+        if let Some(rest) = &rest {
+            let dd_key = key(DD, rest);
+            let mut value = Vec::with_capacity(24);
+            value.extend_from_slice(id);
+            value.extend_from_slice(&ms_be(dedupe_until));
+            // Claimed if free (one write); otherwise the key's holder decides.
+            let taken = self
+                .tree
+                .compare_and_swap(&dd_key, None as Option<&[u8]>, Some(value.as_slice()))
+                .map_err(io)?;
+            if let Err(taken) = taken {
+                if let Some(old) = taken.current
                     && old.len() == 24
                 {
                     let original = event_id_from(&old[..16])?;
@@ -373,26 +404,16 @@ impl SledStore {
                         && original != event.id
                         && self.is_whole(&old[..16])?
                     {
+                        self.tree.remove(&pl_key).map_err(io)?;
                         return Ok(Ingested::Duplicate { original });
                     }
                 }
-                let mut value = Vec::with_capacity(24);
-                value.extend_from_slice(id);
-                value.extend_from_slice(&ms_be(dedupe_until));
-                Some((dd_key, value))
+                self.tree.insert(dd_key, value).map_err(io)?;
             }
-            None => None,
-        };
-        // Pending first and the event last (module docs): a crash in between leaves
-        // nothing `repair` cannot undo.
-        self.tree
-            .insert(pl_key, rest.unwrap_or_default())
-            .map_err(io)?;
-        if let Some((dd_key, value)) = dedupe {
-            self.tree.insert(dd_key, value).map_err(io)?;
         }
         self.tree.insert(key(EV, id), entry).map_err(io)?;
         if self.log.is_some() && !replay {
+            let mut buffer = self.log_buffer.lock().unwrap_or_else(|p| p.into_inner());
             ingest_log::encode(&mut buffer, dedupe_until, entry);
         }
         self.pending.fetch_add(1, Ordering::Relaxed);
