@@ -55,6 +55,71 @@ impl Accepted {
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 
+/// The events whose `accept` is running: from before their first write until they have
+/// been offered to the router.
+///
+/// Why: the router's scans may find an event's pending entry while its ingest is still
+/// running. Such an event is then handled where the scan put it, after its ingest ends
+/// (`wait_for`), and its offer finds it in flight and adds nothing. So an offered event
+/// was never handled by a scan before, and the router takes it without reading the
+/// store.
+#[derive(Default)]
+pub struct Ingesting {
+    ids: std::sync::Mutex<std::collections::HashSet<EventId>>,
+    /// Tasks in `wait_for`: only then does an ingest's end need to wake anyone.
+    waiting: std::sync::atomic::AtomicUsize,
+    ended: tokio::sync::Notify,
+}
+
+impl Ingesting {
+    fn ids(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<EventId>> {
+        // A poisoned lock only means a panic elsewhere; the set is still whole.
+        self.ids.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Mark `ids` as being ingested until the returned guard is dropped.
+    fn start(&self, ids: Vec<EventId>) -> IngestGuard<'_> {
+        self.ids().extend(ids.iter().copied());
+        IngestGuard { set: self, ids }
+    }
+
+    /// Wait until `id` is not being ingested (at once if it is not).
+    pub async fn wait_for(&self, id: EventId) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.waiting.fetch_add(1, SeqCst);
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if !self.ids().contains(&id) {
+                break;
+            }
+            ended.await;
+        }
+        self.waiting.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Ends the ingests it names, on every way out of `accept`.
+struct IngestGuard<'a> {
+    set: &'a Ingesting,
+    ids: Vec<EventId>,
+}
+
+impl Drop for IngestGuard<'_> {
+    fn drop(&mut self) {
+        {
+            let mut ids = self.set.ids();
+            for id in &self.ids {
+                ids.remove(id);
+            }
+        }
+        if self.set.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.set.ended.notify_waiters();
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Journal {
     store: Arc<dyn Store>,
@@ -63,6 +128,7 @@ pub struct Journal {
     router: Arc<Doorbell<EventId, PendingEvent>>,
     dedupe_window: Duration,
     clock: SharedClock,
+    ingesting: Arc<Ingesting>,
 }
 
 impl Journal {
@@ -83,8 +149,14 @@ impl Journal {
             router,
             dedupe_window,
             clock,
+            ingesting: Arc::default(),
         };
         (journal, task)
+    }
+
+    /// The events being accepted right now (for the router).
+    pub fn ingesting(&self) -> Arc<Ingesting> {
+        self.ingesting.clone()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -97,6 +169,7 @@ impl Journal {
         let window =
             chrono::Duration::from_std(self.dedupe_window).unwrap_or(chrono::Duration::hours(8));
         let mut out = Vec::with_capacity(events.len());
+        let _ingesting = self.ingesting.start(events.iter().map(|e| e.id).collect());
         for event in &events {
             let until = self.clock.now().max(event.received_at) + window;
             out.push(match self.store.ingest(event, until).await? {
@@ -173,5 +246,31 @@ async fn run_committer(
         for w in batch.drain(..) {
             let _ = w.send(result.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn wait_for_returns_once_the_ingest_has_ended() {
+        let set = Arc::new(Ingesting::default());
+        let (a, b) = (EventId::new(), EventId::new());
+        // Not being ingested: no wait at all.
+        set.wait_for(a).await;
+        let guard = set.start(vec![a, b]);
+        let waiter = tokio::spawn({
+            let set = set.clone();
+            async move { set.wait_for(b).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "b is still being ingested");
+        drop(guard);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter wakes when the ingest ends")
+            .expect("waiter task");
+        assert!(set.ids().is_empty());
     }
 }

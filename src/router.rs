@@ -219,8 +219,8 @@ impl PendingEvent {
 pub enum Processed {
     /// Handled now, or already handled before.
     Done,
-    /// Not stored yet: a scan found its queue entry while its ingest was still running.
-    /// The journal offers it once the ingest is durable.
+    /// Not stored: a scan found its queue entry, but its ingest ended without storing
+    /// it (a duplicate's passing entry, or a failed write). Left to later scans.
     NotStoredYet,
 }
 
@@ -234,6 +234,8 @@ pub struct Processor {
     pub outbox: Arc<crate::outbox::OutboxDoor>,
     /// Told when a card click was handled (its request may be waiting for the answer).
     pub clicks: Arc<crate::clicks::Clicks>,
+    /// The journal's ingests in progress (a scan may find their events early).
+    pub ingesting: Arc<crate::journal::Ingesting>,
 }
 
 impl Processor {
@@ -242,18 +244,20 @@ impl Processor {
     pub async fn process(&self, pending: PendingEvent) -> Result<Processed, StoreError> {
         let store = &self.services.store;
         let event = match pending {
-            // A scan may have found and handled it before the offer came.
-            PendingEvent::Offered(event) => {
-                if !store.is_pending(&event).await? {
-                    return Ok(Processed::Done);
+            // No scan handled it before: a scan that finds an event being ingested
+            // keeps it in flight (below), so its offer is not dispatched.
+            PendingEvent::Offered(event) => *event,
+            PendingEvent::Scanned(id) => {
+                // Found while its ingest was running: handle it here, in its lane's
+                // order, once the ingest is over (the offer then finds it in flight).
+                self.ingesting.wait_for(id).await;
+                match store.event(id).await? {
+                    // The ingest failed, or found a duplicate.
+                    None => return Ok(Processed::NotStoredYet),
+                    Some(entry) if entry.fate != Fate::Pending => return Ok(Processed::Done),
+                    Some(entry) => entry.event,
                 }
-                *event
             }
-            PendingEvent::Scanned(id) => match store.event(id).await? {
-                None => return Ok(Processed::NotStoredYet),
-                Some(entry) if entry.fate != Fate::Pending => return Ok(Processed::Done),
-                Some(entry) => entry.event,
-            },
         };
         self.handle(&event).await?;
         Ok(Processed::Done)

@@ -213,6 +213,7 @@ impl Perch {
             bot_timeout: server.bot_timeout,
             outbox: outbox_door.clone(),
             clicks: clicks.clone(),
+            ingesting: journal.ingesting(),
         });
         let (event_lanes, router_task) =
             crate::router::start(processor, server.concurrency, &router_door, cancel.clone());

@@ -189,14 +189,6 @@ pub trait Store: Send + Sync + 'static {
     /// The event with its fate; `None` if it is not stored (or its ingest is still
     /// running).
     async fn event(&self, id: EventId) -> StoreResult<Option<JournalEntry>>;
-    /// Whether `event`, which is stored, still waits for the router (has no fate yet):
-    /// cheaper than `event` for one the router already holds.
-    async fn is_pending(&self, event: &Event) -> StoreResult<bool> {
-        Ok(self
-            .event(event.id)
-            .await?
-            .is_some_and(|e| e.fate == Fate::Pending))
-    }
     /// Atomically: record the fate of the stored `event`, drop it from pending, and
     /// queue `items` (skipping keys already queued or already sent).
     async fn complete_event(

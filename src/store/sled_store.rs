@@ -42,7 +42,8 @@
 //!   whose event is not whole does not make a retry a duplicate, a replay re-applies an
 //!   event that is not whole, and `repair` drops a `pl/` entry without its event, with
 //!   the dedupe key it names. The router may find a `pl/` entry whose ingest is still
-//!   running: `event` then says there is no such event yet, and the router leaves the
+//!   running: it waits for the ingest to end (`journal::Ingesting`), and if `event`
+//!   then says there is no such event (a duplicate, or a failed ingest), leaves the
 //!   entry alone.
 //! - `complete_event`: outbox items, then `fa/`, then `pl/`.
 //! - queueing an item: `ol/` (insert-if-absent); delivering: `se/ sx/`, then `ol/`
@@ -646,12 +647,6 @@ impl Store for SledStore {
         }
         self.queued.fetch_add(added as i64, Ordering::Relaxed);
         Ok(())
-    }
-
-    async fn is_pending(&self, event: &Event) -> StoreResult<bool> {
-        // A stored event is pending exactly while its lane-index entry exists.
-        let pl_key = lane_key(PL, &event.lane_key(), event.id.0.as_bytes());
-        self.tree.contains_key(pl_key).map_err(io)
     }
 
     async fn recent_events(
