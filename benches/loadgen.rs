@@ -710,6 +710,37 @@ fn load_average() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// The machine's CPU time so far, as (stolen by the hypervisor, all), in clock ticks:
+/// the first line of `/proc/stat`.
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal
+    Some((*ticks.get(7)?, ticks.iter().sum()))
+}
+
+/// The share of the machine's CPU time the hypervisor gave to other guests between
+/// two `machine_ticks` readings: on a shared VM it is what makes runs an hour apart
+/// differ, so the table shows it.
+fn steal_row(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> String {
+    match (before, after) {
+        (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => {
+            format!(
+                "{:.1} %",
+                100.0 * s1.saturating_sub(s0) as f64 / (t1 - t0) as f64
+            )
+        }
+        _ => "n/a".into(),
+    }
+}
+
 fn mib(kib: Option<u64>) -> String {
     kib.map_or_else(|| "n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
 }
@@ -962,9 +993,19 @@ async fn measure(
         args.n, args.c
     ));
     let phase_start = unix_micros();
-    let (cpu0, own0, io0) = (cpu_time(pid), own_cpu_time(), disk_writes(pid));
+    let (cpu0, own0, io0, ticks0) = (
+        cpu_time(pid),
+        own_cpu_time(),
+        disk_writes(pid),
+        machine_ticks(),
+    );
     let mut tp = closed_loop(&load, from, to, args.c).await;
-    let (cpu_sent, own_sent, io_sent) = (cpu_time(pid), own_cpu_time(), disk_writes(pid));
+    let (cpu_sent, own_sent, io_sent, ticks_sent) = (
+        cpu_time(pid),
+        own_cpu_time(),
+        disk_writes(pid),
+        machine_ticks(),
+    );
     let rate = tp.per_second();
     say(format_args!(
         "sent in {:.2} s ({rate:.0}/s)",
@@ -1012,6 +1053,10 @@ async fn measure(
     rows.push(row(
         "perch disk writes in send phase",
         writes_row(io0, io_sent, args.n),
+    ));
+    rows.push(row(
+        "CPU stolen by the hypervisor, send phase",
+        steal_row(ticks0, ticks_sent),
     ));
     if !args.ingest_only {
         say("waiting for deliveries");
