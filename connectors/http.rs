@@ -49,11 +49,17 @@ impl HttpSourceConfig {
                 ),
             ),
         }
-        for h in self.headers.keys() {
+        for (h, v) in &self.headers {
             if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
                 issues.at(
                     at,
                     format!("connector `{name}`: {h:?} is not a valid header name"),
+                );
+            } else if reqwest::header::HeaderValue::from_str(v.expose()).is_err() {
+                // The value may be a secret: name the header, never show the value.
+                issues.at(
+                    at,
+                    format!("connector `{name}`: the value of header {h:?} is not a valid header value (control characters or line breaks)"),
                 );
             }
         }
@@ -98,9 +104,18 @@ impl HttpSource {
             None => self.http.get(&url),
         };
         r = r.query(&req.query).timeout(self.config.timeout);
+        // Configured headers replace any of the same name (`headers()` replaces, `header()`
+        // appends): a configured `Content-Type` must not become a second header line.
+        let mut configured = reqwest::header::HeaderMap::new();
         for (k, v) in &self.config.headers {
-            r = r.header(k.as_str(), v.expose());
+            if let (Ok(name), Ok(value)) = (
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()),
+                reqwest::header::HeaderValue::from_str(v.expose()),
+            ) {
+                configured.insert(name, value);
+            }
         }
+        r = r.headers(configured);
         let resp = r.send().await.map_err(|e| {
             let err = if e.is_timeout() {
                 SourceError::Timeout {

@@ -12,7 +12,7 @@
 //!   errors and timeouts → retry; everything else (permissions, parameters) → permanent.
 
 use crate::config::Secret;
-use crate::connectors::SendError;
+use crate::connectors::{LimitScope, SendError};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -21,6 +21,8 @@ use tokio::time::Instant;
 const INVALID_TOKEN_CODES: [i64; 3] = [99991663, 99991664, 99991671];
 const RATE_LIMITED: i64 = 99991400;
 const CHAT_FREQUENCY_LIMIT: i64 = 230020;
+/// The Content-Type of every Open API request with a body (refs §2).
+const JSON_UTF8: &str = "application/json; charset=utf-8";
 
 /// A failed Open API call.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -72,19 +74,23 @@ impl From<ApiError> for SendError {
         let reason = e.to_string();
         match e {
             ApiError::Transport { .. } => SendError::retry(reason),
-            ApiError::RateLimited { retry_after, .. } => SendError::Retry {
+            // 99991400 / HTTP 429: a quota per API per app (refs §2.4).
+            ApiError::RateLimited { retry_after, .. } => SendError::RateLimited {
                 reason,
                 retry_after,
+                scope: LimitScope::Connector,
             },
             ApiError::Http { status, .. } if status >= 500 || status == 408 || status == 429 => {
                 SendError::retry(reason)
             }
             ApiError::Http { .. } => SendError::Permanent(reason),
+            // 230020: the per-chat limit (5/s per chat, shared by its bots).
             ApiError::Platform {
                 code, retry_after, ..
-            } if code == CHAT_FREQUENCY_LIMIT => SendError::Retry {
+            } if code == CHAT_FREQUENCY_LIMIT => SendError::RateLimited {
                 reason,
                 retry_after,
+                scope: LimitScope::Chat,
             },
             // A token still refused after a fresh fetch may be a platform hiccup: retry
             // (the outbox bounds the attempts). Unknown codes on a 5xx: server trouble.
@@ -169,7 +175,8 @@ impl ApiClient {
                         "{}/open-apis/auth/v3/tenant_access_token/internal",
                         self.base_url
                     ))
-                    .json(&body),
+                    .header(reqwest::header::CONTENT_TYPE, JSON_UTF8)
+                    .body(body.to_string()),
                 what,
             )
             .await?;
@@ -203,21 +210,12 @@ impl ApiClient {
         req: reqwest::RequestBuilder,
         what: &str,
     ) -> Result<RawResponse, ApiError> {
-        let resp = req
-            .header("content-type", "application/json; charset=utf-8")
-            .send()
-            .await
-            .map_err(|e| ApiError::Transport {
-                what: what.into(),
-                reason: e.without_url().to_string(),
-            })?;
+        let resp = req.send().await.map_err(|e| ApiError::Transport {
+            what: what.into(),
+            reason: e.without_url().to_string(),
+        })?;
         let status = resp.status().as_u16();
-        let reset = resp
-            .headers()
-            .get("x-ogw-ratelimit-reset")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let reset = crate::connectors::retry_after(resp.headers());
         let text = resp.text().await.map_err(|e| ApiError::Transport {
             what: what.into(),
             reason: e.without_url().to_string(),
@@ -251,7 +249,12 @@ impl ApiClient {
                 )
                 .bearer_auth(&token);
             if let Some(b) = body {
-                req = req.json(b);
+                // Exactly one Content-Type, the one the Open API documents (refs §2). Not
+                // `.json()`: it sets its own `application/json`, and a second header line
+                // makes a strict gateway answer 400 before any handler runs.
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, JSON_UTF8)
+                    .body(b.to_string());
             }
             let raw = self.send(req, what).await?;
             match judge(raw, what) {
@@ -376,21 +379,29 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             SendError::from(e),
-            SendError::Retry {
+            SendError::RateLimited {
                 reason: "send: rate limited by Feishu (code 99991400), retry after 3 s".into(),
-                retry_after: Some(Duration::from_secs(3))
+                retry_after: Some(Duration::from_secs(3)),
+                scope: LimitScope::Connector,
             }
         );
         let e = judge(raw(429, json!({"msg":"slow down"})), "send").unwrap_err();
         assert!(matches!(
             SendError::from(e),
-            SendError::Retry {
+            SendError::RateLimited {
                 retry_after: Some(_),
+                scope: LimitScope::Connector,
                 ..
             }
         ));
         let e = judge(raw(200, json!({"code":230020,"msg":"frequency"})), "send").unwrap_err();
-        assert!(matches!(SendError::from(e), SendError::Retry { .. }));
+        assert!(matches!(
+            SendError::from(e),
+            SendError::RateLimited {
+                scope: LimitScope::Chat,
+                ..
+            }
+        ));
         let e = judge(raw(400, json!({"code":99991672,"msg":"scope"})), "send").unwrap_err();
         assert!(matches!(SendError::from(e), SendError::Permanent(m) if m.contains("scope")));
         let e = judge(

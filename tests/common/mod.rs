@@ -155,14 +155,55 @@ impl TestPerch {
     }
 }
 
-/// The JSON bodies a wiremock server received, in arrival order.
+/// Headers a request may carry once (RFC 9110 §5.3: a repeated singleton is malformed).
+pub const SINGLETON_HEADERS: [&str; 5] = [
+    "content-type",
+    "content-length",
+    "authorization",
+    "host",
+    "idempotency-key",
+];
+
+/// Why a strict server (a production API gateway) would refuse a request before any
+/// handler runs, or `None`: a repeated singleton header, or a body without a JSON
+/// Content-Type. Every fake platform in `tests/` applies it, so a malformed request
+/// fails a test instead of passing a lenient fake.
+pub fn malformed(headers: &axum::http::HeaderMap, body_len: usize) -> Option<String> {
+    for name in SINGLETON_HEADERS {
+        let n = headers.get_all(name).iter().count();
+        if n > 1 {
+            return Some(format!("header {name} appears {n} times"));
+        }
+    }
+    if body_len > 0 {
+        let ct = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let media = ct.split(';').next().unwrap_or("").trim();
+        if !media.eq_ignore_ascii_case("application/json") {
+            return Some(format!(
+                "a body with content-type {ct:?}, not application/json"
+            ));
+        }
+    }
+    None
+}
+
+/// The JSON bodies a wiremock server received, in arrival order. Panics on a request a
+/// strict server would have refused (`malformed`).
 pub async fn received_json(server: &wiremock::MockServer) -> Vec<serde_json::Value> {
     server
         .received_requests()
         .await
         .unwrap_or_default()
         .iter()
-        .map(|r| serde_json::from_slice(&r.body).expect("a JSON body"))
+        .map(|r| {
+            if let Some(why) = malformed(&r.headers, r.body.len()) {
+                panic!("{} {}: malformed request: {why}", r.method, r.url);
+            }
+            serde_json::from_slice(&r.body).expect("a JSON body")
+        })
         .collect()
 }
 

@@ -10,6 +10,12 @@
 //! starting `ghost` are unknown), the custom-bot hook (checks `sign` and keyword), fault
 //! injection for the next N calls, and a record of every call.
 //!
+//! **Strict like the real gateway**: a request with a repeated singleton header or a
+//! body without a JSON Content-Type is refused with 400 before any handler runs
+//! (`crate::common::malformed`), and recorded in `refused`. **It counts every call**:
+//! a repeated `uuid` gets the first message back, as Feishu does, but the call is still
+//! in `calls`, so a test can see a double send (`posts_with_uuid`).
+//!
 //! Its crypto is written here again on purpose (not imported from perch), so a mistake
 //! in perch's cannot hide behind the same mistake in the fake.
 #![allow(dead_code)]
@@ -110,6 +116,8 @@ pub struct FakeState {
     chat_uuids: HashMap<String, String>,
     pub hooks: HashMap<String, Hook>,
     pub hook_messages: Vec<Value>,
+    /// Requests the gateway refused before any handler ran, with the reason.
+    pub refused: Vec<String>,
     faults: VecDeque<Fault>,
     seq: u64,
 }
@@ -147,6 +155,7 @@ impl FakeFeishu {
                 post(batch_get_id),
             )
             .route("/open-apis/bot/v2/hook/{token}", post(custom_bot))
+            .layer(axum::middleware::from_fn_with_state(state.clone(), gateway))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -192,6 +201,36 @@ impl FakeFeishu {
         self.lock().messages.clone()
     }
 
+    /// How many message create/reply calls carried `uuid` (every call counts, also the
+    /// ones Feishu's idempotency answered with the first message).
+    pub fn posts_with_uuid(&self, uuid: &str) -> usize {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| c.method == "POST" && c.body["uuid"] == uuid)
+            .count()
+    }
+
+    /// Every message create/reply call, with repeats: (uuid, path).
+    pub fn message_posts(&self) -> Vec<(String, String)> {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| c.method == "POST" && c.path.starts_with("/open-apis/im/v1/messages"))
+            .map(|c| {
+                (
+                    c.body["uuid"].as_str().unwrap_or("").to_string(),
+                    c.path.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Requests the strict gateway refused; a test that expects none asserts it empty.
+    pub fn refused(&self) -> Vec<String> {
+        self.lock().refused.clone()
+    }
+
     pub fn calls_to(&self, path_prefix: &str) -> Vec<Call> {
         self.lock()
             .calls
@@ -200,6 +239,36 @@ impl FakeFeishu {
             .cloned()
             .collect()
     }
+}
+
+/// The API gateway in front of every endpoint: refuses what a strict server refuses
+/// (see the module docs), before any handler, and records it.
+async fn gateway(
+    State(s): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
+    };
+    if let Some(why) = crate::common::malformed(&parts.headers, bytes.len()) {
+        s.lock()
+            .unwrap()
+            .refused
+            .push(format!("{} {}: {why}", parts.method, parts.uri.path()));
+        // What a gateway answers: not the Open API's JSON envelope.
+        return (
+            StatusCode::BAD_REQUEST,
+            "<html><body>400 Bad Request</body></html>",
+        )
+            .into_response();
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
 }
 
 fn envelope(status: u16, code: i64, msg: &str, data: Value) -> Response {
@@ -771,8 +840,14 @@ impl EventSender {
         )
     }
 
-    /// Encrypt (when a key is set) and sign (SHA-256, when a key is set) like Feishu.
+    /// Encrypt (when a key is set) and sign (SHA-256, when a key is set) like Feishu, with
+    /// the current time as `X-Lark-Request-Timestamp`.
     pub fn seal(&self, doc: &Value) -> Sealed {
+        self.seal_at(doc, chrono::Utc::now().timestamp())
+    }
+
+    /// `seal` with the timestamp `ts` (Unix seconds): a captured or replayed request.
+    pub fn seal_at(&self, doc: &Value, ts: i64) -> Sealed {
         let plain = doc.to_string();
         let body = match &self.encrypt_key {
             Some(k) => json!({ "encrypt": encrypt(k, plain.as_bytes()) })
@@ -780,12 +855,14 @@ impl EventSender {
                 .into_bytes(),
             None => plain.into_bytes(),
         };
-        let mut headers = Vec::new();
+        // Feishu sends the timestamp and nonce on every request; they are signed only
+        // when the app has an Encrypt Key (refs §1.5).
+        let (ts, nonce) = (ts.to_string(), format!("n{}", rand::random::<u32>()));
+        let mut headers = vec![
+            ("X-Lark-Request-Timestamp".into(), ts.clone()),
+            ("X-Lark-Request-Nonce".into(), nonce.clone()),
+        ];
         if let Some(k) = &self.encrypt_key {
-            let (ts, nonce) = (
-                "1700000000".to_string(),
-                format!("n{}", rand::random::<u32>()),
-            );
             let sig = hex::encode(Sha256::digest(
                 [
                     ts.as_bytes(),
@@ -795,19 +872,20 @@ impl EventSender {
                 ]
                 .concat(),
             ));
-            headers = vec![
-                ("X-Lark-Request-Timestamp".into(), ts),
-                ("X-Lark-Request-Nonce".into(), nonce),
-                ("X-Lark-Signature".into(), sig),
-            ];
+            headers.push(("X-Lark-Signature".into(), sig));
         }
         Sealed { body, headers }
     }
 
     /// Seal for the legacy card request URL: SHA-1 over the verification token.
     pub fn seal_legacy_card(&self, doc: &Value) -> Sealed {
+        self.seal_legacy_card_at(doc, chrono::Utc::now().timestamp())
+    }
+
+    /// `seal_legacy_card` with the timestamp `ts` (Unix seconds).
+    pub fn seal_legacy_card_at(&self, doc: &Value, ts: i64) -> Sealed {
         let body = doc.to_string().into_bytes();
-        let (ts, nonce) = ("1700000000".to_string(), "legacy-nonce".to_string());
+        let (ts, nonce) = (ts.to_string(), "legacy-nonce".to_string());
         let sig = hex::encode(Sha1::digest(
             [
                 ts.as_bytes(),
