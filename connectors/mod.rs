@@ -137,12 +137,32 @@ pub enum SendError {
         reason: String,
         retry_after: Option<Duration>,
     },
+    /// The platform said "too many requests". When it said for how long (`Retry-After`,
+    /// Feishu's `x-ogw-ratelimit-reset`), every call in `scope` waits that long
+    /// (`crate::throttle`), and the item is tried again right after; when it did not,
+    /// the item backs off like any retry. Not counted against `outbox.max_attempts`: the
+    /// platform is busy, the item is fine.
+    #[error("{reason}")]
+    RateLimited {
+        reason: String,
+        retry_after: Option<Duration>,
+        scope: LimitScope,
+    },
     /// Will never succeed as it is (bad parameters, no permission, unknown chat).
     #[error("{0}")]
     Permanent(String),
     /// This connector cannot do that operation at all.
     #[error("connector cannot {0}")]
     Unsupported(&'static str),
+}
+
+/// What a platform's rate-limit answer covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    /// Every call to the connector (an app-wide or API-wide quota).
+    Connector,
+    /// Calls to one chat (Feishu 230020: 5/s per chat).
+    Chat,
 }
 
 impl SendError {
@@ -249,13 +269,61 @@ impl DataRequest {
     }
 }
 
-/// The `Retry-After` header in seconds, if the response has one.
+/// How long a platform asked us to wait: `Retry-After` (RFC 9110 §10.2.3: delay-seconds
+/// or an HTTP date) or, on Feishu, `x-ogw-ratelimit-reset` (seconds until the window
+/// resets, refs §2.4). A date in the past means "now" (zero). The longest of those given.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+    let value = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let retry_after = value("retry-after").and_then(|v| match v.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => httpdate::parse_http_date(v).ok().map(|at| {
+            at.duration_since(std::time::SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        }),
+    });
+    let reset = value("x-ogw-ratelimit-reset")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    retry_after.into_iter().chain(reset).max()
+}
+
+/// Check a request's timestamp (`value`: Unix seconds, from header `header`) against
+/// `now`: at most `max_age` old and at most `skew` ahead (clocks differ). A signed
+/// request outside that window is a replay, or a clock to fix; both are refused.
+pub fn check_timestamp(
+    header: &str,
+    value: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    max_age: Duration,
+    skew: Duration,
+) -> Result<(), InboundError> {
+    let secs: i64 = value.trim().parse().map_err(|_| {
+        InboundError::StaleTimestamp(format!(
+            "in {header} is not Unix seconds ({} characters)",
+            value.chars().count()
+        ))
+    })?;
+    // i128: no value of an i64 header can overflow the difference.
+    let age = i128::from(now.timestamp()) - i128::from(secs);
+    if age > i128::from(max_age.as_secs()) {
+        return Err(InboundError::StaleTimestamp(format!(
+            "in {header} is {age} s old; at most {} s is accepted (a replayed or delayed request)",
+            max_age.as_secs()
+        )));
+    }
+    if -age > i128::from(skew.as_secs()) {
+        return Err(InboundError::StaleTimestamp(format!(
+            "in {header} is {} s in the future; at most {} s of clock difference is accepted",
+            -age,
+            skew.as_secs()
+        )));
+    }
+    Ok(())
 }
 
 /// Why a data source gave no answer. The text is meant for the person who asked
@@ -344,6 +412,9 @@ pub struct ConnectorEnv {
     /// Where connectors with their own HTTP routes wait for a card click's answer.
     pub clicks: Arc<crate::clicks::Clicks>,
     pub click_answer_window: Duration,
+    /// `server.dedupe_window`: how long inbound event ids are remembered (connectors'
+    /// timestamp windows default to fit inside it).
+    pub dedupe_window: Duration,
     pub clock: SharedClock,
     /// One shared HTTP client (timeouts set; rustls).
     pub http: reqwest::Client,
@@ -351,8 +422,13 @@ pub struct ConnectorEnv {
     pub bot_names: Vec<String>,
 }
 
-/// Build the connector `name` from its config.
+/// Build the connector `name` from its config, behind its rate limits
+/// (`crate::throttle`), so that every outbound call waits on them.
 pub fn build(name: &str, config: ConnectorConfig, env: &ConnectorEnv) -> SharedConnector {
+    crate::throttle::throttle(build_inner(name, config, env))
+}
+
+fn build_inner(name: &str, config: ConnectorConfig, env: &ConnectorEnv) -> SharedConnector {
     match config {
         ConnectorConfig::Local(c) => Arc::new(local::Local::new(name, c, env)),
         ConnectorConfig::Webhook(c) => Arc::new(webhook::Webhook::new(name, c, env.http.clone())),

@@ -173,6 +173,7 @@ impl Perch {
             journal: journal.clone(),
             clicks: clicks.clone(),
             click_answer_window: server.click_answer_window,
+            dedupe_window: server.dedupe_window,
             clock: clock.clone(),
             http,
             bot_names: bot_configs.keys().cloned().collect(),

@@ -76,10 +76,10 @@ async fn journal(t: &TestPerch) -> Vec<Value> {
 /// Feishu's signature headers for `body`, computed with perch's own function (the
 /// fake's sender computes them independently for everything else).
 fn signed_headers(body: &[u8]) -> Vec<(String, String)> {
-    let sig =
-        perch::connectors::feishu::crypto::event_signature("1700000000", "nonce-1", KEY, body);
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let sig = perch::connectors::feishu::crypto::event_signature(&ts, "nonce-1", KEY, body);
     vec![
-        ("X-Lark-Request-Timestamp".into(), "1700000000".into()),
+        ("X-Lark-Request-Timestamp".into(), ts),
         ("X-Lark-Request-Nonce".into(), "nonce-1".into()),
         ("X-Lark-Signature".into(), sig),
     ]
@@ -247,6 +247,36 @@ async fn bad_requests_are_refused_and_store_nothing() {
     assert_eq!(journal(&t).await.len(), 1);
 }
 
+/// A captured, correctly signed request replayed later (or stamped in the future) is
+/// refused with a one-line reason and stores nothing, on the event URL and on the
+/// legacy card URL.
+#[tokio::test]
+async fn replayed_requests_outside_the_timestamp_window_are_refused() {
+    let (fake, t, sender) = setup().await;
+    let now = chrono::Utc::now().timestamp();
+    let doc = sender.text_message(&fake, "ev-replay", "om_replay", "oc_team", "hi", true);
+    let legacy = json!({ "open_id": "ou_bob", "open_message_id": "om_card_9", "open_chat_id": "oc_team", "token": "c-9",
+                         "action": { "tag": "button", "value": { "perch": { "bot": "echo", "action": "done", "args": {} } } } });
+    for ts in [now - 86_400, now + 3_600] {
+        let (status, body) = sender.post("", &sender.seal_at(&doc, ts)).await;
+        assert_eq!(status, 401, "{body}");
+        let reason = body["error"].as_str().unwrap();
+        assert!(reason.contains("X-Lark-Request-Timestamp"), "{reason}");
+        let (status, body) = sender
+            .post("/card", &sender.seal_legacy_card_at(&legacy, ts))
+            .await;
+        assert_eq!(status, 401, "{body}");
+    }
+    assert!(journal(&t).await.is_empty(), "nothing stored");
+    // Within the window (an hour old, a minute ahead): accepted.
+    assert_eq!(
+        sender.post("", &sender.seal_at(&doc, now - 3_600)).await.0,
+        200
+    );
+    assert_eq!(journal(&t).await.len(), 1);
+    assert!(fake.refused().is_empty(), "{:?}", fake.refused());
+}
+
 #[tokio::test]
 async fn the_same_event_resent_is_handled_once() {
     let (fake, t, sender) = setup().await;
@@ -408,9 +438,20 @@ async fn card_clicks_become_card_actions_for_the_named_bot() {
     let mut forged = sealed.clone();
     forged.headers[2].1 = "0".repeat(40);
     assert_eq!(sender.post("/card", &forged).await.0, 401);
+    // The same button pressed a second time: a new callback with its own card-update
+    // token. It is a new click and reaches the bot (not the first click's answer).
+    let mut second = legacy.clone();
+    second["token"] = json!("c-update-second-press");
+    assert_eq!(
+        sender
+            .post("/card", &sender.seal_legacy_card(&second))
+            .await
+            .0,
+        200
+    );
 
     let events = journal(&t).await;
-    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events.len(), 3, "{events:?}");
     for e in &events {
         assert_eq!(e["event"]["kind"], "card_action");
         assert_eq!(e["event"]["card_action"]["bot"], "echo");
@@ -427,6 +468,11 @@ async fn card_clicks_become_card_actions_for_the_named_bot() {
         })
         .collect();
     assert!(actions.contains(&"done".to_string()) && actions.contains(&"snooze".to_string()));
+    assert_eq!(
+        actions.iter().filter(|a| *a == "snooze").count(),
+        2,
+        "both presses of snooze were handled"
+    );
     // The echo bot answered both with toasts, not with messages to the chat.
     assert!(fake.calls_to("/open-apis/im/v1/messages").is_empty());
 }
@@ -610,10 +656,10 @@ async fn direct_messages_cards_updates_and_errors() {
         feishu.execute(&dm, "k-dm-3").await,
         Err(SendError::Retry { .. })
     ));
-    fake.fail_next(1, Fault::RateLimited { reset_secs: 7 });
+    fake.fail_next(1, Fault::RateLimited { reset_secs: 1 });
     match feishu.execute(&dm, "k-dm-4").await {
-        Err(SendError::Retry { retry_after, .. }) => {
-            assert_eq!(retry_after, Some(std::time::Duration::from_secs(7)))
+        Err(SendError::RateLimited { retry_after, .. }) => {
+            assert_eq!(retry_after, Some(std::time::Duration::from_secs(1)))
         }
         other => panic!("{other:?}"),
     }

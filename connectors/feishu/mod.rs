@@ -50,6 +50,9 @@ fn default_rate_per_minute() -> u32 {
 fn default_chat_rate() -> u32 {
     5
 }
+fn default_clock_skew() -> Duration {
+    Duration::from_secs(300)
+}
 
 /// How a `markdown` message body is sent.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,6 +102,23 @@ pub struct FeishuConfig {
     /// Operations per second to one chat (Feishu: 5/s per chat, shared by its bots).
     #[serde(default = "default_chat_rate")]
     pub chat_rate_per_second: u32,
+    /// Oldest `X-Lark-Request-Timestamp` accepted on a signed request (events, new card
+    /// callbacks and the legacy card URL); older ones are refused with 401, so a captured
+    /// request cannot be replayed once its event id has left the dedupe window.
+    /// Default: `server.dedupe_window` minus `clock_skew`, and `perch check` refuses a
+    /// window that together with `clock_skew` is wider than `server.dedupe_window`.
+    /// [unverified] Whether Feishu re-signs its retries (sent up to ~7.1 h later, refs
+    /// §1.6) with a fresh timestamp is not documented, so the default keeps room for the
+    /// whole retry schedule; if your tenant's retries carry fresh timestamps, a few
+    /// minutes (`"5m"`) is a tighter setting.
+    #[serde(default, deserialize_with = "crate::config::de_opt_duration")]
+    pub timestamp_window: Option<Duration>,
+    /// How far ahead of perch's clock a request's timestamp may be.
+    #[serde(
+        default = "default_clock_skew",
+        deserialize_with = "crate::config::de_duration"
+    )]
+    pub clock_skew: Duration,
 }
 
 impl FeishuConfig {
@@ -125,6 +145,12 @@ impl FeishuConfig {
                 );
             }
         }
+    }
+
+    /// The timestamp window in force for a given `server.dedupe_window`.
+    pub fn timestamp_window(&self, dedupe_window: Duration) -> Duration {
+        self.timestamp_window
+            .unwrap_or_else(|| dedupe_window.saturating_sub(self.clock_skew))
     }
 
     fn encrypt_key(&self) -> Option<&str> {
@@ -194,6 +220,8 @@ struct BotIdentity {
 pub struct Feishu {
     name: String,
     config: FeishuConfig,
+    /// `config.timestamp_window` resolved against `server.dedupe_window`.
+    timestamp_window: Duration,
     api: Arc<ApiClient>,
     bot: Arc<BotIdentity>,
     /// Wakes the bot-info fetcher early (a message arrived before it succeeded).
@@ -232,6 +260,7 @@ impl Feishu {
         }
         Feishu {
             name: name.to_string(),
+            timestamp_window: config.timestamp_window(env.dedupe_window),
             config,
             api,
             bot,
@@ -278,6 +307,25 @@ impl Feishu {
             Sig::Valid
         } else {
             Sig::Bad
+        }
+    }
+
+    /// Refuse a request whose `X-Lark-Request-Timestamp` is outside the window. Signed
+    /// requests must carry it (the signature covers it); on an unsigned one (no encrypt
+    /// key) it is checked when present.
+    fn check_fresh(&self, req: &InboundRequest, sig: Sig) -> Result<(), InboundError> {
+        match Self::header(req, TIMESTAMP) {
+            Some(ts) => check_timestamp(
+                TIMESTAMP,
+                ts,
+                req.now,
+                self.timestamp_window,
+                self.config.clock_skew,
+            ),
+            None if sig == Sig::NotRequired => Ok(()),
+            None => Err(InboundError::StaleTimestamp(format!(
+                "header {TIMESTAMP} is missing"
+            ))),
         }
     }
 
@@ -338,6 +386,7 @@ impl Feishu {
     /// A verified schema 2.0/1.0 document → one event.
     fn decode(&self, req: &InboundRequest, doc: &Value, sig: Sig) -> Result<Inbound, InboundError> {
         sig.require()?;
+        self.check_fresh(req, sig)?;
         let env = events::envelope(doc)?;
         self.check_token(env.token)?;
         let bot = self.bot_open_id();
@@ -383,6 +432,7 @@ impl Feishu {
             return self.decode(req, &doc, self.signature(req, Scheme::Event));
         }
         sig.require()?;
+        self.check_fresh(req, sig)?;
         let bot = self.bot_open_id();
         let event = events::legacy_card_event(&doc, &self.context(req, bot.as_deref()))?;
         Ok(click(event, legacy_answer))
@@ -946,6 +996,8 @@ mod tests {
             rate_per_second: 50,
             rate_per_minute: 1000,
             chat_rate_per_second: 5,
+            timestamp_window: None,
+            clock_skew: default_clock_skew(),
         };
         let api = Arc::new(ApiClient::new(
             reqwest::Client::new(),
@@ -958,6 +1010,7 @@ mod tests {
         });
         Feishu {
             name: "feishu".into(),
+            timestamp_window: config.timestamp_window(Duration::from_secs(8 * 3600)),
             config,
             api,
             bot,
@@ -976,7 +1029,8 @@ mod tests {
             sub_path: sub_path.into(),
             headers,
             body: Bytes::copy_from_slice(body),
-            now: chrono::Utc::now(),
+            // Ten seconds after the signed timestamp.
+            now: chrono::DateTime::from_timestamp(1_700_000_010, 0).unwrap(),
         }
     }
 
@@ -1004,6 +1058,71 @@ mod tests {
     fn retoken(mut doc: Value) -> Value {
         doc["header"]["token"] = json!(TOKEN);
         doc
+    }
+
+    #[test]
+    fn stale_and_future_timestamps_are_refused() {
+        let c = connector(Some(KEY));
+        let body = retoken(fixture()).to_string().into_bytes();
+        let at = |now: i64| {
+            let mut r = signed(&body);
+            r.now = chrono::DateTime::from_timestamp(now, 0).unwrap();
+            c.handle_inbound(&r)
+        };
+        let window = 8 * 3600 - 300;
+        assert!(
+            at(1_700_000_000 + window).is_ok(),
+            "at the edge of the window"
+        );
+        for now in [
+            1_700_000_000 + window + 1,
+            1_700_000_000 + 86_400,
+            1_700_000_000 - 301,
+        ] {
+            let e = at(now).unwrap_err();
+            assert!(matches!(e, InboundError::StaleTimestamp(_)), "{now}: {e}");
+            assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
+        }
+        assert!(
+            at(1_700_000_000 - 300).is_ok(),
+            "five minutes of clock difference"
+        );
+        // Extreme values are named, never wrapped around.
+        let e = check_timestamp(
+            "T",
+            "-9223372036854775808",
+            chrono::Utc::now(),
+            Duration::from_secs(60),
+            Duration::ZERO,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("9223372") && !e.to_string().contains('-'),
+            "{e}"
+        );
+        let e = check_timestamp(
+            "T",
+            "9223372036854775807",
+            chrono::Utc::now(),
+            Duration::from_secs(60),
+            Duration::ZERO,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("in the future"), "{e}");
+        assert!(
+            check_timestamp(
+                "T",
+                "soon",
+                chrono::Utc::now(),
+                Duration::from_secs(60),
+                Duration::ZERO
+            )
+            .is_err()
+        );
+        // A signed request without the timestamp is refused.
+        let mut r = signed(&body);
+        r.headers.remove(TIMESTAMP);
+        assert!(c.handle_inbound(&r).is_err());
     }
 
     #[test]

@@ -375,6 +375,19 @@ impl Config {
             connector
                 .get_ref()
                 .validate(name, connector.span().start, &mut issues);
+            if let crate::connectors::ConnectorConfig::Feishu(c) = connector.get_ref() {
+                let window = c.timestamp_window(self.server.dedupe_window);
+                if window + c.clock_skew > self.server.dedupe_window {
+                    // A replay accepted after its event id was forgotten would be handled again.
+                    issues.at(
+                        connector.span().start,
+                        format!(
+                            "connector `{name}`: timestamp_window {:?} plus clock_skew {:?} is wider than server.dedupe_window {:?}: a replayed request could be accepted after its event id is forgotten",
+                            window, c.clock_skew, self.server.dedupe_window
+                        ),
+                    );
+                }
+            }
         }
         for (name, bot) in &self.bots {
             bot.get_ref()
