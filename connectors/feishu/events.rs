@@ -355,8 +355,10 @@ fn card_trigger_event(ev: &Value, ctx: &Context) -> Event {
 }
 
 /// A legacy card request-URL callback (refs §1.7). It has no event id, so the dedupe key
-/// is a hash of (message, operator, action): a repeated identical click within the
-/// dedupe window counts once (which also absorbs double clicks).
+/// is a hash of (message, operator, action, `token`): `token` is the card-update token
+/// Feishu issues for each callback, so a retry of one callback (same body) counts once,
+/// while a second click on the same button is a new callback with its own token and is
+/// handled (a bot's Snooze pressed twice snoozes twice; Done is idempotent in the bot).
 pub fn legacy_card_event(doc: &Value, ctx: &Context) -> Result<Event, InboundError> {
     static NULL: Value = Value::Null;
     let action = doc
@@ -374,7 +376,11 @@ pub fn legacy_card_event(doc: &Value, ctx: &Context) -> Result<Event, InboundErr
         message_id,
     );
     let mut h = Sha256::new();
-    for part in [message_id.unwrap_or_default(), operator.unwrap_or_default()] {
+    for part in [
+        message_id.unwrap_or_default(),
+        operator.unwrap_or_default(),
+        str_at(doc, "/token").unwrap_or_default(),
+    ] {
         h.update(part.as_bytes());
         h.update([0u8]);
     }
@@ -606,6 +612,13 @@ mod tests {
         other["open_id"] = json!("ou_someone_else");
         assert_ne!(
             legacy_card_event(&other, &ctx()).unwrap().external_id,
+            a.external_id
+        );
+        // The same button pressed again: a new callback with its own card-update token.
+        let mut again = doc.clone();
+        again["token"] = json!("c-another-callback-token");
+        assert_ne!(
+            legacy_card_event(&again, &ctx()).unwrap().external_id,
             a.external_id
         );
         assert!(matches!(
