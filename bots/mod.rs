@@ -330,22 +330,36 @@ impl BotContext {
             .get(connector)
             .ok_or_else(|| BotError::Config(format!("no connector named `{connector}`")))?
             .clone();
+        // The connector is throttled (`crate::throttle`): this call waits on the same
+        // quotas and platform-ordered pauses as the outbox's deliveries.
         let mut attempt = 0;
         let delivered = loop {
-            match conn.execute(&op, &key).await {
+            let wait = match conn.execute(&op, &key).await {
                 Ok(d) => break d,
                 Err(SendError::Retry {
                     reason,
                     retry_after,
                 }) if attempt < 3 => {
-                    attempt += 1;
-                    let wait =
-                        retry_after.unwrap_or(std::time::Duration::from_millis(250 << attempt));
-                    tracing::warn!(%key, %reason, ?wait, "awaited call failed, retrying");
-                    tokio::time::sleep(wait.min(std::time::Duration::from_secs(10))).await;
+                    tracing::warn!(%key, %reason, "awaited call failed, retrying");
+                    retry_after.unwrap_or(std::time::Duration::from_millis(250 << attempt))
+                }
+                // The throttle already waits out a pause the platform named.
+                Err(SendError::RateLimited {
+                    reason,
+                    retry_after,
+                    ..
+                }) if attempt < 3 => {
+                    tracing::info!(%key, %reason, "awaited call rate limited, retrying");
+                    if retry_after.is_some() {
+                        std::time::Duration::ZERO
+                    } else {
+                        std::time::Duration::from_millis(250 << attempt)
+                    }
                 }
                 Err(e) => return Err(e.into()),
-            }
+            };
+            attempt += 1;
+            tokio::time::sleep(wait.min(std::time::Duration::from_secs(10))).await;
         };
         store
             .record_sent(&SentRecord {

@@ -335,7 +335,13 @@ impl Connector for Webhook {
             redact_url(url),
             text.chars().take(200).collect::<String>()
         );
-        if status.as_u16() == 429 || status.is_server_error() || status.as_u16() == 408 {
+        if status.as_u16() == 429 {
+            Err(SendError::RateLimited {
+                reason,
+                retry_after,
+                scope: super::LimitScope::Connector,
+            })
+        } else if status.is_server_error() || status.as_u16() == 408 {
             Err(SendError::Retry {
                 reason,
                 retry_after,

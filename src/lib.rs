@@ -26,6 +26,7 @@ pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 
 #[path = "../bots/mod.rs"]
 pub mod bots;

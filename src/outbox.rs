@@ -6,22 +6,22 @@
 //!   retry after a crash never sends twice.
 //! - **Ordered per chat.** One lane per (connector, chat); a retry waits in its lane, so
 //!   later messages to that chat do not overtake it. Chats are delivered concurrently.
-//! - **Polite.** Per-connector and per-chat rate limits (governor) are awaited before
-//!   every attempt; `Retry-After` is honoured; backoff is exponential with jitter (backon).
+//! - **Polite.** Every attempt goes through the connector's rate limits
+//!   (`crate::throttle`, shared with bots' awaited calls). When the platform says how
+//!   long to wait (`Retry-After`, Feishu's reset header), that is the wait, plus a
+//!   little jitter; exponential backoff with jitter (backon) only when it says nothing.
 //! - **Bounded.** After `max_attempts` an item goes to the dead letters (replay via the
 //!   admin API). Permanent errors go there at once.
 //!
 //! Flow: router → **outbox** → connector (out).
 
 use crate::config::OutboxConfig;
-use crate::connectors::{RateLimits, SendError, SharedConnector};
+use crate::connectors::{SendError, SharedConnector};
 use crate::lanes::{LaneLimits, Lanes};
 use crate::store::{DeadLetter, OutboxItem, SentRecord, Store, StoreError};
 use crate::telemetry;
 use backon::BackoffBuilder;
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -38,50 +38,9 @@ pub struct Queued {
 /// Where queued items are offered to the outbox's lanes (keyed by outbox key).
 pub type OutboxDoor = crate::lanes::Doorbell<String, Queued>;
 
-/// The rate limiters of one connector.
-struct Limiters {
-    global: Option<DefaultDirectRateLimiter>,
-    per_minute: Option<DefaultDirectRateLimiter>,
-    per_chat: Option<DefaultKeyedRateLimiter<String>>,
-}
-
-impl Limiters {
-    fn new(limits: RateLimits) -> Self {
-        let nz = |n: u32| NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN);
-        Limiters {
-            global: limits.per_second.map(|r| {
-                RateLimiter::direct(
-                    Quota::per_second(nz(r)).allow_burst(nz(limits.burst.unwrap_or(r))),
-                )
-            }),
-            per_minute: limits
-                .per_minute
-                .map(|r| RateLimiter::direct(Quota::per_minute(nz(r)))),
-            per_chat: limits
-                .per_chat_per_second
-                .map(|r| RateLimiter::keyed(Quota::per_second(nz(r)))),
-        }
-    }
-
-    /// Wait until one more operation to `chat` is allowed.
-    async fn ready(&self, chat: &String) {
-        // The chat first: waiting on it must not hold a slot of the global budget.
-        if let Some(l) = &self.per_chat {
-            l.until_key_ready(chat).await;
-        }
-        if let Some(l) = &self.per_minute {
-            l.until_ready().await;
-        }
-        if let Some(l) = &self.global {
-            l.until_ready().await;
-        }
-    }
-}
-
 pub struct Outbox {
     store: Arc<dyn Store>,
     connectors: HashMap<String, SharedConnector>,
-    limiters: HashMap<String, Limiters>,
     config: OutboxConfig,
     clock: crate::clock::SharedClock,
 }
@@ -93,14 +52,9 @@ impl Outbox {
         config: OutboxConfig,
         clock: crate::clock::SharedClock,
     ) -> Self {
-        let limiters = connectors
-            .iter()
-            .map(|(name, c)| (name.clone(), Limiters::new(c.rate_limits())))
-            .collect();
         Outbox {
             store,
             connectors,
-            limiters,
             config,
             clock,
         }
@@ -119,6 +73,19 @@ impl Outbox {
             .unwrap_or(self.config.max_backoff)
     }
 
+    /// The wait before the next attempt: what the platform asked for, plus up to 10 %
+    /// (at most 500 ms) of jitter so that items paused together do not return together;
+    /// exponential backoff for retry number `attempt` when it asked for nothing.
+    pub fn retry_delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        match retry_after {
+            Some(wait) => {
+                let spread = (wait / 10).min(Duration::from_millis(500));
+                wait + spread.mul_f64(rand::random::<f64>())
+            }
+            None => self.backoff(attempt),
+        }
+    }
+
     /// Deliver one item, retrying in place until it is delivered or dead. Store errors
     /// are returned; the item then stays queued and is picked up again.
     pub async fn deliver(&self, mut item: OutboxItem) -> Result<(), StoreError> {
@@ -135,16 +102,12 @@ impl Outbox {
             );
             return self.dead(item, why).await;
         };
-        let chat = item.op.lane_id();
         loop {
             let wait = (item.next_at - self.clock.now())
                 .to_std()
                 .unwrap_or(Duration::ZERO);
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
-            }
-            if let Some(l) = self.limiters.get(&item.connector) {
-                l.ready(&chat).await;
             }
             let result = match tokio::time::timeout(
                 self.config.attempt_timeout,
@@ -192,19 +155,37 @@ impl Outbox {
                             .await;
                     }
                     telemetry::delivery_attempt(&item.connector, "retry");
-                    let delay = self
-                        .backoff(item.attempts)
-                        .max(retry_after.unwrap_or_default());
+                    let delay = self.retry_delay(item.attempts, retry_after);
                     tracing::warn!(key = %item.key, connector = %item.connector, attempt = item.attempts, ?delay, %reason, "delivery failed, will retry");
-                    item.next_at = self.clock.now()
-                        + chrono::Duration::from_std(delay)
-                            .unwrap_or(chrono::Duration::seconds(60));
-                    item.last_error = Some(reason);
-                    self.store.outbox_update(&item).await?;
+                    self.wait_then_retry(&mut item, delay, reason).await?;
+                }
+                // The platform is busy, not the item: not counted against max_attempts.
+                Err(SendError::RateLimited {
+                    reason,
+                    retry_after,
+                    ..
+                }) => {
+                    telemetry::delivery_attempt(&item.connector, "rate_limited");
+                    let delay = self.retry_delay(item.attempts.max(1), retry_after);
+                    tracing::info!(key = %item.key, connector = %item.connector, ?delay, %reason, "rate limited by the platform, will retry");
+                    self.wait_then_retry(&mut item, delay, reason).await?;
                 }
                 Err(e) => return self.dead(item, e.to_string()).await,
             }
         }
+    }
+
+    /// Record when `item` is tried again and why (the loop in `deliver` sleeps until then).
+    async fn wait_then_retry(
+        &self,
+        item: &mut OutboxItem,
+        delay: Duration,
+        reason: String,
+    ) -> Result<(), StoreError> {
+        item.next_at = self.clock.now()
+            + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(60));
+        item.last_error = Some(reason);
+        self.store.outbox_update(item).await
     }
 
     fn connector_name_hint(&self) -> String {
