@@ -6,12 +6,25 @@
 //!
 //! Then: render the name from `name_template` (`【项目】{{customer}}-{{code}}`), check it
 //! against the naming rule (pattern, max length, forbidden characters) and refuse with the
-//! rule explained; claim the project key in the bot's state (compare-and-swap, so two
-//! requests for one project cannot both create); create the chat through the connector
-//! (an awaited call with an idempotency key: a re-run after a crash does not create a
-//! second chat), add members given by e-mail, post the welcome card in the new group, and
-//! answer the requester with who could not be added. A repeated request answers with the
-//! existing group.
+//! rule explained. Creating the group is a sequence of durable steps, each recorded in
+//! the bot's state under the project key (`ProjectGroup`) as it finishes:
+//!
+//! 1. **claim** the project key (compare-and-swap, so two requests for one project
+//!    cannot both create). A claim that is older than `claim_timeout` without a chat is
+//!    stale (its request died) and the next request takes it over;
+//! 2. **create** the chat with an awaited call whose idempotency key belongs to the
+//!    project, not to the request (`BotContext::call_once`): whichever request makes or
+//!    resumes the step, the platform returns the same chat (Feishu: `uuid`, 10 h), and
+//!    a recorded result is reused for ever. A failure here releases the claim, so the
+//!    next request resumes at once;
+//! 3. **add members** given by e-mail (and any the creation could not add). A failure
+//!    is kept in the state as pending members and reported in the group and to the
+//!    requester; the next request for the project retries them;
+//! 4. **welcome** card in the new group, once per project (`Action::Once`), and the
+//!    answer to the requester, through the outbox (durable, retried, never doubled).
+//!
+//! So a project never gets two chats, and no step stays stuck: every request for the
+//! project either finds the group, or finishes what an earlier one left undone.
 
 use super::text_template::{Escape, TextTemplates};
 use super::*;
@@ -52,10 +65,21 @@ pub struct AutoGroupConfig {
     /// The command word, for `help` (routes decide what reaches the bot).
     #[serde(default = "default_command")]
     pub command: String,
+    /// How long a claim without a chat holds before a new request may take it over
+    /// (the request that made it crashed or was given up on). Longer than
+    /// `server.bot_timeout`, so a live request is never overtaken.
+    #[serde(
+        default = "default_claim_timeout",
+        deserialize_with = "crate::config::de_duration"
+    )]
+    pub claim_timeout: std::time::Duration,
 }
 
 fn default_command() -> String {
     "建群".to_string()
+}
+fn default_claim_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(120)
 }
 
 /// The company's naming rule for groups.
@@ -110,15 +134,49 @@ fn templates(name: &str, c: &AutoGroupConfig) -> Result<TextTemplates, BotError>
     Ok(t)
 }
 
-/// What the bot remembers per project key.
+/// What the bot remembers per project key: how far creating its group has come.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProjectGroup {
     pub name: String,
-    /// `None` while the creating event is still at work.
+    /// `None` until the chat exists.
     pub chat_id: Option<String>,
     pub connector: String,
-    /// The event that claimed the key.
+    /// The event that holds (or last held) the claim.
     pub event: String,
+    /// When that event claimed the key (a claim without a chat expires after
+    /// `claim_timeout`). Absent in records of older versions: such a claim is stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Members that could not be added yet, with why: the next request retries them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingMembers>,
+    /// The welcome card was handed to the outbox (by the event that holds the claim).
+    #[serde(default)]
+    pub welcomed: bool,
+}
+
+/// Members whose adding failed (a platform error, not "no such person").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingMembers {
+    /// Member ids (`member_id_type`) and e-mail addresses.
+    pub ids: Vec<String>,
+    pub emails: Vec<String>,
+    pub error: String,
+}
+
+impl ProjectGroup {
+    fn is_complete(&self) -> bool {
+        self.chat_id.is_some() && self.pending.is_none()
+    }
+}
+
+/// Where `claim` left the request.
+enum Claim {
+    /// This event holds the key; the stored record (and its bytes, for releasing it),
+    /// and whether this event held it already (a re-run after a crash).
+    Held(ProjectGroup, Vec<u8>, bool),
+    /// Nothing to do but answer.
+    Answer(Vec<Action>),
 }
 
 pub struct AutoGroup {
@@ -277,103 +335,276 @@ impl Bot for AutoGroup {
             .clone()
             .unwrap_or_else(|| event.connector.clone());
         let state_key = format!("project/{key}");
-
-        // Claim the key. Someone else's claim (or a finished group) means: already there.
-        let claim = ProjectGroup {
-            name: name.clone(),
-            chat_id: None,
-            connector: connector.clone(),
-            event: event.id.to_string(),
+        let is_message = event.kind == EventKind::Message;
+        let answer = |text: String| -> Vec<Action> {
+            if is_message {
+                vec![Action::reply(MessageBody::markdown(text))]
+            } else {
+                vec![]
+            }
         };
-        let claimed = ctx.state_claim(&state_key, &claim).await?;
-        if !claimed {
-            let existing: ProjectGroup = ctx
-                .state_get(&state_key)
-                .await?
-                .ok_or_else(|| BotError::Other("project claim vanished".into()))?;
-            if existing.event != claim.event {
-                let text = match &existing.chat_id {
-                    Some(id) => format!(
-                        "The group for this project already exists: **{}** (chat `{id}`).",
-                        existing.name
-                    ),
-                    None => format!(
-                        "The group **{}** is being created right now.",
-                        existing.name
-                    ),
+
+        // 1. Claim the key, take over a stale claim, or resume an unfinished group.
+        let (mut group, mut raw, rerun) = match self
+            .claim(event, ctx, &state_key, &name, &connector, &answer)
+            .await?
+        {
+            Claim::Held(group, raw, rerun) => (group, raw, rerun),
+            Claim::Answer(actions) => return Ok(actions),
+        };
+        let resumed = group.chat_id.is_some() && !rerun;
+        // A re-run must hand the welcome over again (its first run's actions may never
+        // have reached the outbox); the once-key keeps it from being sent twice.
+        let welcome = !group.welcomed || rerun;
+
+        // 2. Create the chat (a step of the project: the same chat whoever resumes it).
+        let mut ids_to_add: Vec<String> = Vec::new();
+        let mut emails_to_add = emails.clone();
+        let chat_id = match group.chat_id.clone() {
+            Some(id) => {
+                // A group that exists with members still pending: add those and this
+                // request's members (adding someone twice is harmless).
+                if let Some(p) = group.pending.take() {
+                    ids_to_add.extend(p.ids);
+                    emails_to_add.extend(p.emails);
+                }
+                ids_to_add.extend(ids.iter().cloned());
+                id
+            }
+            None => {
+                let spec = ChatSpec {
+                    name: name.clone(),
+                    description: None,
+                    members: ids.clone(),
+                    member_id_type: self.config.member_id_type.clone(),
+                    owner: event.sender.as_ref().map(|s| s.id.clone()),
                 };
-                return Ok(if event.kind == EventKind::Message {
-                    vec![Action::reply(MessageBody::markdown(text))]
-                } else {
-                    vec![]
-                });
+                let created = match ctx
+                    .call_once(
+                        &connector,
+                        Operation::CreateChat { spec },
+                        &format!("{state_key}/create"),
+                    )
+                    .await
+                {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // Nothing is half-made that a retry would not find again (the
+                        // step's key is the project's): free the claim so the next
+                        // request resumes at once.
+                        ctx.state_replace::<ProjectGroup>(&state_key, &raw, None)
+                            .await?;
+                        return Err(e);
+                    }
+                };
+                let chat_id = created.id.clone().ok_or_else(|| {
+                    BotError::Other(format!(
+                        "connector `{connector}` created a chat but gave no id"
+                    ))
+                })?;
+                if created.detail.get("members_error").is_some() {
+                    ids_to_add.extend(strings_at(&created.detail, "not_added"));
+                }
+                group.chat_id = Some(chat_id.clone());
+                raw = self.save(ctx, &state_key, &raw, &group).await?;
+                chat_id
             }
-            // Our own claim: this is a re-run of the same event after a crash. The awaited
-            // calls below return their recorded results; nothing is created twice.
-        }
+        };
 
-        let spec = ChatSpec {
-            name: name.clone(),
-            description: None,
-            members: ids.clone(),
-            member_id_type: self.config.member_id_type.clone(),
-            owner: event.sender.as_ref().map(|s| s.id.clone()),
-        };
-        let created = match ctx.call(&connector, Operation::CreateChat { spec }).await {
-            Ok(d) => d,
-            Err(e) => {
-                // Free the key so the request can be made again.
-                ctx.state_delete(&state_key).await?;
-                return Err(e);
+        // 3. Add the members that are still to add. A failure is kept as pending (the
+        // next request retries) and reported; the group exists either way.
+        let mut not_added: Vec<String> = Vec::new();
+        let mut failure: Option<String> = None;
+        for (members, id_type) in [
+            (&ids_to_add, self.config.member_id_type.clone()),
+            (&emails_to_add, Some("email".to_string())),
+        ] {
+            if members.is_empty() {
+                continue;
             }
-        };
-        let chat_id = created.id.clone().ok_or_else(|| {
-            BotError::Other(format!(
-                "connector `{connector}` created a chat but gave no id"
-            ))
-        })?;
-        let mut not_added: Vec<String> = created
-            .detail
-            .get("not_added")
-            .and_then(|v| v.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !emails.is_empty() {
-            let added = ctx
-                .call(
+            let step = format!(
+                "{state_key}/members/{}/{}",
+                event.id,
+                id_type.as_deref().unwrap_or("id")
+            );
+            match ctx
+                .call_once(
                     &connector,
                     Operation::AddMembers {
                         chat_id: chat_id.clone(),
-                        members: emails.clone(),
-                        member_id_type: Some("email".into()),
+                        members: members.clone(),
+                        member_id_type: id_type,
                     },
+                    &step,
                 )
-                .await?;
-            not_added.extend(
-                added
-                    .detail
-                    .get("not_added")
-                    .and_then(|v| v.as_array())
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|x| x.as_str().map(str::to_string)),
+                .await
+            {
+                Ok(added) => not_added.extend(strings_at(&added.detail, "not_added")),
+                Err(e) => failure = Some(e.to_string()),
+            }
+        }
+        if let Some(error) = &failure {
+            tracing::warn!(event = %event.id, project = %key, %error, "adding members to the project group failed; kept as pending");
+            group.pending = Some(PendingMembers {
+                ids: ids_to_add.clone(),
+                emails: emails_to_add.clone(),
+                error: error.clone(),
+            });
+        }
+        group.welcomed = true;
+        self.save(ctx, &state_key, &raw, &group).await?;
+
+        // 4. The welcome card once per project, the note about members, the answer.
+        let mut actions = Vec::new();
+        if welcome {
+            actions.push(
+                Action::Send {
+                    connector: Some(connector.clone()),
+                    to: Target::chat(chat_id.clone()),
+                    body: self.welcome(event, ctx, &name, &fields, &ids, &emails)?,
+                }
+                .once(format!("{state_key}/welcome")),
             );
         }
-        ctx.state_put(
-            &state_key,
-            &ProjectGroup {
-                chat_id: Some(chat_id.clone()),
-                ..claim
-            },
-        )
-        .await?;
+        let mut report = String::new();
+        if !not_added.is_empty() {
+            report.push_str(&format!(" Could not add: {}.", not_added.join(", ")));
+        }
+        if let Some(error) = &failure {
+            let who: Vec<&String> = ids_to_add.iter().chain(&emails_to_add).collect();
+            let note = format!(
+                "Adding {} to this group failed: {error}. The next request for this project tries again.",
+                who.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            actions.push(Action::Send {
+                connector: Some(connector.clone()),
+                to: Target::chat(chat_id.clone()),
+                body: MessageBody::markdown(note),
+            });
+            report.push_str(&format!(
+                " Adding members failed ({error}); ask again to retry."
+            ));
+        }
+        let verb = if resumed { "Finished" } else { "Created" };
+        actions.extend(answer(format!(
+            "{verb} **{name}** (chat `{chat_id}`).{report}"
+        )));
+        Ok(actions)
+    }
+}
 
-        let mut actions = Vec::new();
-        // Shaped for cards/welcome.hbs.
+/// The strings of the array at `field` of a delivery's detail.
+fn strings_at(detail: &serde_json::Value, field: &str) -> Vec<String> {
+    detail
+        .get(field)
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(str::to_string))
+        .collect()
+}
+
+impl AutoGroup {
+    /// Step 1: hold the project key for this event, or say why there is nothing to do.
+    async fn claim(
+        &self,
+        event: &Event,
+        ctx: &BotContext,
+        state_key: &str,
+        name: &str,
+        connector: &str,
+        answer: &(dyn Fn(String) -> Vec<Action> + Sync),
+    ) -> Result<Claim, BotError> {
+        let now = ctx.clock.now();
+        let mine = ProjectGroup {
+            name: name.to_string(),
+            chat_id: None,
+            connector: connector.to_string(),
+            event: event.id.to_string(),
+            claimed_at: Some(now),
+            pending: None,
+            welcomed: false,
+        };
+        // Two tries: a claim released between our attempt and our read is claimed anew.
+        for _ in 0..2 {
+            if ctx.state_claim(state_key, &mine).await? {
+                let raw = serde_json::to_vec(&mine).map_err(StoreError::from)?;
+                return Ok(Claim::Held(mine, raw, false));
+            }
+            let Some((existing, raw)) = ctx.state_entry::<ProjectGroup>(state_key).await? else {
+                continue;
+            };
+            if existing.event == mine.event {
+                // Our own claim: a re-run of this event after a crash. The awaited calls
+                // return their recorded results; nothing is created twice.
+                return Ok(Claim::Held(existing, raw, true));
+            }
+            if existing.is_complete() {
+                let id = existing.chat_id.as_deref().unwrap_or_default();
+                return Ok(Claim::Answer(answer(format!(
+                    "The group for this project already exists: **{}** (chat `{id}`).",
+                    existing.name
+                ))));
+            }
+            let fresh = existing.chat_id.is_none()
+                && existing.claimed_at.is_some_and(|at| {
+                    (now - at).to_std().unwrap_or_default() < self.config.claim_timeout
+                });
+            if fresh {
+                return Ok(Claim::Answer(answer(format!(
+                    "The group **{}** is being created right now.",
+                    existing.name
+                ))));
+            }
+            // A stale claim, or a group whose members are pending: take it over and
+            // finish it.
+            let taken = ProjectGroup {
+                event: mine.event.clone(),
+                claimed_at: Some(now),
+                ..existing
+            };
+            if ctx.state_replace(state_key, &raw, Some(&taken)).await? {
+                tracing::info!(event = %event.id, key = %state_key, "resuming an unfinished project group");
+                let raw = serde_json::to_vec(&taken).map_err(StoreError::from)?;
+                return Ok(Claim::Held(taken, raw, false));
+            }
+        }
+        Ok(Claim::Answer(answer(format!(
+            "The group **{name}** is being created right now."
+        ))))
+    }
+
+    /// Record `group` in place of `raw` (the record this event holds); the new bytes.
+    async fn save(
+        &self,
+        ctx: &BotContext,
+        state_key: &str,
+        raw: &[u8],
+        group: &ProjectGroup,
+    ) -> Result<Vec<u8>, BotError> {
+        if !ctx.state_replace(state_key, raw, Some(group)).await? {
+            // Only a takeover of a claim we held past `claim_timeout` can do this; the
+            // steps are the project's, so whoever holds it now finishes them.
+            return Err(BotError::Other(format!(
+                "the claim on {state_key} was taken over by another request"
+            )));
+        }
+        Ok(serde_json::to_vec(group).map_err(StoreError::from)?)
+    }
+
+    /// The welcome message, shaped for cards/welcome.hbs.
+    fn welcome(
+        &self,
+        event: &Event,
+        ctx: &BotContext,
+        name: &str,
+        fields: &serde_json::Map<String, serde_json::Value>,
+        ids: &[String],
+        emails: &[String],
+    ) -> Result<MessageBody, BotError> {
         let requester = event
             .sender
             .as_ref()
@@ -381,10 +612,10 @@ impl Bot for AutoGroup {
         let mut data = serde_json::json!({
             "name": name,
             "group": name,
-            "project": fields.get("project").and_then(|v| v.as_str()).unwrap_or(&name),
+            "project": fields.get("project").and_then(|v| v.as_str()).unwrap_or(name),
             "owner": requester.clone().unwrap_or_else(|| "perch".to_string()),
             "fields": fields,
-            "members": ids.iter().chain(&emails).collect::<Vec<_>>(),
+            "members": ids.iter().chain(emails).collect::<Vec<_>>(),
             "requester": requester,
             "source": event.topic.clone().unwrap_or_else(|| "a chat command".to_string()),
         });
@@ -393,22 +624,9 @@ impl Bot for AutoGroup {
                 data[f] = v.clone();
             }
         }
-        let welcome = match &self.config.welcome_template {
+        Ok(match &self.config.welcome_template {
             Some(t) => ctx.card(t, &data)?,
             None => MessageBody::markdown(format!("Welcome to **{name}**!")),
-        };
-        actions.push(Action::Send {
-            connector: Some(connector.clone()),
-            to: Target::chat(chat_id.clone()),
-            body: welcome,
-        });
-        if event.kind == EventKind::Message {
-            let mut text = format!("Created **{name}** (chat `{chat_id}`).");
-            if !not_added.is_empty() {
-                text.push_str(&format!(" Could not add: {}.", not_added.join(", ")));
-            }
-            actions.push(Action::reply(MessageBody::markdown(text)));
-        }
-        Ok(actions)
+        })
     }
 }

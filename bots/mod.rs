@@ -253,6 +253,40 @@ impl BotContext {
             .await?)
     }
 
+    /// This bot's state at `key` with its stored bytes, for `state_replace`.
+    pub async fn state_entry<T: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<(T, Vec<u8>)>, BotError> {
+        match self.services.store.kv_get(&self.state_ns(), key).await? {
+            Some(raw) => {
+                let value = serde_json::from_slice(&raw).map_err(StoreError::from)?;
+                Ok(Some((value, raw)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Replace the state at `key` with `new` (or delete it, for `None`) only if it still
+    /// holds `old` (bytes from `state_entry`); whether this call changed it. For taking
+    /// over or releasing a claim without clobbering someone else's.
+    pub async fn state_replace<T: serde::Serialize>(
+        &self,
+        key: &str,
+        old: &[u8],
+        new: Option<&T>,
+    ) -> Result<bool, BotError> {
+        let new = new
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(StoreError::from)?;
+        Ok(self
+            .services
+            .store
+            .kv_compare_and_swap(&self.state_ns(), key, Some(old), new.as_deref())
+            .await?)
+    }
+
     pub async fn state_delete(&self, key: &str) -> Result<(), BotError> {
         Ok(self.services.store.kv_delete(&self.state_ns(), key).await?)
     }
@@ -320,6 +354,30 @@ impl BotContext {
     pub async fn call(&mut self, connector: &str, op: Operation) -> Result<Delivered, BotError> {
         let key = format!("{}/{}/call{}", self.event_id, self.bot, self.calls);
         self.calls += 1;
+        self.call_keyed(connector, op, key).await
+    }
+
+    /// `call` for a step that belongs to something longer-lived than one event (a
+    /// project's group): the idempotency key is `once/<bot>/<step>`, whichever event
+    /// makes the call, so a later request that resumes the step after a failure gets
+    /// the recorded result, or the platform's idempotency returns what the first
+    /// attempt created (Feishu: the same chat for 10 h).
+    pub async fn call_once(
+        &mut self,
+        connector: &str,
+        op: Operation,
+        step: &str,
+    ) -> Result<Delivered, BotError> {
+        let key = format!("once/{}/{step}", self.bot);
+        self.call_keyed(connector, op, key).await
+    }
+
+    async fn call_keyed(
+        &mut self,
+        connector: &str,
+        op: Operation,
+        key: String,
+    ) -> Result<Delivered, BotError> {
         let store = &self.services.store;
         if let Some(done) = store.sent(&key).await? {
             return Ok(done.delivered);

@@ -359,7 +359,7 @@ async fn token_expiry_mid_run_refetches_and_delivers_once() {
 #[tokio::test]
 async fn a_rate_limit_storm_delivers_everything_exactly_once() {
     let (fake, t, sender) = setup().await;
-    fake.fail_next(12, Fault::RateLimited { reset_secs: 1 });
+    fake.fail_next(3, Fault::RateLimited { reset_secs: 1 });
     fake.fail_next(3, Fault::ServerError);
     let n = 20;
     for i in 0..n {
@@ -376,11 +376,20 @@ async fn a_rate_limit_storm_delivers_everything_exactly_once() {
     }
     let msgs = messages(&fake, n).await;
     assert_eq!(msgs.len(), n, "one message per event");
-    let uuids: std::collections::HashSet<_> = msgs.iter().filter_map(|m| m.uuid.clone()).collect();
-    assert_eq!(uuids.len(), n, "distinct uuids");
     let replied: std::collections::HashSet<_> =
         msgs.iter().filter_map(|m| m.reply_to.clone()).collect();
     assert_eq!(replied.len(), n);
+    // Every call counts, not only the messages the fake kept: each uuid was answered
+    // with success exactly once (a repeat would be hidden by Feishu's idempotency).
+    let calls = fake.lock().calls.clone();
+    for m in &msgs {
+        let uuid = m.uuid.clone().expect("every message carries a uuid");
+        let ok = calls
+            .iter()
+            .filter(|c| c.body["uuid"] == uuid.as_str() && c.fault.is_none())
+            .count();
+        assert_eq!(ok, 1, "uuid {uuid} succeeded {ok} times");
+    }
     let dead: Value = reqwest::get(t.url("/api/dead-letters"))
         .await
         .unwrap()
@@ -389,9 +398,36 @@ async fn a_rate_limit_storm_delivers_everything_exactly_once() {
         .unwrap();
     assert_eq!(dead["dead_letters"], json!([]));
     assert!(
-        fake.calls_to("/open-apis/im/v1/messages").len() >= n + 15,
+        fake.calls_to("/open-apis/im/v1/messages").len() >= n + 6,
         "the faults were really hit"
     );
+    // A 429 pauses every call to the app, not only the item that got it.
+    assert_eq!(fake.calls_inside_rate_limit_windows(), vec![]);
+    assert!(fake.refused().is_empty(), "{:?}", fake.refused());
+}
+
+/// Told `x-ogw-ratelimit-reset: 1`, perch waits that second (plus a little jitter), not
+/// an exponential backoff on top of it.
+#[tokio::test]
+async fn a_rate_limit_reset_is_the_wait() {
+    let (fake, _t, sender) = setup().await;
+    fake.fail_next(2, Fault::RateLimited { reset_secs: 1 });
+    let doc = sender.text_message(&fake, "ev-429", "om_429", "oc_team", "hi", true);
+    let posted = std::time::Instant::now();
+    assert_eq!(sender.send(&doc).await.0, 200);
+    messages(&fake, 1).await;
+    let delivered = posted.elapsed();
+    let calls = fake.calls_to("/open-apis/im/v1/messages/om_429/reply");
+    assert_eq!(calls.len(), 3, "two refused, one delivered");
+    for pair in calls.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= std::time::Duration::from_secs(1)
+                && gap < std::time::Duration::from_millis(1600),
+            "waited {gap:?} after a 1 s reset"
+        );
+    }
+    eprintln!("event to reply with two 1 s resets: {delivered:?}");
 }
 
 #[tokio::test]

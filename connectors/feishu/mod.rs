@@ -703,6 +703,11 @@ impl Feishu {
         })
     }
 
+    /// Replace a message's content. PATCH (cards) and PUT (text, post) take no `uuid`
+    /// or other idempotency key (refs §2.2: only create and reply have `uuid`), so a
+    /// retry is made safe by what the call is: it sets the whole content, and setting the
+    /// same content twice leaves the message as one setting would. The outbox keeps a
+    /// chat's updates in order, so a retried older update never lands after a newer one.
     async fn update(&self, message_id: &str, body: &MessageBody) -> Result<Delivered, SendError> {
         let path = format!(
             "/open-apis/im/v1/messages/{}",
@@ -844,8 +849,11 @@ impl Feishu {
     }
 
     /// Create the chat (no members: refs §2.3, code 232043), then add the members.
-    /// `uuid` makes a retried creation return the same chat for 10 h; adding members
-    /// again is harmless.
+    /// `uuid` makes a retried creation return the same chat for 10 h (refs §0.5).
+    /// Adding members has no idempotency parameter (refs §2.3); a repeat is safe
+    /// because adding someone who is already a member changes nothing
+    /// ([unverified]: the docs do not say what `succeed_type=1` reports for them; the
+    /// fake treats them as added).
     async fn create_chat(&self, spec: &ChatSpec, key: &str) -> Result<Delivered, SendError> {
         let (members, id_type, unresolved) = self
             .resolve_members(&spec.members, spec.member_id_type.as_deref())
@@ -882,9 +890,19 @@ impl Feishu {
             invalid: unresolved,
             ..Default::default()
         };
-        self.add_in_batches(&chat_id, &members, id_type, &mut report)
-            .await?;
+        // The chat exists now: a failure to add its members must not fail the creation
+        // (a caller would free its claim and create a second chat). It is reported in
+        // the detail (`members_error`, and the ids under `not_added`) for the caller to
+        // retry with `AddMembers`, which is safe to repeat.
+        let members_error = self
+            .add_in_batches(&chat_id, &members, id_type, &mut report)
+            .await
+            .err();
         let mut detail = report.detail(&chat_id);
+        if let Some(e) = members_error {
+            detail["members_error"] = json!(e.to_string());
+            detail["not_added"] = json!(spec.members);
+        }
         if let Some(o) = owner_missing {
             detail["owner_not_found"] = json!(o);
         }

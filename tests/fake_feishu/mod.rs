@@ -63,6 +63,10 @@ pub struct Call {
     pub path: String,
     pub query: BTreeMap<String, String>,
     pub body: Value,
+    /// When it arrived.
+    pub at: std::time::Instant,
+    /// The fault it suffered, if any (a 429 here means: nothing else until `reset`).
+    pub fault: Option<Fault>,
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +123,8 @@ pub struct FakeState {
     /// Requests the gateway refused before any handler ran, with the reason.
     pub refused: Vec<String>,
     faults: VecDeque<Fault>,
+    /// Faults for the next calls whose path starts with the prefix.
+    path_faults: Vec<(String, Fault)>,
     seq: u64,
 }
 
@@ -179,6 +185,15 @@ impl FakeFeishu {
         }
     }
 
+    /// The next `n` calls whose path starts with `prefix` suffer `fault` (before the
+    /// faults of `fail_next`).
+    pub fn fail_path(&self, prefix: &str, n: usize, fault: Fault) {
+        let mut s = self.lock();
+        for _ in 0..n {
+            s.path_faults.push((prefix.to_string(), fault.clone()));
+        }
+    }
+
     /// Every token issued so far now answers 99991663 (as if it expired).
     pub fn expire_tokens(&self) {
         for v in self.lock().tokens.values_mut() {
@@ -224,6 +239,30 @@ impl FakeFeishu {
                 )
             })
             .collect()
+    }
+
+    /// Calls that arrived while an earlier 429 (with its reset) said to wait: a client
+    /// that honours rate limits makes none. Requests already on the wire when the 429
+    /// was answered cannot be called back, so the window opens 100 ms after it.
+    /// Pairs of (limited call, call inside its window), by path.
+    pub fn calls_inside_rate_limit_windows(&self) -> Vec<(String, String)> {
+        let calls = self.lock().calls.clone();
+        let mut inside = Vec::new();
+        for (i, c) in calls.iter().enumerate() {
+            let Some(Fault::RateLimited { reset_secs }) = c.fault else {
+                continue;
+            };
+            let (from, until) = (
+                c.at + Duration::from_millis(100),
+                c.at + Duration::from_secs(reset_secs),
+            );
+            for later in &calls[i + 1..] {
+                if later.at > from && later.at < until && later.path.starts_with("/open-apis/im/") {
+                    inside.push((c.path.clone(), later.path.clone()));
+                }
+            }
+        }
+        inside
     }
 
     /// Requests the strict gateway refused; a test that expects none asserts it empty.
@@ -294,12 +333,6 @@ async fn gate(
 ) -> Result<(), Response> {
     let (fault, authorised) = {
         let mut st = s.lock().unwrap();
-        st.calls.push(Call {
-            method: method.into(),
-            path: path.into(),
-            query: query.clone().into_iter().collect(),
-            body: body.clone(),
-        });
         let bearer = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -308,10 +341,25 @@ async fn gate(
         let authorised = st.tokens.get(bearer).copied().unwrap_or(false);
         let fault = if path.starts_with("/open-apis/im/") || path.starts_with("/open-apis/contact/")
         {
-            st.faults.pop_front()
+            match st
+                .path_faults
+                .iter()
+                .position(|(p, _)| path.starts_with(p.as_str()))
+            {
+                Some(i) => Some(st.path_faults.remove(i).1),
+                None => st.faults.pop_front(),
+            }
         } else {
             None
         };
+        st.calls.push(Call {
+            method: method.into(),
+            path: path.into(),
+            query: query.clone().into_iter().collect(),
+            body: body.clone(),
+            at: std::time::Instant::now(),
+            fault: fault.clone(),
+        });
         (fault, authorised)
     };
     match fault {
