@@ -45,10 +45,35 @@ bots = ["echo"]
     )
 }
 
+/// The project-group bot on Feishu: `@bot 建群 <customer> <code> @member … e@mail`.
+const GROUPS: &str = r#"
+[bots.groups]
+kind = "auto_group"
+name_template = "【项目】{{customer}}-{{code}}"
+fields = ["customer", "code"]
+key_template = "{{code}}"
+member_id_type = "open_id"
+claim_timeout = "1m"
+
+[[routes]]
+connector = "feishu"
+mention = "*"
+command = "建群"
+stop = true
+bots = ["groups"]
+"#;
+
 /// Start the fake and perch, and wait until perch knows the bot's open_id.
 async fn setup() -> (FakeFeishu, TestPerch, EventSender) {
+    setup_with("").await
+}
+
+/// `setup` with more config (bots and routes before the echo route).
+async fn setup_with(extra: &str) -> (FakeFeishu, TestPerch, EventSender) {
     let fake = FakeFeishu::start().await;
-    let t = TestPerch::start(&config(&fake)).await;
+    let base = config(&fake);
+    let (head, routes) = base.split_at(base.find("[[routes]]").unwrap());
+    let t = TestPerch::start(&format!("{head}{extra}\n{routes}")).await;
     wait_for_identity(&t).await;
     let sender = EventSender::new(&t.url("/hooks/feishu"), TOKEN, Some(KEY));
     (fake, t, sender)
@@ -621,6 +646,202 @@ async fn group_creation_with_120_members_by_email() {
     let again = feishu.execute(&op, "ev-1/auto_group/0000").await.unwrap();
     assert_eq!(again.id, delivered.id);
     assert_eq!(fake.lock().chats.len(), 1);
+}
+
+/// Chats whose name is `name`, and the replies in `chat` so far (text of each).
+fn replies_in(fake: &FakeFeishu, chat: &str) -> Vec<String> {
+    fake.messages()
+        .iter()
+        .filter(|m| m.chat_id == chat && m.reply_to.is_some())
+        .map(|m| m.content().to_string())
+        .collect()
+}
+
+async fn ask_for_group(fake: &FakeFeishu, sender: &EventSender, id: &str, text: &str) {
+    let doc = sender.text_message(fake, id, &format!("om_{id}"), "oc_team", text, true);
+    assert_eq!(sender.send(&doc).await.0, 200);
+}
+
+/// Adding members fails after the chat was created: the project keeps its one chat,
+/// the failure is reported in the group and to the requester, and the next request
+/// for the project adds the members to that chat instead of creating another.
+#[tokio::test]
+async fn a_failed_member_add_never_leads_to_a_second_group() {
+    let (fake, _t, sender) = setup_with(GROUPS).await;
+    // Both add-members calls of the first request (the one inside creating the chat,
+    // and the bot's retry of it) are refused: a missing scope.
+    fake.fail_path(
+        "/open-apis/im/v1/chats/",
+        2,
+        Fault::Code {
+            status: 400,
+            code: 99991672,
+            msg: "Access denied. One of the following scopes is required: [im:chat]".into(),
+        },
+    );
+    ask_for_group(&fake, &sender, "g1", "建群 Acme P12").await;
+    let first = eventually(20, "the first answer", || {
+        let fake = fake.clone();
+        async move {
+            let r = replies_in(&fake, "oc_team");
+            (!r.is_empty()).then_some(r)
+        }
+    })
+    .await;
+    assert!(
+        first[0].contains("Created") && first[0].contains("failed"),
+        "{first:?}"
+    );
+    assert_eq!(fake.lock().chats.len(), 1);
+    let chat_id = fake.lock().chats.keys().next().unwrap().clone();
+    // The group got the welcome and a note about the members.
+    let in_group = eventually(20, "welcome and note in the group", || {
+        let fake = fake.clone();
+        let chat_id = chat_id.clone();
+        async move {
+            let m: Vec<Message> = fake
+                .messages()
+                .into_iter()
+                .filter(|m| m.chat_id == chat_id)
+                .collect();
+            (m.len() >= 2).then_some(m)
+        }
+    })
+    .await;
+    assert!(
+        in_group
+            .iter()
+            .any(|m| m.content().to_string().contains("failed"))
+    );
+
+    // Asked again (a new event): the same chat, the members added now.
+    ask_for_group(&fake, &sender, "g2", "建群 Acme P12").await;
+    let replies = eventually(20, "the second answer", || {
+        let fake = fake.clone();
+        async move {
+            let r = replies_in(&fake, "oc_team");
+            (r.len() >= 2).then_some(r)
+        }
+    })
+    .await;
+    assert!(
+        replies[1].contains("Finished") && replies[1].contains(&chat_id),
+        "{replies:?}"
+    );
+    assert_eq!(fake.lock().chats.len(), 1, "one chat per project");
+    assert_eq!(
+        fake.calls_to("/open-apis/im/v1/chats")
+            .iter()
+            .filter(|c| c.path == "/open-apis/im/v1/chats")
+            .count(),
+        1,
+        "the chat was created by one call"
+    );
+    assert!(
+        !fake.lock().chats[&chat_id].members.is_empty(),
+        "members added on the retry"
+    );
+    // The welcome card was posted once.
+    let welcomes = fake
+        .messages()
+        .iter()
+        .filter(|m| m.chat_id == chat_id && m.content().to_string().contains("Welcome"))
+        .count();
+    assert_eq!(welcomes, 1);
+    assert!(fake.refused().is_empty(), "{:?}", fake.refused());
+}
+
+/// A step after the claim fails (the e-mail lookup is refused): nothing stays "being
+/// created"; and a claim left by a request that died expires and is taken over.
+#[tokio::test]
+async fn a_project_claim_never_sticks() {
+    let (fake, t, sender) = setup_with(GROUPS).await;
+    fake.fail_path(
+        "/open-apis/contact/",
+        1,
+        Fault::Code {
+            status: 400,
+            code: 99991672,
+            msg:
+                "Access denied. One of the following scopes is required: [contact:user.id:readonly]"
+                    .into(),
+        },
+    );
+    ask_for_group(&fake, &sender, "c1", "建群 Beta Q7 dan@corp.com").await;
+    eventually(20, "the first answer", || {
+        let fake = fake.clone();
+        async move { (!replies_in(&fake, "oc_team").is_empty()).then_some(()) }
+    })
+    .await;
+    ask_for_group(&fake, &sender, "c2", "建群 Beta Q7").await;
+    let replies = eventually(20, "the second answer", || {
+        let fake = fake.clone();
+        async move {
+            let r = replies_in(&fake, "oc_team");
+            (r.len() >= 2).then_some(r)
+        }
+    })
+    .await;
+    assert!(!replies[1].contains("being created"), "{replies:?}");
+    assert!(replies[1].contains("Finished"), "{replies:?}");
+    assert_eq!(fake.lock().chats.len(), 1);
+    let chat_id = fake.lock().chats.keys().next().unwrap().clone();
+    assert!(
+        fake.lock().chats[&chat_id]
+            .members
+            .contains(&open_id_for("dan@corp.com")),
+        "the e-mail member was added on the retry"
+    );
+
+    // A claim whose request died (no chat, claimed long ago) is taken over.
+    let stale = json!({ "name": "【项目】Gamma-R1", "chat_id": null, "connector": "feishu",
+                        "event": "00000000-0000-0000-0000-000000000000",
+                        "claimed_at": (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339() });
+    t.perch()
+        .shared
+        .store
+        .kv_put("bot/groups", "project/R1", stale.to_string().as_bytes())
+        .await
+        .unwrap();
+    ask_for_group(&fake, &sender, "c3", "建群 Gamma R1").await;
+    let replies = eventually(20, "the third answer", || {
+        let fake = fake.clone();
+        async move {
+            let r = replies_in(&fake, "oc_team");
+            (r.len() >= 3).then_some(r)
+        }
+    })
+    .await;
+    assert!(replies[2].contains("Created"), "{replies:?}");
+    assert_eq!(fake.lock().chats.len(), 2);
+}
+
+/// Awaited calls (creating a chat) wait on the same rate limits as the outbox: after a
+/// 429 with a 2 s reset on a message, the chat is not created inside those 2 s.
+#[tokio::test]
+async fn awaited_calls_honour_the_connector_rate_limit() {
+    let (fake, _t, sender) = setup_with(GROUPS).await;
+    fake.fail_path(
+        "/open-apis/im/v1/messages",
+        1,
+        Fault::RateLimited { reset_secs: 2 },
+    );
+    let doc = sender.text_message(&fake, "rl1", "om_rl1", "oc_other", "hello", true);
+    assert_eq!(sender.send(&doc).await.0, 200);
+    eventually(10, "the 429", || {
+        let fake = fake.clone();
+        async move { (!fake.calls_to("/open-apis/im/v1/messages").is_empty()).then_some(()) }
+    })
+    .await;
+    // Past the fake's grace for requests already on the wire.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    ask_for_group(&fake, &sender, "rl2", "建群 Delta D4").await;
+    eventually(20, "the group", || {
+        let fake = fake.clone();
+        async move { (!fake.lock().chats.is_empty()).then_some(()) }
+    })
+    .await;
+    assert_eq!(fake.calls_inside_rate_limit_windows(), vec![]);
 }
 
 #[tokio::test]
