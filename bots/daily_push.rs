@@ -3,8 +3,9 @@
 //! table) to a list of chats and people.
 //!
 //! Exactly once per day: the tick that triggers it is deduplicated per slot by the
-//! journal, and the fan-out goes through the outbox (one item per target, under the
-//! platform's rate limits). The figures of each day are kept in the bot's state under
+//! journal, and each target's push is an `Action::Once` keyed by the reported day, so
+//! a second tick for that day (another event id) sends nothing more. The fan-out goes
+//! through the outbox (one item per target, under the platform's rate limits). The figures of each day are kept in the bot's state under
 //! their date and the comparison is with the latest earlier day, so running the same tick
 //! again (after a crash) gives the same card. No data for the day: the targets get a short
 //! note instead of a card of zeros.
@@ -127,14 +128,20 @@ impl DailyPush {
         Ok(DailyPush { config, tz, paths })
     }
 
-    fn send_all(&self, body: MessageBody) -> Vec<Action> {
+    /// One send per target, each at most once per reported day (`Action::Once`): a
+    /// second tick for the same day — a catch-up after a restart, another replica, a
+    /// tick sent by hand — pushes nothing more, whatever its event id.
+    fn send_all(&self, date: &str, body: MessageBody) -> Vec<Action> {
         self.config
             .targets
             .iter()
-            .map(|t| Action::Send {
-                connector: self.config.connector.clone(),
-                to: parse_target(t),
-                body: body.clone(),
+            .map(|t| {
+                Action::Send {
+                    connector: self.config.connector.clone(),
+                    to: parse_target(t),
+                    body: body.clone(),
+                }
+                .once(format!("{date}/{t}"))
             })
             .collect()
     }
@@ -160,7 +167,7 @@ impl Bot for DailyPush {
             Ok(a) => a,
             Err(BotError::Source(e)) => {
                 // The people waiting for the push learn why it is not there.
-                return Ok(self.send_all(MessageBody::text(format!(
+                return Ok(self.send_all(&date, MessageBody::text(format!(
                     "{}: no push for {date}: {e}.",
                     self.config.title
                 ))));
@@ -186,7 +193,7 @@ impl Bot for DailyPush {
             })
             .collect();
         if values.is_empty() {
-            return Ok(self.send_all(MessageBody::text(format!(
+            return Ok(self.send_all(&date, MessageBody::text(format!(
                 "{}: the source has no figures for {date} yet, so there is no push today.",
                 self.config.title
             ))));
@@ -266,6 +273,6 @@ impl Bot for DailyPush {
                 MessageBody::markdown(text)
             }
         };
-        Ok(self.send_all(body))
+        Ok(self.send_all(&date, body))
     }
 }

@@ -378,10 +378,12 @@ async fn daily_push_fans_out_once_per_slot_compares_and_skips_empty_days() {
         "{}",
         text(&o[0])
     );
-    // The same slot again (a restart re-firing it): nothing more.
-    j.accept(vec![tick("push.daily", "2026-11-20T09:00:00+08:00")])
-        .await
-        .unwrap();
+    // The same slot again as another event (a catch-up after a restart, a second
+    // replica: another event id, so the journal does not drop it): the bot sends
+    // nothing more.
+    let mut again = tick("push.daily", "2026-11-20T09:00:00+08:00");
+    again.external_id = Some("push.daily@2026-11-20 (fired again)".into());
+    j.accept(vec![again]).await.unwrap();
     // Next day: changes against the previous run.
     j.accept(vec![tick("push.daily", "2026-11-21T09:00:00+08:00")])
         .await

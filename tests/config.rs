@@ -124,3 +124,25 @@ bots = ["e", "nope"]
     }
     assert!(out.starts_with("10 problem(s) in the config:"), "{out}");
 }
+
+#[test]
+fn a_feishu_timestamp_window_wider_than_the_dedupe_window_is_refused() {
+    let feishu = |window: &str| {
+        format!(
+            "[server]\ndedupe_window = \"8h\"\n\n[connectors.feishu]\nkind = \"feishu\"\napp_id = \"cli_x\"\napp_secret = \"s\"\nverification_token = \"t\"\n{window}\n"
+        )
+    };
+    let (code, out) = check(&feishu("timestamp_window = \"9h\""));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("timestamp_window 32400s plus clock_skew 300s is wider than server.dedupe_window 28800s"),
+        "{out}"
+    );
+    // Exactly the dedupe window is too wide too (the clock skew is added), the default fits.
+    let (code, _) = check(&feishu("timestamp_window = \"8h\""));
+    assert_eq!(code, 1);
+    let (code, out) = check(&feishu(""));
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = check(&feishu("timestamp_window = \"5m\""));
+    assert_eq!(code, 0, "{out}");
+}

@@ -249,6 +249,13 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
         "listen = \"127.0.0.1:0\"",
         "listen = \"127.0.0.1:0\"\nbody_limit = 2048",
     );
+    // Its own connector: every perch of this test process shares one metrics
+    // recorder, so the refusal counter asserted below must have labels no other test
+    // touches (`timestamped_signatures_have_a_window` refuses on `events`).
+    cfg = cfg.replace(
+        "[connectors.github]",
+        &format!("[connectors.refusals]\nkind = \"webhook\"\nsecret = \"{SECRET}\"\ntopic_header = \"X-Perch-Topic\"\nid_header = \"X-Perch-Delivery\"\n\n[connectors.github]"),
+    );
     let t = TestPerch::start(&cfg).await;
     let client = reqwest::Client::new();
     let body = br#"{"repo":"x"}"#.to_vec();
@@ -275,7 +282,7 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
     let cases: Vec<Case> = vec![
         (
             "no signature",
-            "/hooks/events",
+            "/hooks/refusals",
             vec![("X-Perch-Topic", "build.x".into())],
             body.clone(),
             401,
@@ -283,7 +290,7 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
         ),
         (
             "wrong signature",
-            "/hooks/events",
+            "/hooks/refusals",
             signed(sha("other", &body)),
             body.clone(),
             401,
@@ -291,7 +298,7 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
         ),
         (
             "signature of other bytes",
-            "/hooks/events",
+            "/hooks/refusals",
             signed(good_sig.clone()),
             br#"{"repo":"y"}"#.to_vec(),
             401,
@@ -299,7 +306,7 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
         ),
         (
             "garbage signature",
-            "/hooks/events",
+            "/hooks/refusals",
             signed("sha256=zz".into()),
             body.clone(),
             401,
@@ -307,7 +314,7 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
         ),
         (
             "malformed JSON",
-            "/hooks/events",
+            "/hooks/refusals",
             signed(sha(SECRET, &not_json)),
             not_json.clone(),
             400,
@@ -315,7 +322,7 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
         ),
         (
             "no topic",
-            "/hooks/events",
+            "/hooks/refusals",
             vec![("X-Perch-Signature", good_sig.clone())],
             body.clone(),
             400,
@@ -323,7 +330,7 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
         ),
         (
             "body over the limit",
-            "/hooks/events",
+            "/hooks/refusals",
             signed(sha(SECRET, &big)),
             big.clone(),
             413,
@@ -339,7 +346,7 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
         ),
         (
             "unknown sub-path",
-            "/hooks/events/extra",
+            "/hooks/refusals/extra",
             vec![("X-Perch-Signature", good_sig.clone())],
             body.clone(),
             404,
@@ -379,7 +386,7 @@ async fn bad_requests_are_refused_with_a_reason_and_store_nothing() {
         json!([]),
         "nothing stored"
     );
-    t.assert_metric("perch_events_rejected_total{connector=\"events\",status=\"401\"} 4")
+    t.assert_metric("perch_events_rejected_total{connector=\"refusals\",status=\"401\"} 4")
         .await;
 }
 
@@ -614,7 +621,11 @@ async fn transient_failures_are_retried_and_delivered_once() {
         ResponseTemplate::new(200),
     )
     .await;
-    let t = TestPerch::start(&config(&s.uri(), NOTIFY)).await;
+    // Its own connector name, so the retry counter below is this test's alone.
+    let cfg = config(&s.uri(), NOTIFY)
+        .replace("[connectors.chat]", "[connectors.retried]")
+        .replace("connector = \"chat\"", "connector = \"retried\"");
+    let t = TestPerch::start(&cfg).await;
     post_event(&t, "build.failed", "r1", br#"{"repo":"r"}"#).await;
     let got = wait_sent(&s, 3).await;
     assert!(
@@ -631,7 +642,7 @@ async fn transient_failures_are_retried_and_delivered_once() {
         3,
         "two failures, one success, nothing more"
     );
-    t.assert_metric("perch_outbox_attempts_total{connector=\"chat\",result=\"retry\"}")
+    t.assert_metric("perch_outbox_attempts_total{connector=\"retried\",result=\"retry\"} 2")
         .await;
 }
 

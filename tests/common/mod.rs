@@ -147,11 +147,17 @@ impl TestPerch {
             .expect("body")
     }
 
-    /// Assert that `/metrics` has a line containing `sample` (name, labels and maybe
-    /// the value).
+    /// Assert that `/metrics` has the line `sample`: `name{labels} value`, or without
+    /// the value, any value. Every perch in a test process shares one metrics recorder,
+    /// so a test asserts only series whose labels no other test touches (its own
+    /// connector or bot name); otherwise the result would depend on test order.
     pub async fn assert_metric(&self, sample: &str) {
         let metrics = self.get_text("/metrics").await;
-        assert!(metrics.contains(sample), "no {sample:?} in:\n{metrics}");
+        let found = metrics.lines().any(|l| {
+            l == sample
+                || (!sample.contains("} ") && l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+        });
+        assert!(found, "no line {sample:?} in:\n{metrics}");
     }
 }
 
