@@ -167,10 +167,10 @@ impl Bot for DailyPush {
             Ok(a) => a,
             Err(BotError::Source(e)) => {
                 // The people waiting for the push learn why it is not there.
-                return Ok(self.send_all(&date, MessageBody::text(format!(
-                    "{}: no push for {date}: {e}.",
-                    self.config.title
-                ))));
+                return Ok(self.send_all(
+                    &date,
+                    MessageBody::text(format!("{}: no push for {date}: {e}.", self.config.title)),
+                ));
             }
             Err(e) => return Err(e),
         };
@@ -193,10 +193,13 @@ impl Bot for DailyPush {
             })
             .collect();
         if values.is_empty() {
-            return Ok(self.send_all(&date, MessageBody::text(format!(
-                "{}: the source has no figures for {date} yet, so there is no push today.",
-                self.config.title
-            ))));
+            return Ok(self.send_all(
+                &date,
+                MessageBody::text(format!(
+                    "{}: the source has no figures for {date} yet, so there is no push today.",
+                    self.config.title
+                )),
+            ));
         }
         // Keep today's figures; compare with the latest earlier day we pushed.
         ctx.state_put(&format!("figures/{date}"), &values).await?;

@@ -440,3 +440,49 @@ fn build_inner(name: &str, config: ConnectorConfig, env: &ConnectorEnv) -> Share
         }
     }
 }
+
+#[cfg(test)]
+mod retry_after_tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_an_http_date_or_feishus_reset() {
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "2".into())])),
+            Some(Duration::from_secs(2))
+        );
+        let in_30s =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
+        let d = retry_after(&headers(&[("retry-after", in_30s)])).unwrap();
+        assert!(
+            d > Duration::from_secs(28) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        // A date in the past: go now.
+        assert_eq!(
+            retry_after(&headers(&[(
+                "retry-after",
+                "Wed, 21 Oct 2015 07:28:00 GMT".into()
+            )])),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            retry_after(&headers(&[("x-ogw-ratelimit-reset", "3".into())])),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "soon".into())])),
+            None
+        );
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+}

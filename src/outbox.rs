@@ -38,6 +38,32 @@ pub struct Queued {
 /// Where queued items are offered to the outbox's lanes (keyed by outbox key).
 pub type OutboxDoor = crate::lanes::Doorbell<String, Queued>;
 
+/// The delay before retry number `attempt` (1-based): exponential with jitter.
+pub fn backoff(config: &OutboxConfig, attempt: u32) -> Duration {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(config.min_backoff)
+        .with_max_delay(config.max_backoff)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(attempt.saturating_sub(1) as usize)
+        .unwrap_or(config.max_backoff)
+}
+
+/// The wait before the next attempt: what the platform asked for, plus up to 10 % (at
+/// most 500 ms) of jitter so that items paused together do not return together;
+/// exponential backoff for retry number `attempt` only when it asked for nothing.
+pub fn retry_delay(config: &OutboxConfig, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    match retry_after {
+        Some(wait) => {
+            let spread = (wait / 10).min(Duration::from_millis(500));
+            wait + spread.mul_f64(rand::random::<f64>())
+        }
+        None => backoff(config, attempt),
+    }
+}
+
 pub struct Outbox {
     store: Arc<dyn Store>,
     connectors: HashMap<String, SharedConnector>,
@@ -57,32 +83,6 @@ impl Outbox {
             connectors,
             config,
             clock,
-        }
-    }
-
-    /// The delay before retry number `attempt` (1-based): exponential with jitter.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(self.config.min_backoff)
-            .with_max_delay(self.config.max_backoff)
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times()
-            .build()
-            .nth(attempt.saturating_sub(1) as usize)
-            .unwrap_or(self.config.max_backoff)
-    }
-
-    /// The wait before the next attempt: what the platform asked for, plus up to 10 %
-    /// (at most 500 ms) of jitter so that items paused together do not return together;
-    /// exponential backoff for retry number `attempt` when it asked for nothing.
-    pub fn retry_delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        match retry_after {
-            Some(wait) => {
-                let spread = (wait / 10).min(Duration::from_millis(500));
-                wait + spread.mul_f64(rand::random::<f64>())
-            }
-            None => self.backoff(attempt),
         }
     }
 
@@ -155,7 +155,7 @@ impl Outbox {
                             .await;
                     }
                     telemetry::delivery_attempt(&item.connector, "retry");
-                    let delay = self.retry_delay(item.attempts, retry_after);
+                    let delay = retry_delay(&self.config, item.attempts, retry_after);
                     tracing::warn!(key = %item.key, connector = %item.connector, attempt = item.attempts, ?delay, %reason, "delivery failed, will retry");
                     self.wait_then_retry(&mut item, delay, reason).await?;
                 }
@@ -166,7 +166,7 @@ impl Outbox {
                     ..
                 }) => {
                     telemetry::delivery_attempt(&item.connector, "rate_limited");
-                    let delay = self.retry_delay(item.attempts.max(1), retry_after);
+                    let delay = retry_delay(&self.config, item.attempts.max(1), retry_after);
                     tracing::info!(key = %item.key, connector = %item.connector, ?delay, %reason, "rate limited by the platform, will retry");
                     self.wait_then_retry(&mut item, delay, reason).await?;
                 }
@@ -274,5 +274,29 @@ impl Outbox {
             cancel,
         ));
         (lanes, feeder)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Told to wait 2 s at the fifth attempt, the wait is 2 s (and a little jitter), not
+    /// the 16 s of exponential backoff from 1 s (nor the larger of the two).
+    #[test]
+    fn the_platforms_wait_is_the_wait() {
+        let config = OutboxConfig::default();
+        for attempt in 1..8 {
+            let d = retry_delay(&config, attempt, Some(Duration::from_secs(2)));
+            assert!(
+                d >= Duration::from_secs(2) && d <= Duration::from_millis(2200),
+                "attempt {attempt}: {d:?}"
+            );
+        }
+        let d = retry_delay(&config, 5, Some(Duration::from_secs(60)));
+        assert!(d >= Duration::from_secs(60) && d <= Duration::from_millis(60_500));
+        // Nothing said: exponential backoff (1 s doubling, with jitter).
+        let d = retry_delay(&config, 5, None);
+        assert!(d >= Duration::from_secs(16), "{d:?}");
     }
 }

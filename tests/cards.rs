@@ -597,7 +597,9 @@ fn skeleton(v: &Value) -> Value {
     match v {
         Value::String(_) => Value::String(String::new()),
         Value::Array(a) => Value::Array(a.iter().map(skeleton).collect()),
-        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), skeleton(v))).collect()),
+        Value::Object(o) => {
+            Value::Object(o.iter().map(|(k, v)| (k.clone(), skeleton(v))).collect())
+        }
         other => other.clone(),
     }
 }

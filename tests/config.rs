@@ -135,7 +135,9 @@ fn a_feishu_timestamp_window_wider_than_the_dedupe_window_is_refused() {
     let (code, out) = check(&feishu("timestamp_window = \"9h\""));
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("timestamp_window 32400s plus clock_skew 300s is wider than server.dedupe_window 28800s"),
+        out.contains(
+            "timestamp_window 32400s plus clock_skew 300s is wider than server.dedupe_window 28800s"
+        ),
         "{out}"
     );
     // Exactly the dedupe window is too wide too (the clock skew is added), the default fits.

@@ -155,7 +155,9 @@ impl TestPerch {
         let metrics = self.get_text("/metrics").await;
         let found = metrics.lines().any(|l| {
             l == sample
-                || (!sample.contains("} ") && l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+                || (!sample.contains("} ")
+                    && l.starts_with(sample)
+                    && l[sample.len()..].starts_with(' '))
         });
         assert!(found, "no line {sample:?} in:\n{metrics}");
     }
