@@ -214,6 +214,14 @@ pub trait Connector: Send + Sync + 'static {
         RateLimits::default()
     }
 
+    /// Until when calls to `chat` are paused because the platform said so (see
+    /// `crate::throttle`, which implements it; `None`: not paused). The outbox waits
+    /// for it without holding a concurrency slot.
+    fn paused_until(&self, chat: &str) -> Option<tokio::time::Instant> {
+        let _ = chat;
+        None
+    }
+
     /// Extra HTTP routes the connector serves (the web chat's UI and API).
     fn http_routes(&self) -> Option<axum::Router> {
         None

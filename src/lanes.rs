@@ -23,6 +23,17 @@
 //! lane is not *starved*) and there is room; otherwise it is left to the scan that the
 //! lane's completions trigger. So a steady stream costs no scans at all; scans run at
 //! start-up, to refill starved lanes, and every second as a safety net.
+//!
+//! **A lane stays starved until a scan has refilled it.** Completions only *ask* for the
+//! refill; the flag is cleared by the scan that read every stored item of the lane (and
+//! saw no offer turned away meanwhile). Clearing it earlier let an offer dispatch a newer
+//! item before the scan had reloaded the older ones (per-chat order broken under a
+//! sustained backlog).
+//!
+//! **Waiting holds no slot.** A handler that must try its item again later (a delivery
+//! in backoff) answers `Next::At`: its lane waits — the chat's later items stay behind
+//! it — but the concurrency slot is free for other chats meanwhile. On shutdown a waiting
+//! lane stops at once, and lanes take no new item: what is left stays in the store.
 
 use futures::future::BoxFuture;
 use std::collections::HashMap;
@@ -41,7 +52,16 @@ const POLL: Duration = Duration::from_secs(1);
 /// Lanes read per page of a scan.
 const LANES_PAGE: usize = 256;
 
-type Handler<T> = Arc<dyn Fn(T) -> BoxFuture<'static, ()> + Send + Sync>;
+/// What a handler says of the item it was given.
+pub enum Next<T> {
+    /// Finished with it (the handler has called `complete` or `release`).
+    Done,
+    /// Run it again at this instant. The lane waits (later items of the chat stay
+    /// behind it) without holding a concurrency slot.
+    At(tokio::time::Instant, T),
+}
+
+pub type Handler<T> = Arc<dyn Fn(T) -> BoxFuture<'static, Next<T>> + Send + Sync>;
 
 /// Limits for a feeder and its lanes.
 #[derive(Debug, Clone, Copy)]
@@ -61,8 +81,12 @@ struct InFlight<K> {
     /// Keys completed since the current scan began.
     completed: std::collections::HashSet<K>,
     /// Lanes that may have more items in the store than were dispatched (a scan found
-    /// the lane at its cap, or read a full page of it).
-    starved: std::collections::HashSet<String>,
+    /// the lane at its cap, or read a full page of it), each with whether a refill scan
+    /// was already asked for. Only a scan clears it (see the module docs).
+    starved: HashMap<String, bool>,
+    /// Starved lanes to which an offer was turned away since their last scan: the scan
+    /// must look again before it clears them.
+    deferred: std::collections::HashSet<String>,
     /// A scan stopped at `max_in_flight`.
     all_full: bool,
     /// The first full scan is done: until then the store may hold older work for any
@@ -81,6 +105,8 @@ pub struct Lanes<K, T> {
     limits: LaneLimits,
     wake: Arc<Notify>,
     tracker: TaskTracker,
+    /// Cancelled when the feeder stops: lanes take no new item, waits end.
+    stop: CancellationToken,
 }
 
 impl<K, T> Lanes<K, T>
@@ -101,13 +127,15 @@ where
                 keys: HashMap::new(),
                 per_lane: HashMap::new(),
                 completed: std::collections::HashSet::new(),
-                starved: std::collections::HashSet::new(),
+                starved: HashMap::new(),
+                deferred: std::collections::HashSet::new(),
                 all_full: false,
                 scanned: false,
             }),
             limits,
             wake: door.wake.clone(),
             tracker: TaskTracker::new(),
+            stop: CancellationToken::new(),
         });
         let _ = door.lanes.set(Arc::downgrade(&lanes));
         lanes
@@ -149,7 +177,11 @@ where
                 if left == 0 {
                     f.per_lane.remove(&lane);
                 }
-                if left <= self.limits.max_per_lane / 2 && f.starved.remove(&lane) {
+                if left <= self.limits.max_per_lane / 2
+                    && let Some(asked) = f.starved.get_mut(&lane)
+                    && !*asked
+                {
+                    *asked = true;
                     wake = true;
                 }
             }
@@ -185,7 +217,7 @@ where
         }
         let n = f.per_lane.get(lane).copied().unwrap_or(0);
         if n >= self.limits.max_per_lane {
-            f.starved.insert(lane.to_string());
+            f.starved.insert(lane.to_string(), false);
             return Ok(false);
         }
         f.per_lane.insert(lane.to_string(), n + 1);
@@ -202,18 +234,25 @@ where
                 return false;
             }
             // Older work of this lane waits in the store: the scan keeps the order.
-            if f.starved.contains(lane) {
+            if f.starved.contains_key(lane) {
+                f.deferred.insert(lane.to_string());
                 return true;
             }
             match self.claim_in(&mut f, &key, lane) {
                 Ok(true) => {}
                 // In flight already, or the lane is full and now starved: its
                 // completions bring the scan.
-                Ok(false) => return true,
+                Ok(false) => {
+                    if f.starved.contains_key(lane) {
+                        f.deferred.insert(lane.to_string());
+                    }
+                    return true;
+                }
                 Err(Full) => {
                     // `all_full` is set: the next completion brings the scan; the lane
                     // must not take newer work before this item.
-                    f.starved.insert(lane.to_string());
+                    f.starved.insert(lane.to_string(), false);
+                    f.deferred.insert(lane.to_string());
                     return true;
                 }
             }
@@ -250,6 +289,10 @@ where
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.tracker.spawn(async move {
             loop {
+                if this.stop.is_cancelled() {
+                    // Shutting down: what is left in the mailbox stays in the store.
+                    break;
+                }
                 let item = match tokio::time::timeout(LANE_IDLE, rx.recv()).await {
                     Ok(Some(item)) => item,
                     Ok(None) => break,
@@ -272,6 +315,9 @@ where
                             continue;
                         }
                         while let Ok(item) = rx.try_recv() {
+                            if this.stop.is_cancelled() {
+                                break;
+                            }
                             this.run(item).await;
                         }
                         break;
@@ -283,11 +329,27 @@ where
         (my_gen, tx)
     }
 
-    async fn run(&self, item: T) {
-        let Ok(_permit) = self.active.clone().acquire_owned().await else {
-            return;
-        };
-        (self.handler)(item).await;
+    /// Run the handler on `item`, again and again while it answers `Next::At`, with a
+    /// concurrency slot only while it runs.
+    async fn run(&self, mut item: T) {
+        loop {
+            let next = {
+                let Ok(_permit) = self.active.clone().acquire_owned().await else {
+                    return;
+                };
+                (self.handler)(item).await
+            };
+            match next {
+                Next::Done => return,
+                Next::At(at, again) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => item = again,
+                        // Shutting down: the item stays in the store for the next start.
+                        _ = self.stop.cancelled() => return,
+                    }
+                }
+            }
+        }
     }
 
     /// Scan the queue with `load` and dispatch until cancelled. `load(after_lane,
@@ -319,20 +381,43 @@ where
                 };
                 let full_page = page.len() == LANES_PAGE;
                 for (lane, items) in page {
-                    if items.len() >= self.limits.max_per_lane {
+                    let complete = items.len() < self.limits.max_per_lane;
+                    if !complete {
                         // A full page: the lane may hold more than it reads. Marked before
                         // dispatching, so completions during the dispatch see it.
                         self.in_flight
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .starved
-                            .insert(lane.clone());
+                            .insert(lane.clone(), false);
                     }
                     for (key, item) in items {
                         match self.claim(&key, &lane) {
                             Ok(true) => self.push(&lane, item).await,
                             Ok(false) => {}
-                            Err(Full) => break 'scan,
+                            Err(Full) => {
+                                // The rest of this lane waits in the store: offers must
+                                // not overtake it.
+                                self.in_flight
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .starved
+                                    .insert(lane.clone(), false);
+                                break 'scan;
+                            }
+                        }
+                    }
+                    if complete {
+                        // Every stored item of the lane is in flight now, unless an offer
+                        // was turned away since this page was read: then look again.
+                        let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                        if f.deferred.remove(&lane) {
+                            if f.starved.contains_key(&lane) {
+                                f.starved.insert(lane.clone(), true);
+                                self.wake.notify_one();
+                            }
+                        } else {
+                            f.starved.remove(&lane);
                         }
                     }
                     after = Some(lane);
@@ -351,6 +436,7 @@ where
                 _ = cancel.cancelled() => break,
             }
         }
+        self.stop.cancel();
     }
 
     /// Wait until every lane has drained and ended (after the feeder stopped).
@@ -453,12 +539,13 @@ mod tests {
                     // Like the real handlers: work no longer in the store is done.
                     if !queue.lock().unwrap().iter().any(|(q, _)| *q == k) {
                         lanes.complete(&k);
-                        return;
+                        return Next::Done;
                     }
                     seen.lock().unwrap().entry(lane).or_default().push(k);
                     runs.fetch_add(1, Ordering::SeqCst);
                     queue.lock().unwrap().retain(|(q, _)| *q != k);
                     lanes.complete(&k);
+                    Next::Done
                 })
             })
         };
@@ -543,6 +630,7 @@ mod tests {
                     } else {
                         lanes.complete(&k);
                     }
+                    Next::Done
                 })
             })
         };
@@ -575,5 +663,155 @@ mod tests {
         cancel.cancel();
         feeder.await.unwrap();
         lanes.drain().await;
+    }
+
+    /// A stored queue for tests: (key, lane) in key order; `load` reads it like the
+    /// store does (the first `per_lane` keys of each lane, lanes in order).
+    type Queue = Arc<Mutex<Vec<(u32, String)>>>;
+
+    fn load_from(
+        q: &Queue,
+        after: Option<String>,
+        max_lanes: usize,
+        per_lane: usize,
+    ) -> Vec<(String, Vec<(u32, u32)>)> {
+        let mut by_lane: std::collections::BTreeMap<String, Vec<(u32, u32)>> = Default::default();
+        let mut items = q.lock().unwrap().clone();
+        items.sort();
+        for (k, l) in items {
+            if after.as_ref().is_none_or(|a| &l > a) {
+                let v = by_lane.entry(l.clone()).or_default();
+                if v.len() < per_lane {
+                    v.push((k, k));
+                }
+            }
+        }
+        by_lane.into_iter().take(max_lanes).collect()
+    }
+
+    /// The backlog race: a lane at its cap is starved; completions ask for a refill, and
+    /// before that scan has reloaded the older items, a newer item is offered. It must
+    /// wait for them (the scan here is held back until the offer has been made).
+    #[tokio::test]
+    async fn an_offer_never_overtakes_older_items_waiting_in_the_store() {
+        let queue: Queue = Arc::new(Mutex::new((1..=10).map(|k| (k, "a".to_string())).collect()));
+        let order: Arc<Mutex<Vec<u32>>> = Arc::default();
+        let door = Doorbell::new();
+        let slot: LanesSlot<u32> = Arc::default();
+        let handler: Handler<u32> = {
+            let (queue, order, slot) = (queue.clone(), order.clone(), slot.clone());
+            Arc::new(move |k: u32| {
+                let (queue, order, slot) = (queue.clone(), order.clone(), slot.clone());
+                Box::pin(async move {
+                    let lanes = slot.lock().unwrap().clone().unwrap();
+                    if queue.lock().unwrap().iter().any(|(q, _)| *q == k) {
+                        order.lock().unwrap().push(k);
+                        queue.lock().unwrap().retain(|(q, _)| *q != k);
+                    }
+                    lanes.complete(&k);
+                    Next::Done
+                })
+            })
+        };
+        let lanes = lanes_in(&slot, (1, 100, 4), &door, handler);
+        let gate = Arc::new(Notify::new());
+        let scans = Arc::new(AtomicUsize::new(0));
+        let cancel = CancellationToken::new();
+        let feeder = {
+            let (q, gate, scans) = (queue.clone(), gate.clone(), scans.clone());
+            tokio::spawn(lanes.clone().feed(
+                move |after: Option<String>, max_lanes, per_lane| {
+                    let (q, gate, scans) = (q.clone(), gate.clone(), scans.clone());
+                    async move {
+                        // Every scan after the first waits for the gate.
+                        if scans.fetch_add(1, Ordering::SeqCst) > 0 {
+                            gate.notified().await;
+                        }
+                        Ok::<_, String>(load_from(&q, after, max_lanes, per_lane))
+                    }
+                },
+                cancel.clone(),
+            ))
+        };
+        // The first scan dispatches 1..=4 (the lane's cap); they run.
+        for _ in 0..200 {
+            if order.lock().unwrap().len() == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(*order.lock().unwrap(), vec![1, 2, 3, 4]);
+        // A new item, stored then offered while the refill scan is held back.
+        queue.lock().unwrap().push((11, "a".to_string()));
+        door.offer(vec![(11, "a".to_string(), 11)]).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(order.lock().unwrap().len(), 4, "11 waits for 5..=10");
+        for _ in 0..400 {
+            gate.notify_one();
+            if order.lock().unwrap().len() == 11 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(*order.lock().unwrap(), (1..=11).collect::<Vec<_>>());
+        cancel.cancel();
+        gate.notify_waiters();
+        feeder.await.unwrap();
+        lanes.drain().await;
+    }
+
+    /// Items waiting to be tried again (`Next::At`) hold no concurrency slot: with one
+    /// slot and 20 lanes in backoff, a healthy lane's item runs at once.
+    #[tokio::test]
+    async fn waiting_items_hold_no_slot() {
+        let queue: Queue = Arc::new(Mutex::new(
+            (0..20)
+                .map(|k| (k, format!("failing{k:02}")))
+                .chain([(100, "healthy".to_string())])
+                .collect(),
+        ));
+        let healthy_at: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
+        let door = Doorbell::new();
+        let slot: LanesSlot<u32> = Arc::default();
+        let handler: Handler<u32> = {
+            let (healthy_at, slot) = (healthy_at.clone(), slot.clone());
+            Arc::new(move |k: u32| {
+                let (healthy_at, slot) = (healthy_at.clone(), slot.clone());
+                Box::pin(async move {
+                    if k == 100 {
+                        *healthy_at.lock().unwrap() = Some(std::time::Instant::now());
+                        slot.lock().unwrap().clone().unwrap().complete(&k);
+                        return Next::Done;
+                    }
+                    // Always failing: try again in an hour.
+                    Next::At(tokio::time::Instant::now() + Duration::from_secs(3600), k)
+                })
+            })
+        };
+        let lanes = lanes_in(&slot, (1, 100, 4), &door, handler);
+        let cancel = CancellationToken::new();
+        let started = std::time::Instant::now();
+        let q = queue.clone();
+        let feeder = tokio::spawn(lanes.clone().feed(
+            move |after: Option<String>, max_lanes, per_lane| {
+                let q = q.clone();
+                async move { Ok::<_, String>(load_from(&q, after, max_lanes, per_lane)) }
+            },
+            cancel.clone(),
+        ));
+        for _ in 0..200 {
+            if healthy_at.lock().unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let at = healthy_at.lock().unwrap().expect("the healthy lane ran");
+        assert!(at - started < Duration::from_secs(1));
+        // Shutdown does not wait for the hour-long backoffs.
+        cancel.cancel();
+        feeder.await.unwrap();
+        tokio::time::timeout(Duration::from_secs(2), lanes.drain())
+            .await
+            .expect("drain ends without waiting out the backoffs");
     }
 }

@@ -17,7 +17,7 @@
 
 use crate::config::OutboxConfig;
 use crate::connectors::{SendError, SharedConnector};
-use crate::lanes::{LaneLimits, Lanes};
+use crate::lanes::{LaneLimits, Lanes, Next};
 use crate::store::{DeadLetter, OutboxItem, SentRecord, Store, StoreError};
 use crate::telemetry;
 use backon::BackoffBuilder;
@@ -25,6 +25,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// How often a paused outbox tries the store again.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 
 /// A queued item as the outbox's lanes carry it: where it is (the store reads the item
 /// itself when it is delivered).
@@ -64,11 +67,28 @@ pub fn retry_delay(config: &OutboxConfig, attempt: u32, retry_after: Option<Dura
     }
 }
 
+/// What one attempt at an item came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Delivered or dead-lettered: off the queue.
+    Finished,
+    /// Try again at this instant.
+    RetryAt(tokio::time::Instant),
+}
+
 pub struct Outbox {
     store: Arc<dyn Store>,
     connectors: HashMap<String, SharedConnector>,
     config: OutboxConfig,
     clock: crate::clock::SharedClock,
+    /// Deliveries the platform confirmed whose record the store refused (a full disk),
+    /// by key: their retry writes the record and never sends again. A std mutex, never
+    /// held across an await.
+    unrecorded: std::sync::Mutex<HashMap<String, SentRecord>>,
+    /// Why deliveries are paused, while the store refuses writes (`None`: not paused).
+    blocked: Arc<std::sync::Mutex<Option<String>>>,
+    /// When the store was last tested while deliveries were paused.
+    last_probe: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Outbox {
@@ -83,16 +103,37 @@ impl Outbox {
             connectors,
             config,
             clock,
+            unrecorded: Default::default(),
+            blocked: Default::default(),
+            last_probe: Default::default(),
         }
     }
 
-    /// Deliver one item, retrying in place until it is delivered or dead. Store errors
-    /// are returned; the item then stays queued and is picked up again.
-    pub async fn deliver(&self, mut item: OutboxItem) -> Result<(), StoreError> {
+    /// One attempt at `item`: delivered, dead, or to be tried again at an instant (the
+    /// lane waits for it without holding a concurrency slot). Store errors are
+    /// returned; the caller keeps the item queued and pauses deliveries (`Blocked`).
+    pub async fn attempt(&self, mut item: OutboxItem) -> Result<Attempt, StoreError> {
+        // Delivered, but the record could not be written (a full disk): write it now,
+        // never send again.
+        let unrecorded = self
+            .unrecorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&item.key)
+            .cloned();
+        if let Some(record) = unrecorded {
+            self.store.outbox_delivered(&item, &record).await?;
+            self.unrecorded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&item.key);
+            return Ok(Attempt::Finished);
+        }
         // Sent already, and still queued: a crash came between the two writes of
         // `outbox_delivered` (the store writes the sent record first). Finish it.
         if let Some(record) = self.store.sent(&item.key).await? {
-            return self.store.outbox_delivered(&item, &record).await;
+            self.store.outbox_delivered(&item, &record).await?;
+            return Ok(Attempt::Finished);
         }
         let Some(connector) = self.connectors.get(&item.connector) else {
             let why = format!(
@@ -100,82 +141,96 @@ impl Outbox {
                 item.connector,
                 self.connector_name_hint()
             );
-            return self.dead(item, why).await;
+            self.dead(item, why).await?;
+            return Ok(Attempt::Finished);
         };
-        loop {
-            let wait = (item.next_at - self.clock.now())
-                .to_std()
-                .unwrap_or(Duration::ZERO);
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-            let result = match tokio::time::timeout(
-                self.config.attempt_timeout,
-                connector.execute(&item.op, &item.key),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(SendError::retry(format!(
-                    "no answer within {:?}",
-                    self.config.attempt_timeout
-                ))),
-            };
-            match result {
-                Ok(delivered) => {
-                    let now = self.clock.now();
-                    let record = SentRecord {
-                        key: item.key.clone(),
-                        connector: item.connector.clone(),
-                        delivered,
-                        at: now,
-                    };
-                    self.store.outbox_delivered(&item, &record).await?;
-                    telemetry::delivery_attempt(&item.connector, "delivered");
-                    telemetry::delivered(
-                        &item.connector,
-                        (now - item.created_at).to_std().unwrap_or_default(),
-                    );
-                    return Ok(());
-                }
-                Err(SendError::Retry {
-                    reason,
-                    retry_after,
-                }) => {
-                    item.attempts += 1;
-                    if item.attempts >= self.config.max_attempts {
-                        return self
-                            .dead(
-                                item,
-                                format!(
-                                    "gave up after {} attempts: {reason}",
-                                    self.config.max_attempts
-                                ),
-                            )
-                            .await;
-                    }
-                    telemetry::delivery_attempt(&item.connector, "retry");
-                    let delay = retry_delay(&self.config, item.attempts, retry_after);
-                    tracing::warn!(key = %item.key, connector = %item.connector, attempt = item.attempts, ?delay, %reason, "delivery failed, will retry");
-                    self.wait_then_retry(&mut item, delay, reason).await?;
-                }
-                // The platform is busy, not the item: not counted against max_attempts.
-                Err(SendError::RateLimited {
-                    reason,
-                    retry_after,
-                    ..
-                }) => {
-                    telemetry::delivery_attempt(&item.connector, "rate_limited");
-                    let delay = retry_delay(&self.config, item.attempts.max(1), retry_after);
-                    tracing::info!(key = %item.key, connector = %item.connector, ?delay, %reason, "rate limited by the platform, will retry");
-                    self.wait_then_retry(&mut item, delay, reason).await?;
-                }
-                Err(e) => return self.dead(item, e.to_string()).await,
-            }
+        // Not due yet (a retry after a restart), or the platform paused this chat or
+        // the whole connector: wait without a slot.
+        let due = (item.next_at - self.clock.now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        if !due.is_zero() {
+            return Ok(Attempt::RetryAt(tokio::time::Instant::now() + due));
         }
+        if let Some(until) = connector.paused_until(&item.op.lane_id()) {
+            return Ok(Attempt::RetryAt(until));
+        }
+        let result = match tokio::time::timeout(
+            self.config.attempt_timeout,
+            connector.execute(&item.op, &item.key),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(SendError::retry(format!(
+                "no answer within {:?}",
+                self.config.attempt_timeout
+            ))),
+        };
+        let (delay, reason) = match result {
+            Ok(delivered) => {
+                let now = self.clock.now();
+                let record = SentRecord {
+                    key: item.key.clone(),
+                    connector: item.connector.clone(),
+                    delivered,
+                    at: now,
+                };
+                telemetry::delivery_attempt(&item.connector, "delivered");
+                telemetry::delivered(
+                    &item.connector,
+                    (now - item.created_at).to_std().unwrap_or_default(),
+                );
+                if let Err(e) = self.store.outbox_delivered(&item, &record).await {
+                    // Sent, not recorded: remember it here so that the retry of this
+                    // item writes the record instead of sending again.
+                    self.unrecorded
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(item.key.clone(), record);
+                    return Err(e);
+                }
+                return Ok(Attempt::Finished);
+            }
+            Err(SendError::Retry {
+                reason,
+                retry_after,
+            }) => {
+                item.attempts += 1;
+                if item.attempts >= self.config.max_attempts {
+                    let why = format!(
+                        "gave up after {} attempts: {reason}",
+                        self.config.max_attempts
+                    );
+                    self.dead(item, why).await?;
+                    return Ok(Attempt::Finished);
+                }
+                telemetry::delivery_attempt(&item.connector, "retry");
+                let delay = retry_delay(&self.config, item.attempts, retry_after);
+                tracing::warn!(key = %item.key, connector = %item.connector, attempt = item.attempts, ?delay, %reason, "delivery failed, will retry");
+                (delay, reason)
+            }
+            // The platform is busy, not the item: not counted against max_attempts.
+            Err(SendError::RateLimited {
+                reason,
+                retry_after,
+                ..
+            }) => {
+                telemetry::delivery_attempt(&item.connector, "rate_limited");
+                let delay = retry_delay(&self.config, item.attempts.max(1), retry_after);
+                tracing::info!(key = %item.key, connector = %item.connector, ?delay, %reason, "rate limited by the platform, will retry");
+                (delay, reason)
+            }
+            Err(e) => {
+                self.dead(item, e.to_string()).await?;
+                return Ok(Attempt::Finished);
+            }
+        };
+        self.wait_then_retry(&mut item, delay, reason).await?;
+        Ok(Attempt::RetryAt(tokio::time::Instant::now() + delay))
     }
 
-    /// Record when `item` is tried again and why (the loop in `deliver` sleeps until then).
+    /// Record when `item` is tried again and why.
     async fn wait_then_retry(
         &self,
         item: &mut OutboxItem,
@@ -186,6 +241,51 @@ impl Outbox {
             + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(60));
         item.last_error = Some(reason);
         self.store.outbox_update(item).await
+    }
+
+    fn has_unrecorded(&self, key: &str) -> bool {
+        self.unrecorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(key)
+    }
+
+    /// Why deliveries are paused (the store refuses writes), if they are.
+    pub fn blocked_reason(&self) -> Option<String> {
+        self.blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The store refused a write: pause every delivery until a write succeeds, so that
+    /// nothing is sent that cannot be recorded (each would be sent again and again).
+    fn block(&self, e: &StoreError) {
+        let mut b = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        if b.is_none() {
+            tracing::error!(error = %e, "the store refuses writes: deliveries are paused until it accepts them again");
+            telemetry::outbox_blocked(true);
+        }
+        *b = Some(e.to_string());
+    }
+
+    /// Whether this caller may test the store now (one test per `STORE_RETRY`).
+    fn may_probe(&self) -> bool {
+        let mut last = self.last_probe.lock().unwrap_or_else(|e| e.into_inner());
+        let now = tokio::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < STORE_RETRY) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    fn unblock(&self) {
+        let mut b = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        if b.take().is_some() {
+            tracing::info!("the store accepts writes again: deliveries resume");
+            telemetry::outbox_blocked(false);
+        }
     }
 
     fn connector_name_hint(&self) -> String {
@@ -216,24 +316,52 @@ impl Outbox {
         let slot: Arc<std::sync::OnceLock<std::sync::Weak<Lanes<String, Queued>>>> = Arc::default();
         let handler = {
             let (this, slot) = (self.clone(), slot.clone());
-            Arc::new(move |Queued { lane, key }: Queued| {
+            Arc::new(move |queued: Queued| {
                 let (this, slot) = (this.clone(), slot.clone());
                 Box::pin(async move {
+                    let complete = |key: &String| {
+                        if let Some(lanes) = slot.get().and_then(std::sync::Weak::upgrade) {
+                            lanes.complete(key);
+                        }
+                    };
+                    // Deliveries are paused while the store refuses writes. An item with
+                    // a record to write still goes (that write is the test); otherwise
+                    // one item a second rewrites itself unchanged to test the store.
+                    let probe =
+                        this.blocked_reason().is_some() && !this.has_unrecorded(&queued.key);
+                    if probe && !this.may_probe() {
+                        return Next::At(tokio::time::Instant::now() + STORE_RETRY, queued);
+                    }
                     // Read the item now: it may have been delivered or dead-lettered since
                     // it was offered or scanned, and then there is nothing to do.
-                    let result = match this.store.outbox_item(&lane, &key).await {
-                        Ok(Some(item)) => this.deliver(item).await,
-                        Ok(None) => Ok(()),
+                    let result = match this.store.outbox_item(&queued.lane, &queued.key).await {
+                        Ok(Some(item)) if probe => match this.store.outbox_update(&item).await {
+                            Ok(()) => {
+                                this.unblock();
+                                this.attempt(item).await
+                            }
+                            Err(e) => Err(e),
+                        },
+                        Ok(Some(item)) => this.attempt(item).await,
+                        Ok(None) => Ok(Attempt::Finished),
                         Err(e) => Err(e),
                     };
-                    if let Err(e) = result {
-                        tracing::error!(%key, error = %e, "outbox store error; the item stays queued");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    match result {
+                        Ok(Attempt::Finished) => {
+                            this.unblock();
+                            complete(&queued.key);
+                            Next::Done
+                        }
+                        Ok(Attempt::RetryAt(at)) => {
+                            this.unblock();
+                            Next::At(at, queued)
+                        }
+                        Err(e) => {
+                            this.block(&e);
+                            Next::At(tokio::time::Instant::now() + STORE_RETRY, queued)
+                        }
                     }
-                    if let Some(lanes) = slot.get().and_then(std::sync::Weak::upgrade) {
-                        lanes.complete(&key);
-                    }
-                }) as futures::future::BoxFuture<'static, ()>
+                }) as futures::future::BoxFuture<'static, Next<Queued>>
             })
         };
         let limits = LaneLimits {

@@ -595,7 +595,8 @@ pub fn start(
                         Processed::NotStoredYet => lanes.release(&id),
                     }
                 }
-            }) as futures::future::BoxFuture<'static, ()>
+                crate::lanes::Next::Done
+            }) as futures::future::BoxFuture<'static, crate::lanes::Next<PendingEvent>>
         })
     };
     let limits = crate::lanes::LaneLimits {

@@ -64,6 +64,11 @@ pub fn journal_flush(batch: usize, took: Duration) {
 }
 
 /// One delivery attempt's result: `delivered`, `retry` or `dead`.
+/// 1 while deliveries are paused because the store refuses writes (a full disk).
+pub fn outbox_blocked(blocked: bool) {
+    gauge!("perch_outbox_blocked").set(if blocked { 1.0 } else { 0.0 });
+}
+
 pub fn delivery_attempt(connector: &str, result: &'static str) {
     counter!("perch_outbox_attempts_total", "connector" => connector.to_string(), "result" => result).increment(1);
 }

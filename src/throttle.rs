@@ -97,7 +97,7 @@ impl Throttled {
     }
 
     /// When calls to `chat` may go again (`None`: now).
-    fn paused_until(&self, chat: &str) -> Option<Instant> {
+    fn paused(&self, chat: &str) -> Option<Instant> {
         let p = self.pauses.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         p.connector
@@ -151,11 +151,11 @@ impl Connector for Throttled {
         // A pause ordered while we waited for a quota slot is honoured too: loop until
         // neither holds us back.
         loop {
-            if let Some(until) = self.paused_until(&chat) {
+            if let Some(until) = self.paused(&chat) {
                 tokio::time::sleep_until(until).await;
             }
             self.limiters.ready(&chat).await;
-            if self.paused_until(&chat).is_none() {
+            if self.paused(&chat).is_none() {
                 break;
             }
         }
@@ -173,6 +173,9 @@ impl Connector for Throttled {
 
     fn rate_limits(&self) -> RateLimits {
         self.inner.rate_limits()
+    }
+    fn paused_until(&self, chat: &str) -> Option<Instant> {
+        self.paused(chat)
     }
     fn http_routes(&self) -> Option<axum::Router> {
         self.inner.http_routes()
