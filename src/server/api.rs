@@ -136,7 +136,9 @@ struct KeyQuery {
     key: String,
 }
 
-/// `POST /api/dead-letters/replay?key=<outbox key>`: queue a dead letter again.
+/// `POST /api/dead-letters/replay?key=<outbox key>`: queue a dead letter again. Answered
+/// once the replay is durable (the store flushed), so a crash right after the answer
+/// cannot put the letter back among the dead.
 async fn replay(
     State(s): State<Shared>,
     Query(q): Query<KeyQuery>,
@@ -148,6 +150,7 @@ async fn replay(
         .map_err(store_err)?
     {
         Some(item) => {
+            s.store.flush().await.map_err(store_err)?;
             s.outbox.ring();
             Ok(Json(json!({ "replayed": item })))
         }
