@@ -129,6 +129,8 @@ pub struct Journal {
     dedupe_window: Duration,
     clock: SharedClock,
     ingesting: Arc<Ingesting>,
+    /// Whether ingest writes succeed (shared with the outbox, read by `/healthz`).
+    health: Arc<crate::health::StoreHealth>,
 }
 
 impl Journal {
@@ -150,8 +152,14 @@ impl Journal {
             dedupe_window,
             clock,
             ingesting: Arc::default(),
+            health: Arc::default(),
         };
         (journal, task)
+    }
+
+    /// Whether perch can store right now (shared by the journal and the outbox).
+    pub fn health(&self) -> Arc<crate::health::StoreHealth> {
+        self.health.clone()
     }
 
     /// The events being accepted right now (for the router).
@@ -166,6 +174,25 @@ impl Journal {
     /// Store `events` durably (deduplicating by connector and external id) and queue
     /// the new ones for the router. Returns when they are on disk.
     pub async fn accept(&self, events: Vec<Event>) -> Result<Vec<Accepted>, JournalError> {
+        use crate::health::Writer;
+        let result = self.accept_inner(events).await;
+        match &result {
+            Ok(_) => {
+                if self.health.ok(Writer::Ingest) {
+                    tracing::info!("the store accepts events again");
+                }
+            }
+            Err(e @ (JournalError::Store(_) | JournalError::Flush(_))) => {
+                if self.health.failed(Writer::Ingest, &e.to_string()) {
+                    tracing::error!(error = %e, "the store refuses events: answering 503 until it accepts them again");
+                }
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn accept_inner(&self, events: Vec<Event>) -> Result<Vec<Accepted>, JournalError> {
         let window =
             chrono::Duration::from_std(self.dedupe_window).unwrap_or(chrono::Duration::hours(8));
         let mut out = Vec::with_capacity(events.len());

@@ -17,6 +17,7 @@ pub mod clock;
 pub mod command;
 pub mod config;
 pub mod event;
+pub mod health;
 pub mod journal;
 pub mod lanes;
 pub mod outbox;

@@ -85,8 +85,8 @@ pub struct Outbox {
     /// by key: their retry writes the record and never sends again. A std mutex, never
     /// held across an await.
     unrecorded: std::sync::Mutex<HashMap<String, SentRecord>>,
-    /// Why deliveries are paused, while the store refuses writes (`None`: not paused).
-    blocked: Arc<std::sync::Mutex<Option<String>>>,
+    /// Whether the store takes writes; deliveries are paused while it does not.
+    health: Arc<crate::health::StoreHealth>,
     /// When the store was last tested while deliveries were paused.
     last_probe: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
@@ -97,6 +97,7 @@ impl Outbox {
         connectors: HashMap<String, SharedConnector>,
         config: OutboxConfig,
         clock: crate::clock::SharedClock,
+        health: Arc<crate::health::StoreHealth>,
     ) -> Self {
         Outbox {
             store,
@@ -104,7 +105,7 @@ impl Outbox {
             config,
             clock,
             unrecorded: Default::default(),
-            blocked: Default::default(),
+            health,
             last_probe: Default::default(),
         }
     }
@@ -252,21 +253,19 @@ impl Outbox {
 
     /// Why deliveries are paused (the store refuses writes), if they are.
     pub fn blocked_reason(&self) -> Option<String> {
-        self.blocked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.health.problem(crate::health::Writer::Outbox)
     }
 
     /// The store refused a write: pause every delivery until a write succeeds, so that
     /// nothing is sent that cannot be recorded (each would be sent again and again).
     fn block(&self, e: &StoreError) {
-        let mut b = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
-        if b.is_none() {
+        if self
+            .health
+            .failed(crate::health::Writer::Outbox, &e.to_string())
+        {
             tracing::error!(error = %e, "the store refuses writes: deliveries are paused until it accepts them again");
             telemetry::outbox_blocked(true);
         }
-        *b = Some(e.to_string());
     }
 
     /// Whether this caller may test the store now (one test per `STORE_RETRY`).
@@ -281,8 +280,7 @@ impl Outbox {
     }
 
     fn unblock(&self) {
-        let mut b = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
-        if b.take().is_some() {
+        if self.health.ok(crate::health::Writer::Outbox) {
             tracing::info!("the store accepts writes again: deliveries resume");
             telemetry::outbox_blocked(false);
         }

@@ -79,6 +79,8 @@ pub struct Perch {
     outbox_lanes: Arc<Lanes<String, crate::outbox::Queued>>,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// `server.shutdown_grace`.
+    shutdown_grace: std::time::Duration,
 }
 
 impl Perch {
@@ -223,6 +225,7 @@ impl Perch {
             connectors.clone(),
             outbox_config,
             clock.clone(),
+            journal.health(),
         ));
         let (outbox_lanes, outbox_task) = outbox.start(&outbox_door, cancel.clone());
         let upkeep_task = tokio::spawn(upkeep(
@@ -262,6 +265,7 @@ impl Perch {
             event_lanes,
             outbox_lanes,
             cancel,
+            shutdown_grace: server.shutdown_grace,
             tasks: vec![
                 router_task,
                 outbox_task,
@@ -277,15 +281,23 @@ impl Perch {
         crate::server::app(self.shared.clone())
     }
 
-    /// Stop in order: feeders stop taking work, lanes finish what they hold, then the
-    /// store is flushed. (The HTTP server is stopped by the caller first.)
+    /// Stop in order: feeders stop taking work, lanes finish the item each is running
+    /// (no new item, no backoff waited out) within `server.shutdown_grace`, then the
+    /// store is flushed. Whatever is unfinished stays queued for the next start. (The
+    /// HTTP server is stopped by the caller first.)
     pub async fn shutdown(self) {
         self.cancel.cancel();
         for t in self.tasks {
             let _ = t.await;
         }
-        self.event_lanes.drain().await;
-        self.outbox_lanes.drain().await;
+        let drained = tokio::time::timeout(self.shutdown_grace, async {
+            self.event_lanes.drain().await;
+            self.outbox_lanes.drain().await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(grace = ?self.shutdown_grace, "in-flight work did not finish within the shutdown grace; it stays queued for the next start");
+        }
         if let Err(e) = self.shared.store.flush().await {
             tracing::error!(error = %e, "final flush failed");
         }

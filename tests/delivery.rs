@@ -96,7 +96,9 @@ async fn chats_that_keep_failing_never_block_a_healthy_one() {
     ))
     .await;
     let j = &t.perch().shared.journal;
-    let failing: Vec<Event> = (0..100).map(|i| say(&format!("failing{i:03}"), "hi")).collect();
+    let failing: Vec<Event> = (0..100)
+        .map(|i| say(&format!("failing{i:03}"), "hi"))
+        .collect();
     j.accept(failing).await.unwrap();
     // Every failing chat has had its first attempt: they are all in backoff now.
     eventually(20, "a first attempt for every failing chat", || async {

@@ -117,6 +117,11 @@ pub struct ServerConfig {
     /// All are compiled at start; a broken one stops `perch serve` and `perch check`
     /// with its file and line. A missing directory means no templates.
     pub cards_dir: PathBuf,
+    /// On SIGTERM/SIGINT, how long in-flight bot runs and deliveries may take to finish.
+    /// Nothing waits for a retry's backoff; what is not finished by then stays queued
+    /// (nothing acknowledged is lost) and goes out after the next start.
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -134,6 +139,7 @@ impl Default for ServerConfig {
             click_answer_window: Duration::from_millis(2500),
             log_format: LogFormat::Text,
             cards_dir: PathBuf::from("cards"),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }

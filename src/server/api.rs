@@ -69,6 +69,8 @@ async fn status(State(s): State<Shared>) -> Result<Json<Value>, ApiError> {
         "pending_events": s.store.pending_count().await.map_err(store_err)?,
         "outbox_depth": s.store.outbox_count().await.map_err(store_err)?,
         "dead_letters": s.store.dead_letters(10_000).await.map_err(store_err)?.len(),
+        // Empty while every write succeeds; else why events or deliveries are held.
+        "store_problems": s.journal.health().problems(),
         "connectors": connectors,
     })))
 }

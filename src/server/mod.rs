@@ -87,8 +87,20 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such path")
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// `200 {"status": "ok"}`, or `503 {"status": "cannot_store", "problems": […]}` while
+/// the store refuses writes (a full disk): a load balancer then sends events to another
+/// replica, and an operator sees why. It turns back to ok by itself.
+async fn healthz(State(s): State<Shared>) -> Response {
+    let problems = s.journal.health().problems();
+    if problems.is_empty() {
+        Json(json!({ "status": "ok" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "cannot_store", "problems": problems })),
+        )
+            .into_response()
+    }
 }
 
 async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
