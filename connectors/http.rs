@@ -213,6 +213,10 @@ impl Connector for HttpSource {
     fn kind(&self) -> &'static str {
         "http"
     }
+
+    fn secrets(&self) -> Vec<&str> {
+        self.config.headers.values().map(Secret::expose).collect()
+    }
     async fn execute(&self, _op: &Operation, _key: &str) -> Result<Delivered, SendError> {
         Err(SendError::Unsupported(
             "send messages (it is a data source)",

@@ -237,6 +237,73 @@ pub trait Connector: Send + Sync + 'static {
     fn describe(&self) -> BTreeMap<&'static str, String> {
         BTreeMap::new()
     }
+
+    /// The secrets in this connector's configuration (tokens, keys, signing secrets).
+    /// The HTTP edge strips them from every event before it is stored (`redact`):
+    /// platforms echo some of them back in their envelopes, and the journal is readable
+    /// through the admin API.
+    fn secrets(&self) -> Vec<&str> {
+        Vec::new()
+    }
+}
+
+/// What a secret is replaced with in stored events.
+pub const REDACTED: &str = "***";
+
+/// Secrets shorter than this are only redacted where a whole string equals them:
+/// replacing every occurrence of a two-letter secret inside text would mangle it.
+const REDACT_INSIDE_MIN: usize = 6;
+
+/// Replace every configured secret in `event` (its payload, keys included, text, card
+/// arguments, ids) with `REDACTED`, so no envelope carries one into the journal.
+pub fn redact(event: &mut Event, secrets: &[&str]) {
+    let secrets: Vec<&str> = secrets.iter().copied().filter(|s| !s.is_empty()).collect();
+    if secrets.is_empty() {
+        return;
+    }
+    let scrub = |s: &mut String| {
+        for secret in &secrets {
+            if s == secret {
+                *s = REDACTED.to_string();
+            } else if secret.len() >= REDACT_INSIDE_MIN && s.contains(secret) {
+                *s = s.replace(secret, REDACTED);
+            }
+        }
+    };
+    fn walk(v: &mut serde_json::Value, scrub: &dyn Fn(&mut String)) {
+        match v {
+            serde_json::Value::String(s) => scrub(s),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|i| walk(i, scrub)),
+            serde_json::Value::Object(map) => {
+                let entries = std::mem::take(map);
+                for (mut k, mut v) in entries {
+                    scrub(&mut k);
+                    walk(&mut v, scrub);
+                    map.insert(k, v);
+                }
+            }
+            _ => {}
+        }
+    }
+    walk(&mut event.payload, &scrub);
+    if let Some(a) = &mut event.card_action {
+        walk(&mut a.args, &scrub);
+        scrub(&mut a.bot);
+        scrub(&mut a.action);
+    }
+    for s in [
+        event.text.as_mut(),
+        event.topic.as_mut(),
+        event.external_id.as_mut(),
+        event.message_id.as_mut(),
+        event.chat.as_mut().map(|c| &mut c.id),
+        event.sender.as_mut().map(|p| &mut p.id),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        scrub(s);
+    }
 }
 
 pub type SharedConnector = Arc<dyn Connector>;

@@ -280,6 +280,10 @@ impl Connector for Webhook {
         "webhook"
     }
 
+    fn secrets(&self) -> Vec<&str> {
+        self.config.secret.iter().map(Secret::expose).collect()
+    }
+
     fn handle_inbound(&self, req: &InboundRequest) -> Result<Inbound, InboundError> {
         if !req.sub_path.is_empty() {
             return Err(InboundError::NotFound(req.sub_path.clone()));

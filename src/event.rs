@@ -7,6 +7,79 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// The deepest JSON perch accepts inside an event (its `payload`, a card action's
+/// `args`): `[[1]]` is 2 levels deep. Checked before an event is acknowledged
+/// (`Event::check_storable`), so that whatever is acknowledged can be read back.
+///
+/// Why 64 and not serde_json's own limit: serde_json refuses to read anything nested
+/// 128 levels deep, and every stored record wraps the JSON it received in more levels
+/// (the event: +1 for `payload`, +2 for a card's `args`; an outbox item holding a card
+/// rendered from the payload: a few more). A body that parsed fine on its own could then
+/// be unreadable once stored, which is how a 127-level body once poisoned the journal.
+/// 64 leaves room for every wrapper (`STORED_DEPTH_HEADROOM`).
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// Levels a stored record may add around an event's JSON. The depth limit plus this
+/// stays below serde_json's recursion limit (a compile-time check below).
+pub const STORED_DEPTH_HEADROOM: usize = 32;
+
+/// serde_json's recursion limit: it reads at most this many levels minus one.
+pub const SERDE_JSON_DEPTH_LIMIT: usize = 128;
+
+const _: () = assert!(MAX_JSON_DEPTH + STORED_DEPTH_HEADROOM < SERDE_JSON_DEPTH_LIMIT);
+
+/// The largest event perch stores, serialised (well below the ingest log's record limit,
+/// `store::ingest_log::MAX_PAYLOAD`, so every acknowledged event can be replayed).
+pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// Why an event cannot be stored as it is. The HTTP edge answers it with a 4xx.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unstorable {
+    #[error("JSON nested more than {limit} levels deep (in `{field}`)")]
+    TooDeep { field: &'static str, limit: usize },
+    #[error("event is {size} bytes as JSON; the limit is {limit}")]
+    TooLarge { size: usize, limit: usize },
+}
+
+/// How deep `v` nests, counting each array or object as one level, up to `limit + 1`
+/// (it stops looking there, so a hostile value cannot make it recurse far).
+pub fn json_depth(v: &serde_json::Value, limit: usize) -> usize {
+    fn walk(v: &serde_json::Value, here: usize, limit: usize) -> usize {
+        if here > limit {
+            return here;
+        }
+        match v {
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|i| walk(i, here + 1, limit))
+                .max()
+                .unwrap_or(here + 1)
+                .max(here + 1),
+            serde_json::Value::Object(map) => map
+                .values()
+                .map(|i| walk(i, here + 1, limit))
+                .max()
+                .unwrap_or(here + 1)
+                .max(here + 1),
+            _ => here,
+        }
+    }
+    walk(v, 0, limit)
+}
+
+/// Counts bytes written, to size an event's JSON without keeping it.
+struct CountingWriter(usize);
+
+impl std::io::Write for CountingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// perch's own id for an event: a UUID v7, so ids sort by arrival time (good store keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -182,11 +255,114 @@ impl Event {
                 .is_some_and(|c| c.chat_type == ChatType::Direct)
     }
 
+    /// Refuse an event the store could not read back: JSON nested deeper than
+    /// `MAX_JSON_DEPTH`, or larger than `MAX_EVENT_BYTES`. The journal calls this before
+    /// storing anything, for every connector.
+    pub fn check_storable(&self) -> Result<(), Unstorable> {
+        let deep = |field, v| {
+            if json_depth(v, MAX_JSON_DEPTH) > MAX_JSON_DEPTH {
+                Err(Unstorable::TooDeep {
+                    field,
+                    limit: MAX_JSON_DEPTH,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        deep("payload", &self.payload)?;
+        if let Some(action) = &self.card_action {
+            deep("card_action.args", &action.args)?;
+        }
+        let mut size = CountingWriter(0);
+        // Serialising an Event cannot fail (string keys only); if it did, the store's
+        // own serialisation would report it.
+        let _ = serde_json::to_writer(&mut size, self);
+        if size.0 > MAX_EVENT_BYTES {
+            return Err(Unstorable::TooLarge {
+                size: size.0,
+                limit: MAX_EVENT_BYTES,
+            });
+        }
+        Ok(())
+    }
+
     /// The key per-chat ordering uses: events of one chat are handled in order.
     pub fn lane_key(&self) -> String {
         match &self.chat {
             Some(chat) => format!("{}/{}", self.connector, chat.id),
             None => format!("{}/-", self.connector),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn nested(depth: usize) -> Value {
+        // Built by hand: serde_json would not parse the deepest ones.
+        let mut v = Value::Array(Vec::new());
+        for _ in 1..depth {
+            v = Value::Array(vec![v]);
+        }
+        v
+    }
+
+    #[test]
+    fn depth_counts_containers() {
+        assert_eq!(json_depth(&Value::Null, 64), 0);
+        assert_eq!(json_depth(&serde_json::json!([]), 64), 1);
+        assert_eq!(json_depth(&serde_json::json!({"a": [1, {"b": []}]}), 64), 4);
+        assert_eq!(json_depth(&nested(64), 64), 64);
+        assert_eq!(json_depth(&nested(127), 64), 65, "stops one past the limit");
+    }
+
+    /// What `check_storable` lets through, the decoder reads back: at the limit in
+    /// both places, the event round-trips through serde_json; one past is refused.
+    #[test]
+    fn every_storable_event_reads_back() {
+        let mut e = Event::new("hooks", EventKind::CardAction, Utc::now());
+        e.payload = nested(MAX_JSON_DEPTH);
+        e.card_action = Some(CardAction {
+            bot: "b".into(),
+            action: "a".into(),
+            args: nested(MAX_JSON_DEPTH),
+            message_id: None,
+        });
+        e.check_storable().unwrap();
+        // Wrapped in the headroom's worth of levels too.
+        let mut wrapped = serde_json::to_value(&e).unwrap();
+        for _ in 0..STORED_DEPTH_HEADROOM - 3 {
+            wrapped = Value::Array(vec![wrapped]);
+        }
+        let text = serde_json::to_string(&wrapped).unwrap();
+        serde_json::from_str::<Value>(&text).expect("readable with the headroom");
+        let back: Event = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(back, e);
+
+        e.payload = nested(MAX_JSON_DEPTH + 1);
+        assert_eq!(
+            e.check_storable(),
+            Err(Unstorable::TooDeep {
+                field: "payload",
+                limit: MAX_JSON_DEPTH
+            })
+        );
+        e.payload = Value::Null;
+        e.card_action.as_mut().unwrap().args = nested(127);
+        assert!(matches!(
+            e.check_storable(),
+            Err(Unstorable::TooDeep {
+                field: "card_action.args",
+                ..
+            })
+        ));
+        e.card_action = None;
+        e.text = Some("x".repeat(MAX_EVENT_BYTES));
+        assert!(matches!(
+            e.check_storable(),
+            Err(Unstorable::TooLarge { .. })
+        ));
     }
 }

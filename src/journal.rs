@@ -10,7 +10,7 @@
 //! Flow: connector (in) → **journal** → router.
 
 use crate::clock::SharedClock;
-use crate::event::{Event, EventId};
+use crate::event::{Event, EventId, Unstorable};
 use crate::lanes::Doorbell;
 use crate::router::PendingEvent;
 use crate::store::{Ingested, Store, StoreError};
@@ -34,6 +34,25 @@ pub enum JournalError {
     Flush(String),
     #[error("perch is shutting down")]
     ShuttingDown,
+    /// The event could not be read back once stored (too deep, too large): refused
+    /// before anything was stored. A 4xx at the HTTP edge.
+    #[error("{0}")]
+    Unstorable(#[from] Unstorable),
+}
+
+impl JournalError {
+    /// The HTTP status this error is answered with: 4xx for events refused as they are,
+    /// 503 for everything that may work on a retry.
+    pub fn status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            JournalError::Unstorable(Unstorable::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            JournalError::Unstorable(Unstorable::TooDeep { .. }) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
 }
 
 /// How an event was taken.
@@ -195,6 +214,11 @@ impl Journal {
     async fn accept_inner(&self, events: Vec<Event>) -> Result<Vec<Accepted>, JournalError> {
         let window =
             chrono::Duration::from_std(self.dedupe_window).unwrap_or(chrono::Duration::hours(8));
+        // Whatever is acknowledged must be readable back (and replayable from the ingest
+        // log): refuse the whole request before storing any of it.
+        for event in &events {
+            event.check_storable()?;
+        }
         let mut out = Vec::with_capacity(events.len());
         let _ingesting = self.ingesting.start(events.iter().map(|e| e.id).collect());
         for event in &events {

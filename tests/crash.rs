@@ -291,3 +291,62 @@ bots = ["relay"]
         repeats
     );
 }
+
+/// Issue 20: a record that is whole but cannot be decoded (an event 128 levels deep, as
+/// an older perch acknowledged) is first in the segment a crash left behind. The start
+/// after the crash quarantines it and replays all 50 acknowledged events after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_record_first_in_a_segment_loses_nothing_after_it() {
+    use perch::event::{Event, EventKind};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let data = dir.path().join("data");
+    let config = dir.path().join("perch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[connectors.in]\nkind = \"webhook\"\nsecret = \"{SECRET}\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    // The segment a kill -9 left: the bad record, then 50 good ones.
+    let log = data.join("ingest-log");
+    std::fs::create_dir_all(&log).unwrap();
+    let now = chrono::Utc::now();
+    let until = now + chrono::Duration::hours(8);
+    let mut poison = serde_json::to_value(Event::new("in", EventKind::System, now)).unwrap();
+    let mut deep = Value::Array(Vec::new());
+    for _ in 1..127 {
+        deep = Value::Array(vec![deep]);
+    }
+    poison["payload"] = deep;
+    let mut segment = Vec::new();
+    perch::store::ingest_log::encode(&mut segment, until, &serde_json::to_vec(&poison).unwrap());
+    let mut ids = HashSet::new();
+    for n in 0..50 {
+        let mut e = Event::new("in", EventKind::System, now);
+        e.topic = Some("crash.test".into());
+        e.external_id = Some(format!("good-{n}"));
+        ids.insert(e.id.to_string());
+        perch::store::ingest_log::encode(&mut segment, until, &serde_json::to_vec(&e).unwrap());
+    }
+    std::fs::write(log.join(format!("{:020}.log", 1)), &segment).unwrap();
+
+    let _child = spawn_perch(&config);
+    wait_healthy(&base).await;
+    let events = all_events(&base).await;
+    let journal: HashSet<String> = events
+        .iter()
+        .map(|e| e["event"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        journal, ids,
+        "all 50 acknowledged events after the bad record"
+    );
+    let quarantined: Vec<_> = std::fs::read_dir(log.join("quarantine"))
+        .expect("a quarantine directory")
+        .collect();
+    assert_eq!(quarantined.len(), 1, "the bad record is kept aside");
+}

@@ -941,6 +941,19 @@ impl Connector for Feishu {
         "feishu"
     }
 
+    fn secrets(&self) -> Vec<&str> {
+        let c = &self.config;
+        [
+            Some(&c.app_secret),
+            Some(&c.verification_token),
+            c.encrypt_key.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(Secret::expose)
+        .collect()
+    }
+
     fn handle_inbound(&self, req: &InboundRequest) -> Result<Inbound, InboundError> {
         match req.sub_path.as_str() {
             "" => self.inbound_events(req),

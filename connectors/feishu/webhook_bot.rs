@@ -198,6 +198,15 @@ impl Connector for FeishuWebhook {
         "feishu_webhook"
     }
 
+    fn secrets(&self) -> Vec<&str> {
+        let c = &self.config;
+        [Some(&c.webhook_url), c.secret.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(Secret::expose)
+            .collect()
+    }
+
     /// Sends to the one group the webhook belongs to: the target is ignored, and so is
     /// `reply_to` (a custom bot cannot reply in a thread).
     async fn execute(

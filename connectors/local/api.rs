@@ -64,6 +64,9 @@ impl From<ChatError> for ApiError {
             ChatError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
             ChatError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
             ChatError::Store(e) => ApiError::internal("web chat: store error", e),
+            ChatError::Journal(e) if e.status().is_client_error() => {
+                ApiError::new(e.status(), e.to_string())
+            }
             ChatError::Journal(e) => ApiError::internal("web chat: could not store the message", e),
         }
     }

@@ -157,14 +157,25 @@ async fn hook(
         tracing::info!(connector = %name, reason = %e, "inbound request refused");
         ApiError::new(e.status(), e.to_string())
     })?;
+    // Platforms echo secrets back (Feishu's verification token); the journal is
+    // readable through the admin API, so they never reach it.
+    // Every connector's secrets, and the admin token: a platform may well echo
+    // another connector's secret, and none of them belongs in the journal.
+    let mut secrets: Vec<&str> = s.connectors.values().flat_map(|c| c.secrets()).collect();
+    if let Some(token) = &s.admin_token {
+        secrets.push(token.expose());
+    }
     match inbound {
         Inbound::Respond(reply) => Ok((reply.status, Json(reply.body)).into_response()),
-        Inbound::Events { events, ack } => {
+        Inbound::Events { mut events, ack } => {
+            for e in &mut events {
+                crate::connectors::redact(e, &secrets);
+            }
             let accepted = s
                 .journal
                 .accept(events)
                 .await
-                .map_err(|e| ApiError::internal("could not store the event", e))?;
+                .map_err(|e| journal_error(&name, e))?;
             let mut body = ack.body;
             // Acks that report an event id report the one the journal kept (the original,
             // for a duplicate).
@@ -179,12 +190,13 @@ async fn hook(
             }
             Ok((ack.status, Json(body)).into_response())
         }
-        Inbound::Click { event, reply } => {
+        Inbound::Click { mut event, reply } => {
+            crate::connectors::redact(&mut event, &secrets);
             let accepted = s
                 .journal
                 .accept(vec![*event])
                 .await
-                .map_err(|e| ApiError::internal("could not store the event", e))?;
+                .map_err(|e| journal_error(&name, e))?;
             let answer = match accepted.first() {
                 // A retried click gets the first one's answer.
                 Some(a) => s.clicks.answer(a.id(), s.click_answer_window).await,
@@ -193,6 +205,19 @@ async fn hook(
             let reply = (reply.0)(answer.as_ref());
             Ok((reply.status, Json(reply.body)).into_response())
         }
+    }
+}
+
+/// A journal refusal as an answer: an event that cannot be stored as it is gets its
+/// 4xx reason; anything else is a 503 (logged in full).
+pub fn journal_error(connector: &str, e: crate::journal::JournalError) -> ApiError {
+    let status = e.status();
+    if status.is_client_error() {
+        crate::telemetry::event_rejected(connector, status.as_u16());
+        tracing::info!(connector = %connector, reason = %e, "inbound request refused");
+        ApiError::new(status, e.to_string())
+    } else {
+        ApiError::internal("could not store the event", e)
     }
 }
 

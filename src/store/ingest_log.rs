@@ -47,7 +47,9 @@ pub const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
 const HEADER: usize = 8;
 /// A payload larger than this is a torn or foreign length field, not a record (events
 /// are limited far below it by the connectors' body limits).
-const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
+pub const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
+// Every event the journal accepts fits in a record (`Event::check_storable`).
+const _: () = assert!(crate::event::MAX_EVENT_BYTES + 8 <= MAX_PAYLOAD);
 /// Zeros kept on disk ahead of the last record (see the module docs); they are
 /// extended once less than half of them is left.
 const PREFILL: u64 = 1024 * 1024;
@@ -77,10 +79,35 @@ pub fn encode(buffer: &mut Vec<u8>, dedupe_until: DateTime<Utc>, event_json: &[u
     buffer.extend_from_slice(event_json);
 }
 
-/// The whole records at the start of `bytes`, and how many bytes after them are not a
-/// whole record (a torn tail).
-pub fn decode(bytes: &[u8]) -> (Vec<IngestRecord>, usize) {
-    let mut records = Vec::new();
+/// What a segment holds.
+#[derive(Debug, Default, PartialEq)]
+pub struct Decoded {
+    /// The records that read back, in order.
+    pub records: Vec<IngestRecord>,
+    /// Whole, checksummed records that do not decode as an event (written by another
+    /// version of perch, or by one that acknowledged something it could not read back):
+    /// their offset in the segment, the payload, and why. They are quarantined, and the
+    /// records after them are still read.
+    pub unreadable: Vec<Unreadable>,
+    /// Bytes after the last whole record that are not the zeros of the pre-fill: a torn
+    /// tail (a crash mid-write).
+    pub torn: usize,
+}
+
+/// A whole record that does not decode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unreadable {
+    pub offset: usize,
+    pub payload: Vec<u8>,
+    pub reason: String,
+}
+
+/// Read the records of a segment. Reading stops at the first record that is short or
+/// fails its checksum (only a crash mid-write leaves one, so nothing after it was ever
+/// acknowledged); a record that is whole but does not decode is set aside and reading
+/// goes on, so one bad record never hides the good ones after it.
+pub fn decode(bytes: &[u8]) -> Decoded {
+    let mut out = Decoded::default();
     let mut at = 0;
     while bytes.len() - at >= HEADER {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default()) as usize;
@@ -94,28 +121,52 @@ pub fn decode(bytes: &[u8]) -> (Vec<IngestRecord>, usize) {
             break;
         }
         let micros = i64::from_le_bytes(payload[..8].try_into().unwrap_or_default());
-        let (Some(dedupe_until), Ok(event)) = (
-            DateTime::<Utc>::from_timestamp_micros(micros),
-            serde_json::from_slice::<Event>(&payload[8..]),
-        ) else {
-            // A checksummed record we cannot read was written by another version of
-            // perch: stop here rather than guess, like a torn tail.
-            break;
-        };
-        records.push(IngestRecord {
-            dedupe_until,
-            event,
-        });
+        let until = DateTime::<Utc>::from_timestamp_micros(micros);
+        match (until, serde_json::from_slice::<Event>(&payload[8..])) {
+            (Some(dedupe_until), Ok(event)) => out.records.push(IngestRecord {
+                dedupe_until,
+                event,
+            }),
+            (until, event) => out.unreadable.push(Unreadable {
+                offset: at,
+                payload: payload.to_vec(),
+                reason: match (until, event) {
+                    (_, Err(e)) => e.to_string(),
+                    _ => format!("dedupe expiry out of range: {micros} µs"),
+                },
+            }),
+        }
         at = start + len;
     }
     // Zeros after the last record are the pre-filled rest of the segment.
     let tail = &bytes[at..];
-    let torn = if tail.iter().all(|b| *b == 0) {
+    out.torn = if tail.iter().all(|b| *b == 0) {
         0
     } else {
         tail.len()
     };
-    (records, torn)
+    out
+}
+
+/// Where unreadable records are kept: `<log dir>/quarantine/`.
+pub const QUARANTINE: &str = "quarantine";
+
+/// Write an unreadable record to `<dir>/quarantine/<segment>-<offset>.record` (the
+/// payload as it was: dedupe expiry then the JSON), so nothing acknowledged is deleted
+/// with its segment, and a person can look at it.
+fn quarantine(dir: &Path, segment: &Path, record: &Unreadable) -> StoreResult<PathBuf> {
+    let qdir = dir.join(QUARANTINE);
+    std::fs::create_dir_all(&qdir).map_err(|e| io_err("creating", &qdir, e))?;
+    let stem = segment
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("segment");
+    let path = qdir.join(format!("{stem}-{}.record", record.offset));
+    std::fs::write(&path, &record.payload)
+        .and_then(|_| File::open(&path)?.sync_all())
+        .and_then(|_| File::open(&qdir)?.sync_all())
+        .map_err(|e| io_err("writing", &path, e))?;
+    Ok(path)
 }
 
 /// The open segment.
@@ -161,11 +212,16 @@ impl IngestLog {
         let mut records = Vec::new();
         for (_, path) in &old {
             let bytes = std::fs::read(path).map_err(|e| io_err("reading", path, e))?;
-            let (mut found, torn) = decode(&bytes);
-            if torn > 0 {
-                tracing::warn!(segment = %path.display(), records = found.len(), torn_bytes = torn, "ingest log segment ends in a torn record (a crash mid-write); the whole records before it are replayed");
+            let mut found = decode(&bytes);
+            for bad in &found.unreadable {
+                // Kept before the segment can be deleted; the records after it replay.
+                let kept = quarantine(dir, path, bad)?;
+                tracing::error!(segment = %path.display(), offset = bad.offset, reason = %bad.reason, quarantined = %kept.display(), "ingest log record is whole but cannot be decoded; it is quarantined and the records after it are replayed");
             }
-            records.append(&mut found);
+            if found.torn > 0 {
+                tracing::warn!(segment = %path.display(), records = found.records.len(), torn_bytes = found.torn, "ingest log segment ends in a torn record (a crash mid-write); the whole records before it are replayed");
+            }
+            records.append(&mut found.records);
         }
         let next = old.last().map_or(1, |(seq, _)| seq + 1);
         let open = create_segment(dir, next)?;
@@ -319,8 +375,13 @@ mod tests {
     #[test]
     fn records_round_trip_in_order() {
         let events: Vec<Event> = (0..5).map(event).collect();
-        let (records, torn) = decode(&buffer_of(&events));
+        let Decoded {
+            records,
+            unreadable,
+            torn,
+        } = decode(&buffer_of(&events));
         assert_eq!(torn, 0);
+        assert!(unreadable.is_empty());
         let ids: Vec<EventId> = records.iter().map(|r| r.event.id).collect();
         assert_eq!(ids, events.iter().map(|e| e.id).collect::<Vec<_>>());
         assert_eq!(records[0].event, events[0]);
@@ -337,26 +398,27 @@ mod tests {
         // Every cut inside the last record keeps exactly the first two.
         let last = buffer_of(&events[2..]).len();
         for cut in 1..last {
-            let (records, torn) = decode(&whole[..whole.len() - cut]);
-            assert_eq!(records.len(), 2, "cut {cut}");
-            assert_eq!(torn, last - cut);
+            let d = decode(&whole[..whole.len() - cut]);
+            assert_eq!(d.records.len(), 2, "cut {cut}");
+            assert_eq!(d.torn, last - cut);
         }
         // A flipped byte in the second record's payload stops reading there.
         let mut flipped = whole.clone();
         let second = buffer_of(&events[..1]).len() + HEADER + 20;
         flipped[second] ^= 0x55;
-        let (records, torn) = decode(&flipped);
-        assert_eq!(records.len(), 1);
-        assert_eq!(torn, whole.len() - buffer_of(&events[..1]).len());
+        let d = decode(&flipped);
+        assert_eq!(d.records.len(), 1);
+        assert_eq!(d.torn, whole.len() - buffer_of(&events[..1]).len());
         // A tail of zeros (the pre-filled rest of a segment) ends it, and is not torn.
         let mut zeroed = whole.clone();
         zeroed.extend_from_slice(&[0u8; 64]);
-        assert_eq!(decode(&zeroed), (decode(&whole).0, 0));
+        assert_eq!(decode(&zeroed), decode(&whole));
+        assert_eq!(decode(&zeroed).torn, 0);
         // A torn record before zeros still is.
         let mut torn_then_zeros = whole[..whole.len() - 5].to_vec();
         torn_then_zeros.extend_from_slice(&[0u8; 64]);
-        assert_eq!(decode(&torn_then_zeros).0.len(), 2);
-        assert_eq!(decode(&torn_then_zeros).1, last - 5 + 64);
+        assert_eq!(decode(&torn_then_zeros).records.len(), 2);
+        assert_eq!(decode(&torn_then_zeros).torn, last - 5 + 64);
     }
 
     /// Records go over zeros already on disk, and the zeros keep ahead of them, also
@@ -427,5 +489,38 @@ mod tests {
         let (_, left, old) = IngestLog::open(dir.path()).unwrap();
         assert_eq!(left.len(), 1, "the removed segment is not replayed again");
         assert_eq!(old.len(), 1);
+    }
+
+    /// A whole record that does not decode (here: an event 128 levels deep, which an
+    /// older perch acknowledged) is quarantined, and every record after it is replayed.
+    #[test]
+    fn an_unreadable_record_first_in_a_segment_hides_nothing_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _, _) = IngestLog::open(dir.path()).unwrap();
+        let mut poison = serde_json::to_value(event(999)).unwrap();
+        let mut deep = serde_json::Value::Array(Vec::new());
+        for _ in 1..127 {
+            deep = serde_json::Value::Array(vec![deep]);
+        }
+        poison["payload"] = deep;
+        let mut buf = Vec::new();
+        encode(&mut buf, Utc::now(), &serde_json::to_vec(&poison).unwrap());
+        let events: Vec<Event> = (0..50).map(event).collect();
+        buf.extend_from_slice(&buffer_of(&events));
+        log.write(|| buf).unwrap();
+        drop(log);
+        let (_, left, old) = IngestLog::open(dir.path()).unwrap();
+        assert_eq!(left.len(), 50, "every good record after the bad one");
+        assert_eq!(left[49].event, events[49]);
+        let kept: Vec<_> = std::fs::read_dir(dir.path().join(QUARANTINE))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(kept.len(), 1);
+        let raw = std::fs::read(&kept[0]).unwrap();
+        assert_eq!(serde_json::to_vec(&poison).unwrap(), raw[8..]);
+        // The quarantine is not a segment: it survives the segments' removal.
+        remove(&old);
+        assert!(kept[0].exists());
     }
 }

@@ -1,0 +1,297 @@
+//! Hostile input at every inbound surface (issue 20): whatever perch acknowledges can be
+//! read back and replayed, secrets never reach the journal, and every refusal is one
+//! line of JSON.
+
+mod common;
+mod fake_feishu;
+
+use common::*;
+use fake_feishu::*;
+use perch::action::{MessageBody, Operation, Target};
+use perch::event::MAX_JSON_DEPTH;
+use serde_json::{Value, json};
+
+const SECRET: &str = "webhook-secret-for-hostile-tests";
+const TOKEN: &str = "verification-token-for-tests";
+const KEY: &str = "encrypt-key-for-tests";
+
+fn config(fake: &FakeFeishu) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[connectors.hooks]
+kind = "webhook"
+secret = "{SECRET}"
+topic_header = "X-Topic"
+id_header = "X-Delivery"
+
+[connectors.feishu]
+kind = "feishu"
+app_id = "{APP_ID}"
+app_secret = "{APP_SECRET}"
+verification_token = "{TOKEN}"
+encrypt_key = "{KEY}"
+base_url = "{base}"
+
+[connectors.feishu_plain]
+kind = "feishu"
+app_id = "{APP_ID}"
+app_secret = "{APP_SECRET}"
+verification_token = "{TOKEN}"
+base_url = "{base}"
+
+[connectors.web]
+kind = "local"
+"#,
+        base = fake.base
+    )
+}
+
+/// `[[…]]`, `depth` levels deep (built by hand: serde_json's `json!` would recurse).
+fn nested(depth: usize) -> Value {
+    let mut v = Value::Array(Vec::new());
+    for _ in 1..depth {
+        v = Value::Array(vec![v]);
+    }
+    v
+}
+
+/// The same as text, for depths serde_json will not serialise either.
+fn nested_text(depth: usize) -> String {
+    format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+async fn post_hook(t: &TestPerch, delivery: &str, body: &[u8]) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(t.url("/hooks/hooks"))
+        .header("X-Topic", "deep.test")
+        .header("X-Delivery", delivery)
+        .header(
+            "X-Perch-Signature",
+            format!("sha256={}", sign(SECRET, body)),
+        )
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(t: &TestPerch, path: &str) -> (u16, Value) {
+    let resp = reqwest::get(t.url(path)).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Every event in the journal, read page by page: each page must answer 200.
+async fn all_events(t: &TestPerch) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut path = "/api/events?limit=3".to_string();
+        if let Some(b) = &before {
+            path.push_str(&format!("&before={b}"));
+        }
+        let (status, page) = get(t, &path).await;
+        assert_eq!(status, 200, "{path}: {page}");
+        let events = page["events"].as_array().unwrap().clone();
+        if events.is_empty() {
+            return out;
+        }
+        before = events.last().unwrap()["event"]["id"]
+            .as_str()
+            .map(str::to_string);
+        out.extend(events);
+    }
+}
+
+/// Every event id in the journal reads back, alone and in pages.
+async fn assert_all_readable(t: &TestPerch) -> usize {
+    let events = all_events(t).await;
+    for e in &events {
+        let id = e["event"]["id"].as_str().unwrap();
+        let (status, body) = get(t, &format!("/api/events/{id}")).await;
+        assert_eq!(status, 200, "event {id}: {body}");
+    }
+    events.len()
+}
+
+async fn setup() -> (FakeFeishu, TestPerch) {
+    let fake = FakeFeishu::start().await;
+    let t = TestPerch::start(&config(&fake)).await;
+    (fake, t)
+}
+
+/// Finding 1: one depth limit, applied before the ack at every surface; at the limit the
+/// event is stored and reads back, one past it (and at 127, the case that once poisoned
+/// the journal) it is refused with a 4xx and nothing is stored.
+#[tokio::test]
+async fn json_at_the_depth_limit_is_stored_and_one_past_is_refused_everywhere() {
+    let (fake, mut t) = setup().await;
+    let limit = MAX_JSON_DEPTH;
+
+    // Webhook: the body is the payload.
+    let (s, at) = post_hook(&t, "d-at", nested_text(limit).as_bytes()).await;
+    assert_eq!(s, 200, "{at}");
+    let id = at["event_id"].as_str().unwrap();
+    let (s, stored) = get(&t, &format!("/api/events/{id}")).await;
+    assert_eq!(s, 200, "{stored}");
+    assert_eq!(stored["event"]["payload"], nested(limit));
+    for (n, depth) in [limit + 1, 127].into_iter().enumerate() {
+        let (s, body) = post_hook(&t, &format!("d-past-{n}"), nested_text(depth).as_bytes()).await;
+        assert_eq!(s, 422, "depth {depth}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("levels deep"),
+            "{body}"
+        );
+    }
+    // Past serde_json's own limit: malformed.
+    let (s, _) = post_hook(&t, "d-past-2", nested_text(200).as_bytes()).await;
+    assert_eq!(s, 400);
+
+    // Feishu, encrypted and plain: the payload is the envelope (object, `event`, then
+    // the field), so the field is `limit - 2` deep at the limit.
+    for (hook, key) in [("feishu", Some(KEY)), ("feishu_plain", None)] {
+        let sender = EventSender::new(&t.url(&format!("/hooks/{hook}")), TOKEN, key);
+        let doc = |id: &str, depth: usize| {
+            sender.envelope(
+                "im.chat.updated_v1",
+                id,
+                json!({ "chat_id": "oc_deep", "deep": nested(depth) }),
+            )
+        };
+        let (s, body) = sender.send(&doc(&format!("{hook}-at"), limit - 2)).await;
+        assert_eq!(s, 200, "{hook}: {body}");
+        let (s, body) = sender.send(&doc(&format!("{hook}-past"), limit - 1)).await;
+        assert_eq!(s, 422, "{hook}: {body}");
+        let (s, _) = sender.send(&doc(&format!("{hook}-127"), 125)).await;
+        assert_eq!(s, 422, "{hook}: 127 levels");
+
+        // The legacy card request URL: the payload is the callback itself.
+        let card = |depth: usize| {
+            json!({ "open_id": "ou_bob", "open_message_id": "om_deep", "open_chat_id": "oc_deep",
+                    "action": { "tag": "button", "value": { "perch": { "bot": "echo", "action": "x" } } },
+                    "deep": nested(depth) })
+        };
+        let (s, body) = sender
+            .post("/card", &sender.seal_legacy_card(&card(limit - 1)))
+            .await;
+        assert_eq!(s, 200, "{hook} card: {body}");
+        let (s, body) = sender
+            .post("/card", &sender.seal_legacy_card(&card(limit)))
+            .await;
+        assert_eq!(s, 422, "{hook} card: {body}");
+    }
+
+    // Web chat: a card click's arguments.
+    let web = t.perch().shared.connectors["web"].clone();
+    let sent = web
+        .execute(
+            &Operation::Send {
+                to: Target::chat("general"),
+                body: MessageBody::Text {
+                    text: "card".into(),
+                },
+                reply_to: None,
+            },
+            "k/deep/0",
+        )
+        .await
+        .unwrap();
+    let message_id = sent.id.unwrap();
+    let click = |depth: usize, client: &str| {
+        json!({ "message_id": message_id, "author": "ann", "client_id": client,
+                "action": { "bot": "echo", "action": "x", "args": nested(depth) } })
+    };
+    let http = reqwest::Client::new();
+    for (depth, client, want) in [(limit, "c-at", 200), (limit + 1, "c-past", 422)] {
+        let resp = http
+            .post(t.url("/chat/api/rooms/general/actions"))
+            .json(&click(depth, client))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, want, "web chat args {depth}: {body}");
+    }
+
+    // What was acknowledged: webhook 1, Feishu 2 × (event + card), web chat 1.
+    assert_eq!(assert_all_readable(&t).await, 6);
+    // The connector holds the store: let go of it before the restart.
+    drop(web);
+    drop(fake);
+    // And after a restart (replayed from the store and the ingest log).
+    t.restart().await;
+    assert_eq!(assert_all_readable(&t).await, 6);
+}
+
+/// Every string in `v` (keys included), flattened, to look for secrets.
+fn assert_no_secret(what: &str, text: &str) {
+    for secret in [SECRET, TOKEN, KEY, APP_SECRET] {
+        assert!(
+            !text.contains(secret),
+            "{what} shows the secret {secret:?}: {text}"
+        );
+    }
+}
+
+/// Finding 2: no configured secret appears anywhere in `/api` output after each
+/// connector's fixtures, including the legacy card callback's top-level `token`.
+#[tokio::test]
+async fn no_configured_secret_reaches_the_admin_api() {
+    let (fake, t) = setup().await;
+    // Webhook: a sender that echoes the secret in its body.
+    let (s, _) = post_hook(
+        &t,
+        "sec-1",
+        json!({ "secret": SECRET, "note": format!("signed with {SECRET}") })
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    for (hook, key) in [("feishu", Some(KEY)), ("feishu_plain", None)] {
+        let sender = EventSender::new(&t.url(&format!("/hooks/{hook}")), TOKEN, key);
+        let doc = sender.text_message(&fake, &format!("{hook}-m"), "om_s", "oc_s", "hi", false);
+        assert_eq!(sender.send(&doc).await.0, 200, "{hook}");
+        // A 1.0 envelope, and an unknown event type echoing the token elsewhere.
+        let v1 = json!({ "uuid": format!("{hook}-u1"), "token": TOKEN, "ts": "1", "type": "event_callback",
+                         "event": { "type": "message", "chat_id": "oc_s", "text": "hi" } });
+        assert_eq!(sender.send(&v1).await.0, 200, "{hook} 1.0");
+        let other = sender.envelope(
+            "im.chat.updated_v1",
+            &format!("{hook}-o"),
+            json!({ "chat_id": "oc_s", "echo": { "token": TOKEN, "key": KEY } }),
+        );
+        assert_eq!(sender.send(&other).await.0, 200, "{hook} other");
+        // The legacy card URL, with the verification token at the top level.
+        let legacy = json!({ "open_id": "ou_bob", "open_message_id": "om_s", "open_chat_id": "oc_s", "token": TOKEN,
+                             "action": { "tag": "button", "value": { "perch": { "bot": "echo", "action": "x", "args": { "t": TOKEN } } } } });
+        let (s, body) = sender
+            .post("/card", &sender.seal_legacy_card(&legacy))
+            .await;
+        assert_eq!(s, 200, "{hook} legacy: {body}");
+    }
+    let events = all_events(&t).await;
+    assert_eq!(events.len(), 9);
+    for path in [
+        "/api/status",
+        "/api/events?limit=1000",
+        "/api/outbox",
+        "/api/dead-letters",
+        "/api/sent",
+        "/api/schedules",
+        "/api/cards",
+    ] {
+        let text = t.get_text(path).await;
+        assert_no_secret(path, &text);
+    }
+    for e in &events {
+        let id = e["event"]["id"].as_str().unwrap();
+        assert_no_secret(id, &t.get_text(&format!("/api/events/{id}")).await);
+    }
+}
