@@ -83,3 +83,56 @@ pub fn queue_depths(pending_events: usize, outbox: usize) {
     gauge!("perch_events_pending").set(pending_events as f64);
     gauge!("perch_outbox_depth").set(outbox as f64);
 }
+
+/// Text from outside (names, message text, reasons that quote input) as it goes into a
+/// log line: control characters (ANSI escapes, NUL, newlines, bidi overrides) are written
+/// as `\u{…}` escapes, so input can neither forge log lines nor drive a terminal.
+pub struct Escaped<'a>(pub &'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            if needs_escape(c) {
+                write!(f, "{}", c.escape_unicode())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+/// `Escaped` for a `&str`, for `tracing` fields: `reason = %escape(&text)`.
+pub fn escape(s: &str) -> Escaped<'_> {
+    Escaped(s)
+}
+
+/// Control characters, and the invisible format characters that reorder or hide text
+/// (bidi controls, zero-width characters).
+pub fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}' | '\u{FEFF}' | '\u{061C}' | '\u{180E}')
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::*;
+
+    #[test]
+    fn control_and_invisible_characters_are_escaped() {
+        assert_eq!(
+            escape("a\u{1b}[31mred\0\nfake line\u{202E}").to_string(),
+            "a\\u{1b}[31mred\\u{0}\\u{a}fake line\\u{202e}"
+        );
+        assert_eq!(escape("普通 text").to_string(), "普通 text");
+    }
+}

@@ -295,3 +295,79 @@ async fn no_configured_secret_reaches_the_admin_api() {
         assert_no_secret(id, &t.get_text(&format!("/api/events/{id}")).await);
     }
 }
+
+/// Finding 5: every refusal is one line of JSON `{"error": "…"}`, whatever produced it
+/// (method routing, an extractor, the body limit).
+#[tokio::test]
+async fn every_refusal_is_one_line_of_json() {
+    let fake = FakeFeishu::start().await;
+    let t = TestPerch::start(&config(&fake).replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nbody_limit = 4096",
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
+        ("405 on an admin path", http.post(t.url("/api/status")), 405),
+        ("405 on a hook", http.get(t.url("/hooks/hooks")), 405),
+        (
+            "405 on the web chat",
+            http.delete(t.url("/chat/api/rooms")),
+            405,
+        ),
+        (
+            "invalid UTF-8 in a path parameter",
+            http.get(t.url("/api/events/%FF%FE")),
+            400,
+        ),
+        (
+            "invalid UTF-8 in a hook name",
+            http.post(t.url("/hooks/%C3%28")),
+            400,
+        ),
+        (
+            "a negative limit",
+            http.get(t.url("/api/events?limit=-1")),
+            400,
+        ),
+        (
+            "a limit that is not a number",
+            http.get(t.url("/api/outbox?limit=x")),
+            400,
+        ),
+        ("a missing key", http.get(t.url("/api/sent")), 400),
+        (
+            "an oversized card render",
+            http.post(t.url("/api/cards/render")).body(vec![b' '; 8192]),
+            413,
+        ),
+        (
+            "an oversized hook body",
+            http.post(t.url("/hooks/hooks")).body(vec![b' '; 8192]),
+            413,
+        ),
+        ("an unknown path", http.get(t.url("/nowhere")), 404),
+    ];
+    for (what, req, want) in cases {
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, want, "{what}: {text}");
+        assert!(
+            ct.starts_with("application/json"),
+            "{what}: content-type {ct:?}"
+        );
+        assert_eq!(text.lines().count(), 1, "{what}: one line: {text:?}");
+        let v: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: {e}: {text}"));
+        let reason = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: {text}"));
+        assert!(!reason.is_empty(), "{what}");
+    }
+}

@@ -81,6 +81,71 @@ pub fn app(shared: Shared) -> Router {
     app.fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        // Outermost, so it also sees what the layers inside answer (a caught panic).
+        .layer(axum::middleware::map_response(json_errors))
+}
+
+/// Longest reason kept from a plain-text refusal.
+const REASON_MAX: usize = 200;
+
+/// Every refusal as one line of JSON, also those perch's handlers never see: axum's
+/// method routing (405, empty body), extractor rejections (bad UTF-8 in a path
+/// parameter, a bad query string, a body over the limit: plain text) and a caught
+/// panic. Answers that already are JSON, and successes, pass untouched.
+async fn json_errors(res: Response) -> Response {
+    use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let is_json = res
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if is_json {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let first_line = text.lines().map(str::trim).find(|l| !l.is_empty());
+    let reason = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            "body is larger than the configured limit (server.body_limit)".to_string()
+        }
+        StatusCode::METHOD_NOT_ALLOWED => {
+            match parts.headers.get(ALLOW).and_then(|v| v.to_str().ok()) {
+                Some(allow) if !allow.is_empty() => {
+                    format!("method not allowed (allowed: {allow})")
+                }
+                _ => "method not allowed".to_string(),
+            }
+        }
+        // A 5xx's text may hold internals (a panic message): never shown.
+        s if s.is_server_error() => {
+            if !text.is_empty() {
+                tracing::error!(status = s.as_u16(), body = %crate::telemetry::escape(&text), "internal error answered");
+            }
+            format!(
+                "{}; try again",
+                s.canonical_reason().unwrap_or("internal error")
+            )
+        }
+        s => match first_line {
+            Some(line) => line.chars().take(REASON_MAX).collect(),
+            None => s.canonical_reason().unwrap_or("refused").to_string(),
+        },
+    };
+    parts.headers.remove(CONTENT_LENGTH);
+    parts.headers.insert(
+        CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    let body = serde_json::to_vec(&json!({ "error": reason })).unwrap_or_default();
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 async fn not_found() -> ApiError {
