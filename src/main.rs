@@ -242,10 +242,14 @@ async fn serve(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!("perch listening on http://{listen}");
-    axum::serve(listener, perch.app())
-        .with_graceful_shutdown(perch::server::stop_signal())
-        .await
-        .context("HTTP server")?;
+    perch::server::serve(
+        listener,
+        perch.app(),
+        perch.shared.connection_limits,
+        perch::server::stop_signal(),
+    )
+    .await
+    .context("HTTP server")?;
     tracing::info!("draining and flushing");
     perch.shutdown().await;
     tracing::info!("stopped");

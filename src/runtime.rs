@@ -58,6 +58,8 @@ pub struct SharedParts {
     pub clock: SharedClock,
     pub admin_token: Option<crate::config::Secret>,
     pub body_limit: usize,
+    /// Timeouts and the connection cap (`server::serve`, `server::app`).
+    pub connection_limits: crate::server::ConnectionLimits,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Hands queued items to the outbox (`ring` after queueing outside the router).
     pub outbox: Arc<crate::outbox::OutboxDoor>,
@@ -245,6 +247,7 @@ impl Perch {
         .await?;
         let scheduler_task = tokio::spawn(scheduler.run(cancel.clone()));
 
+        let connection_limits = crate::server::ConnectionLimits::from_config(&server);
         let shared = Shared(Arc::new(SharedParts {
             store,
             journal,
@@ -252,6 +255,7 @@ impl Perch {
             clock: clock.clone(),
             admin_token: server.admin_token.filter(|t| !t.is_empty()),
             body_limit: server.body_limit,
+            connection_limits,
             metrics,
             outbox: outbox_door,
             started_at: clock.now(),

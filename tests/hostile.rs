@@ -371,3 +371,162 @@ async fn every_refusal_is_one_line_of_json() {
         assert!(!reason.is_empty(), "{what}");
     }
 }
+
+/// How long `stream` stays open (reading and discarding), up to `max`.
+async fn open_for(
+    stream: &mut tokio::net::TcpStream,
+    max: std::time::Duration,
+) -> std::time::Duration {
+    use tokio::io::AsyncReadExt;
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    let _ = tokio::time::timeout(max, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    start.elapsed()
+}
+
+const SLOW: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+header_read_timeout = "300ms"
+body_read_timeout = "400ms"
+idle_timeout = "500ms"
+max_connections = 4
+
+[connectors.hooks]
+kind = "webhook"
+insecure = true
+topic = "slow"
+"#;
+
+/// Finding 3: slow clients are cut off: trickled headers, a trickled body, a connection
+/// that sends nothing, an idle keep-alive; and connections beyond the cap wait.
+#[tokio::test]
+async fn slow_and_idle_clients_are_cut_off() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let t = TestPerch::start(SLOW).await;
+    let limit = Duration::from_secs(3);
+
+    // Nothing sent at all: closed by the idle watchdog (500 ms).
+    let mut silent = TcpStream::connect(t.addr).await.unwrap();
+    let open = open_for(&mut silent, limit).await;
+    assert!(
+        open < Duration::from_secs(2),
+        "silent connection open {open:?}"
+    );
+
+    // Headers trickled a byte every 100 ms: closed by the header timeout (300 ms).
+    let mut trickle = TcpStream::connect(t.addr).await.unwrap();
+    let start = std::time::Instant::now();
+    let head = b"POST /hooks/hooks HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+    let mut cut = false;
+    for b in head.iter() {
+        if trickle.write_all(&[*b]).await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if start.elapsed() > limit {
+            break;
+        }
+    }
+    let open = start.elapsed() + open_for(&mut trickle, Duration::from_millis(200)).await;
+    assert!(
+        cut || open < Duration::from_secs(2),
+        "trickled headers open {open:?}"
+    );
+
+    // A body trickled against a large Content-Length: 408 within the body timeout.
+    let mut body = TcpStream::connect(t.addr).await.unwrap();
+    body.write_all(b"POST /hooks/hooks HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{")
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let writer = tokio::spawn(async move {
+        for _ in 0..30 {
+            if body.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        body
+    });
+    let mut body = writer.await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::io::AsyncReadExt::read_to_end(&mut body, &mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "trickled body: {answer:?} after {:?}",
+        start.elapsed()
+    );
+    assert!(answer.contains("body_read_timeout"), "{answer}");
+
+    // An idle keep-alive after a request: closed.
+    let mut keep = TcpStream::connect(t.addr).await.unwrap();
+    keep.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let open = open_for(&mut keep, limit).await;
+    assert!(
+        open < Duration::from_secs(2),
+        "idle keep-alive open {open:?}"
+    );
+
+    // The cap: with 4 connections held open, a fifth is not served until one closes.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(t.addr).await.unwrap();
+        // Keep each busy: a slowly sent body (the 408 arrives after 400 ms).
+        s.write_all(b"POST /hooks/hooks HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let fifth =
+        tokio::time::timeout(Duration::from_millis(200), reqwest::get(t.url("/healthz"))).await;
+    assert!(fifth.is_err(), "a fifth connection waits while 4 are open");
+    // Once they are cut off, it is served.
+    let late = tokio::time::timeout(Duration::from_secs(3), reqwest::get(t.url("/healthz")))
+        .await
+        .expect("served once a slot frees")
+        .unwrap();
+    assert_eq!(late.status(), 200);
+    drop(held);
+}
+
+/// `perch check` refuses nonsense connection limits.
+#[test]
+fn nonsense_connection_limits_are_refused() {
+    for (line, key) in [
+        ("header_read_timeout = \"0s\"", "header_read_timeout"),
+        ("body_read_timeout = \"30days\"", "body_read_timeout"),
+        ("idle_timeout = \"1ms\"", "idle_timeout"),
+        ("max_connections = 0", "max_connections"),
+        ("body_limit = 0", "body_limit"),
+    ] {
+        let text = format!("[server]\n{line}\n");
+        let err = perch::config::Config::from_str(&text, std::path::Path::new("perch.toml"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains(key) && err.contains("perch.toml:2"),
+            "{line}: {err:?}"
+        );
+    }
+}

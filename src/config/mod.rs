@@ -79,6 +79,12 @@ impl ConfigSource {
 /// The longest `server.click_answer_window`: Feishu's 3 s minus time for the network.
 pub const MAX_CLICK_ANSWER_WINDOW: Duration = Duration::from_millis(2900);
 
+/// Bounds on `server.header_read_timeout`, `body_read_timeout` and `idle_timeout`.
+pub const MIN_CONNECTION_TIMEOUT: Duration = Duration::from_millis(10);
+pub const MAX_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Upper bound on `server.max_connections`.
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+
 /// `[server]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -92,6 +98,22 @@ pub struct ServerConfig {
     pub admin_token: Option<Secret>,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
+    /// How long a client may take to send a request's headers (HTTP/1), counted from
+    /// when perch starts waiting for them: also how long an idle keep-alive connection
+    /// stays open. A slower client's connection is closed.
+    #[serde(deserialize_with = "de_duration")]
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request's whole body, from its headers on.
+    /// A slower one is answered 408 and its connection closed.
+    #[serde(deserialize_with = "de_duration")]
+    pub body_read_timeout: Duration,
+    /// A connection that has no request in progress and sends nothing for this long is
+    /// closed (one that never sends a request, an idle HTTP/2 connection).
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// Most client connections open at once; further ones wait in the listen backlog
+    /// until one closes. Keep it below the process's open-file limit.
+    pub max_connections: usize,
     /// How long a platform's event id is remembered to drop its retries (Feishu re-sends
     /// for about 7.1 h, so at least 8 h).
     #[serde(deserialize_with = "de_duration")]
@@ -131,6 +153,10 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./data"),
             admin_token: None,
             body_limit: 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 512,
             dedupe_window: Duration::from_secs(8 * 3600),
             journal_retention: Duration::from_secs(7 * 24 * 3600),
             cache_mb: 64,
@@ -349,6 +375,7 @@ impl Config {
                 ),
             );
         }
+        self.validate_connection_limits(&mut issues);
         if self.server.concurrency == 0 || self.outbox.concurrency == 0 {
             issues.at(server_at, "concurrency must be at least 1");
         }
@@ -404,6 +431,47 @@ impl Config {
         }
         crate::scheduler::validate(self, &mut issues);
         issues.into_vec()
+    }
+
+    /// The `[server]` limits on slow and many clients: each must be able to do its job
+    /// (a zero timeout would refuse every request, a week-long one none).
+    fn validate_connection_limits(&self, issues: &mut Issues) {
+        let server = &self.server;
+        let at = |key: &str| key_offset(&self.source.text, "[server]", key);
+        for (key, value) in [
+            ("header_read_timeout", server.header_read_timeout),
+            ("body_read_timeout", server.body_read_timeout),
+            ("idle_timeout", server.idle_timeout),
+        ] {
+            if value < MIN_CONNECTION_TIMEOUT || value > MAX_CONNECTION_TIMEOUT {
+                issues.at(
+                    at(key),
+                    format!(
+                        "server.{key} = {value:?}: give between {MIN_CONNECTION_TIMEOUT:?} and {MAX_CONNECTION_TIMEOUT:?}"
+                    ),
+                );
+            }
+        }
+        if server.max_connections == 0 || server.max_connections > MAX_CONNECTIONS {
+            issues.at(
+                at("max_connections"),
+                format!(
+                    "server.max_connections = {}: give between 1 and {MAX_CONNECTIONS}",
+                    server.max_connections
+                ),
+            );
+        }
+        if server.body_limit == 0 || server.body_limit > crate::event::MAX_EVENT_BYTES / 2 {
+            // An event holds its body (and may repeat parts of it): it must stay storable.
+            issues.at(
+                at("body_limit"),
+                format!(
+                    "server.body_limit = {}: give between 1 and {} bytes",
+                    server.body_limit,
+                    crate::event::MAX_EVENT_BYTES / 2
+                ),
+            );
+        }
     }
 
     fn validate_route(&self, route: &Spanned<RouteConfig>, issues: &mut Issues) {

@@ -5,6 +5,9 @@
 //! nothing. An event is answered 2xx only after the journal has made it durable.
 
 mod api;
+mod conn;
+
+pub use conn::{ConnectionLimits, serve};
 
 use crate::connectors::{Inbound, InboundRequest};
 use crate::journal::Accepted;
@@ -78,8 +81,16 @@ pub fn app(shared: Shared) -> Router {
             app = app.merge(routes);
         }
     }
+    let body_read = conn::BodyRead {
+        timeout: shared.connection_limits.body_read_timeout,
+        limit: body_limit,
+    };
     app.fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            body_read,
+            conn::read_body_within,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         // Outermost, so it also sees what the layers inside answer (a caught panic).
         .layer(axum::middleware::map_response(json_errors))

@@ -73,13 +73,14 @@ impl TestPerch {
         self.addr = listener.local_addr().unwrap();
         self.base = format!("http://{}", self.addr);
         let app = perch.app();
+        let limits = perch.shared.connection_limits;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // The same accept loop as `perch serve`, with its timeouts and connection cap.
         self.server = Some(tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
+            let _ = perch::server::serve(listener, app, limits, async {
+                let _ = rx.await;
+            })
+            .await;
         }));
         self.stop = Some(tx);
         self.perch = Some(perch);
