@@ -61,7 +61,10 @@ pub struct CommandConfig {
 #[serde(deny_unknown_fields)]
 pub struct ArgConfig {
     pub name: String,
-    /// A regular expression the whole value must match.
+    /// A regular expression the whole value must match. `\d` and `\D` mean the ASCII
+    /// digits 0-9 here (perch rewrites them, `ascii_digits`): the regex crate's `\d`
+    /// also matches the digits of every other script (`١٢٣`, `１２３`), which an API
+    /// expecting `2026-11-20` would choke on. Write `\p{Nd}` for any script's digits.
     #[serde(default)]
     pub pattern: Option<String>,
     /// Value when the argument is left out; an argument with no default is required.
@@ -92,7 +95,7 @@ impl QueryConfig {
             }
             for a in &c.args {
                 if let Some(p) = &a.pattern
-                    && let Err(e) = regex::Regex::new(p)
+                    && let Err(e) = regex::Regex::new(&ascii_digits(p))
                 {
                     issues.at(
                         at,
@@ -147,7 +150,7 @@ impl Query {
                 .map(|a| {
                     a.pattern
                         .as_deref()
-                        .map(|p| regex::Regex::new(&format!("^(?:{p})$")))
+                        .map(|p| regex::Regex::new(&format!("^(?:{})$", ascii_digits(p))))
                         .transpose()
                 })
                 .collect::<Result<_, _>>()
@@ -343,5 +346,72 @@ impl Bot for Query {
             None => plain_answer(&parsed.name, &result),
         };
         Ok(vec![Action::reply(body)])
+    }
+}
+
+/// `pattern` with `\d` as `[0-9]` and `\D` as `[^0-9]` (inside a class, `\d` as `0-9`):
+/// ASCII digits, whatever the regex crate's Unicode `\d` would take.
+pub fn ascii_digits(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 8);
+    let mut chars = pattern.chars().peekable();
+    let mut class_depth = 0usize;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some('d') if class_depth > 0 => out.push_str("0-9"),
+                Some('d') => out.push_str("[0-9]"),
+                Some('D') if class_depth == 0 => out.push_str("[^0-9]"),
+                Some(n) => {
+                    out.push('\\');
+                    out.push(n);
+                }
+                None => out.push('\\'),
+            },
+            '[' => {
+                class_depth += 1;
+                out.push('[');
+                // `]` first in a class (after an optional `^`) is a literal.
+                if chars.peek() == Some(&'^') {
+                    out.push('^');
+                    chars.next();
+                }
+                if chars.peek() == Some(&']') {
+                    out.push(']');
+                    chars.next();
+                }
+            }
+            ']' if class_depth > 0 => {
+                class_depth -= 1;
+                out.push(']');
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod ascii_digit_tests {
+    use super::ascii_digits;
+
+    #[test]
+    fn backslash_d_means_ascii_digits() {
+        assert_eq!(ascii_digits(r"SN\d+"), "SN[0-9]+");
+        assert_eq!(ascii_digits(r"[\d-]\D\\d"), r"[0-9-][^0-9]\\d");
+        assert_eq!(ascii_digits(r"[]\d]"), "[]0-9]");
+        let re = regex::Regex::new(&format!(
+            "^(?:{})$",
+            ascii_digits(r"今天|昨天|\d{4}-\d{2}-\d{2}")
+        ))
+        .unwrap();
+        assert!(re.is_match("2026-11-20") && re.is_match("昨天"));
+        assert!(!re.is_match("２０２６-１１-２０"), "full-width digits");
+        assert!(!re.is_match("٢٠٢٦-١١-٢٠"), "Arabic-Indic digits");
+        // Unicode digits stay available, said out loud.
+        assert!(
+            regex::Regex::new(&ascii_digits(r"^\p{Nd}+$"))
+                .unwrap()
+                .is_match("١٢٣")
+        );
     }
 }

@@ -161,11 +161,19 @@ impl Webhook {
         }
     }
 
-    fn header<'a>(&self, req: &'a InboundRequest, name: &str) -> Option<&'a str> {
-        req.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
+    /// A header's value, trimmed. A header that is there but not UTF-8 is refused, not
+    /// ignored: an ignored delivery id would let the event through undeduplicated.
+    fn header<'a>(
+        &self,
+        req: &'a InboundRequest,
+        name: &str,
+    ) -> Result<Option<&'a str>, InboundError> {
+        match req.headers.get(name) {
+            None => Ok(None),
+            Some(v) => std::str::from_utf8(v.as_bytes())
+                .map(|s| Some(s.trim()))
+                .map_err(|_| InboundError::Malformed(format!("header {name} is not valid UTF-8"))),
+        }
     }
 
     /// The signature check, before anything is parsed.
@@ -181,18 +189,21 @@ impl Webhook {
         };
         let given = self
             .header(req, &self.config.signature_header)
+            .map_err(|_| InboundError::BadSignature)?
             .ok_or_else(|| InboundError::MissingSignature(self.config.signature_header.clone()))?;
         let message: std::borrow::Cow<[u8]> = match &self.config.timestamp_header {
             None => std::borrow::Cow::Borrowed(&req.body),
             Some(h) => {
-                let ts = self.header(req, h).ok_or_else(|| {
+                let ts = self.header(req, h)?.ok_or_else(|| {
                     InboundError::StaleTimestamp(format!("header {h} is missing"))
                 })?;
                 let secs: i64 = ts.parse().map_err(|_| {
                     InboundError::StaleTimestamp(format!("{ts:?} in {h} is not Unix seconds"))
                 })?;
-                let skew = (req.now.timestamp() - secs).unsigned_abs();
-                if skew > self.config.tolerance.as_secs() {
+                // In i128: an extreme timestamp must not wrap around into a small skew
+                // (or overflow).
+                let skew = (i128::from(req.now.timestamp()) - i128::from(secs)).unsigned_abs();
+                if skew > u128::from(self.config.tolerance.as_secs()) {
                     return Err(InboundError::StaleTimestamp(format!(
                         "is {skew} s away from now (tolerance {} s)",
                         self.config.tolerance.as_secs()
@@ -242,7 +253,9 @@ impl Webhook {
             .config
             .topic_header
             .as_deref()
-            .and_then(|h| self.header(req, h))
+            .map(|h| self.header(req, h))
+            .transpose()?
+            .flatten()
             .map(str::to_string)
             .or_else(|| from_pointer(&self.config.topic_pointer))
             .or_else(|| self.config.topic.clone());
@@ -257,7 +270,9 @@ impl Webhook {
             .config
             .id_header
             .as_deref()
-            .and_then(|h| self.header(req, h))
+            .map(|h| self.header(req, h))
+            .transpose()?
+            .flatten()
             .map(str::to_string)
             .or_else(|| from_pointer(&self.config.id_pointer));
         event.chat = from_pointer(&self.config.chat_pointer).map(|id| Chat {

@@ -182,7 +182,9 @@ fn init_logging(json: bool) {
     if json {
         builder.json().init();
     } else {
-        builder.init();
+        builder
+            .fmt_fields(perch::telemetry::escaping_fields())
+            .init();
     }
 }
 

@@ -123,6 +123,23 @@ pub fn needs_escape(c: char) -> bool {
             | '\u{2066}'..='\u{2069}' | '\u{FEFF}' | '\u{061C}' | '\u{180E}')
 }
 
+/// The text log format's field formatter: every field value and message goes through
+/// `Escaped`, so a user's ANSI escapes, NULs or newlines cannot reach a log line raw,
+/// whichever log call quotes them. (The JSON format escapes them by itself.)
+pub fn escaping_fields()
+-> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            write!(w, "{}", Escaped(&text))
+        } else {
+            write!(w, "{}={}", field.name(), Escaped(&text))
+        }
+    })
+    .delimited(" ")
+}
+
 #[cfg(test)]
 mod escape_tests {
     use super::*;
@@ -134,5 +151,35 @@ mod escape_tests {
             "a\\u{1b}[31mred\\u{0}\\u{a}fake line\\u{202e}"
         );
         assert_eq!(escape("普通 text").to_string(), "普通 text");
+    }
+
+    #[test]
+    fn log_lines_carry_no_raw_control_characters() {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(escaping_fields())
+            .with_ansi(false)
+            .with_writer(move || out.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let evil = "\u{1b}[2J\0fake\nline\u{202e}";
+            tracing::info!(name = %evil, debug = ?evil, "refused {evil}");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text:?}");
+        assert!(!text.contains(['\u{1b}', '\0', '\u{202e}']), "{text:?}");
+        assert!(text.contains("\\u{1b}[2J"), "{text:?}");
     }
 }

@@ -530,3 +530,149 @@ fn nonsense_connection_limits_are_refused() {
         );
     }
 }
+
+async fn post_json(t: &TestPerch, path: &str, body: &Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(t.url(path))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Finding 6: a delivery id that is not UTF-8 is refused (it would go undeduplicated),
+/// and an extreme timestamp gets a true figure in its refusal, not a wrapped one.
+#[tokio::test]
+async fn webhook_headers_are_refused_with_reasons() {
+    let t = TestPerch::start(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[connectors.hooks]
+kind = "webhook"
+secret = "s3cret-s3cret"
+topic = "t"
+id_header = "X-Delivery"
+
+[connectors.stamped]
+kind = "webhook"
+secret = "s3cret-s3cret"
+topic = "t"
+timestamp_header = "X-Timestamp"
+"#,
+    )
+    .await;
+    let body = b"{}";
+    let sig = format!("sha256={}", sign("s3cret-s3cret", body));
+    let resp = reqwest::Client::new()
+        .post(t.url("/hooks/hooks"))
+        .header("X-Perch-Signature", &sig)
+        .header(
+            "X-Delivery",
+            reqwest::header::HeaderValue::from_bytes(b"id-\xff\xfe").unwrap(),
+        )
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("X-Delivery"), "{v}");
+    assert!(all_events(&t).await.is_empty(), "nothing stored");
+
+    for ts in [i64::MIN, i64::MIN + 1, i64::MAX] {
+        let signed = format!("{ts}.{}", String::from_utf8_lossy(body));
+        let resp = reqwest::Client::new()
+            .post(t.url("/hooks/stamped"))
+            .header(
+                "X-Perch-Signature",
+                format!("sha256={}", sign("s3cret-s3cret", signed.as_bytes())),
+            )
+            .header("X-Timestamp", ts.to_string())
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "timestamp {ts}");
+        let v: Value = resp.json().await.unwrap();
+        let reason = v["error"].as_str().unwrap();
+        let skew: u128 = reason
+            .split_whitespace()
+            .find_map(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("{reason}"));
+        let now = i128::from(chrono::Utc::now().timestamp());
+        let truth = (now - i128::from(ts)).unsigned_abs();
+        assert!(
+            skew.abs_diff(truth) < 60,
+            "timestamp {ts}: {reason} (true skew {truth})"
+        );
+    }
+}
+
+/// Finding 6: web-chat names are normalised; invisible characters and perch's own names
+/// are refused; room names without a letter or digit are refused, and two different
+/// names never end up in one room.
+#[tokio::test]
+async fn web_chat_names_are_normalised_and_never_merge_rooms() {
+    let t = TestPerch::start(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[connectors.web]\nkind = \"local\"\n",
+    )
+    .await;
+    let say = |author: &str, n: usize| json!({ "author": author, "text": "hi", "client_id": format!("c-{n}") });
+    for (n, author) in [
+        "ann\u{200b}",
+        "\u{202e}nna",
+        "perch",
+        "Scheduler",
+        "ann\u{feff}",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (s, body) = post_json(&t, "/chat/api/rooms/general/messages", &say(author, n)).await;
+        assert_eq!(s, 400, "{author:?}: {body}");
+    }
+    let (s, body) = post_json(
+        &t,
+        "/chat/api/rooms/general/messages",
+        &say("  Ann   Lee ", 9),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["author"], "Ann Lee", "{body}");
+
+    for name in [".", "/", "..", "  ", "\u{200b}"] {
+        let (s, body) = post_json(&t, "/chat/api/rooms", &json!({ "name": name })).await;
+        assert_eq!(s, 400, "{name:?}: {body}");
+    }
+    let (s, a) = post_json(&t, "/chat/api/rooms", &json!({ "name": "Project X" })).await;
+    assert_eq!(s, 201, "{a}");
+    let (s, b) = post_json(&t, "/chat/api/rooms", &json!({ "name": "project-x!" })).await;
+    assert_eq!(s, 201, "{b}");
+    assert_ne!(a["id"], b["id"], "two names, two rooms");
+    // The same names again (up to case and spaces) find their own rooms.
+    let (s, again) = post_json(&t, "/chat/api/rooms", &json!({ "name": "project  x" })).await;
+    assert_eq!((s, &again["id"]), (200, &a["id"]));
+    let (s, again) = post_json(&t, "/chat/api/rooms", &json!({ "name": "Project-X!" })).await;
+    assert_eq!((s, &again["id"]), (200, &b["id"]));
+}
+
+/// Finding 6: an admin token nobody could send is refused by `perch check`.
+#[test]
+fn an_unsendable_admin_token_is_refused() {
+    for listen in ["0.0.0.0:8080", "127.0.0.1:8080"] {
+        for token in [" ", "\t", "two words", "tökén"] {
+            let text = format!("[server]\nlisten = \"{listen}\"\nadmin_token = \"{token}\"\n");
+            let err = perch::config::Config::from_str(&text, std::path::Path::new("perch.toml"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("admin_token"), "{listen} {token:?}: {err:?}");
+        }
+    }
+    let ok = "[server]\nlisten = \"0.0.0.0:8080\"\nadmin_token = \"a-long-token-1234\"\n";
+    assert!(perch::config::Config::from_str(ok, std::path::Path::new("perch.toml")).is_ok());
+}

@@ -182,29 +182,49 @@ async fn create_room(
     b: Result<Json<NewRoom>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let b = body(b)?;
-    let name = b.name.trim();
+    let name = super::normalise_name("room name", &b.name)?;
+    let name = name.as_str();
     if name.is_empty() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "room name is empty"));
     }
-    if name.chars().count() > MAX_ROOM_NAME_CHARS || name.chars().any(char::is_control) {
+    if name.chars().count() > MAX_ROOM_NAME_CHARS {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!(
-                "room name must be 1 to {MAX_ROOM_NAME_CHARS} characters without control characters"
-            ),
+            format!("room name must be 1 to {MAX_ROOM_NAME_CHARS} characters"),
+        ));
+    }
+    if !name.chars().any(char::is_alphanumeric) {
+        // Its id would be a made-up one (`.`, `/` and `..` would all be `room`).
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "room name needs at least one letter or digit",
         ));
     }
     let author = match b.author.as_deref() {
         Some(a) => Some(check_author(a, s.bots())?),
         None => None,
     };
+    // The room of this name if there is one: under its id, or under `id-2`, `id-3`, …
+    // where a different name with the same id pushed it. A different name is never
+    // answered with another name's room.
     let id = super::slug(name);
-    if let Some(existing) = s.room(&id).await.map_err(store_err)?.filter(|r| !r.direct) {
-        return Ok((
-            StatusCode::OK,
-            Json(s.room_view(&existing).await.map_err(store_err)?),
-        )
-            .into_response());
+    for n in 1.. {
+        let candidate = if n == 1 {
+            id.clone()
+        } else {
+            format!("{id}-{n}")
+        };
+        match s.room(&candidate).await.map_err(store_err)? {
+            Some(existing) if !existing.direct && super::same_room_name(&existing.name, name) => {
+                return Ok((
+                    StatusCode::OK,
+                    Json(s.room_view(&existing).await.map_err(store_err)?),
+                )
+                    .into_response());
+            }
+            Some(_) => continue,
+            None => break,
+        }
     }
     let members = author.iter().cloned().collect();
     let room = s

@@ -291,9 +291,43 @@ pub fn mentions(text: &str, bots: &[String]) -> Vec<Mention> {
     out
 }
 
-/// A display name: 1..=40 characters, no control characters. Returns it trimmed.
+/// Names perch itself writes as authors (its own hints, the scheduler): nobody may post
+/// under them, or a person could pass for perch.
+pub const RESERVED_NAMES: [&str; 2] = ["perch", "scheduler"];
+
+/// A name as people type it, normalised: trimmed, each run of whitespace one space.
+/// Refused: control characters, and invisible ones (zero-width, bidi controls), which
+/// make two different names look alike or reorder the text around them.
+pub fn normalise_name(what: &str, name: &str) -> Result<String, ChatError> {
+    if name.chars().any(char::is_control) {
+        return Err(ChatError::BadInput(format!(
+            "{what} contains control characters (newline, tab, …)"
+        )));
+    }
+    if name.chars().any(crate::telemetry::needs_escape) {
+        return Err(ChatError::BadInput(format!(
+            "{what} contains invisible characters (zero-width or bidi controls)"
+        )));
+    }
+    Ok(name.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// Two room names that mean the same room: equal once normalised, ignoring case.
+pub fn same_room_name(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        s.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase()
+    };
+    norm(a) == norm(b)
+}
+
+/// A display name: 1..=40 characters, no control or invisible characters, not a bot's
+/// or perch's own. Returns it normalised (`normalise_name`).
 pub fn check_author(author: &str, bots: &[String]) -> Result<String, ChatError> {
-    let a = author.trim();
+    let a = normalise_name("author", author)?;
+    let a = a.as_str();
     if a.is_empty() {
         return Err(ChatError::BadInput("author is empty: pick a name".into()));
     }
@@ -302,10 +336,10 @@ pub fn check_author(author: &str, bots: &[String]) -> Result<String, ChatError> 
             "author is longer than {MAX_AUTHOR_CHARS} characters"
         )));
     }
-    if a.chars().any(char::is_control) {
-        return Err(ChatError::BadInput(
-            "author contains control characters (newline, tab, …)".into(),
-        ));
+    if RESERVED_NAMES.iter().any(|r| r.eq_ignore_ascii_case(a)) {
+        return Err(ChatError::BadInput(format!(
+            "the name `{a}` is perch's own; pick another"
+        )));
     }
     if bots.iter().any(|b| b.eq_ignore_ascii_case(a)) {
         return Err(ChatError::BadInput(format!(

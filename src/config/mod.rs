@@ -79,6 +79,13 @@ impl ConfigSource {
 /// The longest `server.click_answer_window`: Feishu's 3 s minus time for the network.
 pub const MAX_CLICK_ANSWER_WINDOW: Duration = Duration::from_millis(2900);
 
+/// A token a person can send in an `Authorization: Bearer` header: printable ASCII,
+/// no spaces (a header value cannot carry control characters, and surrounding spaces
+/// are stripped on the way).
+pub fn sendable_token(t: &str) -> bool {
+    !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// Bounds on `server.header_read_timeout`, `body_read_timeout` and `idle_timeout`.
 pub const MIN_CONNECTION_TIMEOUT: Duration = Duration::from_millis(10);
 pub const MAX_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -360,12 +367,17 @@ impl Config {
     pub fn validate(&self) -> Vec<ConfigIssue> {
         let mut issues = Issues::new(&self.source);
         let server_at = key_offset(&self.source.text, "[server]", "listen");
+        let token = self.server.admin_token.as_ref().filter(|t| !t.is_empty());
+        if let Some(t) = token
+            && !sendable_token(t.expose())
+        {
+            issues.at(
+                key_offset(&self.source.text, "[server]", "admin_token"),
+                "server.admin_token must be printable ASCII without spaces: it is sent as `Authorization: Bearer <token>`, and no request could carry this one",
+            );
+        }
         if !self.server.listen.ip().is_loopback()
-            && self
-                .server
-                .admin_token
-                .as_ref()
-                .is_none_or(|t| t.is_empty())
+            && !token.is_some_and(|t| sendable_token(t.expose()))
         {
             issues.at(
                 server_at,
