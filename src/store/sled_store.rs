@@ -659,9 +659,22 @@ impl Store for SledStore {
             None => key(EV, &[0xff; 17]),
         };
         let mut out = Vec::new();
-        for kv in self.tree.range(EV.to_vec()..end).rev().take(limit) {
+        for kv in self.tree.range(EV.to_vec()..end).rev() {
+            if out.len() >= limit {
+                break;
+            }
             let (k, v) = kv.map_err(io)?;
-            out.push(self.journal_entry(&k[EV.len()..], &v)?);
+            match self.journal_entry(&k[EV.len()..], &v) {
+                Ok(entry) => out.push(entry),
+                // One record that does not decode (stored by an older perch that
+                // acknowledged JSON too deep to read back) must not take every page
+                // that includes it down: it is left out of listings, loudly.
+                Err(StoreError::Decode(e)) => {
+                    let id = event_id_from(&k[EV.len()..]).map(|i| i.to_string());
+                    tracing::error!(event = ?id, error = %e, "journal record cannot be decoded; left out of the listing");
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
     }
@@ -926,6 +939,39 @@ mod tests {
         let mut e = Event::new("hooks", EventKind::System, Utc::now());
         e.external_id = Some(format!("delivery-{n}"));
         e
+    }
+
+    /// A record older perch versions stored but cannot read (JSON 128 levels deep) is
+    /// left out of listings; the pages around it still answer.
+    #[tokio::test]
+    async fn an_undecodable_record_does_not_take_down_its_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SledStore::open(&dir.path().join("store"), &dir.path().join("log"), 1 << 20).unwrap();
+        let until = Utc::now() + chrono::Duration::hours(8);
+        let events: Vec<Event> = (0..3).map(event).collect();
+        for e in &events {
+            store.ingest(e, until).await.unwrap();
+        }
+        let mut poison = serde_json::to_value(&events[1]).unwrap();
+        let mut deep = serde_json::Value::Array(Vec::new());
+        for _ in 1..127 {
+            deep = serde_json::Value::Array(vec![deep]);
+        }
+        poison["payload"] = deep;
+        store
+            .tree
+            .insert(
+                key(EV, events[1].id.0.as_bytes()),
+                serde_json::to_vec(&poison).unwrap(),
+            )
+            .unwrap();
+        let page = store.recent_events(None, 10).await.unwrap();
+        let ids: Vec<_> = page.iter().map(|e| e.event.id).collect();
+        assert_eq!(ids, vec![events[2].id, events[0].id]);
+        // A page of one that lands on it moves past it.
+        let page = store.recent_events(Some(events[2].id), 1).await.unwrap();
+        assert_eq!(page[0].event.id, events[0].id);
     }
 
     /// Copy the ingest log's segments from `from` to `to` (a run whose sled lost
