@@ -187,7 +187,9 @@ pub struct RateLimits {
     pub per_minute: Option<u32>,
 }
 
-/// A configured connector instance.
+/// A configured connector instance. (Every connector is wrapped in
+/// `crate::throttle::Throttled`, which must pass each of these methods through: a method
+/// added here is added there too.)
 #[async_trait]
 pub trait Connector: Send + Sync + 'static {
     /// The configured name (`web`, `github`, `feishu`).

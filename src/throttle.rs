@@ -186,6 +186,9 @@ impl Connector for Throttled {
     fn describe(&self) -> BTreeMap<&'static str, String> {
         self.inner.describe()
     }
+    fn secrets(&self) -> Vec<&str> {
+        self.inner.secrets()
+    }
 }
 
 /// `inner` behind its rate limits.
