@@ -197,18 +197,14 @@ impl Webhook {
                 let ts = self.header(req, h)?.ok_or_else(|| {
                     InboundError::StaleTimestamp(format!("header {h} is missing"))
                 })?;
-                let secs: i64 = ts.parse().map_err(|_| {
-                    InboundError::StaleTimestamp(format!("{ts:?} in {h} is not Unix seconds"))
-                })?;
-                // In i128: an extreme timestamp must not wrap around into a small skew
-                // (or overflow).
-                let skew = (i128::from(req.now.timestamp()) - i128::from(secs)).unsigned_abs();
-                if skew > u128::from(self.config.tolerance.as_secs()) {
-                    return Err(InboundError::StaleTimestamp(format!(
-                        "is {skew} s away from now (tolerance {} s)",
-                        self.config.tolerance.as_secs()
-                    )));
-                }
+                // The same window both ways: `tolerance` old or ahead.
+                super::check_timestamp(
+                    h,
+                    ts,
+                    req.now,
+                    self.config.tolerance,
+                    self.config.tolerance,
+                )?;
                 let mut m = Vec::with_capacity(
                     ts.len() + self.config.timestamp_separator.len() + req.body.len(),
                 );
