@@ -26,6 +26,28 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// Make delivery records durable shortly after the platform confirmed them: one store
+/// flush covers every record written since the previous one (group commit: no flush per
+/// delivery, none while idle, back to back under load). Without it a record became
+/// durable only with the store's own periodic flush, and a crash repeated every delivery
+/// of the last half second or more.
+async fn commit_deliveries(
+    store: Arc<dyn Store>,
+    recorded: Arc<tokio::sync::Notify>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = recorded.notified() => {}
+            _ = cancel.cancelled() => return,
+        }
+        if let Err(e) = store.flush().await {
+            // The outbox finds out through its own writes and pauses; here, say it.
+            tracing::warn!(error = %e, "delivery records could not be flushed");
+        }
+    }
+}
+
 /// How often a paused outbox tries the store again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
@@ -87,6 +109,8 @@ pub struct Outbox {
     unrecorded: std::sync::Mutex<HashMap<String, SentRecord>>,
     /// Whether the store takes writes; deliveries are paused while it does not.
     health: Arc<crate::health::StoreHealth>,
+    /// Rung after each delivery record is written: `commit_deliveries` makes it durable.
+    recorded: Arc<tokio::sync::Notify>,
     /// When the store was last tested while deliveries were paused.
     last_probe: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
@@ -107,6 +131,7 @@ impl Outbox {
             unrecorded: Default::default(),
             health,
             last_probe: Default::default(),
+            recorded: Default::default(),
         }
     }
 
@@ -124,6 +149,7 @@ impl Outbox {
             .cloned();
         if let Some(record) = unrecorded {
             self.store.outbox_delivered(&item, &record).await?;
+            self.recorded.notify_one();
             self.unrecorded
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -191,6 +217,7 @@ impl Outbox {
                         .insert(item.key.clone(), record);
                     return Err(e);
                 }
+                self.recorded.notify_one();
                 return Ok(Attempt::Finished);
             }
             Err(SendError::Retry {
@@ -370,7 +397,9 @@ impl Outbox {
         let lanes = Lanes::new(limits, door, handler);
         let _ = slot.set(Arc::downgrade(&lanes));
         let store = self.store.clone();
-        let feeder = tokio::spawn(lanes.clone().feed(
+        let committer =
+            commit_deliveries(self.store.clone(), self.recorded.clone(), cancel.clone());
+        let feed = lanes.clone().feed(
             move |after: Option<String>, max_lanes, per_lane| {
                 let store = store.clone();
                 async move {
@@ -398,7 +427,10 @@ impl Outbox {
                 }
             },
             cancel,
-        ));
+        );
+        let feeder = tokio::spawn(async move {
+            futures::join!(feed, committer);
+        });
         (lanes, feeder)
     }
 }
