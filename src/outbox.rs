@@ -26,24 +26,60 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// Deliveries the platform confirmed, by how far their record has come. A delivery is
+/// never sent again while perch runs once it is here: a retry of the item writes the
+/// record instead. Std mutexes, never held across an await.
+#[derive(Default)]
+struct Records {
+    /// Written to the store, not yet made durable by a flush.
+    unflushed: std::sync::Mutex<HashMap<String, SentRecord>>,
+    /// Not in the store (the write or its flush failed: a full disk).
+    unrecorded: std::sync::Mutex<HashMap<String, SentRecord>>,
+    /// Rung after each write: `commit_deliveries` flushes.
+    written: tokio::sync::Notify,
+}
+
+impl Records {
+    fn written(&self, record: SentRecord) {
+        lock(&self.unflushed).insert(record.key.clone(), record);
+        self.written.notify_one();
+    }
+    fn failed(&self, record: SentRecord) {
+        lock(&self.unrecorded).insert(record.key.clone(), record);
+    }
+    fn unrecorded(&self, key: &str) -> Option<SentRecord> {
+        lock(&self.unrecorded).get(key).cloned()
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Make delivery records durable shortly after the platform confirmed them: one store
 /// flush covers every record written since the previous one (group commit: no flush per
 /// delivery, none while idle, back to back under load). Without it a record became
 /// durable only with the store's own periodic flush, and a crash repeated every delivery
-/// of the last half second or more.
+/// of the last half second or more. A failed flush puts its records back among the
+/// unrecorded (and pauses deliveries): the store may come back without them.
 async fn commit_deliveries(
     store: Arc<dyn Store>,
-    recorded: Arc<tokio::sync::Notify>,
+    records: Arc<Records>,
+    health: Arc<crate::health::StoreHealth>,
     cancel: CancellationToken,
 ) {
     loop {
         tokio::select! {
-            _ = recorded.notified() => {}
+            _ = records.written.notified() => {}
             _ = cancel.cancelled() => return,
         }
+        let batch = std::mem::take(&mut *lock(&records.unflushed));
         if let Err(e) = store.flush().await {
-            // The outbox finds out through its own writes and pauses; here, say it.
-            tracing::warn!(error = %e, "delivery records could not be flushed");
+            tracing::warn!(error = %e, records = batch.len(), "delivery records could not be made durable; kept in memory, deliveries paused");
+            if health.failed(crate::health::Writer::Outbox, &e.to_string()) {
+                telemetry::outbox_blocked(true);
+            }
+            lock(&records.unrecorded).extend(batch);
         }
     }
 }
@@ -103,14 +139,10 @@ pub struct Outbox {
     connectors: HashMap<String, SharedConnector>,
     config: OutboxConfig,
     clock: crate::clock::SharedClock,
-    /// Deliveries the platform confirmed whose record the store refused (a full disk),
-    /// by key: their retry writes the record and never sends again. A std mutex, never
-    /// held across an await.
-    unrecorded: std::sync::Mutex<HashMap<String, SentRecord>>,
+    /// Confirmed deliveries whose record is not durable yet.
+    records: Arc<Records>,
     /// Whether the store takes writes; deliveries are paused while it does not.
     health: Arc<crate::health::StoreHealth>,
-    /// Rung after each delivery record is written: `commit_deliveries` makes it durable.
-    recorded: Arc<tokio::sync::Notify>,
     /// When the store was last tested while deliveries were paused.
     last_probe: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
@@ -128,10 +160,9 @@ impl Outbox {
             connectors,
             config,
             clock,
-            unrecorded: Default::default(),
+            records: Default::default(),
             health,
             last_probe: Default::default(),
-            recorded: Default::default(),
         }
     }
 
@@ -141,19 +172,10 @@ impl Outbox {
     pub async fn attempt(&self, mut item: OutboxItem) -> Result<Attempt, StoreError> {
         // Delivered, but the record could not be written (a full disk): write it now,
         // never send again.
-        let unrecorded = self
-            .unrecorded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&item.key)
-            .cloned();
-        if let Some(record) = unrecorded {
+        if let Some(record) = self.records.unrecorded(&item.key) {
             self.store.outbox_delivered(&item, &record).await?;
-            self.recorded.notify_one();
-            self.unrecorded
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&item.key);
+            lock(&self.records.unrecorded).remove(&item.key);
+            self.records.written(record);
             return Ok(Attempt::Finished);
         }
         // Sent already, and still queued: a crash came between the two writes of
@@ -211,13 +233,10 @@ impl Outbox {
                 if let Err(e) = self.store.outbox_delivered(&item, &record).await {
                     // Sent, not recorded: remember it here so that the retry of this
                     // item writes the record instead of sending again.
-                    self.unrecorded
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(item.key.clone(), record);
+                    self.records.failed(record);
                     return Err(e);
                 }
-                self.recorded.notify_one();
+                self.records.written(record);
                 return Ok(Attempt::Finished);
             }
             Err(SendError::Retry {
@@ -272,10 +291,7 @@ impl Outbox {
     }
 
     fn has_unrecorded(&self, key: &str) -> bool {
-        self.unrecorded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(key)
+        lock(&self.records.unrecorded).contains_key(key)
     }
 
     /// Why deliveries are paused (the store refuses writes), if they are.
@@ -397,8 +413,12 @@ impl Outbox {
         let lanes = Lanes::new(limits, door, handler);
         let _ = slot.set(Arc::downgrade(&lanes));
         let store = self.store.clone();
-        let committer =
-            commit_deliveries(self.store.clone(), self.recorded.clone(), cancel.clone());
+        let committer = commit_deliveries(
+            self.store.clone(),
+            self.records.clone(),
+            self.health.clone(),
+            cancel.clone(),
+        );
         let feed = lanes.clone().feed(
             move |after: Option<String>, max_lanes, per_lane| {
                 let store = store.clone();

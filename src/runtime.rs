@@ -96,18 +96,23 @@ impl Perch {
         let cache = config.server.cache_mb * 1024 * 1024;
         let store_dir = dir.join("store");
         let log_dir = dir.join("ingest-log");
-        let store =
-            tokio::task::spawn_blocking(move || SledStore::open(&store_dir, &log_dir, cache))
-                .await
-                .map_err(|e| StartError::Store {
-                    dir: dir.display().to_string(),
-                    source: StoreError::Io(e.to_string()),
-                })?
-                .map_err(|source| StartError::Store {
-                    dir: dir.display().to_string(),
-                    source,
-                })?;
-        Self::start_with_store(config, Arc::new(store), clock).await
+        // Opened once here, and again by `Reopening` after a write error (a full disk).
+        let open: crate::store::reopening::Opener = Arc::new(move || {
+            SledStore::open(&store_dir, &log_dir, cache).map(|s| Arc::new(s) as Arc<dyn Store>)
+        });
+        let first = open.clone();
+        let store = tokio::task::spawn_blocking(move || first())
+            .await
+            .map_err(|e| StartError::Store {
+                dir: dir.display().to_string(),
+                source: StoreError::Io(e.to_string()),
+            })?
+            .map_err(|source| StartError::Store {
+                dir: dir.display().to_string(),
+                source,
+            })?;
+        let store = crate::store::reopening::Reopening::new(store, open);
+        Self::start_with_store(config, store, clock).await
     }
 
     /// Start on a given store (tests use a temporary one).

@@ -90,13 +90,20 @@ async fn start_sink() -> (String, Arc<Mutex<HashMap<String, usize>>>) {
 }
 
 /// Post one event; its HTTP status and, on 200, its event id.
-async fn post_event(client: &reqwest::Client, base: &str, n: usize) -> (u16, Option<String>, String) {
+async fn post_event(
+    client: &reqwest::Client,
+    base: &str,
+    n: usize,
+) -> (u16, Option<String>, String) {
     let body = format!(r#"{{"n":"{n}","pad":"{}"}}"#, "x".repeat(2000));
     let r = client
         .post(format!("{base}/hooks/in"))
         .header("X-Topic", "t")
         .header("X-Delivery", format!("d-{n}"))
-        .header("X-Signature", format!("sha256={}", sign(SECRET, body.as_bytes())))
+        .header(
+            "X-Signature",
+            format!("sha256={}", sign(SECRET, body.as_bytes())),
+        )
         .body(body)
         .send()
         .await
@@ -180,7 +187,10 @@ bots = ["relay"]
     let _perch = Perch(
         Command::new(env!("CARGO_BIN_EXE_perch"))
             .args(["--config", config.to_str().unwrap(), "serve"])
-            .env("RUST_LOG", std::env::var("PERCH_TEST_LOG").unwrap_or("warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("PERCH_TEST_LOG").unwrap_or("warn".into()),
+            )
             // Its log, when asked for (PERCH_TEST_LOG=info): perch logs to stdout.
             .stdout(if std::env::var_os("PERCH_TEST_LOG").is_some() {
                 Stdio::inherit()
@@ -230,7 +240,10 @@ bots = ["relay"]
     // Time for the outbox to try (and be paused), then: nothing sent twice.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let repeats: usize = keys.lock().unwrap().values().map(|n| n - 1).sum();
-    assert_eq!(repeats, 0, "no delivery was sent twice while the disk was full");
+    assert_eq!(
+        repeats, 0,
+        "no delivery was sent twice while the disk was full"
+    );
 
     // Space comes back: perch takes events again by itself, and delivers everything.
     std::fs::remove_file(&filler).unwrap();

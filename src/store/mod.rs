@@ -14,6 +14,7 @@
 
 pub mod conformance;
 pub mod ingest_log;
+pub mod reopening;
 pub mod sled_families;
 pub mod sled_store;
 
