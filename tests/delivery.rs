@@ -117,3 +117,43 @@ async fn chats_that_keep_failing_never_block_a_healthy_one() {
     assert!(waited < Duration::from_secs(2), "{waited:?}");
     let _ = received_json(&sink).await; // every request well-formed
 }
+
+/// A backlog in the store: 8 chats × 150 events land far faster than a slow platform
+/// takes them (4 delivery slots, 2 ms a delivery), so lanes fill to their cap, starve,
+/// and are refilled by scans while new items keep being offered. Every chat's messages
+/// arrive in the order of its events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_within_each_chat_holds_under_a_backlog() {
+    let sink = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({ "id": "m" }))
+                .set_delay(Duration::from_millis(2)),
+        )
+        .mount(&sink)
+        .await;
+    let t = TestPerch::start(&config(&sink.uri(), "concurrency = 4")).await;
+    let j = &t.perch().shared.journal;
+    let (chats, per_chat) = (8, 150);
+    for n in 0..per_chat {
+        let batch: Vec<Event> = (0..chats)
+            .map(|c| say(&format!("chat{c}"), &format!("{n:04}")))
+            .collect();
+        j.accept(batch).await.unwrap();
+    }
+    eventually(60, "every message delivered", || async {
+        let n = sink.received_requests().await.unwrap_or_default().len();
+        (n >= chats * per_chat).then_some(())
+    })
+    .await;
+    let mut last: std::collections::HashMap<String, String> = Default::default();
+    for op in received_json(&sink).await {
+        let chat = op["to"]["id"].as_str().unwrap().to_string();
+        let text = op["body"]["text"].as_str().unwrap_or_default().to_string();
+        let prev = last.entry(chat.clone()).or_default();
+        assert!(text > *prev, "{chat}: {text:?} arrived after {prev:?}");
+        *prev = text;
+    }
+    assert_eq!(last.len(), chats);
+}
