@@ -12,10 +12,10 @@ mod common;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
-use common::sign;
+use common::{RelayConfig, free_port, sign, spawn_perch, wait_healthy};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,50 +78,6 @@ async fn start_sink() -> (String, Arc<Mutex<Sink>>) {
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, sink)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A perch process that is SIGKILLed when dropped, so a failing assertion does not leave
-/// it running (holding the test's output open).
-struct Perch(Child);
-
-impl Drop for Perch {
-    fn drop(&mut self) {
-        self.0.kill().ok(); // std's kill() is SIGKILL on Unix
-        self.0.wait().ok();
-    }
-}
-
-fn spawn_perch(config: &std::path::Path) -> Perch {
-    Perch(
-        Command::new(env!("CARGO_BIN_EXE_perch"))
-            .args(["--config", config.to_str().unwrap(), "serve"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("perch binary starts"),
-    )
-}
-
-async fn wait_healthy(base: &str) {
-    for _ in 0..500 {
-        if reqwest::get(format!("{base}/healthz"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("perch did not become healthy");
 }
 
 /// What a loader got acknowledged: the event id, its chat and sequence number.
@@ -211,45 +167,18 @@ async fn sigkill_loses_nothing_acknowledged_and_sends_nothing_twice() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let config = dir.path().join("perch.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-data_dir = "{data}"
-
-[outbox]
-min_backoff = "20ms"
-max_backoff = "200ms"
-
-[connectors.in]
-kind = "webhook"
-secret = "{SECRET}"
-signature_header = "X-Signature"
-topic_header = "X-Topic"
-id_header = "X-Delivery"
-chat_pointer = "/chat"
-
-[connectors.sink]
-kind = "webhook"
-insecure = true
-send_url = "{sink_url}/send"
-
-[bots.relay]
-kind = "notify"
-connector = "sink"
-chat = "{{{{payload.chat}}}}"
-text = "{{{{payload.n}}}}"
-
-[[routes]]
-connector = "in"
-bots = ["relay"]
-"#,
-            data = dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
+    let data = dir.path().join("data");
+    let relay = RelayConfig {
+        port,
+        data_dir: &data,
+        sink_url: &sink_url,
+        secret: SECRET,
+        chat: "{{payload.chat}}",
+        server: "",
+        outbox: "min_backoff = \"20ms\"\nmax_backoff = \"200ms\"",
+        inbound: "chat_pointer = \"/chat\"",
+    };
+    std::fs::write(&config, relay.text()).unwrap();
 
     let chats = 4;
     let kills = std::env::var("PERCH_CRASH_KILLS")
@@ -448,47 +377,18 @@ async fn perch_with_failing_sink(
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let config = dir.join("perch.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-data_dir = "{data}"
-{extra_server}
-
-[outbox]
-max_attempts = 2
-min_backoff = "500ms"
-max_backoff = "1s"
-attempt_timeout = "30s"
-
-[connectors.in]
-kind = "webhook"
-secret = "{SECRET}"
-signature_header = "X-Signature"
-topic_header = "X-Topic"
-id_header = "X-Delivery"
-
-[connectors.sink]
-kind = "webhook"
-insecure = true
-send_url = "{sink_url}/send"
-
-[bots.relay]
-kind = "notify"
-connector = "sink"
-chat = "room"
-text = "{{{{payload.n}}}}"
-
-[[routes]]
-connector = "in"
-bots = ["relay"]
-"#,
-            data = dir.join("data").display()
-        ),
-    )
-    .unwrap();
+    let data = dir.join("data");
+    let relay = RelayConfig {
+        port,
+        data_dir: &data,
+        sink_url,
+        secret: SECRET,
+        chat: "room",
+        server: extra_server,
+        outbox: "max_attempts = 2\nmin_backoff = \"500ms\"\nmax_backoff = \"1s\"\nattempt_timeout = \"30s\"",
+        inbound: "",
+    };
+    std::fs::write(&config, relay.text()).unwrap();
     (base, config)
 }
 

@@ -11,11 +11,11 @@ mod common;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
-use common::sign;
+use common::{RelayConfig, free_port, sign, spawn_perch, wait_healthy};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,23 +46,6 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
-}
-
-struct Perch(Child);
-
-impl Drop for Perch {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn start_sink() -> (String, Arc<Mutex<HashMap<String, usize>>>) {
@@ -145,68 +128,20 @@ async fn a_full_disk_refuses_events_pauses_deliveries_and_recovers_by_itself() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let config = tempfile::tempdir().unwrap().keep().join("perch.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-data_dir = "{data}"
-cache_mb = 8
-
-[outbox]
-min_backoff = "50ms"
-max_backoff = "500ms"
-
-[connectors.in]
-kind = "webhook"
-secret = "{SECRET}"
-signature_header = "X-Signature"
-topic_header = "X-Topic"
-id_header = "X-Delivery"
-
-[connectors.sink]
-kind = "webhook"
-insecure = true
-send_url = "{sink_url}/send"
-
-[bots.relay]
-kind = "notify"
-connector = "sink"
-chat = "room"
-text = "{{{{payload.n}}}}"
-
-[[routes]]
-connector = "in"
-bots = ["relay"]
-"#,
-            data = fs.0.join("data").display()
-        ),
-    )
-    .unwrap();
-    let _perch = Perch(
-        Command::new(env!("CARGO_BIN_EXE_perch"))
-            .args(["--config", config.to_str().unwrap(), "serve"])
-            .env(
-                "RUST_LOG",
-                std::env::var("PERCH_TEST_LOG").unwrap_or("warn".into()),
-            )
-            // Its log, when asked for (PERCH_TEST_LOG=info): perch logs to stdout.
-            .stdout(if std::env::var_os("PERCH_TEST_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    for _ in 0..500 {
-        if reqwest::get(format!("{base}/healthz")).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let data = fs.0.join("data");
+    let relay = RelayConfig {
+        port,
+        data_dir: &data,
+        sink_url: &sink_url,
+        secret: SECRET,
+        chat: "room",
+        server: "cache_mb = 8",
+        outbox: "min_backoff = \"50ms\"\nmax_backoff = \"500ms\"",
+        inbound: "",
+    };
+    std::fs::write(&config, relay.text()).unwrap();
+    let _perch = spawn_perch(&config);
+    wait_healthy(&base).await;
     let client = reqwest::Client::new();
     let mut acked = Vec::new();
     let mut n = 0;

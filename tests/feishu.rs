@@ -661,6 +661,18 @@ fn replies_in(fake: &FakeFeishu, chat: &str) -> Vec<String> {
         .collect()
 }
 
+/// Wait (up to 20 s) until `oc_team` has `n` replies; return them.
+async fn wait_replies(fake: &FakeFeishu, n: usize) -> Vec<String> {
+    eventually(20, &format!("{n} replies in oc_team"), || {
+        let fake = fake.clone();
+        async move {
+            let r = replies_in(&fake, "oc_team");
+            (r.len() >= n).then_some(r)
+        }
+    })
+    .await
+}
+
 async fn ask_for_group(fake: &FakeFeishu, sender: &EventSender, id: &str, text: &str) {
     let doc = sender.text_message(fake, id, &format!("om_{id}"), "oc_team", text, true);
     assert_eq!(sender.send(&doc).await.0, 200);
@@ -684,14 +696,7 @@ async fn a_failed_member_add_never_leads_to_a_second_group() {
         },
     );
     ask_for_group(&fake, &sender, "g1", "建群 Acme P12").await;
-    let first = eventually(20, "the first answer", || {
-        let fake = fake.clone();
-        async move {
-            let r = replies_in(&fake, "oc_team");
-            (!r.is_empty()).then_some(r)
-        }
-    })
-    .await;
+    let first = wait_replies(&fake, 1).await;
     assert!(
         first[0].contains("Created") && first[0].contains("failed"),
         "{first:?}"
@@ -720,14 +725,7 @@ async fn a_failed_member_add_never_leads_to_a_second_group() {
 
     // Asked again (a new event): the same chat, the members added now.
     ask_for_group(&fake, &sender, "g2", "建群 Acme P12").await;
-    let replies = eventually(20, "the second answer", || {
-        let fake = fake.clone();
-        async move {
-            let r = replies_in(&fake, "oc_team");
-            (r.len() >= 2).then_some(r)
-        }
-    })
-    .await;
+    let replies = wait_replies(&fake, 2).await;
     assert!(
         replies[1].contains("Finished") && replies[1].contains(&chat_id),
         "{replies:?}"
@@ -772,20 +770,9 @@ async fn a_project_claim_never_sticks() {
         },
     );
     ask_for_group(&fake, &sender, "c1", "建群 Beta Q7 dan@corp.com").await;
-    eventually(20, "the first answer", || {
-        let fake = fake.clone();
-        async move { (!replies_in(&fake, "oc_team").is_empty()).then_some(()) }
-    })
-    .await;
+    wait_replies(&fake, 1).await;
     ask_for_group(&fake, &sender, "c2", "建群 Beta Q7").await;
-    let replies = eventually(20, "the second answer", || {
-        let fake = fake.clone();
-        async move {
-            let r = replies_in(&fake, "oc_team");
-            (r.len() >= 2).then_some(r)
-        }
-    })
-    .await;
+    let replies = wait_replies(&fake, 2).await;
     assert!(!replies[1].contains("being created"), "{replies:?}");
     assert!(replies[1].contains("Finished"), "{replies:?}");
     assert_eq!(fake.lock().chats.len(), 1);
@@ -808,14 +795,7 @@ async fn a_project_claim_never_sticks() {
         .await
         .unwrap();
     ask_for_group(&fake, &sender, "c3", "建群 Gamma R1").await;
-    let replies = eventually(20, "the third answer", || {
-        let fake = fake.clone();
-        async move {
-            let r = replies_in(&fake, "oc_team");
-            (r.len() >= 3).then_some(r)
-        }
-    })
-    .await;
+    let replies = wait_replies(&fake, 3).await;
     assert!(replies[2].contains("Created"), "{replies:?}");
     assert_eq!(fake.lock().chats.len(), 2);
 }
