@@ -98,7 +98,19 @@ enum CardCmd {
     },
 }
 
-fn main() -> Result<()> {
+/// Errors end as one clean line on stderr (`perch: <what>: <why>`) and exit code 1: no
+/// `Error:` prefix, no backtrace even with `RUST_BACKTRACE` set (that is for panics).
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("perch: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Cmd::Serve { json_logs: false }) {
         Cmd::Check => check(&cli.config),
@@ -178,7 +190,11 @@ fn check(path: &Path) -> Result<()> {
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sled=warn,hyper=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only on a terminal: a log file or journald gets plain text.
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     if json {
         builder.json().init();
     } else {

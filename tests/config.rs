@@ -148,3 +148,19 @@ fn a_feishu_timestamp_window_wider_than_the_dedupe_window_is_refused() {
     let (code, out) = check(&feishu("timestamp_window = \"5m\""));
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn a_cli_error_is_one_clean_line_even_with_backtraces_on() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_perch"))
+        .args(["--config", "/nonexistent/perch.toml", "serve"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("perch: cannot read /nonexistent/perch.toml"),
+        "{err}"
+    );
+}
