@@ -102,6 +102,9 @@ pub struct NameRule {
 
 impl AutoGroupConfig {
     pub fn validate(&self, name: &str, at: usize, config: &Config, issues: &mut Issues) {
+        if let Some(t) = &self.welcome_template {
+            config.check_template(issues, at, &format!("bot `{name}`: welcome_template"), t);
+        }
         if let Some(c) = &self.connector {
             config.check_connector(issues, at, &format!("bot `{name}`"), c);
         }

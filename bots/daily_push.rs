@@ -82,6 +82,9 @@ use serde::Serialize;
 
 impl DailyPushConfig {
     pub fn validate(&self, name: &str, at: usize, config: &Config, issues: &mut Issues) {
+        if let Some(t) = &self.template {
+            config.check_template(issues, at, &format!("bot `{name}`: template"), t);
+        }
         config.check_connector(issues, at, &format!("bot `{name}`: source"), &self.source);
         if let Some(c) = &self.connector {
             config.check_connector(issues, at, &format!("bot `{name}`"), c);

@@ -55,6 +55,9 @@ pub struct Occasion {
 
 impl GreetingsConfig {
     pub fn validate(&self, name: &str, at: usize, config: &Config, issues: &mut Issues) {
+        if let Some(t) = &self.template {
+            config.check_template(issues, at, &format!("bot `{name}`: template"), t);
+        }
         config.check_connector(issues, at, &format!("bot `{name}`: source"), &self.source);
         if let Err(e) = schedule_date::zone(&self.timezone) {
             issues.at(at, format!("bot `{name}`: {e}"));

@@ -28,9 +28,15 @@ pub struct NotifyConfig {
     #[serde(default)]
     pub text: String,
     /// Send a card instead of text: the template name in `cards/`, rendered over the
-    /// event (`topic`, `payload`, `sender`, …).
+    /// event (`topic`, `payload`, `sender`, …), or over `card_data` when it is set.
     #[serde(default)]
     pub card: Option<String>,
+    /// The card's data, field by field, each a template over the event: shapes an
+    /// event for a template that expects other fields. E.g. for `cards/notification.hbs`:
+    /// `{ title = "Task {{payload.task.title}}", text = "Now {{payload.task.state}}",
+    /// level = "info" }`.
+    #[serde(default)]
+    pub card_data: std::collections::BTreeMap<String, String>,
     /// Send the text as markdown.
     #[serde(default)]
     pub markdown: bool,
@@ -38,6 +44,9 @@ pub struct NotifyConfig {
 
 impl NotifyConfig {
     pub fn validate(&self, name: &str, at: usize, config: &Config, issues: &mut Issues) {
+        if let Some(t) = &self.card {
+            config.check_template(issues, at, &format!("bot `{name}`: card"), t);
+        }
         if self.chat.is_none() == self.person.is_none() {
             issues.at(
                 at,
@@ -46,6 +55,12 @@ impl NotifyConfig {
         }
         if self.text.is_empty() && self.card.is_none() {
             issues.at(at, format!("bot `{name}`: set `text` or `card`"));
+        }
+        if !self.card_data.is_empty() && self.card.is_none() {
+            issues.at(
+                at,
+                format!("bot `{name}`: `card_data` is set without `card`"),
+            );
         }
         if let Some(c) = &self.connector {
             config.check_connector(issues, at, &format!("bot `{name}`"), c);
@@ -65,7 +80,15 @@ fn compile(name: &str, config: &NotifyConfig) -> Result<TextTemplates, BotError>
     if let Some(p) = &config.person {
         t.add("person", p)?;
     }
+    for (field, template) in &config.card_data {
+        t.add(&card_field(field), template)?;
+    }
     Ok(t)
+}
+
+/// The template name of a `card_data` field.
+fn card_field(field: &str) -> String {
+    format!("card_data.{field}")
 }
 
 pub struct Notify {
@@ -75,6 +98,8 @@ pub struct Notify {
     person_id_type: Option<String>,
     markdown: bool,
     card: Option<String>,
+    /// The `card_data` fields (their templates are in `templates`).
+    card_fields: Vec<String>,
     templates: TextTemplates,
 }
 
@@ -87,6 +112,7 @@ impl Notify {
             person_id_type: config.person_id_type.clone(),
             markdown: config.markdown,
             card: config.card.clone(),
+            card_fields: config.card_data.keys().cloned().collect(),
             templates: compile(name, config)?,
         })
     }
@@ -114,6 +140,13 @@ impl Bot for Notify {
             )));
         }
         let body = match &self.card {
+            Some(template) if !self.card_fields.is_empty() => {
+                let mut fields = serde_json::Map::new();
+                for f in &self.card_fields {
+                    fields.insert(f.clone(), render(&card_field(f))?.into());
+                }
+                ctx.card(template, &serde_json::Value::Object(fields))?
+            }
             Some(template) => ctx.card(template, data.data())?,
             None if self.markdown => MessageBody::markdown(render("text")?),
             None => MessageBody::text(render("text")?),

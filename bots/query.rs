@@ -84,6 +84,14 @@ impl QueryConfig {
             );
         }
         for (word, c) in &self.commands {
+            if let Some(t) = &c.template {
+                config.check_template(
+                    issues,
+                    at,
+                    &format!("bot `{name}`, command `{word}`: template"),
+                    t,
+                );
+            }
             match c.source.as_ref().or(self.source.as_ref()) {
                 None => issues.at(at, format!("bot `{name}`, command `{word}`: no `source`")),
                 Some(s) => config.check_connector(

@@ -197,6 +197,12 @@ pub struct ItemEvent {
 
 impl RemindersConfig {
     pub fn validate(&self, name: &str, at: usize, config: &Config, issues: &mut Issues) {
+        config.check_template(
+            issues,
+            at,
+            &format!("bot `{name}`: template"),
+            &self.template,
+        );
         if let Err(e) = Rules::new(self) {
             issues.at(at, format!("bot `{name}`: {e}"));
         }

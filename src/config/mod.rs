@@ -364,6 +364,46 @@ impl Config {
         }
     }
 
+    /// Report a card template `name` that is not in `server.cards_dir` (`<name>.hbs`),
+    /// so a typo is refused by `perch check` and at start, not when someone asks. `who`
+    /// names the bot and the key.
+    pub fn check_template(&self, issues: &mut Issues, at: usize, who: &str, name: &str) {
+        let dir = &self.server.cards_dir;
+        if dir.join(format!("{name}.hbs")).is_file() {
+            return;
+        }
+        let mut known: Vec<String> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_suffix(".hbs"))
+                            .map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        known.sort();
+        let hint = match strsim_closest(name, &known) {
+            Some(close) => format!(" (did you mean `{close}`?)"),
+            None => String::new(),
+        };
+        issues.at(
+            at,
+            format!(
+                "{who} names card template `{name}`, which is not in {} (there: {}){hint}",
+                dir.display(),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        );
+    }
+
     pub fn validate(&self) -> Vec<ConfigIssue> {
         let mut issues = Issues::new(&self.source);
         let server_at = key_offset(&self.source.text, "[server]", "listen");
@@ -605,6 +645,16 @@ pub(crate) fn undefined<'a>(
         "{who} names {kind} `{name}`, which is not defined (defined: {})",
         names(defined)
     )
+}
+
+/// The name in `known` closest to `name`, if one is close (a typo).
+fn strsim_closest<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::levenshtein(name, k), k))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.as_str())
 }
 
 /// A regex error in one line: its last (the lines before it draw the pattern).
