@@ -1,6 +1,8 @@
 //! `greetings`: birthdays and work anniversaries from an HR export (a `file` or `http`
-//! source), a card on the day. Runs on a daily tick; once per day because the tick is
-//! deduplicated per slot and each card is an outbox item keyed by the event.
+//! source), a card on the day. Runs on a schedule; each greeting goes out once per
+//! person, occasion, day and target (`Action::Once`), however often the schedule fires
+//! that day. Ages and years of service are announced only where an occasion says
+//! `show_years = true`: a birthday is nobody's business by default.
 //!
 //! Dates may be `YYYY-MM-DD`, `YYYY/MM/DD` or `MM-DD`. A 29 February date is greeted on
 //! 28 February in years without one.
@@ -51,6 +53,10 @@ pub struct Occasion {
     pub field: String,
     /// What the card says ("Happy birthday").
     pub title: String,
+    /// Say how many years (an age, years of service) in the greeting. Off by default:
+    /// greetings go to group chats.
+    #[serde(default)]
+    pub show_years: bool,
 }
 
 impl GreetingsConfig {
@@ -143,7 +149,9 @@ impl Bot for Greetings {
                 if !falls_on(month, day, today) {
                     continue;
                 }
-                let years = year.map(|y| today.year() - y).filter(|y| *y > 0);
+                let years = year
+                    .map(|y| today.year() - y)
+                    .filter(|y| *y > 0 && occasion.show_years);
                 let data = serde_json::json!({ "name": name, "occasion": occasion.title, "years": years, "date": today.to_string(), "person": person });
                 let body = match &self.config.template {
                     Some(t) => ctx.card(t, &data)?,
@@ -167,12 +175,25 @@ impl Bot for Greetings {
                 {
                     to.push(Target::person(id));
                 }
+                // Once per person, occasion, day and target, whichever tick asks.
+                let who = self
+                    .config
+                    .person_field
+                    .as_ref()
+                    .and_then(|f| person.get(f))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or(&name)
+                    .to_string();
                 for t in to {
-                    actions.push(Action::Send {
-                        connector: self.config.connector.clone(),
-                        to: t,
-                        body: body.clone(),
-                    });
+                    let key = format!("{today}/{}/{who}/{}", occasion.field, t.lane_id());
+                    actions.push(
+                        Action::Send {
+                            connector: self.config.connector.clone(),
+                            to: t,
+                            body: body.clone(),
+                        }
+                        .once(key),
+                    );
                 }
             }
         }

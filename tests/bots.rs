@@ -427,7 +427,7 @@ source = "hr"
 path = "/people.csv"
 timezone = "Asia/Shanghai"
 person_field = "id"
-occasions = [{{ field = "birthday", title = "Happy birthday" }}, {{ field = "joined", title = "Happy work anniversary" }}]
+occasions = [{{ field = "birthday", title = "Happy birthday" }}, {{ field = "joined", title = "Happy work anniversary", show_years = true }}]
 connector = "chat"
 targets = ["oc_all"]
 
@@ -448,7 +448,8 @@ bots = ["greet"]
     let o = wait_ops(&w, 4).await;
     let texts: Vec<String> = o.iter().map(text).collect();
     assert!(
-        texts.contains(&"🎉 Happy birthday, Alice! (36 years)".to_string()),
+        // Ages are not announced unless the occasion says so; years of service are.
+        texts.contains(&"🎉 Happy birthday, Alice!".to_string()),
         "{texts:?}"
     );
     assert!(
@@ -460,6 +461,13 @@ bots = ["greet"]
         o.iter()
             .any(|x| x["to"] == json!({"type": "person", "id": "ou_a"}))
     );
+    // The schedule fires again the same day (another slot): nobody is greeted twice.
+    t.perch()
+        .shared
+        .journal
+        .accept(vec![tick("greetings", "2026-11-21T12:00:00+08:00")])
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(ops(&w).await.len(), 4);
 }
