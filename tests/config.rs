@@ -21,7 +21,14 @@ fn check(config: &str) -> (i32, String) {
 
 #[test]
 fn the_shipped_config_is_valid() {
-    let (code, out) = check(&std::fs::read_to_string("config.toml").unwrap());
+    // In place: its relative paths (`demo/`, `cards/`) are relative to its folder.
+    let out = common::perch_command(&["--config", "config.toml", "check"]);
+    let code = out.status.code().unwrap_or(-1);
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("is valid"), "{out}");
     assert!(out.contains("web (local)"), "{out}");
@@ -163,4 +170,33 @@ fn a_cli_error_is_one_clean_line_even_with_backtraces_on() {
         err.starts_with("perch: cannot read /nonexistent/perch.toml"),
         "{err}"
     );
+}
+
+#[test]
+fn relative_paths_are_relative_to_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("mycards")).unwrap();
+    std::fs::copy(
+        "cards/notification.hbs",
+        dir.path().join("mycards/note.hbs"),
+    )
+    .unwrap();
+    let (code, out) = check(
+        "[server]\ncards_dir = \"mycards\"\ndata_dir = \"state\"\n\n[connectors.web]\nkind = \"local\"\n\n[bots.n]\nkind = \"notify\"\nchat = \"general\"\ncard = \"note\"\n",
+    );
+    // `check` writes the config into its own temporary folder: there is no mycards/.
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("mycards (there: none)"), "{out}");
+    let config = dir.path().join("perch.toml");
+    std::fs::write(
+        &config,
+        "[server]\ncards_dir = \"mycards\"\n\n[connectors.web]\nkind = \"local\"\n\n[bots.n]\nkind = \"notify\"\nchat = \"general\"\ncard = \"note\"\n",
+    )
+    .unwrap();
+    // Run from elsewhere (the package root): `mycards` is found beside the config.
+    let out = common::perch_command(&["--config", config.to_str().unwrap(), "check"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("note"), "{text}");
 }

@@ -321,17 +321,41 @@ impl<'a> Issues<'a> {
 }
 
 impl Config {
-    /// Read, parse and validate a config file.
+    /// Read, parse and validate a config file. Relative paths in it (`data_dir`,
+    /// `cards_dir`, a file source's `dir`) are relative to the file's folder, so
+    /// `perch serve --config /etc/perch/perch.toml` works from anywhere.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_str(&text, path)
+        let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+        Self::parse(&text, path, folder)
     }
 
-    /// Parse and validate config text; `path` is only used in messages.
+    /// Parse and validate config text; `path` is only used in messages, and relative
+    /// paths stay relative to the working directory.
     pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Self::parse(text, path, None)
+    }
+
+    /// Make the config's relative paths relative to `folder`.
+    fn resolve_paths(&mut self, folder: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = folder.join(&*p);
+            }
+        };
+        resolve(&mut self.server.data_dir);
+        resolve(&mut self.server.cards_dir);
+        for c in self.connectors.values_mut() {
+            if let crate::connectors::ConnectorConfig::File(f) = c.get_mut() {
+                resolve(&mut f.dir);
+            }
+        }
+    }
+
+    fn parse(text: &str, path: &Path, folder: Option<&Path>) -> Result<Config, ConfigError> {
         let source = ConfigSource {
             path: path.to_path_buf(),
             text: text.to_string(),
@@ -344,6 +368,9 @@ impl Config {
             ConfigError::Parse(format!("{at}: {}", e.message().trim()))
         })?;
         config.source = source;
+        if let Some(folder) = folder {
+            config.resolve_paths(folder);
+        }
         let issues = config.validate();
         if issues.is_empty() {
             Ok(config)
