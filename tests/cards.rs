@@ -446,8 +446,14 @@ fn perch_check_reports_a_broken_template() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("broken.hbs:2:"), "{stderr}");
 
+    // The project's own cards (a relative path would be relative to good.toml's folder).
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, "[server]\ncards_dir = \"cards\"\n").unwrap();
+    let cards = std::env::current_dir().unwrap().join("cards");
+    std::fs::write(
+        &good,
+        format!("[server]\ncards_dir = {:?}\n", cards.display().to_string()),
+    )
+    .unwrap();
     let out = common::perch_command(&["--config", good.to_str().unwrap(), "check"]);
     assert!(
         out.status.success(),
