@@ -299,6 +299,27 @@ impl Bot for Query {
         let Some(parsed) = ctx.command.clone() else {
             return Err(BotError::User("Ask me a command, e.g. `@bot help`.".into()));
         };
+        // The bot named with nothing after it: say what it answers, not "I don't know ``".
+        if parsed.name.is_empty() {
+            let mention = parsed.addressed_to.as_deref().unwrap_or("bot");
+            let lines: Vec<String> = self
+                .commands
+                .iter()
+                .map(|(w, c)| {
+                    let usage =
+                        Self::usage(w, &c.config).replacen("@bot", &format!("@{mention}"), 1);
+                    if c.config.summary.is_empty() {
+                        format!("- `{usage}`")
+                    } else {
+                        format!("- `{usage}`: {}", c.config.summary)
+                    }
+                })
+                .collect();
+            return Err(BotError::User(format!(
+                "Ask me one of these:\n{}",
+                lines.join("\n")
+            )));
+        }
         let Some(cmd) = self.commands.get(&parsed.name) else {
             let known: Vec<&str> = self.commands.keys().map(String::as_str).collect();
             let hint = crate::command::nearest(&parsed.name, known.iter().copied())

@@ -432,11 +432,26 @@ impl Processor {
             .chain(self.router.commands_on(&event.connector))
             .filter(|n| !n.starts_with('<'))
             .collect();
-        let what = if cmd.name.is_empty() {
-            "that".to_string()
-        } else {
-            format!("`{}`", cmd.name)
-        };
+        // Nothing after the mention: say what can be asked, not "I don't know".
+        if cmd.name.is_empty() {
+            let mut names: Vec<&str> = known.clone();
+            names.sort_unstable();
+            names.dedup();
+            let text = if names.is_empty() {
+                "Say `@help` for what I can do.".to_string()
+            } else {
+                format!(
+                    "Ask me one of these: {}. Say `@help` for what each does.",
+                    names
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            return Some(MessageBody::text(text));
+        }
+        let what = format!("`{}`", cmd.name);
         let hint = match crate::command::nearest(&cmd.name, known.iter().copied()) {
             Some(near) => {
                 format!("I don't know {what}. Did you mean `{near}`? Say `@help` for the list.")

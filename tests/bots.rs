@@ -205,6 +205,13 @@ async fn query_answers_and_explains_bad_arguments_and_failures() {
         text(&o[5]),
         "Sorry, I could not get the data: BI API timed out after 0.3 s."
     );
+
+    // The bot named with nothing after it: what can be asked, not "I don't know".
+    j.accept(vec![say("@bot", "q7")]).await.unwrap();
+    let o = wait_ops(&w, 7).await;
+    let list = text(&o[6]);
+    assert!(list.starts_with("Ask me one of these: "), "{list}");
+    assert!(list.contains("`gmv`") && list.contains("`ct`"), "{list}");
 }
 
 const GROUPS: &str = r#"
@@ -874,5 +881,39 @@ async fn remind_command_reads_natural_dates_and_lists_what_is_open() {
     assert_eq!(
         o[4]["body"]["card"]["header"]["title"],
         "Reminder: submit the budget"
+    );
+}
+
+/// A query bot routed by mention alone, named with nothing after it, lists its commands
+/// with the name it was called by (not "I don't know ``").
+#[tokio::test]
+async fn a_query_bot_named_alone_lists_what_it_answers() {
+    let w = world().await;
+    let bots = r#"
+[bots.data]
+kind = "query"
+source = "bi"
+
+[bots.data.commands.gmv]
+path = "/gmv/{{day}}"
+summary = "GMV of a day"
+args = [{ name = "day", default = "昨天" }]
+
+[[routes]]
+mention = "*"
+bots = ["data"]
+"#;
+    let t = TestPerch::start(&config(&w, bots)).await;
+    t.perch()
+        .shared
+        .journal
+        .accept(vec![say("@bot", "alone")])
+        .await
+        .unwrap();
+    let o = wait_ops(&w, 1).await;
+    let list = text(&o[0]);
+    assert_eq!(
+        list,
+        "Ask me one of these:\n- `@bot gmv [day: day]`: GMV of a day"
     );
 }
