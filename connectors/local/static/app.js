@@ -115,6 +115,9 @@ $("name-form").addEventListener("submit", (e) => {
   $("input").focus();
 });
 $("change-name").addEventListener("click", askName);
+// Phones: the sidebar is a drawer (style.css); the shade behind it closes it.
+$("nav-toggle").addEventListener("click", () => $("app").classList.toggle("nav-open"));
+$("nav-shade").addEventListener("click", () => $("app").classList.remove("nav-open"));
 
 // ---- rooms ---------------------------------------------------------------------
 
@@ -192,6 +195,7 @@ $("new-room-name").addEventListener("keydown", (e) => {
 });
 
 async function openRoom(id) {
+  $("app").classList.remove("nav-open"); // on a phone, picking a room closes the drawer
   state.room = id;
   location.hash = encodeURIComponent(id);
   state.unread.delete(id);
