@@ -189,7 +189,7 @@ fn date(h: &Helper<'_>, strict: bool) -> Result<Value, String> {
             } else if let Ok(d) = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d") {
                 // A plain date is a calendar day: format it as is, without shifting zones.
                 let naive = d.and_hms_opt(0, 0, 0).ok_or("bad date")?;
-                return strftime(&naive, format).map(Value::String);
+                return written(naive.format(format), format).map(Value::String);
             } else {
                 return Err(format!(
                     "cannot read {s:?} as a date (RFC 3339 like 2026-11-21T09:00:00Z, or 2026-11-21)"
@@ -198,13 +198,15 @@ fn date(h: &Helper<'_>, strict: bool) -> Result<Value, String> {
         }
         other => return Err(format!("expected a date, got {other}")),
     };
-    strftime(&instant.with_timezone(&tz).naive_local(), format).map(Value::String)
+    // Zoned, so `%z`, `%:z` and `%Z` name the zone (cards label their times with it).
+    written(instant.with_timezone(&tz).format(format), format).map(Value::String)
 }
 
-fn strftime(t: &chrono::NaiveDateTime, format: &str) -> Result<String, String> {
+/// A chrono format written out; a bad format string is an error, not a panic.
+fn written(formatted: impl std::fmt::Display, format: &str) -> Result<String, String> {
     use std::fmt::Write;
     let mut s = String::new();
-    write!(s, "{}", t.format(format)).map_err(|_| format!("bad date format {format:?}"))?;
+    write!(s, "{formatted}").map_err(|_| format!("bad date format {format:?}"))?;
     Ok(s)
 }
 
