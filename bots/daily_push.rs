@@ -45,6 +45,11 @@ pub struct DailyPushConfig {
     /// Pointer to an array of rows shown as a table (optional).
     #[serde(default)]
     pub table_pointer: Option<String>,
+    /// Pointer to the day before's figures in the same answer, when the source sends
+    /// them (many BI APIs do). Set: the change is against those. Unset: against the
+    /// figures of the latest earlier day this bot pushed (kept in its state).
+    #[serde(default)]
+    pub previous_pointer: Option<String>,
     /// IANA zone the day is counted in.
     pub timezone: String,
     /// Which day to report on, relative to the run's day (-1: yesterday).
@@ -91,6 +96,22 @@ impl DailyPushConfig {
         }
         if let Err(e) = schedule_date::zone(&self.timezone) {
             issues.at(at, format!("bot `{name}`: {e}"));
+        }
+        for (field, p) in [
+            ("pointer", &self.pointer),
+            ("table_pointer", &self.table_pointer),
+            ("previous_pointer", &self.previous_pointer),
+        ] {
+            if let Some(p) = p
+                && !p.starts_with('/')
+            {
+                issues.at(
+                    at,
+                    format!(
+                        "bot `{name}`: {field} {p:?} is not a JSON pointer (it must start with `/`)"
+                    ),
+                );
+            }
         }
         if self.targets.is_empty() {
             issues.at(
@@ -208,10 +229,29 @@ impl Bot for DailyPush {
         ctx.state_put(&format!("figures/{date}"), &values).await?;
         let history: Vec<(String, serde_json::Map<String, serde_json::Value>)> =
             ctx.state_scan("figures/").await?;
-        let previous = history
+        let stored = history
             .iter()
             .rev()
-            .find(|(k, _)| k.as_str() < format!("figures/{date}").as_str());
+            .find(|(k, _)| k.as_str() < format!("figures/{date}").as_str())
+            .map(|(k, v)| (k.trim_start_matches("figures/").to_string(), v.clone()));
+        // The source's own "day before", when it sends one, wins over what we stored.
+        let previous: Option<(String, serde_json::Map<String, serde_json::Value>)> = match self
+            .config
+            .previous_pointer
+            .as_deref()
+            .and_then(|p| answer.pointer(p))
+            .and_then(|v| v.as_object())
+        {
+            Some(obj) => {
+                let day_before = chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d")
+                    .ok()
+                    .and_then(|d| d.pred_opt())
+                    .map(|d| d.to_string())
+                    .unwrap_or_default();
+                Some((day_before, obj.clone()))
+            }
+            None => stored,
+        };
         // Bounded state: keep about two months of days.
         for (k, _) in history.iter().take(history.len().saturating_sub(62)) {
             ctx.state_delete(k).await?;
@@ -223,6 +263,7 @@ impl Bot for DailyPush {
             .map(|f| {
                 let value = values.get(&f.key).and_then(|v| v.as_f64());
                 let prev = previous
+                    .as_ref()
                     .and_then(|(_, p)| p.get(&f.key))
                     .and_then(|v| v.as_f64());
                 let change = change_pct(value, prev);
@@ -250,7 +291,7 @@ impl Bot for DailyPush {
             "tz": self.config.timezone,
             "generated_at": ctx.clock.now().to_rfc3339(),
             "source": self.config.source,
-            "previous_date": previous.map(|(k, _)| k.trim_start_matches("figures/").to_string()),
+            "previous_date": previous.as_ref().map(|(day, _)| day.clone()),
             "metrics": metrics,
             "figures": rows,
         });

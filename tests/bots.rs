@@ -917,3 +917,31 @@ bots = ["data"]
         "Ask me one of these:\n- `@bot gmv [day: day]`: GMV of a day"
     );
 }
+
+/// With `previous_pointer`, the change is against the source's own day before, from the
+/// first push on.
+#[tokio::test]
+async fn daily_push_compares_with_the_sources_day_before() {
+    let w = world().await;
+    Mock::given(path("/api/metrics"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"data": {"gmv": 1100.0, "orders": 8.0}, "previous": {"gmv": 1000.0, "orders": 10.0}}),
+        ))
+        .mount(&w.api)
+        .await;
+    let bots = DAILY.replace(
+        "pointer = \"/data\"",
+        "pointer = \"/data\"\nprevious_pointer = \"/previous\"",
+    );
+    let t = TestPerch::start(&config(&w, &bots)).await;
+    t.perch()
+        .shared
+        .journal
+        .accept(vec![tick("push.daily", "2026-11-20T09:00:00+08:00")])
+        .await
+        .unwrap();
+    let o = wait_ops(&w, 2).await;
+    let first = text(&o[0]);
+    assert!(first.contains("GMV: 1100 ▲ 10.0%"), "{first}");
+    assert!(first.contains("Orders: 8 ▼ 20.0%"), "{first}");
+}
