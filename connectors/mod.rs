@@ -497,6 +497,9 @@ pub struct ConnectorEnv {
     pub http: reqwest::Client,
     /// Names of the configured bots (the web chat shows them as @mentionable users).
     pub bot_names: Vec<String>,
+    /// Cancelled when perch shuts down: connectors' own background connections (the
+    /// Feishu long connection) stop on it.
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 /// Build the connector `name` from its config, behind its rate limits
@@ -511,7 +514,7 @@ fn build_inner(name: &str, config: ConnectorConfig, env: &ConnectorEnv) -> Share
         ConnectorConfig::Webhook(c) => Arc::new(webhook::Webhook::new(name, c, env.http.clone())),
         ConnectorConfig::Http(c) => Arc::new(http::HttpSource::new(name, c, env.http.clone())),
         ConnectorConfig::File(c) => Arc::new(file::FileSource::new(name, c)),
-        ConnectorConfig::Feishu(c) => Arc::new(feishu::Feishu::new(name, c, env)),
+        ConnectorConfig::Feishu(c) => feishu::Feishu::start(name, c, env),
         ConnectorConfig::FeishuWebhook(c) => {
             Arc::new(feishu::webhook_bot::FeishuWebhook::new(name, c, env))
         }

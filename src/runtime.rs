@@ -186,6 +186,7 @@ impl Perch {
             clock: clock.clone(),
             http,
             bot_names: bot_configs.keys().cloned().collect(),
+            cancel: cancel.clone(),
         };
         let mut connectors = HashMap::new();
         for (name, c) in connector_configs {

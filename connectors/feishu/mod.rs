@@ -28,6 +28,7 @@ pub mod api;
 pub mod crypto;
 pub mod events;
 pub mod webhook_bot;
+pub mod ws;
 
 use super::*;
 use crate::action::{ChatSpec, ClickAnswer, MessageBody, Target};
@@ -50,6 +51,39 @@ fn default_rate_per_minute() -> u32 {
 fn default_chat_rate() -> u32 {
     5
 }
+fn default_ws_endpoint_path() -> String {
+    "/callback/ws/endpoint".into()
+}
+fn default_ws_ping_interval() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_ws_reconnect_min() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_ws_reconnect_max() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_ws_reconnect_nonce() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_ws_fragment_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+fn empty_secret() -> Secret {
+    Secret::new("")
+}
+
+/// How events and card callbacks reach perch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeishuMode {
+    /// Feishu POSTs to `/hooks/<name>`: perch needs a URL Feishu can reach.
+    #[default]
+    Webhook,
+    /// perch opens Feishu's long connection (`ws.rs`): no public URL, no TLS certificate.
+    Websocket,
+}
+
 fn default_clock_skew() -> Duration {
     Duration::from_secs(300)
 }
@@ -74,8 +108,53 @@ pub struct FeishuConfig {
     /// App Secret, from the same page. Use `${FEISHU_APP_SECRET}`.
     pub app_secret: Secret,
     /// Verification Token ("Events & Callbacks" → "Encryption Strategy"). Every inbound
-    /// request must carry it.
+    /// request must carry it. Required in webhook mode; in websocket mode optional (the
+    /// connection is opened with the app secret) and checked where a payload carries one.
+    #[serde(default = "empty_secret")]
     pub verification_token: Secret,
+    /// `webhook` (default): Feishu POSTs to `/hooks/<name>`. `websocket`: perch opens
+    /// Feishu's long connection (choose "long connection" in the developer console).
+    #[serde(default)]
+    pub mode: FeishuMode,
+    /// Websocket mode: the endpoint request's path on `base_url` (larksuite/oapi-sdk-go
+    /// `ws/const.go` GenEndpointUri).
+    #[serde(default = "default_ws_endpoint_path")]
+    pub ws_endpoint_path: String,
+    /// Websocket mode: how often perch pings until the server sends its own
+    /// `PingInterval` (SDK default 120 s). No frame for 3 intervals: reconnect.
+    #[serde(
+        default = "default_ws_ping_interval",
+        deserialize_with = "crate::config::de_duration"
+    )]
+    pub ws_ping_interval: Duration,
+    /// Websocket mode: the first wait before reconnecting; it doubles per failure.
+    #[serde(
+        default = "default_ws_reconnect_min",
+        deserialize_with = "crate::config::de_duration"
+    )]
+    pub ws_reconnect_min: Duration,
+    /// Websocket mode: the longest wait between reconnect attempts (the server's
+    /// `ReconnectInterval`, SDK default 120 s, lowers it). perch never gives up.
+    #[serde(
+        default = "default_ws_reconnect_max",
+        deserialize_with = "crate::config::de_duration"
+    )]
+    pub ws_reconnect_max: Duration,
+    /// Websocket mode: after a working connection drops, up to this much random wait
+    /// more, so replicas do not reconnect together (the server's `ReconnectNonce`,
+    /// SDK default 30 s, lowers it).
+    #[serde(
+        default = "default_ws_reconnect_nonce",
+        deserialize_with = "crate::config::de_duration"
+    )]
+    pub ws_reconnect_nonce: Duration,
+    /// Websocket mode: how long the parts of a fragmented message are kept waiting for
+    /// the rest (the SDK keeps them 5 s). [unverified] Feishu documents no value.
+    #[serde(
+        default = "default_ws_fragment_ttl",
+        deserialize_with = "crate::config::de_duration"
+    )]
+    pub ws_fragment_ttl: Duration,
     /// Encrypt Key, same page. When set, bodies may be encrypted and every event must
     /// carry a valid `X-Lark-Signature`. Strongly recommended.
     #[serde(default)]
@@ -129,8 +208,34 @@ impl FeishuConfig {
         if self.app_secret.is_empty() {
             issues.at(at, format!("connector `{name}`: app_secret is empty (set it from the environment, e.g. \"${{FEISHU_APP_SECRET}}\")"));
         }
-        if self.verification_token.is_empty() {
-            issues.at(at, format!("connector `{name}`: verification_token is empty; every inbound request is checked against it"));
+        if self.verification_token.is_empty() && self.mode == FeishuMode::Webhook {
+            issues.at(at, format!("connector `{name}`: verification_token is empty; every inbound request is checked against it (or use mode = \"websocket\", which needs no public URL)"));
+        }
+        if self.mode == FeishuMode::Websocket {
+            if !self.ws_endpoint_path.starts_with('/') {
+                issues.at(
+                    at,
+                    format!(
+                        "connector `{name}`: ws_endpoint_path {:?} must start with `/`",
+                        self.ws_endpoint_path
+                    ),
+                );
+            }
+            if self.ws_ping_interval < Duration::from_secs(1) {
+                issues.at(
+                    at,
+                    format!("connector `{name}`: ws_ping_interval must be at least 1s"),
+                );
+            }
+            if self.ws_reconnect_min.is_zero() || self.ws_reconnect_min > self.ws_reconnect_max {
+                issues.at(at, format!("connector `{name}`: ws_reconnect_min must be above zero and at most ws_reconnect_max"));
+            }
+            if self.ws_fragment_ttl.is_zero() {
+                issues.at(
+                    at,
+                    format!("connector `{name}`: ws_fragment_ttl must be above zero"),
+                );
+            }
         }
         validate_base_url(name, &self.base_url, at, issues);
         for (field, v) in [
@@ -151,6 +256,17 @@ impl FeishuConfig {
     pub fn timestamp_window(&self, dedupe_window: Duration) -> Duration {
         self.timestamp_window
             .unwrap_or_else(|| dedupe_window.saturating_sub(self.clock_skew))
+    }
+
+    fn ws_settings(&self) -> ws::Settings {
+        ws::Settings {
+            endpoint_path: self.ws_endpoint_path.clone(),
+            ping_interval: self.ws_ping_interval,
+            reconnect_min: self.ws_reconnect_min,
+            reconnect_max: self.ws_reconnect_max,
+            reconnect_nonce: self.ws_reconnect_nonce,
+            fragment_ttl: self.ws_fragment_ttl,
+        }
     }
 
     fn encrypt_key(&self) -> Option<&str> {
@@ -180,12 +296,15 @@ enum Sig {
     Valid,
     Missing,
     Bad,
+    /// Came over the long connection, which perch opened with the app secret: there is
+    /// no signature header, and the connection itself is the proof.
+    Socket,
 }
 
 impl Sig {
     fn require(self) -> Result<(), InboundError> {
         match self {
-            Sig::NotRequired | Sig::Valid => Ok(()),
+            Sig::NotRequired | Sig::Valid | Sig::Socket => Ok(()),
             Sig::Missing => Err(InboundError::MissingSignature(SIGNATURE.into())),
             Sig::Bad => Err(InboundError::BadSignature),
         }
@@ -226,9 +345,47 @@ pub struct Feishu {
     bot: Arc<BotIdentity>,
     /// Wakes the bot-info fetcher early (a message arrived before it succeeded).
     fetch_now: Arc<Notify>,
+    /// The long connection's state (websocket mode only).
+    link: Option<Arc<ws::LinkStatus>>,
 }
 
 impl Feishu {
+    /// `new`, and in websocket mode the long connection (`ws.rs`), which holds the
+    /// connector weakly and stops when perch cancels `env.cancel` or drops it.
+    pub fn start(name: &str, config: FeishuConfig, env: &ConnectorEnv) -> Arc<Self> {
+        Arc::new_cyclic(|me| {
+            let mut feishu = Feishu::new(name, config, env);
+            if feishu.config.mode == FeishuMode::Websocket {
+                let status = Arc::new(ws::LinkStatus::default());
+                feishu.link = Some(status.clone());
+                let client = ws::Client {
+                    name: name.to_string(),
+                    app_id: feishu.config.app_id.to_string(),
+                    app_secret: feishu.config.app_secret.clone(),
+                    base_url: feishu.config.base_url.to_string(),
+                    settings: feishu.config.ws_settings(),
+                    http: env.http.clone(),
+                    journal: env.journal.clone(),
+                    clicks: env.clicks.clone(),
+                    click_answer_window: env.click_answer_window,
+                    clock: env.clock.clone(),
+                    status,
+                    cancel: env.cancel.clone(),
+                    feishu: me.clone(),
+                };
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(client.run());
+                    }
+                    Err(_) => {
+                        tracing::error!(connector = %name, "no async runtime: the long connection is not started")
+                    }
+                }
+            }
+            feishu
+        })
+    }
+
     pub fn new(name: &str, config: FeishuConfig, env: &ConnectorEnv) -> Self {
         let api = Arc::new(ApiClient::new(
             env.http.clone(),
@@ -265,6 +422,7 @@ impl Feishu {
             api,
             bot,
             fetch_now,
+            link: None,
         }
     }
 
@@ -322,11 +480,21 @@ impl Feishu {
                 self.timestamp_window,
                 self.config.clock_skew,
             ),
-            None if sig == Sig::NotRequired => Ok(()),
+            None if matches!(sig, Sig::NotRequired | Sig::Socket) => Ok(()),
             None => Err(InboundError::StaleTimestamp(format!(
                 "header {TIMESTAMP} is missing"
             ))),
         }
+    }
+
+    /// Over the long connection the token is checked where both sides have one: the
+    /// payload may carry it, and websocket mode may be configured without it.
+    fn check_token_for(&self, token: Option<&str>, sig: Sig) -> Result<(), InboundError> {
+        let configured = self.config.verification_token.expose();
+        if sig == Sig::Socket && (configured.is_empty() || token.is_none()) {
+            return Ok(());
+        }
+        self.check_token(token)
     }
 
     fn check_token(&self, token: Option<&str>) -> Result<(), InboundError> {
@@ -388,7 +556,7 @@ impl Feishu {
         sig.require()?;
         self.check_fresh(req, sig)?;
         let env = events::envelope(doc)?;
-        self.check_token(env.token)?;
+        self.check_token_for(env.token, sig)?;
         let bot = self.bot_open_id();
         if bot.is_none() && env.event_type == "im.message.receive_v1" {
             tracing::warn!(connector = %self.name, "the bot's open_id is not known yet: @mentions of the bot cannot be recognised in this message");
@@ -436,6 +604,37 @@ impl Feishu {
         let bot = self.bot_open_id();
         let event = events::legacy_card_event(&doc, &self.context(req, bot.as_deref()))?;
         Ok(click(event, legacy_answer))
+    }
+
+    /// A whole data message from the long connection (`ws.rs`): the same JSON the
+    /// webhook gets (plain or `{"encrypt": …}`), decoded by the same steps, without the
+    /// signature (see `Sig::Socket`). A schema 1.0 card payload is a legacy card click.
+    pub(crate) fn socket_inbound(
+        &self,
+        payload: Bytes,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Inbound, InboundError> {
+        let req = InboundRequest {
+            sub_path: String::new(),
+            headers: HeaderMap::new(),
+            body: payload,
+            now,
+        };
+        let sig = Sig::Socket;
+        let doc = self.open(&req, sig)?;
+        if let Some((challenge, token)) = events::challenge(&doc) {
+            self.check_token_for(token, sig)?;
+            return Ok(Inbound::Respond(Reply::ok(
+                json!({ "challenge": challenge }),
+            )));
+        }
+        if doc.get("schema").is_none() && doc.get("action").is_some() {
+            // Its `token` is the card-update token, not the verification token.
+            let bot = self.bot_open_id();
+            let event = events::legacy_card_event(&doc, &self.context(&req, bot.as_deref()))?;
+            return Ok(click(event, legacy_answer));
+        }
+        self.decode(&req, &doc, sig)
     }
 
     fn markdown(&self) -> MarkdownAs {
@@ -1003,6 +1202,10 @@ impl Connector for Feishu {
         if let Some(id) = self.bot_open_id() {
             m.insert("bot_open_id", id);
         }
+        if let Some(link) = &self.link {
+            m.insert("connection", link.describe());
+            m.insert("connects", link.connects().to_string());
+        }
         m
     }
 }
@@ -1019,6 +1222,13 @@ mod tests {
             app_id: EnvString("cli_test".into()),
             app_secret: Secret::new("s"),
             verification_token: Secret::new(TOKEN),
+            mode: FeishuMode::Webhook,
+            ws_endpoint_path: default_ws_endpoint_path(),
+            ws_ping_interval: default_ws_ping_interval(),
+            ws_reconnect_min: default_ws_reconnect_min(),
+            ws_reconnect_max: default_ws_reconnect_max(),
+            ws_reconnect_nonce: default_ws_reconnect_nonce(),
+            ws_fragment_ttl: default_ws_fragment_ttl(),
             encrypt_key: encrypt_key.map(Secret::new),
             base_url: default_base_url(),
             bot_open_id: Some(EnvString("ou_bot".into())),
@@ -1046,6 +1256,7 @@ mod tests {
             api,
             bot,
             fetch_now: Arc::new(Notify::new()),
+            link: None,
         }
     }
 

@@ -60,7 +60,8 @@ async fn status(State(s): State<Shared>) -> Result<Json<Value>, ApiError> {
     let mut connectors: Vec<Value> = s
         .connectors
         .values()
-        .map(|c| json!({ "name": c.name(), "kind": c.kind() }))
+        // `state`: what the connector tells of itself (a long connection's health).
+        .map(|c| json!({ "name": c.name(), "kind": c.kind(), "state": c.describe() }))
         .collect();
     connectors.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     Ok(Json(json!({
