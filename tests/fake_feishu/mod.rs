@@ -20,6 +20,8 @@
 //! in perch's cannot hide behind the same mistake in the fake.
 #![allow(dead_code)]
 
+pub mod ws;
+
 use aes::cipher::block_padding::Pkcs7;
 use aes::cipher::{BlockModeEncrypt, KeyIvInit};
 use axum::Router;
@@ -123,6 +125,11 @@ pub struct FakeState {
     /// Requests the gateway refused before any handler ran, with the reason.
     pub refused: Vec<String>,
     faults: VecDeque<Fault>,
+    /// The long-connection URL `POST /callback/ws/endpoint` hands out (unset: it
+    /// answers 404, as for an app that does not use long connection).
+    pub ws_url: Option<String>,
+    /// Every endpoint request: when, and whether the credentials were right.
+    pub ws_endpoint_calls: Vec<(std::time::Instant, bool)>,
     /// Faults for the next calls whose path starts with the prefix.
     path_faults: Vec<(String, Fault)>,
     seq: u64,
@@ -161,6 +168,7 @@ impl FakeFeishu {
                 post(batch_get_id),
             )
             .route("/open-apis/bot/v2/hook/{token}", post(custom_bot))
+            .route("/callback/ws/endpoint", post(ws_endpoint))
             .layer(axum::middleware::from_fn_with_state(state.clone(), gateway))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -278,6 +286,29 @@ impl FakeFeishu {
             .cloned()
             .collect()
     }
+}
+
+/// `POST /callback/ws/endpoint` (larksuite/oapi-sdk-go `ws/client.go` getConnURL,
+/// `ws/model.go`): `{"AppID","AppSecret"}` → the URL and a `ClientConfig`. Wrong
+/// credentials: code 10014 "app secret invalid" — the code the token endpoint uses for
+/// a wrong secret; [unverified] which code this endpoint answers is not in the SDKs,
+/// which treat every code but 0, 1 and 1000040343 as the client's fault.
+async fn ws_endpoint(State(s): State<Shared>, body: Bytes) -> Response {
+    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let ok = req["AppID"] == APP_ID && req["AppSecret"] == APP_SECRET;
+    let mut st = s.lock().unwrap();
+    st.ws_endpoint_calls.push((std::time::Instant::now(), ok));
+    let Some(url) = st.ws_url.clone() else {
+        return (StatusCode::NOT_FOUND, "no long connection").into_response();
+    };
+    if !ok {
+        return axum::Json(json!({ "code": 10014, "msg": "app secret invalid" })).into_response();
+    }
+    axum::Json(
+        json!({ "code": 0, "msg": "ok", "data": { "URL": url, "ClientConfig": {
+        "ReconnectCount": -1, "ReconnectInterval": 1, "ReconnectNonce": 0, "PingInterval": 1 } } }),
+    )
+    .into_response()
 }
 
 /// The API gateway in front of every endpoint: refuses what a strict server refuses
