@@ -1496,6 +1496,31 @@ mod tests {
         );
     }
 
+    #[test]
+    fn socket_payloads_need_no_signature_but_a_carried_token_must_match() {
+        let now = chrono::DateTime::from_timestamp(1_700_000_010, 0).unwrap();
+        let f = connector(Some(KEY));
+        // Encrypted, unsigned: decoded (the connection is the proof).
+        let sealed = encrypted(&retoken(fixture()), KEY);
+        let got = f.socket_inbound(Bytes::from(sealed), now).unwrap();
+        assert!(matches!(got, Inbound::Events { .. }), "{got:?}");
+        // A carried token that is wrong is refused, as on the webhook.
+        let mut doc = retoken(fixture());
+        doc["header"]["token"] = json!("wrong");
+        assert_eq!(
+            f.socket_inbound(Bytes::from(doc.to_string()), now)
+                .unwrap_err(),
+            InboundError::BadToken
+        );
+        // No token in the payload: accepted over the socket (not on the webhook).
+        doc["header"].as_object_mut().unwrap().remove("token");
+        assert!(f.socket_inbound(Bytes::from(doc.to_string()), now).is_ok());
+        assert!(
+            f.handle_inbound(&request("", doc.to_string().as_bytes(), None))
+                .is_err()
+        );
+    }
+
     fn answer_with_toast_and_card() -> ClickAnswer {
         ClickAnswer {
             toast: Some(crate::action::Toast {

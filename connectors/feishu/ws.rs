@@ -251,7 +251,12 @@ impl Client {
             if self.cancel.is_cancelled() || self.feishu.strong_count() == 0 {
                 return;
             }
-            let result = self.connect_and_serve(&mut live).await;
+            // The endpoint request and the handshake can take long: stop waiting on
+            // shutdown, so the journal (and the store it holds) is let go at once.
+            let result = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                r = self.connect_and_serve(&mut live) => r,
+            };
             if self.cancel.is_cancelled() || self.feishu.strong_count() == 0 {
                 return;
             }
