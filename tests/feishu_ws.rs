@@ -335,3 +335,31 @@ async fn perch_check_refuses_websocket_mode_without_credentials() {
     .expect("refused");
     assert!(err.contains("ws_reconnect_min"), "{err}");
 }
+
+#[tokio::test]
+async fn shutdown_stops_the_connection_and_a_restart_reconnects_and_still_dedupes() {
+    let (fake, lc, mut t, sender) = setup().await;
+    let doc = sender.text_message(&fake, "ev-r", "om_r", "oc_team", "restart", true);
+    let first = lc.send("event", doc.to_string().as_bytes(), 1);
+    assert_eq!(answer(&lc, &first).await.code, 200);
+    messages(&fake, 1).await;
+
+    t.stop().await;
+    let (conns, endpoint_calls) = (lc.connections(), fake.lock().ws_endpoint_calls.len());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(lc.connections(), conns, "no reconnect after shutdown");
+    assert_eq!(fake.lock().ws_endpoint_calls.len(), endpoint_calls);
+
+    // The store was let go (the restart opens it again) and the event id is remembered.
+    t.restart().await;
+    eventually(10, "reconnected after the restart", || {
+        let lc = lc.clone();
+        async move { (lc.connections() > conns).then_some(()) }
+    })
+    .await;
+    let again = lc.send("event", doc.to_string().as_bytes(), 1);
+    assert_eq!(answer(&lc, &again).await.code, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.messages().len(), 1, "handled again after a restart");
+    assert_eq!(journal(&t).await.len(), 1);
+}
