@@ -179,6 +179,22 @@ async fn a_card_click_is_answered_over_the_socket_within_the_deadline() {
         a.after
     );
     assert!(a.biz_rt_ms < 3000);
+    // The same callback in a frame of `type: card`: answered the same way.
+    let id = lc.send(
+        "card",
+        &sender.seal(&click(&sender, "ev-click-card")).body,
+        1,
+    );
+    let a = answer(&lc, &id).await;
+    assert_eq!(
+        a.data,
+        Some(json!({ "toast": { "type": "info", "content": "done {\"id\":\"42\"}" } }))
+    );
+    assert!(
+        a.after < Duration::from_secs(3),
+        "answered after {:?}",
+        a.after
+    );
 }
 
 #[tokio::test]

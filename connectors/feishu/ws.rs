@@ -21,6 +21,12 @@
 //!   `type: ping`; ping every `PingInterval` s (default 120 s); reconnect after a random
 //!   wait below `ReconnectNonce` s (default 30 s), then every `ReconnectInterval` s.
 //!
+//! Frames of `type: card` are handled like `type: event` (the payload decides: a
+//! `card.action.trigger` callback or a legacy card click). [unverified] The official
+//! Go and Python SDKs drop card frames unanswered (`handleDataFrame` returns for
+//! `MessageTypeCard`); an SDK issue (larksuite/oapi-sdk-python#126) reports card
+//! callbacks lost that way, and the workaround there routes them through the event path.
+//!
 //! perch differs on purpose: it never stops retrying (the SDK stops on a refused app;
 //! the issue asks for "forever, with backoff and jitter", and the state is shown in
 //! `describe()` and logged), and it backs off exponentially from `ws_reconnect_min`
