@@ -275,11 +275,11 @@ impl Processor {
         let mut answer = ClickAnswer::default();
 
         if names.is_empty() {
-            if let Some(body) = self.unknown_command_hint(event)
+            if let Some((author, body)) = self.unknown_command_hint(event)
                 && let Some(op) = reply_op(event, body)
             {
                 items.push(OutboxItem::new(
-                    format!("{id}/router/0000"),
+                    format!("{id}/{author}/0000"),
                     event.connector.clone(),
                     op,
                     now,
@@ -419,11 +419,35 @@ impl Processor {
     }
 
     /// For a message that addressed a bot but matched no route: name the nearest command.
-    fn unknown_command_hint(&self, event: &Event) -> Option<MessageBody> {
+    /// Answered in the name of the bot that was mentioned, where perch has one by that
+    /// name (the web chat shows each bot as a user), else of `router` (shown as perch).
+    fn unknown_command_hint(&self, event: &Event) -> Option<(String, MessageBody)> {
         if event.kind != EventKind::Message || !event.is_addressed() {
             return None;
         }
         let cmd = crate::command::parse(event)?;
+        let dir = &self.services.directory;
+        let mentioned = event
+            .mentions
+            .iter()
+            .filter(|m| m.is_bot)
+            .find_map(|m| dir.bots.iter().find(|b| b.name == m.person.id));
+        if let Some(bot) = mentioned
+            && bot.commands.is_empty()
+        {
+            // A bot that takes no commands (it reacts to events): say so, not "I don't
+            // know" with a guess at another bot's command.
+            let text = format!(
+                "`@{}` does not take commands: it is a `{}` bot that reacts to events. Say `@help` for the bots you can ask.",
+                bot.name, bot.kind
+            );
+            return Some((bot.name.clone(), MessageBody::text(text)));
+        }
+        let author = mentioned.map_or_else(|| "router".to_string(), |b| b.name.clone());
+        Some((author, self.hint_text(&cmd, event)?))
+    }
+
+    fn hint_text(&self, cmd: &crate::command::Command, event: &Event) -> Option<MessageBody> {
         let dir = &self.services.directory;
         // Known commands: those the reachable bots declare, and those routes match on.
         let known: Vec<&str> = dir

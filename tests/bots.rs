@@ -945,3 +945,42 @@ async fn daily_push_compares_with_the_sources_day_before() {
     assert!(first.contains("GMV: 1100 ▲ 10.0%"), "{first}");
     assert!(first.contains("Orders: 8 ▼ 20.0%"), "{first}");
 }
+
+/// A bot that takes no commands, @mentioned: it says so itself, in its own name (the
+/// outbox key names it, and the web chat shows the key's bot as the author), instead of
+/// an anonymous "I don't know" with a guess at another bot's command.
+#[tokio::test]
+async fn a_bot_without_commands_says_so_when_mentioned() {
+    let w = world().await;
+    let bots = r#"
+[bots.builds]
+kind = "notify"
+connector = "chat"
+chat = "team"
+text = "Build failed: {{payload.repo}}"
+
+[[routes]]
+topic = "build.failed"
+bots = ["builds"]
+"#;
+    let t = TestPerch::start(&config(&w, bots)).await;
+    let mut e = say("@builds hi", "nb1");
+    e.mentions = vec![Mention {
+        person: Person {
+            id: "builds".into(),
+            name: Some("builds".into()),
+        },
+        is_bot: true,
+    }];
+    t.perch().shared.journal.accept(vec![e]).await.unwrap();
+    let o = wait_ops(&w, 1).await;
+    assert_eq!(
+        text(&o[0]),
+        "`@builds` does not take commands: it is a `notify` bot that reacts to events. Say `@help` for the bots you can ask."
+    );
+    assert!(
+        o[0]["key"].as_str().unwrap().ends_with("/builds/0000"),
+        "{}",
+        o[0]["key"]
+    );
+}
