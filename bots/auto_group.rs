@@ -264,8 +264,11 @@ impl AutoGroup {
                     .iter()
                     .map(|f| format!("<{f}>"))
                     .collect();
+                // Written with the name the person called the bot by (`@groups` on the
+                // web chat, the app's name on Feishu).
+                let mention = cmd.addressed_to.as_deref().unwrap_or("bot");
                 return Err(BotError::User(format!(
-                    "Usage: @bot {} {} @member … (or members' e-mail addresses)",
+                    "Usage: @{mention} {} {} @member … (or members' e-mail addresses)",
                     self.config.command,
                     usage.join(" ")
                 )));

@@ -352,7 +352,8 @@ impl Bot for Query {
         };
         let body = match &cmd.config.template {
             Some(t) => {
-                let mut question = format!("@bot {}", parsed.name);
+                // What the person typed, with the name they called the bot by.
+                let mut question = format!("@{mention} {}", parsed.name);
                 for a in &parsed.args {
                     question.push(' ');
                     question.push_str(a);
