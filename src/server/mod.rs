@@ -242,7 +242,7 @@ async fn hook(
         secrets.push(token.expose());
     }
     match inbound {
-        Inbound::Respond(reply) => Ok((reply.status, Json(reply.body)).into_response()),
+        Inbound::Respond(reply) => Ok(reply_response(reply.status, reply.body)),
         Inbound::Events { mut events, ack } => {
             for e in &mut events {
                 crate::connectors::redact(e, &secrets);
@@ -264,7 +264,7 @@ async fn hook(
                     json!(matches!(first, Accepted::Duplicate(_))),
                 );
             }
-            Ok((ack.status, Json(body)).into_response())
+            Ok(reply_response(ack.status, body))
         }
         Inbound::Click { mut event, reply } => {
             crate::connectors::redact(&mut event, &secrets);
@@ -279,8 +279,18 @@ async fn hook(
                 None => None,
             };
             let reply = (reply.0)(answer.as_ref());
-            Ok((reply.status, Json(reply.body)).into_response())
+            Ok(reply_response(reply.status, reply.body))
         }
+    }
+}
+
+/// A connector's answer: `body` as JSON, or no body at all when it is `Null` (Slack
+/// wants an empty 200 as its acknowledgement).
+fn reply_response(status: StatusCode, body: serde_json::Value) -> Response {
+    if body.is_null() {
+        status.into_response()
+    } else {
+        (status, Json(body)).into_response()
     }
 }
 
