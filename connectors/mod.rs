@@ -13,6 +13,7 @@ pub mod feishu;
 pub mod file;
 pub mod http;
 pub mod local;
+pub mod slack;
 pub mod webhook;
 
 use crate::action::{ClickAnswer, Delivered, Operation};
@@ -453,6 +454,8 @@ pub enum ConnectorConfig {
     Feishu(feishu::FeishuConfig),
     /// A Feishu/Lark custom group bot (send-only webhook).
     FeishuWebhook(feishu::webhook_bot::FeishuWebhookConfig),
+    /// A Slack app bot (Events API, interactivity, Web API).
+    Slack(slack::SlackConfig),
 }
 
 impl ConnectorConfig {
@@ -464,6 +467,7 @@ impl ConnectorConfig {
             ConnectorConfig::File(_) => "file",
             ConnectorConfig::Feishu(_) => "feishu",
             ConnectorConfig::FeishuWebhook(_) => "feishu_webhook",
+            ConnectorConfig::Slack(_) => "slack",
         }
     }
 
@@ -476,6 +480,7 @@ impl ConnectorConfig {
             ConnectorConfig::File(c) => c.validate(name, at, issues),
             ConnectorConfig::Feishu(c) => c.validate(name, at, issues),
             ConnectorConfig::FeishuWebhook(c) => c.validate(name, at, issues),
+            ConnectorConfig::Slack(c) => c.validate(name, at, issues),
         }
     }
 }
@@ -518,6 +523,7 @@ fn build_inner(name: &str, config: ConnectorConfig, env: &ConnectorEnv) -> Share
         ConnectorConfig::FeishuWebhook(c) => {
             Arc::new(feishu::webhook_bot::FeishuWebhook::new(name, c, env))
         }
+        ConnectorConfig::Slack(c) => Arc::new(slack::Slack::new(name, c, env)),
     }
 }
 
