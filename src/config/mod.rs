@@ -487,18 +487,26 @@ impl Config {
             connector
                 .get_ref()
                 .validate(name, connector.span().start, &mut issues);
-            if let crate::connectors::ConnectorConfig::Feishu(c) = connector.get_ref() {
-                let window = c.timestamp_window(self.server.dedupe_window);
-                if window + c.clock_skew > self.server.dedupe_window {
-                    // A replay accepted after its event id was forgotten would be handled again.
-                    issues.at(
-                        connector.span().start,
-                        format!(
-                            "connector `{name}`: timestamp_window {:?} plus clock_skew {:?} is wider than server.dedupe_window {:?}: a replayed request could be accepted after its event id is forgotten",
-                            window, c.clock_skew, self.server.dedupe_window
-                        ),
-                    );
+            let window = match connector.get_ref() {
+                crate::connectors::ConnectorConfig::Feishu(c) => {
+                    Some((c.timestamp_window(self.server.dedupe_window), c.clock_skew))
                 }
+                crate::connectors::ConnectorConfig::Slack(c) => {
+                    Some((c.timestamp_window, c.clock_skew))
+                }
+                _ => None,
+            };
+            if let Some((window, clock_skew)) = window
+                && window + clock_skew > self.server.dedupe_window
+            {
+                // A replay accepted after its event id was forgotten would be handled again.
+                issues.at(
+                    connector.span().start,
+                    format!(
+                        "connector `{name}`: timestamp_window {:?} plus clock_skew {:?} is wider than server.dedupe_window {:?}: a replayed request could be accepted after its event id is forgotten",
+                        window, clock_skew, self.server.dedupe_window
+                    ),
+                );
             }
         }
         for (name, bot) in &self.bots {
