@@ -269,6 +269,7 @@ async fn a_direct_message_is_decoded_and_answered() {
     let m = messages(&fake, 1).await;
     assert_eq!(m[0].channel, "DU_BOB");
     assert_eq!(m[0].text, "just between us");
+    assert_eq!(m[0].thread_ts, None, "answered in the DM, not in a thread");
     let e = &journal(&t).await[0]["event"];
     assert_eq!(e["chat"]["chat_type"], "direct");
     assert_eq!(e["sender"]["id"], "U_BOB");

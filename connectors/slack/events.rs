@@ -146,11 +146,17 @@ fn message_event(
         id: channel.to_string(),
         chat_type: ct,
     });
-    // Replies go into the thread: its root when the message is in one (Slack: "avoid
-    // using a reply's ts value; use its parent instead"), else the message itself.
-    e.message_id = str_at(ev, "/thread_ts")
-        .or_else(|| str_at(ev, "/ts"))
-        .map(str::to_string);
+    // What a reply threads under (`reply_to` → `thread_ts`): the thread's root when the
+    // message is in one (Slack: "avoid using a reply's ts value; use its parent
+    // instead"), else the message itself — except a top-level direct message, which is
+    // answered in the DM as a conversation, not in a thread (its `ts` stays in the
+    // payload).
+    let thread_ts = str_at(ev, "/thread_ts");
+    e.message_id = match (thread_ts, ct) {
+        (Some(root), _) => Some(root.to_string()),
+        (None, ChatType::Direct) => None,
+        (None, ChatType::Group) => str_at(ev, "/ts").map(str::to_string),
+    };
     e.sender = str_at(ev, "/user").map(person);
     let bots = bot_ids(doc, ctx);
     let flag_bots = mention_event || ct == ChatType::Direct;
@@ -406,6 +412,10 @@ mod tests {
         )
         .unwrap();
         assert!(dm.is_addressed());
+        assert_eq!(
+            dm.message_id, None,
+            "a DM is answered in the DM, not in a thread"
+        );
         let own = event_callback(
             &doc(
                 json!({ "type": "message", "channel_type": "im", "bot_id": "B1",

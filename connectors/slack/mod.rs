@@ -16,11 +16,12 @@
 //!    redelivery (`X-Slack-Retry-Num`, after a slow or failed answer) is a journal
 //!    duplicate and is handled once; the answer is an empty 200 as soon as the event
 //!    is durable (Slack wants it within 3 s);
-//! 4. `block_actions` clicks on perch buttons become `Inbound::Click`s: the HTTP layer
-//!    journals them and waits (≤ `server.click_answer_window`) for the bot, but Slack's
-//!    answer is always an empty 200 — the card changes through the outbox, as the
-//!    bot's `Update` (`chat.update` with the channel and the message's `ts`). Slack has
-//!    no toast for block actions; a bot's toast is logged.
+//! 4. `block_actions` clicks on perch buttons become `card_action` events for the bot
+//!    the button names, acknowledged with an empty 200 as soon as they are durable
+//!    (not `Inbound::Click`: Slack's answer carries nothing from the bot, see
+//!    `inbound_interaction`). The card changes through the outbox, as the bot's
+//!    `Update` (`chat.update` with the channel and the message's `ts`). Slack has no
+//!    toast for block actions; a bot's toast is recorded in the event's fate only.
 //!
 //! Outbound: `chat.postMessage` (text, markdown as mrkdwn, cards as Block Kit with a
 //! `text` fallback; `reply_to` → `thread_ts`), `chat.update`, `conversations.create`
@@ -36,7 +37,6 @@ pub mod events;
 use super::*;
 use crate::action::{ChatSpec, MessageBody, Target};
 use crate::config::{EnvString, Secret};
-use crate::event::EventKind;
 use api::{ApiClient, ApiError};
 use serde_json::{Value, json};
 
@@ -301,25 +301,19 @@ impl Slack {
         }
     }
 
-    /// Interactivity: `payload=<JSON>`.
+    /// Interactivity: `payload=<JSON>`. A click is journaled and acknowledged at once
+    /// like any event, not as an `Inbound::Click` that waits for the bot: Slack's answer
+    /// to a `block_actions` request carries nothing from the bot (an empty 200), so
+    /// waiting (up to `server.click_answer_window`) would only eat into Slack's 3 s. The
+    /// router still handles it as a click (`card_action`), and the bot's card update
+    /// goes out through the outbox as `chat.update`; a toast has no Slack equivalent
+    /// and stays in the event's fate.
     fn inbound_interaction(&self, req: &InboundRequest) -> Result<Inbound, InboundError> {
         let doc = events::form_payload(&req.body)?;
         let event = events::interaction(&doc, &self.context(req))?;
-        if event.kind != EventKind::CardAction {
-            return Ok(Inbound::Events {
-                events: vec![event],
-                ack: empty_ack(),
-            });
-        }
-        let name = self.name.clone();
-        Ok(Inbound::Click {
-            event: Box::new(event),
-            reply: ClickReply::new(move |answer| {
-                if let Some(t) = answer.and_then(|a| a.toast.as_ref()) {
-                    tracing::info!(connector = %name, toast = %t.text, "Slack has no toast for button clicks; not shown");
-                }
-                empty_ack()
-            }),
+        Ok(Inbound::Events {
+            events: vec![event],
+            ack: empty_ack(),
         })
     }
 }
