@@ -727,3 +727,77 @@ fn perch_check_refuses_nonsense() {
     );
     assert_eq!(check("bot_token = \"xoxb-1\"\ninsecure = true"), None);
 }
+
+#[tokio::test]
+async fn the_group_bot_creates_a_channel_with_members_by_config_alone() {
+    let (fake, _t, sender) = setup_with(
+        r#"
+[bots.groups]
+kind = "auto_group"
+command = "newgroup"
+name_template = "proj-{{customer}}-{{code}}"
+fields = ["customer", "code"]
+key_template = "{{code}}"
+member_id_type = "user_id"
+welcome_template = "welcome"
+
+[[routes]]
+connector = "slack"
+mention = "*"
+command = "newgroup"
+stop = true
+bots = ["groups"]
+"#,
+    )
+    .await;
+    let ask = |id: &str, ts: &str| {
+        EventSender::mention(
+            &fake,
+            id,
+            "C_TEAM",
+            ts,
+            "newgroup Acme P12 <@U_BOB> carol@example.com",
+        )
+    };
+    assert_eq!(sender.send(&ask("EvG1", "1700000005.000100")).await.0, 200);
+    let channel = eventually(20, "the channel with its members", || {
+        let fake = fake.clone();
+        async move {
+            let st = fake.lock();
+            let ch = st.channels.values().find(|c| c.name == "proj-acme-p12")?;
+            (ch.members.contains(&"U_BOB".to_string())
+                && ch.members.contains(&user_for("carol@example.com")))
+            .then(|| ch.clone())
+        }
+    })
+    .await;
+    // The welcome card in the new channel, and an answer in the asker's thread.
+    eventually(20, "welcome card and answer", || {
+        let fake = fake.clone();
+        let id = channel.id.clone();
+        async move {
+            let m = fake.messages();
+            let welcome = m.iter().any(|m| m.channel == id && m.blocks.is_some());
+            let answer = m
+                .iter()
+                .any(|m| m.thread_ts.as_deref() == Some("1700000005.000100"));
+            (welcome && answer).then_some(())
+        }
+    })
+    .await;
+    // The same project asked for again: no second channel.
+    assert_eq!(sender.send(&ask("EvG2", "1700000005.000200")).await.0, 200);
+    eventually(20, "the second request is answered", || {
+        let fake = fake.clone();
+        async move {
+            fake.messages()
+                .iter()
+                .any(|m| m.thread_ts.as_deref() == Some("1700000005.000200"))
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(fake.calls_to("conversations.create").len(), 1);
+    assert_eq!(fake.lock().channels.len(), 2, "C_TEAM and the project's");
+    assert!(fake.refused().is_empty(), "{:?}", fake.refused());
+}
