@@ -3,9 +3,11 @@
 //!
 //! Flow: outbox → connector (out) → **api** → Slack (`POST <base_url>/<method>`).
 //!
-//! - **Requests** (refs §5): exactly one `Authorization: Bearer xoxb-…` and one
-//!   `Content-Type: application/json; charset=utf-8` (not reqwest's `.json()`, which
-//!   adds its own; a strict gateway refuses a repeated singleton header).
+//! - **Requests** (refs §5): exactly one `Authorization: Bearer xoxb-…`, and on POSTs
+//!   one `Content-Type: application/json; charset=utf-8` (not reqwest's `.json()`,
+//!   which adds its own; a strict gateway refuses a repeated singleton header). Read
+//!   methods (`users.lookupByEmail`) are GETs with query parameters, as the official
+//!   Python SDK sends them.
 //! - **Errors:** Slack answers HTTP 200 even on failure, so the JSON `ok`/`error` is
 //!   judged, not the status. `ratelimited` or HTTP 429 → `RateLimited` (connector-wide,
 //!   with `Retry-After`); `internal_error`, `fatal_error`, `service_unavailable`,
