@@ -199,6 +199,36 @@ pub fn malformed(headers: &axum::http::HeaderMap, body_len: usize) -> Option<Str
     None
 }
 
+/// The gateway in front of every fake platform: the request, whole, if a strict server
+/// would take it; else why not ("POST /path: header content-type appears 2 times") and
+/// the gateway's answer (400, an HTML page, not the platform's JSON envelope).
+pub async fn gateway_admits(
+    req: axum::extract::Request,
+) -> Result<axum::extract::Request, (String, axum::response::Response)> {
+    use axum::response::IntoResponse;
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        let why = format!("{} {}: body too large", parts.method, parts.uri.path());
+        return Err((
+            why,
+            (axum::http::StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response(),
+        ));
+    };
+    if let Some(why) = malformed(&parts.headers, bytes.len()) {
+        let why = format!("{} {}: {why}", parts.method, parts.uri.path());
+        let refusal = (
+            axum::http::StatusCode::BAD_REQUEST,
+            "<html><body>400 Bad Request</body></html>",
+        )
+            .into_response();
+        return Err((why, refusal));
+    }
+    Ok(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+}
+
 /// The JSON bodies a wiremock server received, in arrival order. Panics on a request a
 /// strict server would have refused (`malformed`).
 pub async fn received_json(server: &wiremock::MockServer) -> Vec<serde_json::Value> {

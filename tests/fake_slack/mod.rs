@@ -190,26 +190,13 @@ async fn gateway(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let (parts, body) = req.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
-        return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
-    };
-    if let Some(why) = crate::common::malformed(&parts.headers, bytes.len()) {
-        s.lock()
-            .unwrap()
-            .refused
-            .push(format!("{} {}: {why}", parts.method, parts.uri.path()));
-        return (
-            StatusCode::BAD_REQUEST,
-            "<html><body>400 Bad Request</body></html>",
-        )
-            .into_response();
+    match crate::common::gateway_admits(req).await {
+        Ok(req) => next.run(req).await,
+        Err((why, refusal)) => {
+            s.lock().unwrap().refused.push(why);
+            refusal
+        }
     }
-    next.run(axum::extract::Request::from_parts(
-        parts,
-        axum::body::Body::from(bytes),
-    ))
-    .await
 }
 
 fn ok(mut v: Value) -> Response {
