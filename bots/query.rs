@@ -55,6 +55,47 @@ pub struct CommandConfig {
     /// One line for `help`.
     #[serde(default)]
     pub summary: String,
+    /// The fields the card shows, in this order, with their labels and number formats
+    /// (`[{ key = "gmv", label = "GMV", decimals = 2 }]`). Unset: every plain field of the
+    /// answer, labelled from its key (`new_customers` → "New customers"), numbers with
+    /// thousands separators.
+    #[serde(default)]
+    pub fields: Vec<FieldConfig>,
+}
+
+/// One field of a query's answer as the card shows it.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FieldConfig {
+    /// The key in the answer object.
+    pub key: String,
+    /// The label (default: from the key).
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Decimals for a number (default: none for whole numbers, else 2).
+    #[serde(default)]
+    pub decimals: Option<usize>,
+}
+
+/// `new_customers` → "New customers".
+fn label_of(key: &str) -> String {
+    let words = key.replace(['_', '-'], " ");
+    let mut chars = words.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// A value as a card shows it: numbers with thousands separators.
+fn shown(v: &serde_json::Value, decimals: Option<usize>) -> String {
+    match v.as_f64() {
+        Some(n) if v.is_number() => {
+            let decimals = decimals.unwrap_or(if n.fract() == 0.0 { 0 } else { 2 });
+            crate::cards::helpers::format_number(n, decimals)
+        }
+        _ => cell_text(v),
+    }
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -240,15 +281,32 @@ impl Query {
 
 /// The parts of an answer a card shows: an object's scalar fields as `fields`, an
 /// array of objects as a `table`, anything else as the `answer` text.
-fn card_data(result: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+fn card_data(
+    result: &serde_json::Value,
+    wanted: &[FieldConfig],
+) -> serde_json::Map<String, serde_json::Value> {
     use serde_json::{Value, json};
     let mut data = serde_json::Map::new();
     match result {
+        Value::Object(map) if !wanted.is_empty() => {
+            let fields: Vec<Value> = wanted
+                .iter()
+                .map(|f| {
+                    let label = f.label.clone().unwrap_or_else(|| label_of(&f.key));
+                    let value = map
+                        .get(&f.key)
+                        .map(|v| shown(v, f.decimals))
+                        .unwrap_or_else(|| "—".to_string());
+                    json!({ "label": label, "value": value })
+                })
+                .collect();
+            data.insert("fields".into(), Value::Array(fields));
+        }
         Value::Object(map) => {
             let fields: Vec<Value> = map
                 .iter()
                 .filter(|(_, v)| !v.is_object() && !v.is_array())
-                .map(|(k, v)| json!({ "label": k, "value": cell_text(v) }))
+                .map(|(k, v)| json!({ "label": label_of(k), "value": shown(v, None) }))
                 .collect();
             data.insert("fields".into(), Value::Array(fields));
         }
@@ -363,7 +421,7 @@ impl Bot for Query {
                 } else {
                     cmd.config.summary.clone()
                 };
-                let mut data = card_data(&result);
+                let mut data = card_data(&result, &cmd.config.fields);
                 data.insert("question".into(), question.into());
                 data.insert("title".into(), title.into());
                 data.insert("command".into(), parsed.name.clone().into());
