@@ -74,9 +74,7 @@ async fn start_sink() -> (String, Arc<Mutex<Sink>>) {
                 ),
             )
             .with_state(sink.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let url = common::serve_fake(app).await;
     (url, sink)
 }
 
@@ -444,9 +442,7 @@ async fn switchable_sink(
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let url = common::serve_fake(app).await;
     (url, answer, count)
 }
 

@@ -66,9 +66,7 @@ async fn start_sink() -> (String, Arc<Mutex<HashMap<String, usize>>>) {
             ),
         )
         .with_state(keys.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let url = common::serve_fake(app).await;
     (url, keys)
 }
 

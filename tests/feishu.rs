@@ -10,9 +10,6 @@ use perch::action::{ChatSpec, MessageBody, Operation, Target};
 use perch::connectors::SendError;
 use serde_json::{Value, json};
 
-const TOKEN: &str = "verification-token-for-tests";
-const KEY: &str = "encrypt-key-for-tests";
-
 fn config(fake: &FakeFeishu) -> String {
     format!(
         r#"
@@ -24,14 +21,7 @@ min_backoff = "50ms"
 max_backoff = "2s"
 max_attempts = 20
 
-[connectors.feishu]
-kind = "feishu"
-app_id = "{APP_ID}"
-app_secret = "{APP_SECRET}"
-verification_token = "{TOKEN}"
-encrypt_key = "{KEY}"
-base_url = "{base}"
-
+{feishu}
 [bots.echo]
 kind = "echo"
 
@@ -41,7 +31,7 @@ kind = "message"
 mention = "*"
 bots = ["echo"]
 "#,
-        base = fake.base
+        feishu = app_connector("feishu", &fake.base, true),
     )
 }
 
@@ -112,14 +102,7 @@ fn signed_headers(body: &[u8]) -> Vec<(String, String)> {
 
 /// Wait until the fake holds `n` messages, and return them.
 async fn messages(fake: &FakeFeishu, n: usize) -> Vec<Message> {
-    eventually(30, &format!("{n} message(s) at the fake"), || {
-        let fake = fake.clone();
-        async move {
-            let m = fake.messages();
-            (m.len() >= n).then_some(m)
-        }
-    })
-    .await
+    at_least(30, n, "message(s) at the fake", || fake.messages()).await
 }
 
 #[tokio::test]

@@ -12,9 +12,6 @@ use fake_feishu::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-const TOKEN: &str = "verification-token-for-tests";
-const KEY: &str = "encrypt-key-for-tests";
-
 fn config(fake: &FakeFeishu, secret: &str) -> String {
     format!(
         r#"
@@ -83,14 +80,7 @@ async fn answer(lc: &FakeLongConnection, id: &str) -> fake_feishu::ws::Answer {
 }
 
 async fn messages(fake: &FakeFeishu, n: usize) -> Vec<Message> {
-    eventually(15, &format!("{n} message(s) at the fake"), || {
-        let fake = fake.clone();
-        async move {
-            let m = fake.messages();
-            (m.len() >= n).then_some(m)
-        }
-    })
-    .await
+    at_least(15, n, "message(s) at the fake", || fake.messages()).await
 }
 
 async fn journal(t: &TestPerch) -> Vec<Value> {

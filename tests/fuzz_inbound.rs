@@ -22,8 +22,6 @@ use serde_json::{Value, json};
 use std::collections::HashSet;
 
 const SECRET: &str = "fuzz-webhook-secret";
-const TOKEN: &str = "verification-token-for-tests";
-const KEY: &str = "encrypt-key-for-tests";
 
 fn config(fake: &FakeFeishu) -> String {
     format!(
@@ -40,21 +38,8 @@ id_header = "X-Delivery"
 chat_pointer = "/chat"
 sender_pointer = "/sender"
 
-[connectors.feishu]
-kind = "feishu"
-app_id = "{APP_ID}"
-app_secret = "{APP_SECRET}"
-verification_token = "{TOKEN}"
-encrypt_key = "{KEY}"
-base_url = "{base}"
-
-[connectors.feishu_plain]
-kind = "feishu"
-app_id = "{APP_ID}"
-app_secret = "{APP_SECRET}"
-verification_token = "{TOKEN}"
-base_url = "{base}"
-
+{feishu}
+{feishu_plain}
 [connectors.web]
 kind = "local"
 
@@ -65,7 +50,8 @@ kind = "echo"
 mention = "*"
 bots = ["echo"]
 "#,
-        base = fake.base
+        feishu = app_connector("feishu", &fake.base, true),
+        feishu_plain = app_connector("feishu_plain", &fake.base, false),
     )
 }
 

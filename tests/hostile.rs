@@ -12,8 +12,6 @@ use perch::event::MAX_JSON_DEPTH;
 use serde_json::{Value, json};
 
 const SECRET: &str = "webhook-secret-for-hostile-tests";
-const TOKEN: &str = "verification-token-for-tests";
-const KEY: &str = "encrypt-key-for-tests";
 
 fn config(fake: &FakeFeishu) -> String {
     format!(
@@ -27,25 +25,13 @@ secret = "{SECRET}"
 topic_header = "X-Topic"
 id_header = "X-Delivery"
 
-[connectors.feishu]
-kind = "feishu"
-app_id = "{APP_ID}"
-app_secret = "{APP_SECRET}"
-verification_token = "{TOKEN}"
-encrypt_key = "{KEY}"
-base_url = "{base}"
-
-[connectors.feishu_plain]
-kind = "feishu"
-app_id = "{APP_ID}"
-app_secret = "{APP_SECRET}"
-verification_token = "{TOKEN}"
-base_url = "{base}"
-
+{feishu}
+{feishu_plain}
 [connectors.web]
 kind = "local"
 "#,
-        base = fake.base
+        feishu = app_connector("feishu", &fake.base, true),
+        feishu_plain = app_connector("feishu_plain", &fake.base, false),
     )
 }
 

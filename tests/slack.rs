@@ -102,14 +102,7 @@ async fn journal(t: &TestPerch) -> Vec<Value> {
 
 /// Wait until the fake holds `n` messages, and return them.
 async fn messages(fake: &FakeSlack, n: usize) -> Vec<Message> {
-    eventually(30, &format!("{n} message(s) at the fake"), || {
-        let fake = fake.clone();
-        async move {
-            let m = fake.messages();
-            (m.len() >= n).then_some(m)
-        }
-    })
-    .await
+    at_least(30, n, "message(s) at the fake", || fake.messages()).await
 }
 
 #[tokio::test]

@@ -164,6 +164,62 @@ impl TestPerch {
     }
 }
 
+/// Serve `app` (a fake platform or sink) on 127.0.0.1 and a free port, in the
+/// background; its base URL, `http://127.0.0.1:<port>`.
+pub async fn serve_fake(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a fake on 127.0.0.1");
+    let url = format!("http://{}", listener.local_addr().expect("a bound address"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    url
+}
+
+/// One call a fake platform recorded, as `calls_inside_waits` sees it.
+pub struct Seen {
+    pub at: std::time::Instant,
+    /// The wait the fake ordered with its answer (a 429's reset or Retry-After).
+    pub ordered_wait: Option<Duration>,
+    /// Whether the platform's limit covers this call.
+    pub limited: bool,
+    pub name: String,
+}
+
+/// Calls that arrived while an earlier answer said to wait: a client that honours rate
+/// limits makes none. Requests already on the wire when the 429 was answered cannot be
+/// called back, so a window opens 100 ms after its call. Pairs of (the call that was
+/// told to wait, a call inside its window), by name.
+pub fn calls_inside_waits(calls: &[Seen]) -> Vec<(String, String)> {
+    let mut inside = Vec::new();
+    for (i, c) in calls.iter().enumerate() {
+        let Some(wait) = c.ordered_wait else {
+            continue;
+        };
+        let (from, until) = (c.at + Duration::from_millis(100), c.at + wait);
+        for later in &calls[i + 1..] {
+            if later.limited && later.at > from && later.at < until {
+                inside.push((c.name.clone(), later.name.clone()));
+            }
+        }
+    }
+    inside
+}
+
+/// Wait (up to `secs`) until `get` returns at least `n` things (messages at a fake
+/// platform, requests at a sink); return them.
+pub async fn at_least<T, F>(secs: u64, n: usize, what: &str, get: F) -> Vec<T>
+where
+    F: Fn() -> Vec<T>,
+{
+    eventually(secs, &format!("{n} {what}"), || {
+        let got = get();
+        async move { (got.len() >= n).then_some(got) }
+    })
+    .await
+}
+
 /// Headers a request may carry once (RFC 9110 §5.3: a repeated singleton is malformed).
 pub const SINGLETON_HEADERS: [&str; 5] = [
     "content-type",

@@ -43,6 +43,22 @@ use std::time::Duration;
 pub const APP_ID: &str = "cli_test_app";
 pub const APP_SECRET: &str = "app-secret-for-tests";
 pub const BOT_OPEN_ID: &str = "ou_perch_bot";
+/// The Verification Token and Encrypt Key the tests configure and sign with.
+pub const TOKEN: &str = "verification-token-for-tests";
+pub const KEY: &str = "encrypt-key-for-tests";
+
+/// `[connectors.<name>] kind = "feishu"` pointed at the fake at `base`, with the test
+/// credentials; `encrypted`: with the Encrypt Key (signed, encrypted bodies).
+pub fn app_connector(name: &str, base: &str, encrypted: bool) -> String {
+    let key = if encrypted {
+        format!("encrypt_key = \"{KEY}\"\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "[connectors.{name}]\nkind = \"feishu\"\napp_id = \"{APP_ID}\"\napp_secret = \"{APP_SECRET}\"\nverification_token = \"{TOKEN}\"\n{key}base_url = \"{base}\"\n"
+    )
+}
 
 /// A fault the next API call (not the token or bot-info endpoints) suffers.
 #[derive(Debug, Clone)]
@@ -171,13 +187,7 @@ impl FakeFeishu {
             .route("/callback/ws/endpoint", post(ws_endpoint))
             .layer(axum::middleware::from_fn_with_state(state.clone(), gateway))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind fake Feishu");
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let base = crate::common::serve_fake(app).await;
         FakeFeishu { base, state }
     }
 
@@ -249,28 +259,25 @@ impl FakeFeishu {
             .collect()
     }
 
-    /// Calls that arrived while an earlier 429 (with its reset) said to wait: a client
-    /// that honours rate limits makes none. Requests already on the wire when the 429
-    /// was answered cannot be called back, so the window opens 100 ms after it.
-    /// Pairs of (limited call, call inside its window), by path.
+    /// Calls to the IM API inside an earlier 429's reset window (`calls_inside_waits`).
     pub fn calls_inside_rate_limit_windows(&self) -> Vec<(String, String)> {
-        let calls = self.lock().calls.clone();
-        let mut inside = Vec::new();
-        for (i, c) in calls.iter().enumerate() {
-            let Some(Fault::RateLimited { reset_secs }) = c.fault else {
-                continue;
-            };
-            let (from, until) = (
-                c.at + Duration::from_millis(100),
-                c.at + Duration::from_secs(reset_secs),
-            );
-            for later in &calls[i + 1..] {
-                if later.at > from && later.at < until && later.path.starts_with("/open-apis/im/") {
-                    inside.push((c.path.clone(), later.path.clone()));
-                }
-            }
-        }
-        inside
+        let seen: Vec<crate::common::Seen> = self
+            .lock()
+            .calls
+            .iter()
+            .map(|c| crate::common::Seen {
+                at: c.at,
+                ordered_wait: match c.fault {
+                    Some(Fault::RateLimited { reset_secs }) => {
+                        Some(Duration::from_secs(reset_secs))
+                    }
+                    _ => None,
+                },
+                limited: c.path.starts_with("/open-apis/im/"),
+                name: c.path.clone(),
+            })
+            .collect();
+        crate::common::calls_inside_waits(&seen)
     }
 
     /// Requests the strict gateway refused; a test that expects none asserts it empty.

@@ -107,13 +107,7 @@ impl FakeSlack {
             .route("/api/{method}", any(method))
             .layer(axum::middleware::from_fn_with_state(state.clone(), gateway))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind fake Slack");
-        let base = format!("http://{}/api", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let base = format!("{}/api", crate::common::serve_fake(app).await);
         FakeSlack { base, state }
     }
 
@@ -146,27 +140,25 @@ impl FakeSlack {
         self.lock().refused.clone()
     }
 
-    /// Calls that arrived inside an earlier 429's `Retry-After` window (from 100 ms after
-    /// it: requests already on the wire cannot be called back). A client that honours
-    /// the limit makes none.
+    /// Calls inside an earlier 429's `Retry-After` window (`calls_inside_waits`).
     pub fn calls_inside_rate_limit_windows(&self) -> Vec<(String, String)> {
-        let calls = self.lock().calls.clone();
-        let mut inside = Vec::new();
-        for (i, c) in calls.iter().enumerate() {
-            let Some(Fault::RateLimited { retry_after_secs }) = c.fault else {
-                continue;
-            };
-            let (from, until) = (
-                c.at + Duration::from_millis(100),
-                c.at + Duration::from_secs(retry_after_secs),
-            );
-            for later in &calls[i + 1..] {
-                if later.at > from && later.at < until {
-                    inside.push((c.method.clone(), later.method.clone()));
-                }
-            }
-        }
-        inside
+        let seen: Vec<crate::common::Seen> = self
+            .lock()
+            .calls
+            .iter()
+            .map(|c| crate::common::Seen {
+                at: c.at,
+                ordered_wait: match c.fault {
+                    Some(Fault::RateLimited { retry_after_secs }) => {
+                        Some(Duration::from_secs(retry_after_secs))
+                    }
+                    _ => None,
+                },
+                limited: true,
+                name: c.method.clone(),
+            })
+            .collect();
+        crate::common::calls_inside_waits(&seen)
     }
 
     /// A channel people already use (for sends to it).
