@@ -29,6 +29,7 @@
 use super::text_template::{Escape, TextTemplates};
 use super::*;
 use crate::action::{ChatSpec, MessageBody, Operation, Target};
+use crate::cards::markdown as md;
 use crate::event::EventKind;
 use std::collections::BTreeMap;
 
@@ -228,7 +229,8 @@ impl AutoGroup {
             let n = name.chars().count();
             if n > max {
                 return Some(format!(
-                    "`{name}` is {n} characters long; at most {max} are allowed.{explain}"
+                    "{} is {n} characters long; at most {max} are allowed.{explain}",
+                    md::code(name)
                 ));
             }
         }
@@ -236,13 +238,16 @@ impl AutoGroup {
             let bad: String = name.chars().filter(|c| forbidden.contains(*c)).collect();
             if !bad.is_empty() {
                 return Some(format!(
-                    "`{name}` contains characters that are not allowed: {bad}.{explain}"
+                    "{} contains characters that are not allowed: {}.{explain}",
+                    md::code(name),
+                    md::code(&bad)
                 ));
             }
         }
         if self.pattern.as_ref().is_some_and(|p| !p.is_match(name)) {
             return Some(format!(
-                "`{name}` does not follow the naming rule.{explain}"
+                "{} does not follow the naming rule.{explain}",
+                md::code(name)
             ));
         }
         None
@@ -496,7 +501,9 @@ impl Bot for AutoGroup {
         }
         let verb = if resumed { "Finished" } else { "Created" };
         actions.extend(answer(format!(
-            "{verb} **{name}** (chat `{chat_id}`).{report}"
+            "{verb} **{}** (chat {}).{report}",
+            md::escape(&name),
+            md::code(&chat_id)
         )));
         Ok(actions)
     }
@@ -551,8 +558,9 @@ impl AutoGroup {
             if existing.is_complete() {
                 let id = existing.chat_id.as_deref().unwrap_or_default();
                 return Ok(Claim::Answer(answer(format!(
-                    "The group for this project already exists: **{}** (chat `{id}`).",
-                    existing.name
+                    "The group for this project already exists: **{}** (chat {}).",
+                    md::escape(&existing.name),
+                    md::code(id)
                 ))));
             }
             let fresh = existing.chat_id.is_none()

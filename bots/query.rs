@@ -21,6 +21,7 @@
 
 use super::text_template::{Escape, TextTemplates};
 use super::*;
+use crate::cards::markdown as md;
 use crate::connectors::DataRequest;
 use std::collections::BTreeMap;
 
@@ -266,7 +267,8 @@ impl Query {
             };
             if pattern.as_ref().is_some_and(|p| !p.is_match(&value)) {
                 return Err(BotError::User(format!(
-                    "`{value}` is not a valid {}. {}",
+                    "{} is not a valid {}. {}",
+                    md::code(&value),
                     spec.name,
                     usage()
                 )));
@@ -333,7 +335,7 @@ fn plain_answer(word: &str, result: &serde_json::Value) -> crate::action::Messag
                 text.push_str(&format!("- {k}: {v}\n"));
             }
         }
-        other => text.push_str(&format!("`{other}`\n")),
+        other => text.push_str(&format!("{}\n", md::code(&other.to_string()))),
     }
     crate::action::MessageBody::markdown(text)
 }
@@ -384,8 +386,8 @@ impl Bot for Query {
                 .map(|n| format!(" Did you mean `{n}`?"))
                 .unwrap_or_default();
             return Err(BotError::User(format!(
-                "I don't know `{}`.{hint} I know: {}.",
-                parsed.name,
+                "I don't know {}.{hint} I know: {}.",
+                md::code(&parsed.name),
                 known.join(", ")
             )));
         };
@@ -402,8 +404,8 @@ impl Bot for Query {
         let result = match &cmd.config.pointer {
             Some(p) => answer.pointer(p).cloned().ok_or_else(|| {
                 BotError::User(format!(
-                    "The answer for `{}` has no {p}: the data source may have changed.",
-                    parsed.name
+                    "The answer for {} has no {p}: the data source may have changed.",
+                    md::code(&parsed.name)
                 ))
             })?,
             None => answer,

@@ -53,6 +53,7 @@ use super::text_template::{Escape, TextTemplates};
 use super::when;
 use super::*;
 use crate::action::{MessageBody, Target, ToastKind};
+use crate::cards::markdown as md;
 use crate::event::EventKind;
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
@@ -892,24 +893,33 @@ impl Reminders {
                 };
                 let key = Self::key(id);
                 let Some(mut item) = ctx.state_get::<Item>(&key).await? else {
-                    return Err(BotError::User(format!("There is no {noun} `{id}`.")));
+                    return Err(BotError::User(format!(
+                        "There is no {noun} {}.",
+                        md::code(id)
+                    )));
                 };
                 if !self.may_press(&item, &who) {
                     return Err(BotError::User(format!(
-                        "Only {} (the owner) can change {noun} `{id}`.",
-                        item.owner_display()
+                        "Only {} (the owner) can change {noun} {}.",
+                        md::escape(&item.owner_display()),
+                        md::code(id)
                     )));
                 }
                 let text = match cmd.name.as_str() {
                     "done" => {
                         if !item.is_open() {
-                            return Ok(vec![Action::reply_text(format!(
-                                "`{id}` was already done."
+                            return Ok(vec![Action::reply_markdown(format!(
+                                "{} was already done.",
+                                md::code(id)
                             ))]);
                         }
                         item.done_by = Some(who_name);
                         item.done_at = Some(now);
-                        format!("Done: `{id}` {}. No more reminders.", item.title)
+                        format!(
+                            "Done: {} {}. No more reminders.",
+                            md::code(id),
+                            md::escape(&item.title)
+                        )
                     }
                     "snooze" => {
                         let days = match cmd.args.get(1) {
@@ -921,7 +931,7 @@ impl Reminders {
                         let until = self.snooze_until(now, days);
                         item.snoozed_until = Some(until);
                         item.snoozed_by = Some(who_name);
-                        format!("Snoozed `{id}` until {}.", self.due_text(until))
+                        format!("Snoozed {} until {}.", md::code(id), self.due_text(until))
                     }
                     _ => {
                         let Some(new_owner) = cmd.people.first() else {
@@ -931,11 +941,16 @@ impl Reminders {
                         };
                         item.owner = new_owner.id.clone();
                         item.owner_name = new_owner.name.clone();
-                        format!("`{id}` {} is now {}'s.", item.title, item.owner_display())
+                        format!(
+                            "{} {} is now {}'s.",
+                            md::code(id),
+                            md::escape(&item.title),
+                            md::escape(&item.owner_display())
+                        )
                     }
                 };
                 ctx.state_put(&key, &item).await?;
-                Ok(vec![Action::reply_text(text)])
+                Ok(vec![Action::reply_markdown(text)])
             }
             _ => Err(BotError::User(self.usage())),
         }
@@ -1013,11 +1028,12 @@ impl Reminders {
             ..Item::new(&id, owner, due, self.connector_for(event), now)
         };
         ctx.state_put(&Self::key(&id), &item).await?;
-        Ok(vec![Action::reply_text(format!(
-            "OK: I'll remind {} about “{}” on {} (`{id}`).",
-            item.owner_display(),
-            item.title,
-            self.due_text(due)
+        Ok(vec![Action::reply_markdown(format!(
+            "OK: I'll remind {} about “{}” on {} ({}).",
+            md::escape(&item.owner_display()),
+            md::escape(&item.title),
+            self.due_text(due),
+            md::code(&id)
         ))])
     }
 
@@ -1050,10 +1066,10 @@ impl Reminders {
                 d => format!("in {d} day{}", if d == 1 { "" } else { "s" }),
             };
             text.push_str(&format!(
-                "\n- `{}` {} — {} — {} ({when})",
-                item.id,
-                item.title,
-                item.owner_display(),
+                "\n- {} {} — {} — {} ({when})",
+                md::code(&item.id),
+                md::escape(&item.title),
+                md::escape(&item.owner_display()),
                 self.due_text(item.due)
             ));
         }
@@ -1145,7 +1161,7 @@ impl Reminders {
             other => {
                 return Ok(vec![Action::toast(
                     ToastKind::Error,
-                    format!("Unknown button `{other}`."),
+                    format!("Unknown button {other:?}."),
                 )]);
             }
         };

@@ -187,6 +187,13 @@ impl Action {
             body: MessageBody::text(text),
         }
     }
+    /// A markdown reply. Values from people or payloads go in through
+    /// `cards::markdown::code` or `cards::markdown::escape`.
+    pub fn reply_markdown(text: impl Into<String>) -> Self {
+        Action::Reply {
+            body: MessageBody::markdown(text),
+        }
+    }
     /// A pop-up for the person who clicked a card button.
     pub fn toast(kind: ToastKind, text: impl Into<String>) -> Self {
         Action::Toast {

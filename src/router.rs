@@ -441,7 +441,7 @@ impl Processor {
                 "`@{}` does not take commands: it is a `{}` bot that reacts to events. Say `@help` for the bots you can ask.",
                 bot.name, bot.kind
             );
-            return Some((bot.name.clone(), MessageBody::text(text)));
+            return Some((bot.name.clone(), MessageBody::markdown(text)));
         }
         let author = mentioned.map_or_else(|| "router".to_string(), |b| b.name.clone());
         Some((author, self.hint_text(&cmd, event)?))
@@ -473,16 +473,16 @@ impl Processor {
                         .join(", ")
                 )
             };
-            return Some(MessageBody::text(text));
+            return Some(MessageBody::markdown(text));
         }
-        let what = format!("`{}`", cmd.name);
+        let what = crate::cards::markdown::code(&cmd.name);
         let hint = match crate::command::nearest(&cmd.name, known.iter().copied()) {
             Some(near) => {
                 format!("I don't know {what}. Did you mean `{near}`? Say `@help` for the list.")
             }
             None => format!("I don't know {what}. Say `@help` for what I can do."),
         };
-        Some(MessageBody::text(hint))
+        Some(MessageBody::markdown(hint))
     }
 }
 
@@ -499,11 +499,15 @@ fn apology(bot: &str, event: &Event, e: &BotError) -> Option<Action> {
             event.id
         ),
     };
-    // A click is answered where it happened, not with a message to the whole chat.
+    // A click is answered where it happened, not with a message to the whole chat; a
+    // toast is plain text everywhere.
     if event.kind == EventKind::CardAction {
-        return Some(Action::toast(ToastKind::Error, text));
+        return Some(Action::toast(
+            ToastKind::Error,
+            crate::cards::markdown::to_plain(&text),
+        ));
     }
-    Some(Action::reply_text(text))
+    Some(Action::reply_markdown(text))
 }
 
 /// The operation that answers `event` in its chat (or to its sender directly).

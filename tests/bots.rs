@@ -310,7 +310,7 @@ async fn auto_group_creates_a_group_once_and_explains_the_rule() {
     let o = wait_ops(&w, 6).await;
     assert_eq!(
         text(&o[5]),
-        "`【项目】Acme/East-P13` contains characters that are not allowed: /. The rule: 【项目】<customer>-<CODE>, at most 30 characters."
+        "`【项目】Acme/East-P13` contains characters that are not allowed: `/`. The rule: 【项目】<customer>-<CODE>, at most 30 characters."
     );
     j.accept(vec![say("@bot 建群 Acme", "g4")]).await.unwrap();
     let o = wait_ops(&w, 7).await;

@@ -221,6 +221,41 @@ async fn help_lists_the_commands() {
     );
 }
 
+/// A reply that quotes what a person typed shows it as code, whole, whatever it holds:
+/// markdown is rendered (no raw backticks) and nothing typed becomes markup.
+#[tokio::test]
+async fn a_quoted_command_is_shown_as_code_not_markup() {
+    let config = format!(
+        r#"{CONFIG}
+[bots.tasks]
+kind = "reminders"
+timezone = "UTC"
+
+[[routes]]
+connector = "web"
+mention = "tasks"
+bots = ["tasks"]
+"#
+    );
+    let t = TestPerch::start(&config).await;
+    say(
+        &t,
+        "general",
+        "ann",
+        "@tasks done de`ploy<b>*x*</b>",
+        "c-quoted",
+    )
+    .await;
+    let reply = reply_from(&t, "general", "tasks").await;
+    assert_eq!(reply["body"]["type"], "markdown", "{reply}");
+    let html = reply["html"].as_str().unwrap();
+    assert!(
+        html.contains("<code>de`ploy&lt;b&gt;*x*&lt;/b&gt;</code>"),
+        "{html}"
+    );
+    assert!(!html.contains("<b>") && !html.contains("<em>"), "{html}");
+}
+
 #[tokio::test]
 async fn a_double_submit_is_one_message_and_one_event() {
     let t = TestPerch::start(CONFIG).await;

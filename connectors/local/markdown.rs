@@ -1,10 +1,10 @@
 //! Safe HTML for the web chat's message bodies, built on the server so the browser only
 //! ever inserts finished, escaped HTML.
 //!
-//! Everything is HTML-escaped *first*; only then is a small markdown subset turned into
-//! tags: **bold**, *italic* / _italic_, `code`, fenced code blocks, `[text](url)` and bare
-//! links (http and https only, so no `javascript:`), `-`/`*`/`1.` lists, `#` headings
-//! (shown bold), and line breaks. `@name` is highlighted. Anything else stays literal text.
+//! Plain text (what people type) is escaped, with bare links (http and https only, so no
+//! `javascript:`) and `@name` marked. Markdown bodies are parsed by the one markdown
+//! module (`cards::markdown`, CommonMark), which escapes everything and drops raw HTML;
+//! their plain text gets the same link and mention marks.
 //!
 //! Flow: bot → outbox → web-chat `execute` → history → **HTML** → browser.
 
@@ -16,137 +16,13 @@ use std::sync::LazyLock;
 /// Plain text (what people type, and bots' text bodies): escaped, links and @mentions
 /// marked, newlines kept. No emphasis: a `*` a person typed stays a `*`.
 pub fn text_to_html(text: &str) -> String {
-    text.lines()
-        .map(|l| links(l, false))
-        .collect::<Vec<_>>()
-        .join("<br>")
+    text.lines().map(links).collect::<Vec<_>>().join("<br>")
 }
 
-/// The markdown subset described in the module doc, as HTML.
+/// A markdown body (bots' markdown replies) as HTML: parsed by the one markdown module
+/// (`cards::markdown`), with bare links and `@mentions` marked in its plain text.
 pub fn markdown_to_html(md: &str) -> String {
-    let mut out = String::new();
-    let mut para: Vec<String> = Vec::new();
-    // `Some(true)` = an ordered list is open, `Some(false)` = a bulleted one.
-    let mut list: Option<bool> = None;
-    let mut code: Option<Vec<&str>> = None;
-
-    fn flush_para(out: &mut String, para: &mut Vec<String>) {
-        if !para.is_empty() {
-            out.push_str("<p>");
-            out.push_str(&para.join("<br>"));
-            out.push_str("</p>");
-            para.clear();
-        }
-    }
-    fn close_list(out: &mut String, list: &mut Option<bool>) {
-        match list.take() {
-            Some(true) => out.push_str("</ol>"),
-            Some(false) => out.push_str("</ul>"),
-            None => {}
-        }
-    }
-
-    for line in md.lines() {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with("```") {
-            match code.take() {
-                Some(lines) => {
-                    out.push_str("<pre><code>");
-                    out.push_str(&escape_html(&lines.join("\n")));
-                    out.push_str("</code></pre>");
-                }
-                None => {
-                    flush_para(&mut out, &mut para);
-                    close_list(&mut out, &mut list);
-                    code = Some(Vec::new());
-                }
-            }
-            continue;
-        }
-        if let Some(lines) = code.as_mut() {
-            lines.push(line);
-            continue;
-        }
-        if trimmed.is_empty() {
-            flush_para(&mut out, &mut para);
-            close_list(&mut out, &mut list);
-            continue;
-        }
-        if let Some((ordered, item)) = list_item(trimmed) {
-            flush_para(&mut out, &mut para);
-            if list != Some(ordered) {
-                close_list(&mut out, &mut list);
-                out.push_str(if ordered { "<ol>" } else { "<ul>" });
-                list = Some(ordered);
-            }
-            out.push_str("<li>");
-            out.push_str(&inline(item));
-            out.push_str("</li>");
-            continue;
-        }
-        close_list(&mut out, &mut list);
-        if let Some(heading) = heading(trimmed) {
-            flush_para(&mut out, &mut para);
-            out.push_str("<p><strong>");
-            out.push_str(&inline(heading));
-            out.push_str("</strong></p>");
-            continue;
-        }
-        para.push(inline(line));
-    }
-    if let Some(lines) = code {
-        // An unterminated fence: still show what was there as code.
-        out.push_str("<pre><code>");
-        out.push_str(&escape_html(&lines.join("\n")));
-        out.push_str("</code></pre>");
-    }
-    flush_para(&mut out, &mut para);
-    close_list(&mut out, &mut list);
-    out
-}
-
-/// `- x`, `* x`, `+ x` → (false, "x"); `12. x` → (true, "x").
-fn list_item(line: &str) -> Option<(bool, &str)> {
-    for bullet in ["- ", "* ", "+ ", "• "] {
-        if let Some(rest) = line.strip_prefix(bullet) {
-            return Some((false, rest));
-        }
-    }
-    let digits = line.chars().take_while(|c| c.is_ascii_digit()).count();
-    if (1..=3).contains(&digits)
-        && let Some(rest) = line[digits..].strip_prefix(". ")
-    {
-        return Some((true, rest));
-    }
-    None
-}
-
-/// `# Title` … `###### Title` → "Title".
-fn heading(line: &str) -> Option<&str> {
-    let hashes = line.chars().take_while(|&c| c == '#').count();
-    if (1..=6).contains(&hashes) {
-        line[hashes..].strip_prefix(' ')
-    } else {
-        None
-    }
-}
-
-/// One line of markdown: code spans first (their content is only escaped), then links
-/// and emphasis on the rest.
-fn inline(line: &str) -> String {
-    let mut out = String::new();
-    let mut rest = line;
-    while let Some(open) = rest.find('`') {
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('`') else { break };
-        out.push_str(&links(&rest[..open], true));
-        out.push_str("<code>");
-        out.push_str(&escape_html(&after[..close]));
-        out.push_str("</code>");
-        rest = &after[close + 1..];
-    }
-    out.push_str(&links(rest, true));
-    out
+    crate::cards::markdown::to_html_with(md, &|text| links(text))
 }
 
 static LINK: LazyLock<Regex> = LazyLock::new(|| {
@@ -156,16 +32,8 @@ static LINK: LazyLock<Regex> = LazyLock::new(|| {
 
 /// Find links in raw text; escape and decorate the text around them. Link URLs are
 /// escaped into the `href` and can only be http(s) because the pattern demands it.
-fn links(raw: &str, emphasis: bool) -> String {
-    let decorate = |s: &str| {
-        let escaped = escape_html(s);
-        let escaped = if emphasis {
-            emphasize(&escaped)
-        } else {
-            escaped
-        };
-        mentions(&escaped)
-    };
+fn links(raw: &str) -> String {
+    let decorate = |s: &str| mentions(&escape_html(s));
     let mut out = String::new();
     let mut last = 0;
     for m in LINK.captures_iter(raw) {
@@ -195,30 +63,8 @@ fn links(raw: &str, emphasis: bool) -> String {
     out
 }
 
-static BOLD: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\*\*([^*\n]+?)\*\*|__([^_\n]+?)__").expect("bold regex"));
-static ITALIC_STAR: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(^|[^*\w])\*([^*\s](?:[^*\n]*[^*\s])?)\*").expect("italic regex")
-});
-static ITALIC_UNDERSCORE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(^|[^\w])_([^_\s](?:[^_\n]*[^_\s])?)_($|[^\w])").expect("italic regex")
-});
 static MENTION: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(^|[^\w&#])@(\w[\w.-]*\w|\w)").expect("mention regex"));
-
-/// Bold and italic on already-escaped text (escaping never produces `*` or `_`).
-fn emphasize(escaped: &str) -> String {
-    let s = BOLD.replace_all(escaped, |c: &regex::Captures| {
-        format!(
-            "<strong>{}</strong>",
-            c.get(1).or_else(|| c.get(2)).map_or("", |m| m.as_str())
-        )
-    });
-    let s = ITALIC_STAR.replace_all(&s, "$1<em>$2</em>");
-    ITALIC_UNDERSCORE
-        .replace_all(&s, "$1<em>$2</em>$3")
-        .into_owned()
-}
 
 /// `@name` → a highlighted span, on already-escaped text.
 fn mentions(escaped: &str) -> String {
@@ -233,7 +79,7 @@ mod tests {
 
     #[test]
     fn html_is_escaped_before_anything_else() {
-        let h = markdown_to_html("<script>alert('x')</script> **<b>**");
+        let h = markdown_to_html("see <script>alert('x')</script> **<b>**");
         assert!(!h.contains("<script>"), "{h}");
         assert!(h.contains("&lt;script&gt;"), "{h}");
         assert!(h.contains("<strong>&lt;b&gt;</strong>"), "{h}");
@@ -251,7 +97,10 @@ mod tests {
             "{h}"
         );
         assert!(!h.contains(r#"href="javascript"#), "{h}");
-        assert!(h.contains("[bad](javascript:alert(1))"), "{h}");
+        assert!(
+            h.ends_with(" bad</p>"),
+            "an unsafe link keeps only its text: {h}"
+        );
         // Quotes cannot break out of the attribute.
         let h = markdown_to_html(r#"https://x.test/"onmouseover="alert(1)"#);
         assert!(
