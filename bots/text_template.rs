@@ -63,7 +63,7 @@ impl TextTemplates {
                     .trim()
                     .to_string();
                 BotError::Template(format!(
-                    "bot `{}`, {name} template{at}: {reason}",
+                    "bot `{}`, `{name}` template{at}: {reason}",
                     self.owner
                 ))
             })

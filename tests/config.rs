@@ -39,7 +39,7 @@ fn a_typo_is_located_and_the_known_names_listed() {
     let (code, out) = check("[server]\nlisten = \"127.0.0.1:8080\"\nbody_limt = 5\n");
     assert_eq!(code, 1);
     assert!(
-        out.starts_with("perch.toml:3:1: unknown field `body_limt`, expected one of"),
+        out.contains("\n  perch.toml:3:1: unknown field `body_limt`, expected one of"),
         "{out}"
     );
     assert!(out.contains("`body_limit`"), "{out}");
@@ -50,15 +50,15 @@ fn an_unknown_kind_lists_the_known_kinds() {
     let (code, out) = check("[connectors.gh]\nkind = \"webhok\"\n");
     assert_eq!(code, 1);
     assert!(
-        out.starts_with(
-            "perch.toml:2:8: unknown variant `webhok`, expected one of `local`, `webhook`"
+        out.contains(
+            "\n  perch.toml:2:8: unknown variant `webhok`, expected one of `local`, `webhook`"
         ),
         "{out}"
     );
     let (_, out) = check("[bots.x]\nkind = \"ecko\"\n");
     assert!(
-        out.starts_with(
-            "perch.toml:2:8: unknown variant `ecko`, expected one of `help`, `echo`, `notify`"
+        out.contains(
+            "\n  perch.toml:2:8: unknown variant `ecko`, expected one of `help`, `echo`, `notify`"
         ),
         "{out}"
     );
@@ -70,7 +70,7 @@ fn an_unknown_field_inside_a_connector_is_located_on_its_line() {
         check("[connectors.gh]\nkind = \"webhook\"\nsecret = \"x\"\ntopic_pointr = \"/a\"\n");
     assert_eq!(code, 1);
     assert!(
-        out.starts_with("perch.toml:4:1: unknown field `topic_pointr`"),
+        out.contains("\n  perch.toml:4:1: unknown field `topic_pointr`"),
         "{out}"
     );
 }
@@ -88,6 +88,54 @@ fn a_missing_variable_is_named_where_it_is_used() {
         "[connectors.gh]\nkind = \"webhook\"\nsecret = \"${PERCH_TEST_SURELY_UNSET:?set the GitHub secret}\"\n",
     );
     assert!(out.contains("is required: set the GitHub secret"), "{out}");
+}
+
+#[test]
+fn every_parse_problem_is_reported_at_once_each_on_its_line() {
+    let config = r#"[server]
+listen = "127.0.0.1:0"
+bogus_key = 1
+
+[connectors.web]
+kind = "local"
+title = 5
+
+[connectors.hook]
+kind = "webhook"
+secret = "${PERCH_TEST_UNSET_ONE}"
+send_url = "https://x.test/${PERCH_TEST_UNSET_TWO}"
+
+[bots.echo]
+kind = "echo"
+prefixx = "x"
+
+[bots.other]
+kind = "nosuchkind"
+
+[[routes]]
+connector = "web"
+bots = "echo"
+"#;
+    let (code, out) = check(config);
+    assert_eq!(code, 1);
+    for expected in [
+        "perch.toml:3:1: unknown field `bogus_key`",
+        "perch.toml:7:1: invalid type: integer `5`, expected a string",
+        "perch.toml:11:11: environment variable PERCH_TEST_UNSET_ONE is not set",
+        "perch.toml:12:28: environment variable PERCH_TEST_UNSET_TWO is not set",
+        "perch.toml:16:1: unknown field `prefixx`, expected `prefix`",
+        "perch.toml:19:8: unknown variant `nosuchkind`",
+        "perch.toml:23:8: invalid type: string \"echo\", expected a sequence",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    assert!(out.starts_with("7 problem(s) in the config:"), "{out}");
+
+    // TOML syntax: every error the parser meets, not only the first.
+    let (code, out) = check("[server\nlisten = \"127.0.0.1:0\"\n[x]\na = = 2\n");
+    assert_eq!(code, 1);
+    assert!(out.contains("perch.toml:1:8: unclosed table"), "{out}");
+    assert!(out.contains("perch.toml:4:5: extra `=`"), "{out}");
 }
 
 #[test]
@@ -120,12 +168,12 @@ bots = ["e", "nope"]
         "perch.toml:3:1: server.journal_retention = 3600s is shorter than server.dedupe_window = 28800s",
         "perch.toml:5:1: connector `gh`: set `secret`",
         "perch.toml:11:1: bot `n`: set exactly one of `chat` or `person`",
-        "perch.toml:11:1: bot `n` names connector `missing`, which is not defined (defined: gh)",
-        "perch.toml:11:1: bot `n`, text template at line 1, column 8: invalid handlebars syntax",
-        "perch.toml:16:1: route names connector `gx`, which is not defined (defined: gh)",
-        "perch.toml:16:1: route names bot `nope`, which is not defined (defined: e, n)",
-        "perch.toml:16:1: bad regex in `text`",
-        "perch.toml:16:1: bad topic glob",
+        "perch.toml:13:1: bot `n` names connector `missing`, which is not defined (defined: gh)",
+        "perch.toml:14:1: bot `n`, `text` template at line 1, column 8: invalid handlebars syntax",
+        "perch.toml:17:1: route names connector `gx`, which is not defined (defined: gh)",
+        "perch.toml:20:1: route names bot `nope`, which is not defined (defined: e, n)",
+        "perch.toml:18:1: bad regex in `text`",
+        "perch.toml:19:1: bad glob in `topic`",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }

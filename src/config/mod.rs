@@ -1,7 +1,8 @@
 //! `config.toml`: what perch runs. Loaded in two phases:
 //!
 //! 1. **Parse** with serde and `deny_unknown_fields`: a typo, a wrong type or an unset
-//!    `${VAR}` stops here with line, column and what was expected.
+//!    `${VAR}` stops here, and `problems` then lists every such problem at once, each
+//!    with line, column and what was expected.
 //! 2. **Validate** (`Config::validate`): every semantic error at once (a route naming a
 //!    missing bot or connector, a bad regex, a bot pointing at a missing connector), each
 //!    with file:line:column.
@@ -9,6 +10,7 @@
 //! Every field has a doc comment: this file is the config reference.
 
 pub mod env;
+mod problems;
 
 use crate::bots::BotConfig;
 use crate::connectors::ConnectorConfig;
@@ -308,11 +310,14 @@ impl<'a> Issues<'a> {
             found: Vec::new(),
         }
     }
-    /// Record a problem at byte `offset` of the config text.
+    /// Record a problem at byte `offset` of the config text. When `offset` is a table's
+    /// header, the problem is placed on the table's line it is about (see `key_line`).
     pub fn at(&mut self, offset: usize, message: impl Into<String>) {
+        let message = message.into();
+        let offset = key_line(&self.source.text, offset, &message).unwrap_or(offset);
         self.found.push(ConfigIssue {
             at: self.source.locate(offset),
-            message: message.into(),
+            message,
         });
     }
     pub fn into_vec(self) -> Vec<ConfigIssue> {
@@ -360,13 +365,21 @@ impl Config {
             path: path.to_path_buf(),
             text: text.to_string(),
         };
-        let mut config: Config = toml::from_str(text).map_err(|e| {
-            let at = e
-                .span()
-                .map(|s| source.locate(refine_offset(text, s, e.message())))
-                .unwrap_or_else(|| path.display().to_string());
-            ConfigError::Parse(format!("{at}: {}", e.message().trim()))
-        })?;
+        let mut config: Config = match toml::from_str(text) {
+            Ok(config) => config,
+            Err(e) => {
+                // Explain the failure with every problem, not only serde's first one.
+                let problems = problems::parse_problems(&source);
+                if !problems.is_empty() {
+                    return Err(ConfigError::Invalid(problems));
+                }
+                let at = e
+                    .span()
+                    .map(|s| source.locate(refine_offset(text, s, e.message())))
+                    .unwrap_or_else(|| path.display().to_string());
+                return Err(ConfigError::Parse(format!("{at}: {}", e.message().trim())));
+            }
+        };
         config.source = source;
         if let Some(folder) = folder {
             config.resolve_paths(folder);
@@ -589,7 +602,7 @@ impl Config {
         if let Some(t) = &r.topic
             && let Err(e) = crate::router::compile_glob(t)
         {
-            issues.at(at, format!("bad topic glob {t:?}: {e}"));
+            issues.at(at, format!("bad glob in `topic` ({t:?}): {e}"));
         }
         for pointer in r.payload.keys() {
             if !pointer.is_empty() && !pointer.starts_with('/') {
@@ -636,6 +649,14 @@ fn refine_offset(text: &str, span: std::ops::Range<usize>, message: &str) -> usi
         .find("\n[")
         .map_or(text.len(), |i| after_header + i);
     let within = &text[from..end];
+    // A wrong value inside a buffered table (a `kind`-tagged connector or bot) is
+    // reported at the table: find the key that holds that value.
+    if let Some(value) = wrong_value(message)
+        && let Some(i) = within.find(&format!("= {value}"))
+    {
+        let line_start = within[..i].rfind('\n').map_or(0, |n| n + 1);
+        return from + line_start;
+    }
     let needle = if let Some(var) = message
         .split("variable ")
         .nth(1)
@@ -652,6 +673,58 @@ fn refine_offset(text: &str, span: std::ops::Range<usize>, message: &str) -> usi
                 .map(|i| span.start + i + usize::from(n.starts_with('\n')))
         })
         .unwrap_or(span.start)
+}
+
+/// The line of the table at `table` (a `[header]` offset) that a problem is about: the
+/// first name the message quotes in backticks that is a key of that table (`` bad regex in
+/// `text` `` → the `text = …` line) or a string value in it (`` names connector `missing` ``
+/// → the `connector = "missing"` line). `None` when the message quotes nothing there
+/// (a key that is missing is reported at the header, where it belongs).
+fn key_line(text: &str, table: usize, message: &str) -> Option<usize> {
+    let body_start = table
+        + text
+            .get(table..)?
+            .strip_prefix('[')
+            .map(|_| text[table..].find('\n'))??;
+    let body_end = text[body_start..]
+        .find("\n[")
+        .map_or(text.len(), |i| body_start + i);
+    let lines: Vec<(usize, &str, &str)> = text[body_start..body_end]
+        .split_inclusive('\n')
+        .scan(body_start, |pos, line| {
+            let start = *pos;
+            *pos += line.len();
+            Some((start, line))
+        })
+        .filter_map(|(start, line)| {
+            let (key, value) = line.split_once('=')?;
+            let key = key.trim().trim_matches('"');
+            let indent = line.len() - line.trim_start().len();
+            Some((start + indent, key, value))
+        })
+        .collect();
+    message.split('`').skip(1).step_by(2).find_map(|name| {
+        let quoted = format!("\"{name}\"");
+        lines
+            .iter()
+            .find(|(_, key, _)| *key == name)
+            .or_else(|| lines.iter().find(|(_, _, value)| value.contains(&quoted)))
+            .map(|(start, _, _)| *start)
+    })
+}
+
+/// The value serde quotes in "invalid type: integer `5`, expected …" (`5`) or
+/// "invalid type: string \"x\", expected …" (`"x"`), as it is written in TOML.
+fn wrong_value(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))?;
+    let (what, _) = rest.split_once(", expected")?;
+    if let Some(quoted) = what.strip_prefix("string ") {
+        return Some(quoted.to_string());
+    }
+    let (_, value) = what.split_once(" `")?;
+    Some(value.strip_suffix('`')?.to_string())
 }
 
 /// Offset of `key = …` inside the table that starts with `header` (or of the header, or 0).
