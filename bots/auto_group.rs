@@ -644,3 +644,20 @@ impl AutoGroup {
         })
     }
 }
+
+/// `kind = "auto_group"` (registered in `super::register_builtin`).
+impl BotKind for AutoGroup {
+    type Config = AutoGroupConfig;
+    fn build(name: &str, config: AutoGroupConfig) -> Result<Self, BotError> {
+        AutoGroup::new(name, config)
+    }
+    fn validate(
+        name: &str,
+        config: &AutoGroupConfig,
+        at: usize,
+        all: &Config,
+        issues: &mut Issues,
+    ) {
+        config.validate(name, at, all, issues);
+    }
+}

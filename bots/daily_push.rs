@@ -323,3 +323,20 @@ impl Bot for DailyPush {
         Ok(self.send_all(&date, body))
     }
 }
+
+/// `kind = "daily_push"` (registered in `super::register_builtin`).
+impl BotKind for DailyPush {
+    type Config = DailyPushConfig;
+    fn build(name: &str, config: DailyPushConfig) -> Result<Self, BotError> {
+        DailyPush::new(name, config)
+    }
+    fn validate(
+        name: &str,
+        config: &DailyPushConfig,
+        at: usize,
+        all: &Config,
+        issues: &mut Issues,
+    ) {
+        config.validate(name, at, all, issues);
+    }
+}

@@ -76,3 +76,11 @@ fn original_case(event: &Event, lowered: &str) -> String {
         })
         .unwrap_or_else(|| lowered.to_string())
 }
+
+/// `kind = "echo"` (registered in `super::register_builtin`).
+impl BotKind for Echo {
+    type Config = EchoConfig;
+    fn build(_name: &str, config: EchoConfig) -> Result<Self, BotError> {
+        Ok(Echo::new(&config))
+    }
+}

@@ -201,6 +201,23 @@ impl Bot for Greetings {
     }
 }
 
+/// `kind = "greetings"` (registered in `super::register_builtin`).
+impl BotKind for Greetings {
+    type Config = GreetingsConfig;
+    fn build(_name: &str, config: GreetingsConfig) -> Result<Self, BotError> {
+        Greetings::new(config)
+    }
+    fn validate(
+        name: &str,
+        config: &GreetingsConfig,
+        at: usize,
+        all: &Config,
+        issues: &mut Issues,
+    ) {
+        config.validate(name, at, all, issues);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,3 +64,11 @@ impl Bot for Help {
         ))])
     }
 }
+
+/// `kind = "help"` (registered in `super::register_builtin`).
+impl BotKind for Help {
+    type Config = HelpConfig;
+    fn build(_name: &str, config: HelpConfig) -> Result<Self, BotError> {
+        Ok(Help::new(&config))
+    }
+}

@@ -1,5 +1,6 @@
-//! Bots: each gets an event and a `BotContext` and returns `Action`s. Every kind is
-//! listed once, in `BotConfig` and `build` below; `[bots.<name>] kind = "..."` picks one.
+//! Bots: each gets an event and a `BotContext` and returns `Action`s. Every built-in kind
+//! is listed once, in `register_builtin` below (the registry is `registry.rs`);
+//! `[bots.<name>] kind = "..."` picks one.
 //!
 //! Flow: connector (in) → journal → router → **bots** → outbox → connector (out).
 
@@ -10,10 +11,13 @@ pub mod greetings;
 pub mod help;
 pub mod notify;
 pub mod query;
+pub mod registry;
 pub mod reminders;
 pub mod schedule_date;
 pub mod text_template;
 pub mod when;
+
+pub use registry::{BotKind, BotKinds, BotSpec};
 
 use crate::action::{Action, Delivered, Operation};
 use crate::clock::SharedClock;
@@ -28,60 +32,18 @@ use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// A bot's configuration: `kind` picks the variant, the other keys are its settings.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum BotConfig {
-    Help(help::HelpConfig),
-    Echo(echo::EchoConfig),
-    Notify(notify::NotifyConfig),
-    Query(query::QueryConfig),
-    AutoGroup(auto_group::AutoGroupConfig),
-    DailyPush(daily_push::DailyPushConfig),
-    Greetings(greetings::GreetingsConfig),
-    Reminders(reminders::RemindersConfig),
-}
-
-impl BotConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            BotConfig::Help(_) => "help",
-            BotConfig::Echo(_) => "echo",
-            BotConfig::Notify(_) => "notify",
-            BotConfig::Query(_) => "query",
-            BotConfig::AutoGroup(_) => "auto_group",
-            BotConfig::DailyPush(_) => "daily_push",
-            BotConfig::Greetings(_) => "greetings",
-            BotConfig::Reminders(_) => "reminders",
-        }
-    }
-
-    /// Semantic checks with locations (templates compile, connectors exist).
-    pub fn validate(&self, name: &str, at: usize, config: &Config, issues: &mut Issues) {
-        match self {
-            BotConfig::Help(_) | BotConfig::Echo(_) => {}
-            BotConfig::Notify(c) => c.validate(name, at, config, issues),
-            BotConfig::Query(c) => c.validate(name, at, config, issues),
-            BotConfig::AutoGroup(c) => c.validate(name, at, config, issues),
-            BotConfig::DailyPush(c) => c.validate(name, at, config, issues),
-            BotConfig::Greetings(c) => c.validate(name, at, config, issues),
-            BotConfig::Reminders(c) => c.validate(name, at, config, issues),
-        }
-    }
-}
-
-/// Build the bot `name` from its config (consumed: bots keep their settings).
-pub fn build(name: &str, config: BotConfig) -> Result<Arc<dyn Bot>, BotError> {
-    Ok(match config {
-        BotConfig::Help(c) => Arc::new(help::Help::new(&c)),
-        BotConfig::Echo(c) => Arc::new(echo::Echo::new(&c)),
-        BotConfig::Notify(c) => Arc::new(notify::Notify::new(name, &c)?),
-        BotConfig::Query(c) => Arc::new(query::Query::new(name, &c)?),
-        BotConfig::AutoGroup(c) => Arc::new(auto_group::AutoGroup::new(name, c)?),
-        BotConfig::DailyPush(c) => Arc::new(daily_push::DailyPush::new(name, c)?),
-        BotConfig::Greetings(c) => Arc::new(greetings::Greetings::new(c)?),
-        BotConfig::Reminders(c) => Arc::new(reminders::Reminders::new(name, c)?),
-    })
+/// Every built-in kind, one line each: the kind's name in `config.toml` and its type.
+/// A user's own kinds register the same way (`Hub::builder().bot_kind::<T>("name")`).
+pub fn register_builtin(kinds: &mut BotKinds) {
+    kinds
+        .add::<help::Help>("help")
+        .add::<echo::Echo>("echo")
+        .add::<notify::Notify>("notify")
+        .add::<query::Query>("query")
+        .add::<auto_group::AutoGroup>("auto_group")
+        .add::<daily_push::DailyPush>("daily_push")
+        .add::<greetings::Greetings>("greetings")
+        .add::<reminders::Reminders>("reminders");
 }
 
 /// A bot failed. `User` errors are meant for the person who asked and are shown to them

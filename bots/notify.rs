@@ -158,3 +158,14 @@ impl Bot for Notify {
         }])
     }
 }
+
+/// `kind = "notify"` (registered in `super::register_builtin`).
+impl BotKind for Notify {
+    type Config = NotifyConfig;
+    fn build(name: &str, config: NotifyConfig) -> Result<Self, BotError> {
+        Notify::new(name, &config)
+    }
+    fn validate(name: &str, config: &NotifyConfig, at: usize, all: &Config, issues: &mut Issues) {
+        config.validate(name, at, all, issues);
+    }
+}

@@ -480,6 +480,17 @@ pub fn ascii_digits(pattern: &str) -> String {
     out
 }
 
+/// `kind = "query"` (registered in `super::register_builtin`).
+impl BotKind for Query {
+    type Config = QueryConfig;
+    fn build(name: &str, config: QueryConfig) -> Result<Self, BotError> {
+        Query::new(name, &config)
+    }
+    fn validate(name: &str, config: &QueryConfig, at: usize, all: &Config, issues: &mut Issues) {
+        config.validate(name, at, all, issues);
+    }
+}
+
 #[cfg(test)]
 mod ascii_digit_tests {
     use super::ascii_digits;

@@ -1231,6 +1231,23 @@ impl Bot for Reminders {
     }
 }
 
+/// `kind = "reminders"` (registered in `super::register_builtin`).
+impl BotKind for Reminders {
+    type Config = RemindersConfig;
+    fn build(name: &str, config: RemindersConfig) -> Result<Self, BotError> {
+        Reminders::new(name, config)
+    }
+    fn validate(
+        name: &str,
+        config: &RemindersConfig,
+        at: usize,
+        all: &Config,
+        issues: &mut Issues,
+    ) {
+        config.validate(name, at, all, issues);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

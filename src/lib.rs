@@ -12,12 +12,14 @@
 
 pub mod action;
 pub mod cards;
+mod cli;
 pub mod clicks;
 pub mod clock;
 pub mod command;
 pub mod config;
 pub mod event;
 pub mod health;
+pub mod hub;
 pub mod journal;
 pub mod lanes;
 pub mod outbox;
@@ -33,3 +35,5 @@ pub mod throttle;
 pub mod bots;
 #[path = "../connectors/mod.rs"]
 pub mod connectors;
+
+pub use hub::{Hub, HubBuilder};

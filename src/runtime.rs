@@ -2,7 +2,7 @@
 //! → outbox, plus the upkeep task. `Perch::start` returns a handle whose `app()` is the
 //! HTTP router and whose `shutdown()` stops everything in order.
 
-use crate::bots::{self, BotInfo, Directory, Services};
+use crate::bots::{BotInfo, Directory, Services};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::connectors::{self, ConnectorEnv, SharedConnector};
@@ -146,6 +146,7 @@ impl Perch {
             routes,
             schedules,
             source,
+            bot_kinds,
         } = config;
         let schedules = Arc::new(crate::scheduler::Schedules::from_config(&schedules)?);
         let routing_config = Config {
@@ -156,6 +157,7 @@ impl Perch {
             routes,
             schedules: Default::default(),
             source,
+            bot_kinds: Default::default(),
         };
         let router = Router::from_config(&routing_config).map_err(StartError::Routes)?;
         let cards_dir = server.cards_dir.clone();
@@ -197,11 +199,15 @@ impl Perch {
         let mut infos = Vec::new();
         let reach = router.reachability();
         for (name, c) in bot_configs {
-            let kind = c.get_ref().kind();
-            let bot = bots::build(&name, c.into_inner()).map_err(|e| StartError::Bot {
-                name: name.clone(),
-                why: e.to_string(),
-            })?;
+            let kind = bot_kinds
+                .name_of(c.get_ref().kind.get_ref())
+                .unwrap_or("unknown");
+            let bot = bot_kinds
+                .build(&name, c.get_ref())
+                .map_err(|e| StartError::Bot {
+                    name: name.clone(),
+                    why: e.to_string(),
+                })?;
             infos.push(BotInfo {
                 name: name.clone(),
                 kind,

@@ -1049,3 +1049,79 @@ bots = ["data"]
         "{card}"
     );
 }
+
+/// A bot kind from outside perch: its own config type and state, registered on the hub
+/// builder exactly as the built-in kinds are.
+mod outside {
+    use perch::action::Action;
+    use perch::bots::{Bot, BotContext, BotError, BotKind};
+    use perch::event::Event;
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct CounterConfig {
+        pub greeting: String,
+    }
+
+    pub struct Counter {
+        greeting: String,
+    }
+
+    #[async_trait::async_trait]
+    impl Bot for Counter {
+        async fn handle(
+            &self,
+            _event: &Event,
+            ctx: &mut BotContext,
+        ) -> Result<Vec<Action>, BotError> {
+            let n: u64 = ctx.state_get("count").await?.unwrap_or(0) + 1;
+            ctx.state_put("count", &n).await?;
+            Ok(vec![Action::reply_text(format!("{} #{n}", self.greeting))])
+        }
+    }
+
+    impl BotKind for Counter {
+        type Config = CounterConfig;
+        fn build(_name: &str, config: CounterConfig) -> Result<Self, BotError> {
+            Ok(Counter {
+                greeting: config.greeting,
+            })
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_bot_kind_from_outside_perch_registers_on_the_builder_and_keeps_state() {
+    let w = world().await;
+    let bots = "[bots.count]\nkind = \"counter\"\ngreeting = \"hello\"\n\n[[routes]]\nmention = \"*\"\nbots = [\"count\"]\n";
+    let config = config(&w, bots);
+    // Without the registration, the kind is refused by name.
+    let refused = perch::Hub::builder()
+        .parse(&config, std::path::Path::new("t.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("unknown kind `counter`"), "{refused}");
+    let hub = perch::Hub::builder().bot_kind::<outside::Counter>("counter");
+    // Its own settings are checked against its config type, like a built-in kind's.
+    let typo = hub
+        .parse(
+            &config.replace("greeting =", "greetin ="),
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        typo.contains("bot `count`: unknown field `greetin`, expected `greeting`"),
+        "{typo}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let clock: perch::clock::SharedClock = std::sync::Arc::new(perch::clock::SystemClock);
+    let t = TestPerch::start_hub(hub, &config, dir.path(), clock).await;
+    let j = &t.perch().shared.journal;
+    j.accept(vec![say("@bot hi", "c1")]).await.unwrap();
+    j.accept(vec![say("@bot hi", "c2")]).await.unwrap();
+    let o = wait_ops(&w, 2).await;
+    assert_eq!(text(&o[0]), "hello #1");
+    assert_eq!(text(&o[1]), "hello #2");
+}

@@ -12,7 +12,7 @@
 pub mod env;
 mod problems;
 
-use crate::bots::BotConfig;
+use crate::bots::{BotKinds, BotSpec};
 use crate::connectors::ConnectorConfig;
 use crate::event::EventKind;
 pub use env::{EnvString, Secret};
@@ -38,7 +38,9 @@ pub struct Config {
     pub connectors: BTreeMap<String, Spanned<ConnectorConfig>>,
     /// Bots by name: `[bots.<name>]` with a `kind`.
     #[serde(default)]
-    pub bots: BTreeMap<String, Spanned<BotConfig>>,
+    /// Each table's keys other than `kind` are read into its kind's config during
+    /// validation, by the registry in `bot_kinds`.
+    pub bots: BTreeMap<String, Spanned<BotSpec>>,
     /// Routes, in order: `[[routes]]`.
     #[serde(default)]
     pub routes: Vec<Spanned<RouteConfig>>,
@@ -49,6 +51,10 @@ pub struct Config {
     /// Where the config was read from, for error messages. Not a config key.
     #[serde(skip)]
     pub source: ConfigSource,
+    /// The bot kinds this config was validated against (and its bots are built with).
+    /// Not a config key: `Hub::builder().bot_kind(...)` adds to it.
+    #[serde(skip)]
+    pub bot_kinds: BotKinds,
 }
 
 /// The text a config came from, to turn byte spans into line:column.
@@ -330,18 +336,32 @@ impl Config {
     /// `cards_dir`, a file source's `dir`) are relative to the file's folder, so
     /// `perch serve --config /etc/perch/perch.toml` works from anywhere.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with(path, BotKinds::builtin())
+    }
+
+    /// `load`, with these bot kinds instead of only the built-in ones.
+    pub fn load_with(path: &Path, bot_kinds: BotKinds) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
         let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
-        Self::parse(&text, path, folder)
+        Self::parse(&text, path, folder, bot_kinds)
     }
 
     /// Parse and validate config text; `path` is only used in messages, and relative
     /// paths stay relative to the working directory.
     pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        Self::parse(text, path, None)
+        Self::parse(text, path, None, BotKinds::builtin())
+    }
+
+    /// `from_str`, with these bot kinds instead of only the built-in ones.
+    pub fn from_str_with(
+        text: &str,
+        path: &Path,
+        bot_kinds: BotKinds,
+    ) -> Result<Config, ConfigError> {
+        Self::parse(text, path, None, bot_kinds)
     }
 
     /// Make the config's relative paths relative to `folder`.
@@ -360,7 +380,12 @@ impl Config {
         }
     }
 
-    fn parse(text: &str, path: &Path, folder: Option<&Path>) -> Result<Config, ConfigError> {
+    fn parse(
+        text: &str,
+        path: &Path,
+        folder: Option<&Path>,
+        bot_kinds: BotKinds,
+    ) -> Result<Config, ConfigError> {
         let source = ConfigSource {
             path: path.to_path_buf(),
             text: text.to_string(),
@@ -381,6 +406,7 @@ impl Config {
             }
         };
         config.source = source;
+        config.bot_kinds = bot_kinds;
         if let Some(folder) = folder {
             config.resolve_paths(folder);
         }
@@ -523,8 +549,7 @@ impl Config {
             }
         }
         for (name, bot) in &self.bots {
-            bot.get_ref()
-                .validate(name, bot.span().start, self, &mut issues);
+            self.bot_kinds.validate(name, bot, self, &mut issues);
         }
         for route in &self.routes {
             self.validate_route(route, &mut issues);
@@ -630,7 +655,7 @@ impl Config {
         }
         out.push_str(&format!("\n{} bot(s):", self.bots.len()));
         for (name, b) in &self.bots {
-            out.push_str(&format!(" {name} ({})", b.get_ref().kind()));
+            out.push_str(&format!(" {name} ({})", b.get_ref().kind.get_ref()));
         }
         out.push_str(&format!("\n{} route(s)\n", self.routes.len()));
         out.push_str(&format!("{} schedule(s)\n", self.schedules.len()));
@@ -641,7 +666,7 @@ impl Config {
 /// Errors inside `[connectors.x]` and `[bots.x]` tables (kind-tagged, so serde buffers
 /// them) carry the span of the whole table. Point at the line that names the offending
 /// field (`unknown field \`x\``) or variable (`variable X`) when it is inside that table.
-fn refine_offset(text: &str, span: std::ops::Range<usize>, message: &str) -> usize {
+pub(crate) fn refine_offset(text: &str, span: std::ops::Range<usize>, message: &str) -> usize {
     // The span is the table's header; the table runs to the next header.
     let from = span.start.min(text.len());
     let after_header = span.end.clamp(from, text.len());
@@ -703,6 +728,11 @@ fn key_line(text: &str, table: usize, message: &str) -> Option<usize> {
             Some((start + indent, key, value))
         })
         .collect();
+    if let Some(value) = wrong_value(message)
+        && let Some((start, _, _)) = lines.iter().find(|(_, _, v)| v.trim() == value.as_str())
+    {
+        return Some(*start);
+    }
     message.split('`').skip(1).step_by(2).find_map(|name| {
         let quoted = format!("\"{name}\"");
         lines
@@ -756,7 +786,7 @@ pub(crate) fn undefined<'a>(
 }
 
 /// The name in `known` closest to `name`, if one is close (a typo).
-fn strsim_closest<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
+pub(crate) fn strsim_closest<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
     known
         .iter()
         .map(|k| (strsim::levenshtein(name, k), k))

@@ -4,15 +4,16 @@
 //! - TOML syntax: the parser recovers and reports every error it meets.
 //! - `${ENV}`: every string is expanded on its own, so each unset variable is reported
 //!   at the string that names it.
-//! - Types and keys: each entry (a connector, a bot, a route, a schedule, the `[server]`
-//!   and `[outbox]` tables) is deserialized on its own, so one typo per entry is found
-//!   in every entry, not only in the first one.
+//! - Types and keys: each entry (a connector, a bot's `kind`, a route, a schedule, the
+//!   `[server]` and `[outbox]` tables) is deserialized on its own, so one typo per entry
+//!   is found in every entry, not only in the first one. (A bot's settings are read by
+//!   its kind during validation, `bots::registry`, which reports them all too.)
 //!
 //! Only used to explain a failure: a config that parses is deserialized whole, by one
 //! `toml::from_str`, so there is one way to read a config.
 
 use super::{ConfigIssue, ConfigSource, OutboxConfig, RouteConfig, ServerConfig};
-use crate::bots::BotConfig;
+use crate::bots::BotSpec;
 use crate::connectors::ConnectorConfig;
 use serde::de::DeserializeOwned;
 use serde_spanned::Spanned;
@@ -68,9 +69,9 @@ pub fn parse_problems(source: &ConfigSource) -> Vec<ConfigIssue> {
             ("connectors", DeValue::Table(t)) => t
                 .iter()
                 .for_each(|(_, v)| check(v, first_error::<ConnectorConfig>)),
-            ("bots", DeValue::Table(t)) => t
-                .iter()
-                .for_each(|(_, v)| check(v, first_error::<BotConfig>)),
+            ("bots", DeValue::Table(t)) => {
+                t.iter().for_each(|(_, v)| check(v, first_error::<BotSpec>))
+            }
             ("schedules", DeValue::Table(t)) => t
                 .iter()
                 .for_each(|(_, v)| check(v, first_error::<crate::scheduler::ScheduleConfig>)),

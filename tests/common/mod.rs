@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use perch::clock::{SharedClock, SystemClock};
-use perch::config::Config;
 use perch::runtime::Perch;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +16,8 @@ pub struct TestPerch {
     pub data_dir: PathBuf,
     config_text: String,
     clock: SharedClock,
+    /// The bot kinds the config is read with (built-in, plus a test's own).
+    hub: perch::HubBuilder,
     perch: Option<Perch>,
     server: Option<tokio::task::JoinHandle<()>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -46,6 +47,16 @@ impl TestPerch {
 
     /// Start perch with `config` on the data in `dir`, with `clock`.
     pub async fn start_in(config: &str, dir: &Path, clock: SharedClock) -> TestPerch {
+        Self::start_hub(perch::Hub::builder(), config, dir, clock).await
+    }
+
+    /// `start_in` with the bot kinds registered on `hub` (a test's own kinds).
+    pub async fn start_hub(
+        hub: perch::HubBuilder,
+        config: &str,
+        dir: &Path,
+        clock: SharedClock,
+    ) -> TestPerch {
         let config_text = with_data_dir(config, dir);
         let mut t = TestPerch {
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -53,6 +64,7 @@ impl TestPerch {
             data_dir: dir.to_path_buf(),
             config_text,
             clock,
+            hub,
             perch: None,
             server: None,
             stop: None,
@@ -62,9 +74,13 @@ impl TestPerch {
     }
 
     async fn boot(&mut self) {
-        let config = Config::from_str(&self.config_text, Path::new("test.toml"))
+        let config = self
+            .hub
+            .parse(&self.config_text, Path::new("test.toml"))
             .unwrap_or_else(|e| panic!("test config: {e}"));
-        let perch = Perch::start(config, self.clock.clone())
+        let perch = self
+            .hub
+            .start(config, self.clock.clone())
             .await
             .expect("perch starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
