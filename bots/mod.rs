@@ -113,6 +113,8 @@ pub struct Services {
     pub cards: Arc<dyn CardRenderer>,
     /// Bots and their commands, with the connectors each is reachable from (for `help`).
     pub directory: Directory,
+    /// The language of each bot's and connector's built-in texts.
+    pub locales: crate::i18n::Locales,
 }
 
 /// Who is reachable where, with their commands.
@@ -153,6 +155,8 @@ pub struct BotContext {
     pub clock: SharedClock,
     services: Arc<Services>,
     event_id: EventId,
+    /// The connector the event came from (for the locale).
+    connector: String,
     calls: u32,
 }
 
@@ -164,12 +168,18 @@ impl BotContext {
             clock: services.clock.clone(),
             services,
             event_id: event.id,
+            connector: event.connector.clone(),
             calls: 0,
         }
     }
 
     pub fn services(&self) -> &Services {
         &self.services
+    }
+
+    /// The language this bot answers this event in (`en`, `zh-CN`): see `crate::i18n`.
+    pub fn locale(&self) -> &'static str {
+        self.services.locales.pick(Some(&self.bot), &self.connector)
     }
 
     fn state_ns(&self) -> String {

@@ -73,6 +73,9 @@ pub trait BotKind: Bot + Sized {
 #[derive(Debug, Clone)]
 pub struct BotSpec {
     pub kind: Spanned<String>,
+    /// The bot's own language for built-in texts (`locale = "zh-CN"`), read here because
+    /// every kind has it.
+    pub locale: Option<crate::i18n::Locale>,
     pub settings: toml::Table,
 }
 
@@ -92,11 +95,29 @@ impl<'de> serde::Deserialize<'de> for BotSpec {
                 )));
             }
         };
+        let locale = match table.remove("locale") {
+            None => None,
+            Some(v) => match v.into_inner() {
+                toml::Value::String(s) => {
+                    Some(crate::i18n::Locale::parse(&s).map_err(serde::de::Error::custom)?)
+                }
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "`locale` must be a string, found {}",
+                        other.type_str()
+                    )));
+                }
+            },
+        };
         let settings = table
             .into_iter()
             .map(|(k, v)| (k, v.into_inner()))
             .collect();
-        Ok(BotSpec { kind, settings })
+        Ok(BotSpec {
+            kind,
+            locale,
+            settings,
+        })
     }
 }
 

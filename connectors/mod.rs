@@ -471,6 +471,19 @@ impl ConnectorConfig {
         }
     }
 
+    /// The language set for people on this connector, if any (chat connectors only).
+    pub fn locale(&self) -> Option<crate::i18n::Locale> {
+        match self {
+            ConnectorConfig::Local(c) => c.locale,
+            ConnectorConfig::Feishu(c) => c.locale,
+            ConnectorConfig::FeishuWebhook(c) => c.locale,
+            ConnectorConfig::Slack(c) => c.locale,
+            ConnectorConfig::Webhook(_) | ConnectorConfig::Http(_) | ConnectorConfig::File(_) => {
+                None
+            }
+        }
+    }
+
     /// Semantic checks, each reported at `at` (the connector's table).
     pub fn validate(&self, name: &str, at: usize, issues: &mut crate::config::Issues) {
         match self {

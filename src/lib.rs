@@ -10,6 +10,9 @@
 //! `connectors/` and are mounted here as modules, so the whole thing is one crate
 //! (fast builds on small machines).
 
+// The built-in texts, `locales/*.toml`, compiled in (see `i18n`).
+rust_i18n::i18n!("locales", fallback = "en");
+
 pub mod action;
 pub mod cards;
 mod cli;
@@ -20,6 +23,7 @@ pub mod config;
 pub mod event;
 pub mod health;
 pub mod hub;
+pub mod i18n;
 pub mod journal;
 pub mod lanes;
 pub mod outbox;

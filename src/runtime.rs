@@ -138,6 +138,20 @@ impl Perch {
             .build()
             .map_err(|e| StartError::Http(e.to_string()))?;
 
+        // Who speaks which language, before the config is taken apart.
+        let locales = crate::i18n::Locales {
+            default: config.server.locale,
+            connectors: config
+                .connectors
+                .iter()
+                .filter_map(|(name, c)| Some((name.clone(), c.get_ref().locale()?)))
+                .collect(),
+            bots: config
+                .bots
+                .iter()
+                .filter_map(|(name, b)| Some((name.clone(), b.get_ref().locale?)))
+                .collect(),
+        };
         let Config {
             server,
             outbox: outbox_config,
@@ -222,6 +236,7 @@ impl Perch {
             clock: clock.clone(),
             cards: cards.clone(),
             directory: Directory { bots: infos },
+            locales,
         });
         let processor = Arc::new(Processor {
             router,

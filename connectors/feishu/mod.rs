@@ -103,6 +103,10 @@ pub enum MarkdownAs {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeishuConfig {
+    /// Language of perch's built-in texts for people on this connector: `en` or
+    /// `zh-CN` (default: `[server] locale`). A bot's own `locale` wins.
+    #[serde(default)]
+    pub locale: Option<crate::i18n::Locale>,
     /// App ID (`cli_…`) from the developer console's "Credentials & Basic Info".
     pub app_id: EnvString,
     /// App Secret, from the same page. Use `${FEISHU_APP_SECRET}`.

@@ -21,6 +21,10 @@ const MAX_BODY_BYTES: usize = 20 * 1024;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeishuWebhookConfig {
+    /// Language of perch's built-in texts for people on this connector: `en` or
+    /// `zh-CN` (default: `[server] locale`). A bot's own `locale` wins.
+    #[serde(default)]
+    pub locale: Option<crate::i18n::Locale>,
     /// The bot's webhook address, `https://open.feishu.cn/open-apis/bot/v2/hook/<token>`
     /// (Lark: `open.larksuite.com`). It is a credential: set it from the environment.
     pub webhook_url: Secret,

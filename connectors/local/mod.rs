@@ -40,6 +40,10 @@ pub struct LocalConfig {
     /// Title shown in the browser tab and the sidebar (default "perch").
     #[serde(default)]
     pub title: Option<String>,
+    /// Language of perch's built-in texts for people on this connector: `en` or
+    /// `zh-CN` (default: `[server] locale`). A bot's own `locale` wins.
+    #[serde(default)]
+    pub locale: Option<crate::i18n::Locale>,
 }
 
 /// The room every web chat has, created on first use.

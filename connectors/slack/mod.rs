@@ -60,6 +60,10 @@ fn default_window() -> Duration {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlackConfig {
+    /// Language of perch's built-in texts for people on this connector: `en` or
+    /// `zh-CN` (default: `[server] locale`). A bot's own `locale` wins.
+    #[serde(default)]
+    pub locale: Option<crate::i18n::Locale>,
     /// Bot User OAuth Token (`xoxb-…`), from "OAuth & Permissions" after installing the
     /// app. Use `${SLACK_BOT_TOKEN}`.
     pub bot_token: Secret,

@@ -150,6 +150,9 @@ pub struct ServerConfig {
     pub click_answer_window: Duration,
     /// Log format: `text` or `json`.
     pub log_format: LogFormat,
+    /// Language of perch's built-in texts (usage lines, errors, toasts, card labels):
+    /// `en` or `zh-CN`. A connector's or a bot's own `locale` wins over it.
+    pub locale: crate::i18n::Locale,
     /// Directory of card templates (`<name>.hbs`, with `<name>.sample.json` beside each).
     /// All are compiled at start; a broken one stops `perch serve` and `perch check`
     /// with its file and line. A missing directory means no templates.
@@ -179,6 +182,7 @@ impl Default for ServerConfig {
             bot_timeout: Duration::from_secs(30),
             click_answer_window: Duration::from_millis(2500),
             log_format: LogFormat::Text,
+            locale: crate::i18n::Locale::EN,
             cards_dir: PathBuf::from("cards"),
             shutdown_grace: Duration::from_secs(5),
         }
