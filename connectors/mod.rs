@@ -13,6 +13,7 @@ pub mod feishu;
 pub mod file;
 pub mod http;
 pub mod local;
+pub mod matrix;
 pub mod slack;
 pub mod webhook;
 
@@ -309,6 +310,26 @@ pub fn redact(event: &mut Event, secrets: &[&str]) {
     }
 }
 
+/// What inviting members produced (chat creation and `AddMembers`), as the
+/// `Delivered::detail` convention reports it.
+#[derive(Debug, Default)]
+pub struct MemberReport {
+    pub added: Vec<String>,
+    pub not_added: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+impl MemberReport {
+    pub fn detail(&self, chat_id: &str) -> serde_json::Value {
+        serde_json::json!({
+            "chat_id": chat_id,
+            "added": self.added.len(),
+            "not_added": self.not_added,
+            "errors": self.errors,
+        })
+    }
+}
+
 pub type SharedConnector = Arc<dyn Connector>;
 
 /// A bot's question to a data source: `GET /ct/SN12345?day=2026-11-20`.
@@ -456,6 +477,8 @@ pub enum ConnectorConfig {
     FeishuWebhook(feishu::webhook_bot::FeishuWebhookConfig),
     /// A Slack app bot (Events API, interactivity, Web API).
     Slack(slack::SlackConfig),
+    /// A Matrix bot account (client-server API: /sync in, room events out).
+    Matrix(matrix::MatrixConfig),
 }
 
 impl ConnectorConfig {
@@ -468,6 +491,7 @@ impl ConnectorConfig {
             ConnectorConfig::Feishu(_) => "feishu",
             ConnectorConfig::FeishuWebhook(_) => "feishu_webhook",
             ConnectorConfig::Slack(_) => "slack",
+            ConnectorConfig::Matrix(_) => "matrix",
         }
     }
 
@@ -494,6 +518,7 @@ impl ConnectorConfig {
             ConnectorConfig::Feishu(c) => c.validate(name, at, issues),
             ConnectorConfig::FeishuWebhook(c) => c.validate(name, at, issues),
             ConnectorConfig::Slack(c) => c.validate(name, at, issues),
+            ConnectorConfig::Matrix(c) => c.validate(name, at, issues),
         }
     }
 }
@@ -537,6 +562,7 @@ fn build_inner(name: &str, config: ConnectorConfig, env: &ConnectorEnv) -> Share
             Arc::new(feishu::webhook_bot::FeishuWebhook::new(name, c, env))
         }
         ConnectorConfig::Slack(c) => Arc::new(slack::Slack::new(name, c, env)),
+        ConnectorConfig::Matrix(c) => matrix::Matrix::start(name, c, env),
     }
 }
 

@@ -361,25 +361,6 @@ pub fn channel_name(name: &str) -> String {
         .collect()
 }
 
-/// What inviting members produced.
-#[derive(Debug, Default)]
-struct MemberReport {
-    added: Vec<String>,
-    not_added: Vec<String>,
-    errors: Vec<String>,
-}
-
-impl MemberReport {
-    fn detail(&self, chat_id: &str) -> Value {
-        json!({
-            "chat_id": chat_id,
-            "added": self.added.len(),
-            "not_added": self.not_added,
-            "errors": self.errors,
-        })
-    }
-}
-
 impl Slack {
     /// `users.lookupByEmail` → the user id, `None` when Slack knows no such user.
     async fn lookup_email(&self, email: &str) -> Result<Option<String>, SendError> {

@@ -9,7 +9,9 @@
 //!   `mxc://` URI is an `<img>`; an http(s) image becomes a link with its alt text.
 //! - divider `<hr>`; note `<sub>`.
 //! - buttons: Matrix messages have none. URL buttons become links; action buttons are
-//!   named in a closing line ("Actions: Done / Snooze (not available in Matrix)").
+//!   named in a closing line ("React with: Done / Snooze"): the Matrix connector adds
+//!   the bot's reaction for each, and a person's click on one presses the button
+//!   (`connectors/matrix/mod.rs`).
 //! - Events are capped at 65 KB; over 60 KB, table rows are cut with "… and N more".
 
 use super::fit;
@@ -92,7 +94,7 @@ fn content(card: &Card) -> Value {
     }
     if !actions.is_empty() {
         h.push_str(&format!(
-            "<p><sub>Actions: {} (not available in Matrix)</sub></p>",
+            "<p><sub>React with: {}</sub></p>",
             actions.join(" / ")
         ));
     }
