@@ -123,6 +123,12 @@ impl TestPerch {
         }
     }
 
+    /// Start again after `stop` on the same data directory (on a new port): for tests
+    /// that do something while perch is down.
+    pub async fn start_again(&mut self) {
+        self.boot().await;
+    }
+
     /// Stop and start again on the same data directory (on a new port).
     pub async fn restart(&mut self) {
         self.stop().await;

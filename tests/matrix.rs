@@ -1,0 +1,337 @@
+//! The Matrix connector against a real Synapse (tests/synapse): a person (a small
+//! client in the test) invites the bot, @mentions it, presses a card's button, and perch
+//! restarts in the middle of a conversation. Messages are counted in the room itself,
+//! so a lost or repeated message fails the test.
+
+mod common;
+mod synapse;
+
+use common::*;
+use serde_json::Value;
+use std::time::Duration;
+use synapse::*;
+
+const BOT_PASSWORD: &str = "bot-password-1";
+
+/// perch with the demo's seed bots on the Matrix connector, by config alone.
+fn config(s: &Synapse, bot: &Client, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[outbox]
+min_backoff = "50ms"
+max_backoff = "2s"
+
+[connectors.matrix]
+kind = "matrix"
+homeserver = "{base}"
+user_id = "{user}"
+password = "{BOT_PASSWORD}"
+sync_timeout = "1s"
+
+[connectors.demo]
+kind = "file"
+dir = "{demo}"
+display_name = "demo data"
+
+[bots.help]
+kind = "help"
+intro = "Hi! I'm perch."
+
+[bots.data]
+kind = "query"
+source = "demo"
+
+[bots.data.commands.gmv]
+path = "/metrics/daily.json"
+pointer = "/data"
+summary = "yesterday's GMV, orders and new customers"
+template = "query_answer"
+fields = [{{ key = "gmv", label = "GMV", decimals = 2 }}, {{ key = "orders", label = "Orders" }}]
+
+{extra}
+
+[[routes]]
+connector = "matrix"
+mention = "*"
+command = "help"
+stop = true
+bots = ["help"]
+
+[[routes]]
+connector = "matrix"
+mention = "*"
+command = "gmv"
+stop = true
+bots = ["data"]
+"#,
+        base = s.base,
+        user = bot.user_id,
+        demo = concat!(env!("CARGO_MANIFEST_DIR"), "/demo"),
+    )
+}
+
+/// A person, the bot account, and a room where the person invited the bot.
+async fn setup(s: &Synapse) -> (Client, Client) {
+    let person = s.register(&unique("ann"), "ann-password-1").await;
+    let bot = s.register(&unique("perch"), BOT_PASSWORD).await;
+    (person, bot)
+}
+
+/// Invite the bot into a new room and wait until it has joined.
+async fn room_with_bot(person: &Client, bot: &Client) -> String {
+    let room = person.create_room("team", &[&bot.user_id]).await;
+    eventually(30, "the bot joins the room it was invited to", || {
+        let (person, room, bot) = (person.clone(), room.clone(), bot.user_id.clone());
+        async move { person.members(&room).await.contains(&bot).then_some(()) }
+    })
+    .await;
+    room
+}
+
+/// The bot's `m.room.message` events in the room, oldest first.
+async fn bot_messages(person: &Client, room: &str, bot: &str) -> Vec<Value> {
+    person
+        .events(room)
+        .await
+        .into_iter()
+        .filter(|e| e["sender"] == bot && e["type"] == "m.room.message")
+        .collect()
+}
+
+/// Wait until the bot has sent `n` messages, and return them.
+async fn wait_bot_messages(person: &Client, room: &str, bot: &str, n: usize) -> Vec<Value> {
+    eventually(30, &format!("{n} message(s) from the bot"), || {
+        let (person, room, bot) = (person.clone(), room.to_string(), bot.to_string());
+        async move {
+            let m = bot_messages(&person, &room, &bot).await;
+            (m.len() >= n).then_some(m)
+        }
+    })
+    .await
+}
+
+fn localpart(user_id: &str) -> &str {
+    user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap_or_default()
+}
+
+fn in_reply_to(e: &Value) -> Option<&str> {
+    e.pointer("/content/m.relates_to/m.in_reply_to/event_id")
+        .and_then(Value::as_str)
+}
+
+#[tokio::test]
+async fn the_bot_joins_and_answers_help_and_a_data_command_by_config_alone() {
+    let Some(s) = synapse().await else { return };
+    let (person, bot) = setup(s).await;
+    let t = TestPerch::start(&config(s, &bot, "")).await;
+    let room = room_with_bot(&person, &bot).await;
+    let name = localpart(&bot.user_id);
+
+    let help = person.mention(&room, &bot.user_id, name, "help").await;
+    let m = wait_bot_messages(&person, &room, &bot.user_id, 1).await;
+    assert_eq!(in_reply_to(&m[0]), Some(help.as_str()), "{}", m[0]);
+    assert_eq!(m[0]["content"]["msgtype"], "m.notice", "bots send notices");
+    let text = m[0]["content"]["body"].as_str().unwrap();
+    assert!(text.contains("gmv"), "help lists the data command: {text}");
+
+    let gmv = person.mention(&room, &bot.user_id, name, "gmv").await;
+    let m = wait_bot_messages(&person, &room, &bot.user_id, 2).await;
+    assert_eq!(in_reply_to(&m[1]), Some(gmv.as_str()));
+    let card = &m[1]["content"];
+    assert_eq!(card["format"], "org.matrix.custom.html");
+    assert!(
+        card["formatted_body"].as_str().unwrap().contains("GMV"),
+        "the query card: {card}"
+    );
+    // A message that does not address the bot gets no answer, and nothing is repeated.
+    person
+        .send(
+            &room,
+            "m.room.message",
+            serde_json::json!({ "msgtype": "m.text", "body": "just talking" }),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(bot_messages(&person, &room, &bot.user_id).await.len(), 2);
+    drop(t);
+}
+
+#[tokio::test]
+async fn a_reaction_on_a_card_reaches_its_bot_and_the_card_is_edited_in_place() {
+    let Some(s) = synapse().await else { return };
+    let (person, bot) = setup(s).await;
+    let t = TestPerch::start(&config(
+        s,
+        &bot,
+        r#"
+[bots.tasks]
+kind = "reminders"
+timezone = "UTC"
+
+[[routes]]
+connector = "matrix"
+mention = "*"
+command = "remind"
+stop = true
+bots = ["tasks"]
+
+[[routes]]
+kind = "tick"
+bots = ["tasks"]
+"#,
+    ))
+    .await;
+    let room = room_with_bot(&person, &bot).await;
+    let name = localpart(&bot.user_id);
+    person
+        .mention(
+            &room,
+            &bot.user_id,
+            name,
+            "remind me in 2 hours call the supplier",
+        )
+        .await;
+    wait_bot_messages(&person, &room, &bot.user_id, 1).await;
+    let slot = chrono::Utc::now() + chrono::Duration::minutes(121);
+    t.perch()
+        .shared
+        .journal
+        .accept(vec![tick("reminders", &slot.to_rfc3339())])
+        .await
+        .unwrap();
+    let m = wait_bot_messages(&person, &room, &bot.user_id, 2).await;
+    let card = m
+        .iter()
+        .find(|e| {
+            e["content"]["formatted_body"]
+                .as_str()
+                .is_some_and(|h| h.contains("React with"))
+        })
+        .unwrap_or_else(|| panic!("a reminder card with buttons: {m:?}"));
+    let card_id = card["event_id"].as_str().unwrap().to_string();
+    // The bot offers each button as a reaction chip.
+    let chips = eventually(30, "the bot's Done and Snooze chips under the card", || {
+        let (person, room, bot, card_id) = (
+            person.clone(),
+            room.clone(),
+            bot.user_id.clone(),
+            card_id.clone(),
+        );
+        async move {
+            let chips: Vec<Value> = person
+                .events(&room)
+                .await
+                .into_iter()
+                .filter(|e| {
+                    e["type"] == "m.reaction"
+                        && e["sender"] == bot.as_str()
+                        && e.pointer("/content/m.relates_to/event_id")
+                            == Some(&Value::String(card_id.clone()))
+                })
+                .collect();
+            let key = |c: &Value| {
+                c.pointer("/content/m.relates_to/key")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let keys: Vec<String> = chips.iter().map(key).collect();
+            (keys.iter().any(|k| k == "Done") && keys.iter().any(|k| k.starts_with("Snooze")))
+                .then_some(chips)
+        }
+    })
+    .await;
+    assert!(chips.len() >= 2, "{chips:?}");
+
+    person.react(&room, &card_id, "Done").await;
+    let edit = eventually(30, "the card is edited in place", || {
+        let (person, room, bot, card_id) = (
+            person.clone(),
+            room.clone(),
+            bot.user_id.clone(),
+            card_id.clone(),
+        );
+        async move {
+            bot_messages(&person, &room, &bot)
+                .await
+                .into_iter()
+                .find(|e| {
+                    e.pointer("/content/m.relates_to/rel_type") == Some(&"m.replace".into())
+                        && e.pointer("/content/m.relates_to/event_id")
+                            == Some(&Value::String(card_id.clone()))
+                })
+        }
+    })
+    .await;
+    let new = &edit["content"]["m.new_content"];
+    assert_eq!(new["format"], "org.matrix.custom.html", "{edit}");
+    let journal: Value = reqwest::get(t.url("/api/events?limit=100"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let clicks: Vec<&Value> = journal["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"]["kind"] == "card_action")
+        .collect();
+    assert_eq!(clicks.len(), 1, "{clicks:?}");
+    assert_eq!(clicks[0]["event"]["card_action"]["bot"], "tasks");
+    assert_eq!(clicks[0]["event"]["card_action"]["action"], "done");
+    assert_eq!(
+        clicks[0]["event"]["card_action"]["message_id"],
+        Value::String(card_id.clone())
+    );
+    // One edit, not two (a click handled once).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let edits = bot_messages(&person, &room, &bot.user_id)
+        .await
+        .into_iter()
+        .filter(|e| e.pointer("/content/m.relates_to/rel_type") == Some(&"m.replace".into()))
+        .count();
+    assert_eq!(edits, 1);
+}
+
+#[tokio::test]
+async fn a_restart_in_the_middle_neither_loses_nor_repeats_a_message() {
+    let Some(s) = synapse().await else { return };
+    let (person, bot) = setup(s).await;
+    let mut t = TestPerch::start(&config(s, &bot, "")).await;
+    let room = room_with_bot(&person, &bot).await;
+    let name = localpart(&bot.user_id);
+
+    let first = person.mention(&room, &bot.user_id, name, "help").await;
+    wait_bot_messages(&person, &room, &bot.user_id, 1).await;
+
+    // perch is down while the person writes: the message waits on the homeserver.
+    t.stop().await;
+    let second = person.mention(&room, &bot.user_id, name, "gmv").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    t.start_again().await;
+
+    let m = wait_bot_messages(&person, &room, &bot.user_id, 2).await;
+    let replies: Vec<&str> = m.iter().filter_map(in_reply_to).collect();
+    assert_eq!(replies, vec![first.as_str(), second.as_str()]);
+
+    // Another restart: the stored next_batch is past both; nothing is answered again.
+    t.restart().await;
+    let third = person.mention(&room, &bot.user_id, name, "help").await;
+    let m = wait_bot_messages(&person, &room, &bot.user_id, 3).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let m2 = bot_messages(&person, &room, &bot.user_id).await;
+    assert_eq!(m2.len(), 3, "no message repeated: {m2:?}");
+    let replies: Vec<&str> = m.iter().filter_map(in_reply_to).collect();
+    assert_eq!(
+        replies,
+        vec![first.as_str(), second.as_str(), third.as_str()]
+    );
+}
