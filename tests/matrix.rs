@@ -7,6 +7,8 @@ mod common;
 mod synapse;
 
 use common::*;
+use perch::action::{ChatSpec, MessageBody, Operation, Target};
+use perch::connectors::SendError;
 use serde_json::Value;
 use std::time::Duration;
 use synapse::*;
@@ -334,4 +336,152 @@ async fn a_restart_in_the_middle_neither_loses_nor_repeats_a_message() {
         replies,
         vec![first.as_str(), second.as_str(), third.as_str()]
     );
+}
+
+/// The bot's messages in `room` whose plain body is `body`.
+async fn copies(person: &Client, room: &str, bot: &str, body: &str) -> usize {
+    bot_messages(person, room, bot)
+        .await
+        .iter()
+        .filter(|e| e["content"]["body"] == body)
+        .count()
+}
+
+#[tokio::test]
+async fn operations_send_once_per_key_create_rooms_invite_and_open_direct_chats() {
+    let Some(s) = synapse().await else { return };
+    let (person, bot) = setup(s).await;
+    let t = TestPerch::start(&config(s, &bot, "")).await;
+    let room = room_with_bot(&person, &bot).await;
+    let matrix = t.perch().shared.connectors["matrix"].clone();
+
+    // The same outbox key twice (a retry after a lost answer or a crash): one event.
+    let hello = format!("hello {}", person.user_id);
+    let send = Operation::Send {
+        to: Target::chat(&room),
+        body: MessageBody::text(&hello),
+        reply_to: None,
+    };
+    let a = matrix.execute(&send, "evt-1/bot/0000").await.unwrap();
+    let b = matrix.execute(&send, "evt-1/bot/0000").await.unwrap();
+    assert_eq!(
+        a.id, b.id,
+        "the transaction id makes the retry the same event"
+    );
+    assert_eq!(copies(&person, &room, &bot.user_id, &hello).await, 1);
+    let sent = bot_messages(&person, &room, &bot.user_id).await;
+    let m = sent
+        .iter()
+        .find(|e| e["content"]["body"] == hello.as_str())
+        .unwrap();
+    assert_eq!(
+        m["content"]["m.mentions"]["user_ids"],
+        serde_json::json!([person.user_id]),
+        "the person is mentioned on purpose"
+    );
+    assert!(
+        m["content"]["formatted_body"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("https://matrix.to/#/{}", person.user_id)),
+        "a pill: {m}"
+    );
+
+    // A room with members, once per key; a malformed member is reported, not fatal.
+    let create = Operation::CreateChat {
+        spec: ChatSpec {
+            name: "【项目】Acme-P1".into(),
+            description: Some("Acme project".into()),
+            members: vec![person.user_id.clone(), "not-a-user".into()],
+            owner: Some(person.user_id.clone()),
+            ..Default::default()
+        },
+    };
+    let c1 = matrix.execute(&create, "create-1").await.unwrap();
+    let c2 = matrix.execute(&create, "create-1").await.unwrap();
+    let new_room = c1.id.clone().unwrap();
+    assert_eq!(c2.id, c1.id, "a retried creation finds the room it made");
+    assert_eq!(c1.detail["not_added"], serde_json::json!(["not-a-user"]));
+    assert!(c1.detail.get("owner_error").is_none(), "{}", c1.detail);
+    person.join(&new_room).await; // only an invited person may join a private room
+    let other = s.register(&unique("bob"), "bob-password-1").await;
+    let added = matrix
+        .execute(
+            &Operation::AddMembers {
+                chat_id: new_room.clone(),
+                members: vec![other.user_id.clone(), person.user_id.clone()],
+                member_id_type: None,
+            },
+            "add-1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(added.detail["added"], 2, "{:?}", added.detail);
+    other.join(&new_room).await;
+    let e = matrix
+        .execute(
+            &Operation::AddMembers {
+                chat_id: new_room.clone(),
+                members: vec!["a@b.c".into()],
+                member_id_type: Some("email".into()),
+            },
+            "add-2",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, SendError::Permanent(ref m) if m.contains("identity server")),
+        "{e}"
+    );
+
+    // A direct message to a person: a direct room, made once and reused.
+    let dm = |text: &str| Operation::Send {
+        to: Target::person(&other.user_id),
+        body: MessageBody::text(text),
+        reply_to: None,
+    };
+    let d1 = matrix.execute(&dm("one"), "dm-1").await.unwrap();
+    let d2 = matrix.execute(&dm("two"), "dm-2").await.unwrap();
+    let dm_room = d1.detail["chat_id"].as_str().unwrap().to_string();
+    assert_eq!(d2.detail["chat_id"], d1.detail["chat_id"]);
+    other.join(&dm_room).await;
+    assert_eq!(copies(&other, &dm_room, &bot.user_id, "one").await, 1);
+    assert_eq!(copies(&other, &dm_room, &bot.user_id, "two").await, 1);
+}
+
+#[tokio::test]
+async fn the_homeservers_rate_limit_answer_is_honoured() {
+    let Some(s) = synapse().await else { return };
+    let (person, bot) = setup(s).await;
+    let admin = s.register_admin(&unique("admin"), "admin-password-1").await;
+    let t = TestPerch::start(&config(s, &bot, "")).await;
+    let room = room_with_bot(&person, &bot).await;
+    // One message a second, no burst: the second at once is refused with M_LIMIT_EXCEEDED.
+    admin.override_ratelimit(&bot.user_id, 1, 1).await;
+    let matrix = t.perch().shared.connectors["matrix"].clone();
+    let send = |text: &str| Operation::Send {
+        to: Target::chat(&room),
+        body: MessageBody::text(text),
+        reply_to: None,
+    };
+    // The bot's join counted against the limit too: let it pass first.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    matrix.execute(&send("first"), "rl-1").await.unwrap();
+    let e = matrix.execute(&send("second"), "rl-2").await.unwrap_err();
+    match &e {
+        SendError::RateLimited {
+            retry_after: Some(d),
+            ..
+        } => assert!(*d > Duration::ZERO && *d <= Duration::from_secs(2), "{d:?}"),
+        other => panic!("expected RateLimited with retry_after: {other:?}"),
+    }
+    assert!(
+        matrix.paused_until(&room).is_some(),
+        "the connector pauses for the homeserver's retry_after_ms"
+    );
+    assert_eq!(copies(&person, &room, &bot.user_id, "second").await, 0);
+    // After the pause, the same key goes through, once.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    matrix.execute(&send("second"), "rl-2").await.unwrap();
+    assert_eq!(copies(&person, &room, &bot.user_id, "second").await, 1);
 }

@@ -24,8 +24,8 @@
 //!   are kept in the store by its event id.
 //! - **Card updates** are edits: `m.new_content` + `m.relates_to` `rel_type:
 //!   m.replace`; the bot's chips for buttons the new card no longer has are redacted.
-//! - **Chats:** `POST /createRoom` (private, the bot and the owner at power 100), then
-//!   one invite per member, reported per member. Matrix has no idempotency key for
+//! - **Chats:** `POST /createRoom` (private), then one invite per member, reported per
+//!   member, and the owner raised to power 100. Matrix has no idempotency key for
 //!   room creation: perch remembers the room it made per outbox key, so a retry after
 //!   a crash *after* that record finds it; a crash between creation and the record
 //!   would make a second room (a narrow window, noted here on purpose).
@@ -719,16 +719,7 @@ impl Matrix {
         {
             wanted.push(owner.clone());
         }
-        let mut users = serde_json::Map::new();
-        users.insert(self.config.user_id.0.clone(), json!(100));
-        if let Some(owner) = spec.owner.as_ref().filter(|o| is_user_id(o)) {
-            users.insert(owner.clone(), json!(100));
-        }
-        let mut body = json!({
-            "name": spec.name,
-            "preset": "private_chat",
-            "power_level_content_override": { "users": users },
-        });
+        let mut body = json!({ "name": spec.name, "preset": "private_chat" });
         if let Some(d) = &spec.description {
             body["topic"] = json!(d);
         }
@@ -739,6 +730,11 @@ impl Matrix {
         let members_error = self.invite(&room, &wanted, &mut report).await.err();
         let mut detail = report.detail(&room);
         detail["name"] = json!(spec.name);
+        if let Some(owner) = spec.owner.as_ref().filter(|o| is_user_id(o))
+            && let Err(e) = self.promote(&room, owner).await
+        {
+            detail["owner_error"] = json!(e.to_string());
+        }
         if let Some(e) = members_error {
             detail["members_error"] = json!(e.to_string());
             detail["not_added"] = json!(wanted);
@@ -747,6 +743,28 @@ impl Matrix {
             id: Some(room),
             detail,
         })
+    }
+
+    /// Give `user` power 100 in `room` (the owner of a created chat). Not at creation
+    /// (`power_level_content_override`): room version 12 refuses the creator in the
+    /// power levels' `users`, and older versions would lose the creator's 100 when the
+    /// map is replaced, so the current levels are read and one entry is added.
+    async fn promote(&self, room: &str, user: &str) -> Result<(), SendError> {
+        let path = format!("/rooms/{}/state/m.room.power_levels/", seg(room));
+        let mut levels = self.api.get(&path, &[], "power levels").await?;
+        if levels.pointer(&format!(
+            "/users/{}",
+            user.replace('~', "~0").replace('/', "~1")
+        )) == Some(&json!(100))
+        {
+            return Ok(());
+        }
+        if !levels.get("users").is_some_and(Value::is_object) {
+            levels["users"] = json!({});
+        }
+        levels["users"][user] = json!(100);
+        self.api.put(&path, &levels, "power levels").await?;
+        Ok(())
     }
 
     async fn add_members(

@@ -188,18 +188,28 @@ impl Synapse {
     /// Register `username` by shared secret (the admin API's HMAC-SHA1 over
     /// `nonce\0user\0password\0notadmin`), and return a logged-in client.
     pub async fn register(&self, username: &str, password: &str) -> Client {
+        self.register_as(username, password, false).await
+    }
+
+    /// Register a server admin (for the admin API: rate-limit overrides).
+    pub async fn register_admin(&self, username: &str, password: &str) -> Client {
+        self.register_as(username, password, true).await
+    }
+
+    async fn register_as(&self, username: &str, password: &str, admin: bool) -> Client {
         let http = reqwest::Client::new();
         let url = format!("{}/_synapse/admin/v1/register", self.base);
         let nonce: Value = http.get(&url).send().await.unwrap().json().await.unwrap();
         let nonce = nonce["nonce"].as_str().expect("a nonce").to_string();
         let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(SHARED_SECRET.as_bytes()).unwrap();
-        mac.update(format!("{nonce}\0{username}\0{password}\0notadmin").as_bytes());
+        let role = if admin { "admin" } else { "notadmin" };
+        mac.update(format!("{nonce}\0{username}\0{password}\0{role}").as_bytes());
         let mac = hex::encode(mac.finalize().into_bytes());
         let resp = http
             .post(&url)
             .json(
                 &json!({ "nonce": nonce, "username": username, "password": password,
-                           "admin": false, "mac": mac }),
+                           "admin": admin, "mac": mac }),
             )
             .send()
             .await
@@ -217,6 +227,37 @@ impl Synapse {
 }
 
 impl Client {
+    /// Set `user`'s message rate limit (admin API; `self` must be an admin).
+    pub async fn override_ratelimit(&self, user: &str, per_second: u32, burst: u32) {
+        let resp = self
+            .http
+            .post(format!(
+                "{}/_synapse/admin/v1/users/{}/override_ratelimit",
+                self.base,
+                seg(user)
+            ))
+            .bearer_auth(&self.token)
+            .json(&json!({ "messages_per_second": per_second, "burst_count": burst }))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            resp.status().is_success(),
+            "override_ratelimit: {}",
+            resp.status()
+        );
+    }
+
+    /// Join a room the client was invited to.
+    pub async fn join(&self, room: &str) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/join/{}", seg(room)),
+            Some(json!({})),
+        )
+        .await;
+    }
+
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let mut req = self
             .http
