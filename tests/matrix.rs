@@ -485,3 +485,75 @@ async fn the_homeservers_rate_limit_answer_is_honoured() {
     matrix.execute(&send("second"), "rl-2").await.unwrap();
     assert_eq!(copies(&person, &room, &bot.user_id, "second").await, 1);
 }
+
+#[tokio::test]
+async fn a_direct_room_needs_no_mention() {
+    let Some(s) = synapse().await else { return };
+    let (person, bot) = setup(s).await;
+    let _t = TestPerch::start(&config(s, &bot, "")).await;
+    let room = person
+        .create_room_with(serde_json::json!({
+            "preset": "trusted_private_chat", "is_direct": true, "invite": [bot.user_id],
+        }))
+        .await;
+    eventually(30, "the bot joins the direct room", || {
+        let (person, room, bot) = (person.clone(), room.clone(), bot.user_id.clone());
+        async move { person.members(&room).await.contains(&bot).then_some(()) }
+    })
+    .await;
+    let asked = person
+        .send(
+            &room,
+            "m.room.message",
+            serde_json::json!({ "msgtype": "m.text", "body": "help" }),
+        )
+        .await;
+    let m = wait_bot_messages(&person, &room, &bot.user_id, 1).await;
+    assert_eq!(in_reply_to(&m[0]), Some(asked.as_str()));
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_reported_without_the_password() {
+    let Some(s) = synapse().await else { return };
+    let (_person, bot) = setup(s).await;
+    let text = config(s, &bot, "").replace(BOT_PASSWORD, "not-the-password-42");
+    let t = TestPerch::start(&text).await;
+    let status = eventually(30, "the sync loop reports the refused login", || {
+        let url = t.url("/api/status");
+        async move {
+            let body = reqwest::get(url).await.ok()?.text().await.ok()?;
+            body.contains("M_FORBIDDEN").then_some(body)
+        }
+    })
+    .await;
+    assert!(status.contains("login"), "{status}");
+    assert!(!status.contains("not-the-password-42"), "{status}");
+}
+
+#[test]
+fn perch_check_refuses_nonsense() {
+    let check = |conn: &str| {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[connectors.matrix]\nkind = \"matrix\"\n{conn}\n"
+        );
+        perch::config::Config::from_str(&text, std::path::Path::new("t.toml"))
+            .err()
+            .map(|e| e.to_string())
+    };
+    let ok = "homeserver = \"https://m.example.org\"\nuser_id = \"@perch:example.org\"";
+    let e = check(ok).expect("no credentials");
+    assert!(e.contains("access_token") && e.contains("password"), "{e}");
+    let e = check(&format!("{ok}\naccess_token = \"t\"\npassword = \"p\"")).expect("both");
+    assert!(e.contains("not both"), "{e}");
+    let e = check("homeserver = \"matrix.example.org\"\nuser_id = \"@perch:example.org\"\naccess_token = \"t\"")
+        .expect("bad url");
+    assert!(e.contains("homeserver"), "{e}");
+    let e =
+        check("homeserver = \"https://m.example.org\"\nuser_id = \"perch\"\naccess_token = \"t\"")
+            .expect("bad user id");
+    assert!(e.contains("user_id"), "{e}");
+    let e = check(&format!("{ok}\naccess_token = \"t\"\nmsgtype = \"emote\"")).expect("msgtype");
+    assert!(e.contains("msgtype") || e.contains("emote"), "{e}");
+    assert_eq!(check(&format!("{ok}\naccess_token = \"t\"")), None);
+    assert_eq!(check(&format!("{ok}\npassword = \"p\"")), None);
+}

@@ -275,12 +275,14 @@ impl Client {
 
     /// A private room with `invite` invited; its id.
     pub async fn create_room(&self, name: &str, invite: &[&str]) -> String {
+        self.create_room_with(json!({ "name": name, "preset": "private_chat", "invite": invite }))
+            .await
+    }
+
+    /// A room made with the `createRoom` body `body`; its id.
+    pub async fn create_room_with(&self, body: Value) -> String {
         let doc = self
-            .call(
-                reqwest::Method::POST,
-                "/createRoom",
-                Some(json!({ "name": name, "preset": "private_chat", "invite": invite })),
-            )
+            .call(reqwest::Method::POST, "/createRoom", Some(body))
             .await;
         doc["room_id"].as_str().unwrap().to_string()
     }
