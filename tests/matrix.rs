@@ -557,3 +557,27 @@ fn perch_check_refuses_nonsense() {
     assert_eq!(check(&format!("{ok}\naccess_token = \"t\"")), None);
     assert_eq!(check(&format!("{ok}\npassword = \"p\"")), None);
 }
+
+#[tokio::test]
+async fn an_event_perch_cannot_store_does_not_stop_the_sync() {
+    let Some(s) = synapse().await else { return };
+    let (person, bot) = setup(s).await;
+    let _t = TestPerch::start(&config(s, &bot, "")).await;
+    let room = room_with_bot(&person, &bot).await;
+    let name = localpart(&bot.user_id);
+    // Valid Matrix (the homeserver takes it), but nested deeper than perch stores.
+    let mut deep = serde_json::json!(1);
+    for _ in 0..(perch::event::MAX_JSON_DEPTH + 2) {
+        deep = serde_json::json!([deep]);
+    }
+    person
+        .send(
+            &room,
+            "m.room.message",
+            serde_json::json!({ "msgtype": "m.text", "body": format!("{name}: help"), "x": deep }),
+        )
+        .await;
+    let asked = person.mention(&room, &bot.user_id, name, "help").await;
+    let m = wait_bot_messages(&person, &room, &bot.user_id, 1).await;
+    assert_eq!(in_reply_to(&m[0]), Some(asked.as_str()), "{m:?}");
+}

@@ -190,8 +190,22 @@ impl SyncLoop {
         for invite in &batch.invites {
             self.accept_invite(matrix, invite).await?;
         }
-        if !batch.events.is_empty() {
-            let mut events = batch.events;
+        // An event the journal could never store (JSON nested too deep, too large) is
+        // dropped here with a log line: refusing the whole batch would stop the sync at
+        // that token for good.
+        let events: Vec<_> = batch
+            .events
+            .into_iter()
+            .filter(|e| match e.check_storable() {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::warn!(connector = %self.name, event = e.external_id.as_deref().unwrap_or("-"), reason = %why, "Matrix event dropped: perch cannot store it");
+                    false
+                }
+            })
+            .collect();
+        if !events.is_empty() {
+            let mut events = events;
             let secrets = crate::connectors::Connector::secrets(matrix);
             for e in &mut events {
                 crate::connectors::redact(e, &secrets);
