@@ -561,7 +561,7 @@ fn build_inner(name: &str, config: ConnectorConfig, env: &ConnectorEnv) -> Share
         ConnectorConfig::FeishuWebhook(c) => {
             Arc::new(feishu::webhook_bot::FeishuWebhook::new(name, c, env))
         }
-        ConnectorConfig::Slack(c) => Arc::new(slack::Slack::new(name, c, env)),
+        ConnectorConfig::Slack(c) => slack::Slack::start(name, c, env),
         ConnectorConfig::Matrix(c) => matrix::Matrix::start(name, c, env),
     }
 }

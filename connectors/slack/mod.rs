@@ -1,5 +1,8 @@
 //! `kind = "slack"`: a Slack app bot over the Events API (HTTP) and the Web API.
 //!
+//! With `mode = "socket"` the same events and clicks arrive over Socket Mode instead
+//! (`socket.rs`: perch connects out, no public URL) and go through the same decoding.
+//!
 //! Flow: Slack → `POST /hooks/<name>` (Events API and, form-encoded, interactivity;
 //! `/hooks/<name>/interactive` also takes interactivity) → **this connector** (verify,
 //! decode: `events.rs`) → journal → router → bots → outbox → **this connector**
@@ -33,6 +36,7 @@
 
 pub mod api;
 pub mod events;
+pub mod socket;
 
 use super::*;
 use crate::action::{ChatSpec, MessageBody, Target};
@@ -56,6 +60,17 @@ fn default_window() -> Duration {
     Duration::from_secs(300)
 }
 
+/// How Slack reaches perch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlackMode {
+    /// Events API and interactivity as HTTPS requests to `/hooks/<name>` (a public URL).
+    #[default]
+    Http,
+    /// Socket Mode: perch opens a WebSocket to Slack (`socket.rs`); no public URL.
+    Socket,
+}
+
 /// `[connectors.<name>] kind = "slack"`: a Slack app with a bot user.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +79,14 @@ pub struct SlackConfig {
     /// `zh-CN` (default: `[server] locale`). A bot's own `locale` wins.
     #[serde(default)]
     pub locale: Option<crate::i18n::Locale>,
+    /// `http` (default: Slack posts to `/hooks/<name>`) or `socket` (Socket Mode: perch
+    /// connects out; needs `app_token`).
+    #[serde(default)]
+    pub mode: SlackMode,
+    /// App-level token (`xapp-…`, scope `connections:write`), from "Basic Information"
+    /// → "App-Level Tokens"; Socket Mode only. Use `${SLACK_APP_TOKEN}`.
+    #[serde(default)]
+    pub app_token: Option<Secret>,
     /// Bot User OAuth Token (`xoxb-…`), from "OAuth & Permissions" after installing the
     /// app. Use `${SLACK_BOT_TOKEN}`.
     pub bot_token: Secret,
@@ -122,7 +145,20 @@ impl SlackConfig {
             issues.at(at, format!("connector `{name}`: bot_token is not a bot token (it starts with `xoxb-`; find it under OAuth & Permissions)"));
         }
         let has_secret = self.signing_secret.as_ref().is_some_and(|s| !s.is_empty());
-        if !has_secret && !self.insecure {
+        let app_token = self
+            .app_token
+            .as_ref()
+            .map(Secret::expose)
+            .unwrap_or_default();
+        match self.mode {
+            SlackMode::Socket if app_token.trim().is_empty() => issues.at(at, format!("connector `{name}`: mode = \"socket\" needs `app_token` (an xapp-… token with connections:write, under Basic Information → App-Level Tokens)")),
+            SlackMode::Socket if !app_token.starts_with("xapp-") => issues.at(at, format!("connector `{name}`: app_token is not an app-level token (it starts with `xapp-`)")),
+            SlackMode::Http if !app_token.is_empty() => issues.at(at, format!("connector `{name}`: app_token is only used with mode = \"socket\"")),
+            _ => {}
+        }
+        // Socket Mode needs no signing secret: nothing comes in over HTTP (requests to
+        // /hooks/<name> are refused as unsigned unless one is set).
+        if !has_secret && !self.insecure && self.mode == SlackMode::Http {
             issues.at(at, format!("connector `{name}`: set `signing_secret` (Basic Information → App Credentials), or `insecure = true` to accept unsigned requests"));
         }
         if has_secret && self.insecure {
@@ -168,6 +204,8 @@ pub struct Slack {
     name: String,
     config: SlackConfig,
     api: ApiClient,
+    /// The Socket Mode connection's state (`mode = "socket"` only).
+    link: Option<Arc<socket::LinkStatus>>,
 }
 
 /// An empty 200: what Slack wants as an acknowledgement (a `Null` reply body is sent as
@@ -177,11 +215,67 @@ fn empty_ack() -> Reply {
 }
 
 impl Slack {
+    /// Build the connector and, in Socket Mode, start its connection.
+    pub fn start(name: &str, config: SlackConfig, env: &ConnectorEnv) -> Arc<Self> {
+        Arc::new_cyclic(|me| {
+            let mut slack = Slack::new(name, config, env);
+            if slack.config.mode == SlackMode::Socket {
+                let status = Arc::new(socket::LinkStatus::default());
+                slack.link = Some(status.clone());
+                let app_token = slack
+                    .config
+                    .app_token
+                    .clone()
+                    .unwrap_or_else(|| Secret::new(""));
+                let client = socket::SocketClient {
+                    name: name.to_string(),
+                    api: ApiClient::new(env.http.clone(), &slack.config.base_url, app_token),
+                    journal: env.journal.clone(),
+                    clock: env.clock.clone(),
+                    cancel: env.cancel.clone(),
+                    status,
+                    slack: me.clone(),
+                };
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(client.run());
+                    }
+                    Err(_) => {
+                        tracing::error!(connector = %name, "no async runtime: Socket Mode is not started")
+                    }
+                }
+            }
+            slack
+        })
+    }
+
     pub fn new(name: &str, config: SlackConfig, env: &ConnectorEnv) -> Self {
         Slack {
             name: name.to_string(),
             api: ApiClient::new(env.http.clone(), &config.base_url, config.bot_token.clone()),
             config,
+            link: None,
+        }
+    }
+
+    /// A Socket Mode envelope's payload → events (`events_api`: an `event_callback`
+    /// envelope; `interactive`: a `block_actions` payload). The same decoding as over
+    /// HTTP; other envelope types carry nothing for perch.
+    pub fn socket_events(
+        &self,
+        envelope_type: &str,
+        payload: &Value,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<crate::event::Event>, InboundError> {
+        let ctx = self.context_at(now);
+        match envelope_type {
+            "events_api"
+                if payload.get("type").and_then(Value::as_str) == Some("event_callback") =>
+            {
+                Ok(vec![events::event_callback(payload, &ctx)?])
+            }
+            "interactive" => Ok(vec![events::interaction(payload, &ctx)?]),
+            _ => Ok(Vec::new()),
         }
     }
 
@@ -242,6 +336,10 @@ impl Slack {
     }
 
     fn context<'a>(&'a self, req: &InboundRequest) -> events::Context<'a> {
+        self.context_at(req.now)
+    }
+
+    fn context_at(&self, now: chrono::DateTime<chrono::Utc>) -> events::Context<'_> {
         events::Context {
             connector: &self.name,
             bot_user_id: self
@@ -250,7 +348,7 @@ impl Slack {
                 .as_deref()
                 .map(str::trim)
                 .filter(|s| !s.is_empty()),
-            now: req.now,
+            now,
         }
     }
 
@@ -623,11 +721,15 @@ impl Connector for Slack {
 
     fn secrets(&self) -> Vec<&str> {
         let c = &self.config;
-        [Some(&c.bot_token), c.signing_secret.as_ref()]
-            .into_iter()
-            .flatten()
-            .map(Secret::expose)
-            .collect()
+        [
+            Some(&c.bot_token),
+            c.signing_secret.as_ref(),
+            c.app_token.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(Secret::expose)
+        .collect()
     }
 
     fn handle_inbound(&self, req: &InboundRequest) -> Result<Inbound, InboundError> {
@@ -691,6 +793,9 @@ impl Connector for Slack {
         if let Some(id) = self.config.bot_user_id.as_deref() {
             m.insert("bot_user_id", id.to_string());
         }
+        if let Some(link) = &self.link {
+            m.insert("socket_mode", link.describe());
+        }
         m
     }
 }
@@ -703,6 +808,8 @@ mod tests {
 
     fn connector(insecure: bool) -> Slack {
         let config = SlackConfig {
+            mode: SlackMode::Http,
+            app_token: None,
             bot_token: Secret::new("xoxb-test"),
             signing_secret: (!insecure).then(|| Secret::new(SECRET)),
             insecure,
@@ -723,6 +830,7 @@ mod tests {
                 config.bot_token.clone(),
             ),
             config,
+            link: None,
         }
     }
 

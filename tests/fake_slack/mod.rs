@@ -14,11 +14,14 @@
 //! **Strict like a real gateway**: a repeated singleton header or a body without a JSON
 //! Content-Type is refused with 400 before any method runs (`crate::common::malformed`),
 //! and recorded in `refused`; a missing or wrong bearer token gets `not_authed` /
-//! `invalid_auth`. Every call is recorded.
+//! `invalid_auth`. Every call is recorded. `apps.connections.open` takes the app-level
+//! token and hands out the Socket Mode server's URL (`socket.rs`).
 //!
 //! The signing code is written here again on purpose (not imported from perch), so a
 //! mistake in perch's cannot hide behind the same mistake in the fake.
 #![allow(dead_code)]
+
+pub mod socket;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -36,6 +39,8 @@ use std::time::Duration;
 pub const BOT_TOKEN: &str = "xoxb-test-token-for-perch";
 pub const SIGNING_SECRET: &str = "slack-signing-secret-for-tests";
 pub const BOT_USER: &str = "U_PERCH_BOT";
+/// The app-level token Socket Mode opens connections with.
+pub const APP_TOKEN: &str = "xapp-1-test-app-token-for-perch";
 
 /// A fault the next Web API call suffers.
 #[derive(Debug, Clone)]
@@ -87,6 +92,8 @@ pub struct FakeState {
     pub user_messages: Vec<(String, String)>,
     pub channels: BTreeMap<String, Channel>,
     pub refused: Vec<String>,
+    /// The Socket Mode URL `apps.connections.open` hands out (`socket::FakeSocket`).
+    pub socket_url: Option<String>,
     faults: VecDeque<Fault>,
     seq: u64,
 }
@@ -261,9 +268,15 @@ async fn method(
         }
         None => {}
     }
+    // `apps.connections.open` takes the app-level token, every other method the bot's.
+    let token = if name == "apps.connections.open" {
+        APP_TOKEN
+    } else {
+        BOT_TOKEN
+    };
     match headers.get("authorization").and_then(|v| v.to_str().ok()) {
         None => return err("not_authed"),
-        Some(v) if v != format!("Bearer {BOT_TOKEN}") => return err("invalid_auth"),
+        Some(v) if v != format!("Bearer {token}") => return err("invalid_auth"),
         Some(_) => {}
     }
     // Which methods take which HTTP method (the official SDK: lookups are GETs).
@@ -278,6 +291,10 @@ async fn method(
         "conversations.create" => create_channel(&mut st, &doc),
         "conversations.invite" => invite(&mut st, &doc),
         "users.lookupByEmail" => lookup(&doc),
+        "apps.connections.open" => match &st.socket_url {
+            Some(url) => ok(json!({ "url": url })),
+            None => err("not_allowed_token_type"),
+        },
         _ => err("unknown_method"),
     }
 }
