@@ -274,6 +274,42 @@ bots = ["tasks"]
     .await;
     let new = &edit["content"]["m.new_content"];
     assert_eq!(new["format"], "org.matrix.custom.html", "{edit}");
+    // The chips of buttons the new card no longer offers are taken back (redacted).
+    let offered = new["formatted_body"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    eventually(30, "the chips of gone buttons are redacted", || {
+        let (person, room, bot, card_id, offered) = (
+            person.clone(),
+            room.clone(),
+            bot.user_id.clone(),
+            card_id.clone(),
+            offered.clone(),
+        );
+        async move {
+            let events = person.events(&room).await;
+            let live_chips: Vec<String> = events
+                .iter()
+                .filter(|e| {
+                    e["type"] == "m.reaction"
+                        && e["sender"] == bot.as_str()
+                        && e.pointer("/content/m.relates_to/event_id")
+                            == Some(&Value::String(card_id.clone()))
+                })
+                .filter_map(|e| e.pointer("/content/m.relates_to/key")?.as_str())
+                .map(str::to_string)
+                .collect();
+            live_chips
+                .iter()
+                .all(|k| {
+                    offered.contains(&format!("React with: {k}"))
+                        || offered.contains(&format!(" / {k}"))
+                })
+                .then_some(())
+        }
+    })
+    .await;
     let journal: Value = reqwest::get(t.url("/api/events?limit=100"))
         .await
         .unwrap()
