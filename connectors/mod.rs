@@ -502,6 +502,7 @@ impl ConnectorConfig {
             ConnectorConfig::Feishu(c) => c.locale,
             ConnectorConfig::FeishuWebhook(c) => c.locale,
             ConnectorConfig::Slack(c) => c.locale,
+            ConnectorConfig::Matrix(c) => c.locale,
             ConnectorConfig::Webhook(_) | ConnectorConfig::Http(_) | ConnectorConfig::File(_) => {
                 None
             }

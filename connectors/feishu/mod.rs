@@ -1223,6 +1223,7 @@ mod tests {
 
     fn connector(encrypt_key: Option<&str>) -> Feishu {
         let config = FeishuConfig {
+            locale: None,
             app_id: EnvString("cli_test".into()),
             app_secret: Secret::new("s"),
             verification_token: Secret::new(TOKEN),

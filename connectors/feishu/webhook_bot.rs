@@ -261,6 +261,7 @@ mod tests {
 
     fn bot(secret: Option<&str>, keyword: Option<&str>) -> FeishuWebhook {
         let config = FeishuWebhookConfig {
+            locale: None,
             webhook_url: Secret::new("http://127.0.0.1:1/open-apis/bot/v2/hook/t"),
             secret: secret.map(Secret::new),
             keyword: keyword.map(|k| EnvString(k.to_string())),

@@ -89,6 +89,10 @@ impl MsgType {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatrixConfig {
+    /// Language of perch's built-in texts for people on this connector: `en` or
+    /// `zh-CN` (default: `[server] locale`). A bot's own `locale` wins.
+    #[serde(default)]
+    pub locale: Option<crate::i18n::Locale>,
     /// The homeserver's client-server API base URL (`https://matrix.example.org`; the
     /// address clients use, not the server name).
     pub homeserver: EnvString,

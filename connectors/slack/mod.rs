@@ -808,6 +808,7 @@ mod tests {
 
     fn connector(insecure: bool) -> Slack {
         let config = SlackConfig {
+            locale: None,
             mode: SlackMode::Http,
             app_token: None,
             bot_token: Secret::new("xoxb-test"),
