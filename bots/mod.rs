@@ -9,6 +9,7 @@ pub mod daily_push;
 pub mod echo;
 pub mod greetings;
 pub mod help;
+pub mod http_bot;
 pub mod notify;
 pub mod query;
 pub mod registry;
@@ -43,7 +44,8 @@ pub fn register_builtin(kinds: &mut BotKinds) {
         .add::<auto_group::AutoGroup>("auto_group")
         .add::<daily_push::DailyPush>("daily_push")
         .add::<greetings::Greetings>("greetings")
-        .add::<reminders::Reminders>("reminders");
+        .add::<reminders::Reminders>("reminders")
+        .add::<http_bot::HttpBot>("http_bot");
 }
 
 /// A bot failed. `User` errors are meant for the person who asked and are shown to them
@@ -79,6 +81,16 @@ pub trait Bot: Send + Sync + 'static {
     /// Handle one event. Must be deterministic enough that running it twice for the same
     /// event (after a crash) returns the same actions: they are deduplicated by index.
     async fn handle(&self, event: &Event, ctx: &mut BotContext) -> Result<Vec<Action>, BotError>;
+
+    /// For bots that post actions later (`http_bot`): check a request to
+    /// `POST /api/bots/<name>/actions` (its signature) before anything is parsed.
+    /// `None`, the default: this bot takes no such requests (404).
+    fn check_late_actions(
+        &self,
+        _req: &crate::connectors::InboundRequest,
+    ) -> Option<Result<(), crate::connectors::InboundError>> {
+        None
+    }
 }
 
 /// Renders a named card template (`cards/<name>.hbs`) over data into perch's neutral

@@ -1227,6 +1227,8 @@ impl Bot for Reminders {
             EventKind::System => self.system(event, ctx).await,
             EventKind::CardAction => self.click(event, ctx).await,
             EventKind::Message => self.command(event, ctx).await,
+            // Only `http_bot` bots get these.
+            EventKind::BotActions => Ok(Vec::new()),
         }
     }
 }

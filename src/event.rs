@@ -118,14 +118,18 @@ pub enum EventKind {
     System,
     /// The scheduler fired a job's slot.
     Tick,
+    /// Actions a bot posted later for an earlier event (`bots/http_bot.rs`); routes do
+    /// not apply: it goes to the bot named in `payload.bot`.
+    BotActions,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 5] = [
         EventKind::Message,
         EventKind::CardAction,
         EventKind::System,
         EventKind::Tick,
+        EventKind::BotActions,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -133,6 +137,7 @@ impl EventKind {
             EventKind::CardAction => "card_action",
             EventKind::System => "system",
             EventKind::Tick => "tick",
+            EventKind::BotActions => "bot_actions",
         }
     }
 }

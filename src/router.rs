@@ -158,6 +158,15 @@ impl Router {
         if event.kind == EventKind::CardAction {
             return event.card_action.iter().map(|a| a.bot.clone()).collect();
         }
+        // Only perch makes these (`POST /api/bots/<name>/actions`), for the bot that
+        // posted them.
+        if event.kind == EventKind::BotActions {
+            return event.payload["bot"]
+                .as_str()
+                .map(str::to_string)
+                .into_iter()
+                .collect();
+        }
         let mut out: Vec<String> = Vec::new();
         for route in &self.routes {
             if route.matches(event) {

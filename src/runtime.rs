@@ -72,6 +72,8 @@ pub struct SharedParts {
     pub clicks: Arc<crate::clicks::Clicks>,
     /// How long they wait (`server.click_answer_window`).
     pub click_answer_window: std::time::Duration,
+    /// The bots by name (`POST /api/bots/<name>/actions` asks the bot to check it).
+    pub bots: HashMap<String, Arc<dyn crate::bots::Bot>>,
 }
 
 /// A running perch.
@@ -240,7 +242,7 @@ impl Perch {
         });
         let processor = Arc::new(Processor {
             router,
-            bots,
+            bots: bots.clone(),
             services,
             bot_timeout: server.bot_timeout,
             outbox: outbox_door.clone(),
@@ -290,6 +292,7 @@ impl Perch {
             cards,
             clicks,
             click_answer_window: server.click_answer_window,
+            bots,
         }));
         Ok(Perch {
             shared,

@@ -28,6 +28,11 @@ pub fn routes(shared: Shared) -> Router<Shared> {
         .route("/cards", get(cards))
         .route("/cards/render", post(render_card))
         .layer(axum::middleware::from_fn_with_state(shared, require_token))
+        // After the layer: a bot signs with its own secret, not the admin token.
+        .route(
+            "/bots/{name}/actions",
+            post(super::bot_actions::post_actions),
+        )
 }
 
 async fn require_token(

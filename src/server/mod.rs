@@ -5,6 +5,7 @@
 //! nothing. An event is answered 2xx only after the journal has made it durable.
 
 mod api;
+mod bot_actions;
 mod conn;
 
 pub use conn::{ConnectionLimits, serve};
