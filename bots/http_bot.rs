@@ -215,9 +215,9 @@ pub fn to_action(
 }
 
 /// The body of `POST /api/bots/<name>/actions`, and the payload of the event it becomes
-/// (with every action resolved, templates rendered).
+/// (with every action resolved, templates rendered, and `bot` added: so unknown keys are
+/// let through here, and `server/bot_actions.rs` refuses them in a request).
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LateBatch {
     pub event_id: EventId,
     pub actions: Vec<KeyedAction>,

@@ -1,0 +1,269 @@
+//! `kind = "http_bot"` end to end: a strict fake bot (an axum server on a free port that
+//! refuses an unsigned or wrongly signed request and records every event it gets) and
+//! wiremock as the chat platform (the webhook connector's `send_url`).
+
+mod common;
+use common::*;
+use perch::event::{Chat, ChatType, Event, EventKind, Mention, Person};
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const SECRET: &str = "bot-secret";
+
+/// What the fake bot saw: events it accepted, requests it refused.
+#[derive(Default)]
+struct BotLog {
+    events: Vec<Value>,
+    refused: usize,
+}
+
+/// The fake bot. It answers by the event's text: `card` → a card by template name,
+/// `bad` → an action perch cannot read, `slow` → too late, `later` → 202.
+async fn fake_bot(log: Arc<Mutex<BotLog>>) -> String {
+    let app = axum::Router::new().route(
+        "/bot",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let log = log.clone();
+                async move {
+                    let ts = headers.get("x-perch-timestamp").and_then(|v| v.to_str().ok());
+                    let sig = headers.get("x-perch-signature").and_then(|v| v.to_str().ok());
+                    let signed = ts.map(|ts| [ts.as_bytes(), b".", &body[..]].concat());
+                    let good = match (signed, sig) {
+                        (Some(m), Some(s)) => s == format!("sha256={}", sign(SECRET, &m)),
+                        _ => false,
+                    };
+                    if !good {
+                        log.lock().unwrap().refused += 1;
+                        return (axum::http::StatusCode::UNAUTHORIZED, String::new());
+                    }
+                    let req: Value = serde_json::from_slice(&body).unwrap();
+                    let text = req["event"]["text"].as_str().unwrap_or("").to_string();
+                    log.lock().unwrap().events.push(req);
+                    let ok = |v: Value| (axum::http::StatusCode::OK, v.to_string());
+                    if text.contains("card") {
+                        let data: Value = serde_json::from_str(include_str!(
+                            "../cards/notification.sample.json"
+                        ))
+                        .unwrap();
+                        ok(json!({"actions": [
+                            {"action": "reply", "body": {"type": "template", "template": "notification", "data": data}}
+                        ]}))
+                    } else if text.contains("bad") {
+                        ok(json!({"actions": [
+                            {"action": "reply", "body": {"type": "text", "text": "fine"}},
+                            {"action": "reply", "body": {"type": "nope"}}
+                        ]}))
+                    } else if text.contains("slow") {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        ok(json!({"actions": []}))
+                    } else if text.contains("later") {
+                        (axum::http::StatusCode::ACCEPTED, String::new())
+                    } else {
+                        ok(json!({"actions": [{"action": "reply", "body": {"type": "text", "text": format!("you said {text}")}}]}))
+                    }
+                }
+            },
+        ),
+    );
+    serve_fake(app).await
+}
+
+struct World {
+    platform: MockServer,
+    log: Arc<Mutex<BotLog>>,
+    perch: TestPerch,
+}
+
+async fn world() -> World {
+    let platform = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "om_sent"})))
+        .mount(&platform)
+        .await;
+    let log = Arc::new(Mutex::new(BotLog::default()));
+    let bot = fake_bot(log.clone()).await;
+    let config = format!(
+        r#"
+[server]
+cards_dir = "{cards}"
+
+[connectors.chat]
+kind = "webhook"
+insecure = true
+send_url = "{platform}/send"
+
+[bots.ext]
+kind = "http_bot"
+url = "{bot}/bot"
+secret = "{SECRET}"
+timeout = "500ms"
+
+[[routes]]
+mention = "*"
+bots = ["ext"]
+"#,
+        cards = concat!(env!("CARGO_MANIFEST_DIR"), "/cards"),
+        platform = platform.uri(),
+    );
+    let perch = TestPerch::start(&config).await;
+    World {
+        platform,
+        log,
+        perch,
+    }
+}
+
+fn say(text: &str, id: &str) -> Event {
+    let mut e = Event::new("chat", EventKind::Message, chrono::Utc::now());
+    e.chat = Some(Chat {
+        id: "oc_room".into(),
+        chat_type: ChatType::Group,
+    });
+    e.sender = Some(Person {
+        id: "ou_alice".into(),
+        name: Some("Alice".into()),
+    });
+    e.text = Some(text.to_string());
+    e.external_id = Some(id.to_string());
+    e.message_id = Some(format!("om_{id}"));
+    e.mentions = vec![Mention {
+        person: Person {
+            id: "ou_bot".into(),
+            name: Some("bot".into()),
+        },
+        is_bot: true,
+    }];
+    e
+}
+
+/// Accept `event` and wait until perch has recorded what became of it.
+async fn handled(w: &World, event: Event) -> perch::event::EventId {
+    let shared = &w.perch.perch().shared;
+    let id = shared.journal.accept(vec![event]).await.unwrap()[0].id();
+    eventually(10, "the event is handled", || async {
+        let entry = shared.store.event(id).await.unwrap()?;
+        (entry.fate != perch::store::Fate::Pending).then_some(())
+    })
+    .await;
+    id
+}
+
+fn sent_text(op: &Value) -> String {
+    op["body"]["text"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| op["body"]["card"].to_string())
+}
+
+/// POST late actions signed with `secret`.
+async fn post_late(w: &World, secret: &str, body: &Value) -> reqwest::Response {
+    let body = body.to_string();
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let sig = sign(secret, format!("{ts}.{body}").as_bytes());
+    reqwest::Client::new()
+        .post(w.perch.url("/api/bots/ext/actions"))
+        .header("x-perch-timestamp", ts)
+        .header("x-perch-signature", format!("sha256={sig}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_mention_is_signed_to_the_bot_and_its_template_card_is_sent() {
+    let w = world().await;
+    handled(&w, say("@bot card please", "m1")).await;
+    let ops = wait_received(&w.platform, 1).await;
+    assert_eq!(ops.len(), 1);
+    assert_eq!(ops[0]["reply_to"], "om_m1");
+    let card = &ops[0]["body"]["card"];
+    assert!(
+        card.to_string().contains("Build failed: perch#1287"),
+        "{card}"
+    );
+    let log = w.log.lock().unwrap();
+    assert_eq!(log.refused, 0, "every request perch sent was signed right");
+    assert_eq!(log.events.len(), 1);
+    assert_eq!(log.events[0]["event"]["text"], "@bot card please");
+    assert_eq!(log.events[0]["bot"], "ext");
+    assert_eq!(log.events[0]["actions_path"], "/api/bots/ext/actions");
+}
+
+#[tokio::test]
+async fn a_malformed_answer_or_a_timeout_gets_the_friendly_apology_and_nothing_else() {
+    let w = world().await;
+    let bad = handled(&w, say("@bot bad", "b1")).await;
+    let ops = wait_received(&w.platform, 1).await;
+    assert_eq!(
+        ops.len(),
+        1,
+        "only the apology, not the first valid action: {ops:?}"
+    );
+    let text = sent_text(&ops[0]);
+    assert!(
+        text.starts_with("Sorry, `ext` could not handle that"),
+        "{text}"
+    );
+    assert!(text.contains(&bad.to_string()), "{text}");
+
+    let started = std::time::Instant::now();
+    handled(&w, say("@bot slow", "s1")).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the 500ms timeout applies"
+    );
+    let ops = wait_received(&w.platform, 2).await;
+    assert!(
+        sent_text(&ops[1]).starts_with("Sorry, `ext`"),
+        "{:?}",
+        ops[1]
+    );
+}
+
+#[tokio::test]
+async fn late_actions_after_a_202_are_checked_sent_once_and_refused_when_unsigned() {
+    let w = world().await;
+    let id = handled(&w, say("@bot later", "l1")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        w.platform.received_requests().await.unwrap().is_empty(),
+        "202: nothing yet"
+    );
+
+    let batch = json!({"event_id": id.to_string(), "actions": [
+        {"key": "answer", "action": "reply", "body": {"type": "text", "text": "done at last"}}
+    ]});
+    // A wrong signature, an unknown event, a missing key: refused, nothing journaled.
+    let r = post_late(&w, "wrong-secret", &batch).await;
+    assert_eq!(r.status(), 401);
+    let mut no_event = batch.clone();
+    no_event["event_id"] = json!(uuid::Uuid::now_v7().to_string());
+    assert_eq!(post_late(&w, SECRET, &no_event).await.status(), 422);
+    let mut no_key = batch.clone();
+    no_key["actions"][0].as_object_mut().unwrap().remove("key");
+    let r = post_late(&w, SECRET, &no_key).await;
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("needs a `key`"));
+
+    let first = post_late(&w, SECRET, &batch).await;
+    assert_eq!(first.status(), 202);
+    // The same batch again (a retry), and another batch reusing the key: sent once.
+    let again = post_late(&w, SECRET, &batch).await;
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.json::<Value>().await.unwrap()["duplicate"], true);
+    let mut reused = batch.clone();
+    reused["actions"][0]["body"]["text"] = json!("done again");
+    assert_eq!(post_late(&w, SECRET, &reused).await.status(), 202);
+    let ops = wait_received(&w.platform, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ops_after = w.platform.received_requests().await.unwrap();
+    assert_eq!(ops_after.len(), 1, "one send for one key: {ops:?}");
+    assert_eq!(sent_text(&ops[0]), "done at last");
+    assert_eq!(ops[0]["reply_to"], "om_l1");
+}
