@@ -267,3 +267,123 @@ async fn late_actions_after_a_202_are_checked_sent_once_and_refused_when_unsigne
     assert_eq!(sent_text(&ops[0]), "done at last");
     assert_eq!(ops[0]["reply_to"], "om_l1");
 }
+
+/// kill -9 of perch while the bot is answering: after the restart perch asks the bot
+/// again for the same event (it was never marked handled), and the bot's action goes
+/// out exactly once, under the same key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_mid_answer_asks_again_and_sends_once() {
+    // The bot holds its first request until perch is dead; later ones answer at once.
+    let asked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let bot_app = axum::Router::new().route(
+        "/bot",
+        axum::routing::post({
+            let asked = asked.clone();
+            move |body: axum::body::Bytes| {
+                let asked = asked.clone();
+                async move {
+                    let req: Value = serde_json::from_slice(&body).unwrap();
+                    let first = {
+                        let mut a = asked.lock().unwrap();
+                        a.push(req["event"]["id"].as_str().unwrap().to_string());
+                        a.len() == 1
+                    };
+                    if first {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                    json!({"actions": [{"action": "send", "connector": "sink",
+                        "to": {"type": "chat", "id": "room"},
+                        "body": {"type": "text", "text": "answered"}}]})
+                    .to_string()
+                }
+            }
+        }),
+    );
+    let bot = serve_fake(bot_app).await;
+    let sends = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let sink_app = axum::Router::new().route(
+        "/send",
+        axum::routing::post({
+            let sends = sends.clone();
+            move |body: axum::body::Bytes| {
+                let sends = sends.clone();
+                async move {
+                    sends
+                        .lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&body).unwrap());
+                    "{\"id\":\"om_1\"}"
+                }
+            }
+        }),
+    );
+    let sink = serve_fake(sink_app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let config = dir.path().join("perch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+data_dir = "{data}"
+
+[connectors.in]
+kind = "webhook"
+secret = "{SECRET}"
+id_header = "X-Delivery"
+topic = "deploy"
+
+[connectors.sink]
+kind = "webhook"
+insecure = true
+send_url = "{sink}/send"
+
+[bots.ext]
+kind = "http_bot"
+url = "{bot}/bot"
+secret = "{SECRET}"
+timeout = "20s"
+
+[[routes]]
+connector = "in"
+bots = ["ext"]
+"#,
+            data = dir.path().join("data").display(),
+        ),
+    )
+    .unwrap();
+    let child = spawn_perch(&config);
+    wait_healthy(&base).await;
+    let body = r#"{"service":"api"}"#;
+    let r = reqwest::Client::new()
+        .post(format!("{base}/hooks/in"))
+        .header("X-Delivery", "d-1")
+        .header(
+            "X-Perch-Signature",
+            format!("sha256={}", sign(SECRET, body.as_bytes())),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    eventually(10, "the bot is asked", || async {
+        (asked.lock().unwrap().len() == 1).then_some(())
+    })
+    .await;
+    drop(child); // SIGKILL while the bot is still answering
+    let _child = spawn_perch(&config);
+    wait_healthy(&base).await;
+    eventually(10, "the answer is sent", || async {
+        (!sends.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 2, "asked again after the restart: {asked:?}");
+    assert_eq!(asked[0], asked[1], "for the same event");
+    assert_eq!(sends.lock().unwrap().len(), 1, "sent once");
+}
