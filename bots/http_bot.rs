@@ -223,7 +223,7 @@ pub struct LateBatch {
     pub actions: Vec<KeyedAction>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct KeyedAction {
     /// The bot's own idempotency key: one action per key per event, ever.
     pub key: String,
@@ -303,4 +303,82 @@ impl BotKind for HttpBot {
     fn validate(name: &str, config: &HttpBotConfig, at: usize, all: &Config, issues: &mut Issues) {
         config.validate(name, at, all, issues);
     }
+}
+
+/// What perch POSTs to the bot (schema only; `HttpBot::ask` builds it).
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+struct BotRequest {
+    /// The bot's configured name.
+    bot: String,
+    /// The neutral event, as the console shows it.
+    event: Event,
+    /// Where to POST late actions after answering 202, relative to perch's base URL.
+    actions_path: String,
+}
+
+/// The bot's 200 answer (schema only).
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+struct BotAnswer {
+    /// Carried out in order; an answer with one unreadable action is refused whole.
+    actions: Vec<Action>,
+}
+
+/// The body of `POST /api/bots/<name>/actions` (schema only).
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+struct LateActionsRequest {
+    /// The id of the event perch sent (`event.id` of the request that was answered 202).
+    event_id: EventId,
+    /// Each with the bot's own idempotency `key`: one action per key per event, ever.
+    actions: Vec<KeyedAction>,
+}
+
+/// The JSON Schemas of the http_bot wire format, by file name (`schemas/<name>`). A
+/// message `body` in an answer may also name a card template, which `MessageBody`
+/// itself (what perch stores) does not have: that variant is added here, and `once`
+/// (for Rust bots) is taken out.
+pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
+    let template_body = serde_json::json!({
+        "description": "A card rendered by perch from `cards/<template>.hbs` over `data`.",
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "const": "template"},
+            "template": {"type": "string"},
+            "data": {}
+        },
+        "required": ["type", "template"]
+    });
+    let with_template = |mut schema: serde_json::Value| {
+        if let Some(variants) = schema
+            .pointer_mut("/$defs/MessageBody/oneOf")
+            .and_then(|v| v.as_array_mut())
+        {
+            variants.push(template_body.clone());
+        }
+        // `once` is for Rust bots; an HTTP bot's late actions carry their own `key`.
+        if let Some(variants) = schema
+            .pointer_mut("/$defs/Action/oneOf")
+            .and_then(|v| v.as_array_mut())
+        {
+            variants.retain(|v| v.pointer("/properties/action/const") != Some(&"once".into()));
+        }
+        schema
+    };
+    let value = |s: schemars::Schema| s.to_value();
+    vec![
+        (
+            "http_bot.request.json",
+            value(schemars::schema_for!(BotRequest)),
+        ),
+        (
+            "http_bot.answer.json",
+            with_template(value(schemars::schema_for!(BotAnswer))),
+        ),
+        (
+            "http_bot.late_actions.json",
+            with_template(value(schemars::schema_for!(LateActionsRequest))),
+        ),
+    ]
 }

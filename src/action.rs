@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// What a message says: plain text, markdown, or a card (the neutral card JSON that
 /// the card engine produces; each connector renders it to its platform's format).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum MessageBody {
     Text { text: String },
@@ -32,7 +32,7 @@ impl MessageBody {
 }
 
 /// Where a message goes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Target {
     /// A chat by its platform id.
@@ -67,7 +67,7 @@ impl Target {
 }
 
 /// Specification of a chat to create.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, Default)]
 pub struct ChatSpec {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,7 +82,7 @@ pub struct ChatSpec {
 }
 
 /// What a bot returns. `connector: None` means "the connector the event came from".
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
     /// Send a message to a chat or a person.
@@ -131,7 +131,7 @@ pub enum Action {
 }
 
 /// A pop-up answer to a card click.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Toast {
     #[serde(default)]
     pub kind: ToastKind,
@@ -139,7 +139,9 @@ pub struct Toast {
 }
 
 /// Feishu's four toast types (refs §1.7); the web chat colours them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ToastKind {
     #[default]

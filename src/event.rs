@@ -81,7 +81,19 @@ impl std::io::Write for CountingWriter {
 }
 
 /// perch's own id for an event: a UUID v7, so ids sort by arrival time (good store keys).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct EventId(pub Uuid);
 
@@ -107,7 +119,7 @@ impl std::fmt::Display for EventId {
 }
 
 /// What sort of thing happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A person wrote in a chat (possibly @mentioning a bot).
@@ -143,7 +155,9 @@ impl EventKind {
 }
 
 /// Whether a chat is a group or a one-to-one conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ChatType {
     #[default]
@@ -152,7 +166,7 @@ pub enum ChatType {
 }
 
 /// A chat on some connector's platform.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Chat {
     /// The platform's id (`oc_…` on Feishu, a room id in the web chat).
     pub id: String,
@@ -161,7 +175,7 @@ pub struct Chat {
 }
 
 /// A person or bot on a platform.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, Default)]
 pub struct Person {
     /// The platform's id for them (open_id, web-chat name, e-mail …).
     pub id: String,
@@ -171,7 +185,7 @@ pub struct Person {
 }
 
 /// An @mention inside a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Mention {
     pub person: Person,
     /// True when the mentioned account is one of ours (a perch bot, or the platform
@@ -181,7 +195,7 @@ pub struct Mention {
 }
 
 /// A button press on a card: which bot's card, which action, with what arguments.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CardAction {
     /// The bot that sent the card (the button's value names it).
     pub bot: String,
@@ -196,7 +210,7 @@ pub struct CardAction {
 }
 
 /// The neutral event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Event {
     pub id: EventId,
     /// The configured name of the connector it came through (`web`, `github`, `feishu`).

@@ -387,3 +387,30 @@ bots = ["ext"]
     assert_eq!(asked[0], asked[1], "for the same event");
     assert_eq!(sends.lock().unwrap().len(), 1, "sent once");
 }
+
+/// `schemas/` holds the wire format's JSON Schemas as the types generate them; set
+/// `PERCH_UPDATE_SCHEMAS=1` to rewrite them after a change.
+#[test]
+fn the_published_schemas_match_the_types() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+    for (name, schema) in perch::bots::http_bot::schemas() {
+        let text = format!("{}\n", serde_json::to_string_pretty(&schema).unwrap());
+        let path = dir.join(name);
+        if std::env::var_os("PERCH_UPDATE_SCHEMAS").is_some() {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        }
+        let published =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            published, text,
+            "{name} is stale: run with PERCH_UPDATE_SCHEMAS=1"
+        );
+    }
+    // A template answer validates against what the schema says a body may be.
+    let answer = &perch::bots::http_bot::schemas()[1].1;
+    assert!(
+        answer.to_string().contains("\"const\":\"template\""),
+        "{answer}"
+    );
+}
