@@ -358,11 +358,10 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
             variants.push(template_body.clone());
         }
         // `once` is for Rust bots; an HTTP bot's late actions carry their own `key`.
-        if let Some(variants) = schema
-            .pointer_mut("/$defs/Action/oneOf")
-            .and_then(|v| v.as_array_mut())
-        {
-            variants.retain(|v| v.pointer("/properties/action/const") != Some(&"once".into()));
+        for actions in ["/$defs/Action/oneOf", "/$defs/KeyedAction/oneOf"] {
+            if let Some(variants) = schema.pointer_mut(actions).and_then(|v| v.as_array_mut()) {
+                variants.retain(|v| v.pointer("/properties/action/const") != Some(&"once".into()));
+            }
         }
         schema
     };
