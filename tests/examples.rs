@@ -1,0 +1,182 @@
+//! The example HTTP bots in `examples/` (Python standard library, Node without
+//! packages) against a real perch: a wrongly signed request is refused by the example,
+//! a mention is answered with a card, and `later` goes through 202 and late actions,
+//! sent once although the example's answer is posted twice. Without the interpreter the
+//! test fails under `CI` and is skipped (with the reason) elsewhere.
+
+mod common;
+use common::*;
+use perch::event::{Chat, ChatType, Event, EventKind, Mention, Person};
+use serde_json::{Value, json};
+use std::time::Duration;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const SECRET: &str = "example-secret";
+
+/// The example's process, killed when dropped.
+struct Example(std::process::Child);
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+/// Whether `program` runs here; under `CI` its absence is a failure.
+fn interpreter(program: &str) -> bool {
+    let found = std::process::Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{program} is needed by this test under CI (.ci/run installs it)"
+        );
+        eprintln!("skipped: {program} is not installed");
+    }
+    found
+}
+
+fn mention(text: &str, id: &str) -> Event {
+    let mut e = Event::new("chat", EventKind::Message, chrono::Utc::now());
+    e.chat = Some(Chat {
+        id: "oc_room".into(),
+        chat_type: ChatType::Group,
+    });
+    e.sender = Some(Person {
+        id: "ou_alice".into(),
+        name: Some("Alice".into()),
+    });
+    e.text = Some(text.to_string());
+    e.external_id = Some(id.to_string());
+    e.message_id = Some(format!("om_{id}"));
+    e.mentions = vec![Mention {
+        person: Person {
+            id: "ou_bot".into(),
+            name: Some("bot".into()),
+        },
+        is_bot: true,
+    }];
+    e
+}
+
+async fn run_example(program: &str, script: &str) {
+    if !interpreter(program) {
+        return;
+    }
+    let platform = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "om_sent"})))
+        .mount(&platform)
+        .await;
+    let port = free_port();
+    let config = format!(
+        r#"
+[server]
+cards_dir = "{cards}"
+
+[connectors.chat]
+kind = "webhook"
+insecure = true
+send_url = "{platform}/send"
+
+[bots.example]
+kind = "http_bot"
+url = "http://127.0.0.1:{port}/"
+secret = "{SECRET}"
+timeout = "5s"
+
+[[routes]]
+mention = "*"
+bots = ["example"]
+"#,
+        cards = concat!(env!("CARGO_MANIFEST_DIR"), "/cards"),
+        platform = platform.uri(),
+    );
+    let t = TestPerch::start(&config).await;
+    let _example = Example(
+        std::process::Command::new(program)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/").to_string() + script)
+            .env("PORT", port.to_string())
+            .env("PERCH_BOT_SECRET", SECRET)
+            .env("PERCH_URL", &t.base)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("the example starts"),
+    );
+    let bot = format!("http://127.0.0.1:{port}/");
+    let client = reqwest::Client::new();
+    eventually(10, "the example listens", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+    })
+    .await;
+
+    // The example checks perch's signature: a forged request is refused.
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let forged = client
+        .post(&bot)
+        .header("X-Perch-Timestamp", &ts)
+        .header(
+            "X-Perch-Signature",
+            format!("sha256={}", sign("not-the-secret", b"{}")),
+        )
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401, "{script} refuses a bad signature");
+
+    let j = &t.perch().shared.journal;
+    j.accept(vec![mention("@bot hello", "e1")]).await.unwrap();
+    let ops = wait_received(&platform, 1).await;
+    assert_eq!(ops[0]["reply_to"], "om_e1");
+    let card = ops[0]["body"]["card"].to_string();
+    assert!(
+        card.contains("Hello Alice") && card.contains("You said: @bot hello"),
+        "{card}"
+    );
+
+    let later = j
+        .accept(vec![mention("@bot later please", "e2")])
+        .await
+        .unwrap()[0]
+        .id();
+    let ops = wait_received(&platform, 2).await;
+    assert_eq!(ops[1]["body"]["text"], "done: @bot later please");
+    // The example's late answer posted again (a retry) is not sent again.
+    let body = json!({"event_id": later.to_string(), "actions": [
+        {"key": "answer", "action": "reply", "body": {"type": "text", "text": "done: @bot later please"}}
+    ]})
+    .to_string();
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let again = client
+        .post(t.url("/api/bots/example/actions"))
+        .header("X-Perch-Timestamp", &ts)
+        .header(
+            "X-Perch-Signature",
+            format!("sha256={}", sign(SECRET, format!("{ts}.{body}").as_bytes())),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 202);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all: Vec<Value> = received_json(&platform).await;
+    assert_eq!(all.len(), 2, "the late answer went out once: {all:?}");
+}
+
+#[tokio::test]
+async fn the_python_example_bot_answers_through_perch() {
+    run_example("python3", "http_bot_python/bot.py").await;
+}
+
+#[tokio::test]
+async fn the_node_example_bot_answers_through_perch() {
+    run_example("node", "http_bot_node/bot.js").await;
+}
