@@ -33,6 +33,8 @@ pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod throttle;
 
 #[path = "../bots/mod.rs"]

@@ -1092,12 +1092,10 @@ mod outside {
 
 #[tokio::test]
 async fn a_bot_kind_from_outside_perch_registers_on_the_builder_and_keeps_state() {
-    let w = world().await;
-    let bots = "[bots.count]\nkind = \"counter\"\ngreeting = \"hello\"\n\n[[routes]]\nmention = \"*\"\nbots = [\"count\"]\n";
-    let config = config(&w, bots);
+    let config = "[bots.count]\nkind = \"counter\"\ngreeting = \"hello\"\n\n[[routes]]\nmention = \"*\"\nbots = [\"count\"]\n";
     // Without the registration, the kind is refused by name.
     let refused = perch::Hub::builder()
-        .parse(&config, std::path::Path::new("t.toml"))
+        .parse(config, std::path::Path::new("t.toml"))
         .unwrap_err()
         .to_string();
     assert!(refused.contains("unknown kind `counter`"), "{refused}");
@@ -1115,13 +1113,14 @@ async fn a_bot_kind_from_outside_perch_registers_on_the_builder_and_keeps_state(
         "{typo}"
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let clock: perch::clock::SharedClock = std::sync::Arc::new(perch::clock::SystemClock);
-    let t = TestPerch::start_hub(hub, &config, dir.path(), clock).await;
-    let j = &t.perch().shared.journal;
-    j.accept(vec![say("@bot hi", "c1")]).await.unwrap();
-    j.accept(vec![say("@bot hi", "c2")]).await.unwrap();
-    let o = wait_ops(&w, 2).await;
-    assert_eq!(text(&o[0]), "hello #1");
-    assert_eq!(text(&o[1]), "hello #2");
+    let t = perch::testing::TestHub::start(hub, config).await;
+    let first = t.mention("@bot hi").await;
+    let second = t.mention("@bot hi").await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].text(), "hello #1");
+    assert_eq!(
+        second[0].text(),
+        "hello #2",
+        "its state persists between events"
+    );
 }

@@ -1,15 +1,15 @@
 //! `kind = "http_bot"` end to end: a strict fake bot (an axum server on a free port that
 //! refuses an unsigned or wrongly signed request and records every event it gets) and
-//! wiremock as the chat platform (the webhook connector's `send_url`).
+//! perch from the test kit (`perch::testing`), whose fake platform records every
+//! operation with its idempotency key.
 
 mod common;
 use common::*;
-use perch::event::{Chat, ChatType, Event, EventKind, Mention, Person};
+use perch::event::{Event, EventKind, Mention, Person};
+use perch::testing::TestHub;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use wiremock::matchers::method;
-use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const SECRET: &str = "bot-secret";
 
@@ -73,28 +73,18 @@ async fn fake_bot(log: Arc<Mutex<BotLog>>) -> String {
 }
 
 struct World {
-    platform: MockServer,
+    hub: TestHub,
     log: Arc<Mutex<BotLog>>,
-    perch: TestPerch,
 }
 
+/// perch (from the test kit, with its recording platform) and the fake bot.
 async fn world() -> World {
-    let platform = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "om_sent"})))
-        .mount(&platform)
-        .await;
     let log = Arc::new(Mutex::new(BotLog::default()));
     let bot = fake_bot(log.clone()).await;
     let config = format!(
         r#"
 [server]
 cards_dir = "{cards}"
-
-[connectors.chat]
-kind = "webhook"
-insecure = true
-send_url = "{platform}/send"
 
 [bots.ext]
 kind = "http_bot"
@@ -107,56 +97,9 @@ mention = "*"
 bots = ["ext"]
 "#,
         cards = concat!(env!("CARGO_MANIFEST_DIR"), "/cards"),
-        platform = platform.uri(),
     );
-    let perch = TestPerch::start(&config).await;
-    World {
-        platform,
-        log,
-        perch,
-    }
-}
-
-fn say(text: &str, id: &str) -> Event {
-    let mut e = Event::new("chat", EventKind::Message, chrono::Utc::now());
-    e.chat = Some(Chat {
-        id: "oc_room".into(),
-        chat_type: ChatType::Group,
-    });
-    e.sender = Some(Person {
-        id: "ou_alice".into(),
-        name: Some("Alice".into()),
-    });
-    e.text = Some(text.to_string());
-    e.external_id = Some(id.to_string());
-    e.message_id = Some(format!("om_{id}"));
-    e.mentions = vec![Mention {
-        person: Person {
-            id: "ou_bot".into(),
-            name: Some("bot".into()),
-        },
-        is_bot: true,
-    }];
-    e
-}
-
-/// Accept `event` and wait until perch has recorded what became of it.
-async fn handled(w: &World, event: Event) -> perch::event::EventId {
-    let shared = &w.perch.perch().shared;
-    let id = shared.journal.accept(vec![event]).await.unwrap()[0].id();
-    eventually(10, "the event is handled", || async {
-        let entry = shared.store.event(id).await.unwrap()?;
-        (entry.fate != perch::store::Fate::Pending).then_some(())
-    })
-    .await;
-    id
-}
-
-fn sent_text(op: &Value) -> String {
-    op["body"]["text"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| op["body"]["card"].to_string())
+    let hub = TestHub::start(perch::Hub::builder(), &config).await;
+    World { hub, log }
 }
 
 /// POST late actions signed with `secret`.
@@ -165,7 +108,7 @@ async fn post_late(w: &World, secret: &str, body: &Value) -> reqwest::Response {
     let ts = chrono::Utc::now().timestamp().to_string();
     let sig = sign(secret, format!("{ts}.{body}").as_bytes());
     reqwest::Client::new()
-        .post(w.perch.url("/api/bots/ext/actions"))
+        .post(format!("{}/api/bots/ext/actions", w.hub.url()))
         .header("x-perch-timestamp", ts)
         .header("x-perch-signature", format!("sha256={sig}"))
         .header("content-type", "application/json")
@@ -178,11 +121,16 @@ async fn post_late(w: &World, secret: &str, body: &Value) -> reqwest::Response {
 #[tokio::test]
 async fn a_mention_is_signed_to_the_bot_and_its_template_card_is_sent() {
     let w = world().await;
-    handled(&w, say("@bot card please", "m1")).await;
-    let ops = wait_received(&w.platform, 1).await;
+    let ops = w.hub.mention("@bot card please").await;
     assert_eq!(ops.len(), 1);
-    assert_eq!(ops[0]["reply_to"], "om_m1");
-    let card = &ops[0]["body"]["card"];
+    assert_eq!(ops[0].op, "send");
+    assert!(
+        ops[0].json["reply_to"]
+            .as_str()
+            .unwrap()
+            .starts_with("om_in_")
+    );
+    let card = ops[0].card().expect("a card");
     assert!(
         card.to_string().contains("Build failed: perch#1287"),
         "{card}"
@@ -198,14 +146,13 @@ async fn a_mention_is_signed_to_the_bot_and_its_template_card_is_sent() {
 #[tokio::test]
 async fn a_malformed_answer_or_a_timeout_gets_the_friendly_apology_and_nothing_else() {
     let w = world().await;
-    let bad = handled(&w, say("@bot bad", "b1")).await;
-    let ops = wait_received(&w.platform, 1).await;
+    let (bad, ops) = w.hub.post(mention(&w.hub, "@bot bad")).await;
     assert_eq!(
         ops.len(),
         1,
         "only the apology, not the first valid action: {ops:?}"
     );
-    let text = sent_text(&ops[0]);
+    let text = ops[0].text();
     assert!(
         text.starts_with("Sorry, `ext` could not handle that"),
         "{text}"
@@ -213,28 +160,37 @@ async fn a_malformed_answer_or_a_timeout_gets_the_friendly_apology_and_nothing_e
     assert!(text.contains(&bad.to_string()), "{text}");
 
     let started = std::time::Instant::now();
-    handled(&w, say("@bot slow", "s1")).await;
+    let ops = w.hub.mention("@bot slow").await;
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "the 500ms timeout applies"
     );
-    let ops = wait_received(&w.platform, 2).await;
-    assert!(
-        sent_text(&ops[1]).starts_with("Sorry, `ext`"),
-        "{:?}",
-        ops[1]
-    );
+    assert_eq!(ops.len(), 1);
+    assert!(ops[0].text().starts_with("Sorry, `ext`"), "{ops:?}");
+    assert_eq!(w.hub.platform().refused(), 0);
+}
+
+/// A mention from the kit's chat, for tests that need the event's id.
+fn mention(hub: &TestHub, text: &str) -> Event {
+    let mut e = hub.event(EventKind::Message);
+    e.text = Some(text.to_string());
+    e.mentions = vec![Mention {
+        person: Person {
+            id: "ou_bot".into(),
+            name: Some("bot".into()),
+        },
+        is_bot: true,
+    }];
+    e
 }
 
 #[tokio::test]
 async fn late_actions_after_a_202_are_checked_sent_once_and_refused_when_unsigned() {
     let w = world().await;
-    let id = handled(&w, say("@bot later", "l1")).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        w.platform.received_requests().await.unwrap().is_empty(),
-        "202: nothing yet"
-    );
+    let mut later = mention(&w.hub, "@bot later");
+    later.message_id = Some("om_l1".into());
+    let (id, ops) = w.hub.post(later).await;
+    assert!(ops.is_empty(), "202: nothing yet");
 
     let batch = json!({"event_id": id.to_string(), "actions": [
         {"key": "answer", "action": "reply", "body": {"type": "text", "text": "done at last"}}
@@ -260,12 +216,17 @@ async fn late_actions_after_a_202_are_checked_sent_once_and_refused_when_unsigne
     let mut reused = batch.clone();
     reused["actions"][0]["body"]["text"] = json!("done again");
     assert_eq!(post_late(&w, SECRET, &reused).await.status(), 202);
-    let ops = wait_received(&w.platform, 1).await;
+    let ops = w.hub.platform().wait_for(1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let ops_after = w.platform.received_requests().await.unwrap();
+    let ops_after = w.hub.platform().ops();
     assert_eq!(ops_after.len(), 1, "one send for one key: {ops:?}");
-    assert_eq!(sent_text(&ops[0]), "done at last");
-    assert_eq!(ops[0]["reply_to"], "om_l1");
+    assert_eq!(ops[0].text(), "done at last");
+    assert_eq!(ops[0].json["reply_to"], "om_l1");
+    assert_eq!(
+        ops[0].key,
+        format!("once/ext/late/{id}/answer"),
+        "the bot's own key, scoped to the event"
+    );
 }
 
 /// kill -9 of perch while the bot is answering: after the restart perch asks the bot

@@ -16,7 +16,8 @@ pub struct TestPerch {
     pub data_dir: PathBuf,
     config_text: String,
     clock: SharedClock,
-    /// The bot kinds the config is read with (built-in, plus a test's own).
+    /// The bot kinds the config is read with (the built-in ones; a test with its own
+    /// kinds uses `perch::testing::TestHub`).
     hub: perch::HubBuilder,
     perch: Option<Perch>,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -47,16 +48,6 @@ impl TestPerch {
 
     /// Start perch with `config` on the data in `dir`, with `clock`.
     pub async fn start_in(config: &str, dir: &Path, clock: SharedClock) -> TestPerch {
-        Self::start_hub(perch::Hub::builder(), config, dir, clock).await
-    }
-
-    /// `start_in` with the bot kinds registered on `hub` (a test's own kinds).
-    pub async fn start_hub(
-        hub: perch::HubBuilder,
-        config: &str,
-        dir: &Path,
-        clock: SharedClock,
-    ) -> TestPerch {
         let config_text = with_data_dir(config, dir);
         let mut t = TestPerch {
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -64,7 +55,7 @@ impl TestPerch {
             data_dir: dir.to_path_buf(),
             config_text,
             clock,
-            hub,
+            hub: perch::Hub::builder(),
             perch: None,
             server: None,
             stop: None,

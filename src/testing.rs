@@ -1,0 +1,380 @@
+//! A test kit for bot authors (feature `testing`): a whole perch in the test's process,
+//! started from a config string, with a fake chat platform that records every
+//! operation with its idempotency key, a manual clock, and helpers that post a mention,
+//! a system event or a card click and wait for what the bots did about it.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use perch::testing::TestHub;
+//! let hub = TestHub::start(
+//!     perch::Hub::builder(),
+//!     r#"
+//! [bots.echo]
+//! kind = "echo"
+//!
+//! [[routes]]
+//! mention = "*"
+//! bots = ["echo"]
+//! "#,
+//! )
+//! .await;
+//! let sent = hub.mention("@bot hello").await;
+//! assert_eq!(sent[0].text(), "hello");
+//! # }
+//! ```
+//!
+//! The platform is the connector `chat` (a webhook connector whose `send_url` is the
+//! fake); the kit adds it, and `[server] data_dir` (a fresh temporary directory), to the
+//! config. Events from the helpers come from chat `oc_room`, sender `ou_alice`.
+
+use crate::action::ClickAnswer;
+use crate::clock::{Clock, ManualClock, SharedClock};
+use crate::event::{CardAction, Chat, ChatType, Event, EventId, EventKind, Mention, Person};
+use crate::runtime::Perch;
+use crate::store::Fate;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The connector name the fake platform is configured under.
+pub const PLATFORM: &str = "chat";
+/// The chat the helpers' events come from.
+pub const ROOM: &str = "oc_room";
+
+/// How long the helpers wait for an answer before the test fails.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// One operation the fake platform received: what perch asked for and its key.
+#[derive(Debug, Clone)]
+pub struct RecordedOp {
+    /// The idempotency key perch sent with it (`<event>/<bot>/<index>`, `once/...`).
+    pub key: String,
+    /// `send`, `update`, `create_chat`, `add_members`.
+    pub op: String,
+    /// The whole operation as perch sent it.
+    pub json: Value,
+}
+
+impl RecordedOp {
+    /// The message's text, or its card as JSON text.
+    pub fn text(&self) -> String {
+        self.json["body"]["text"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| self.json["body"]["card"].to_string())
+    }
+    /// The neutral card, for a card message.
+    pub fn card(&self) -> Option<&Value> {
+        self.json["body"].get("card")
+    }
+}
+
+/// A chat platform that records every operation. As strict as a real one: a request
+/// that is not JSON with an `op` and a `key` is refused (400) and counted in `refused`.
+#[derive(Clone)]
+pub struct FakePlatform {
+    url: String,
+    ops: Arc<Mutex<Vec<RecordedOp>>>,
+    refused: Arc<Mutex<usize>>,
+}
+
+impl FakePlatform {
+    pub async fn start() -> FakePlatform {
+        let ops = Arc::new(Mutex::new(Vec::<RecordedOp>::new()));
+        let refused = Arc::new(Mutex::new(0usize));
+        let (o, r) = (ops.clone(), refused.clone());
+        let app = axum::Router::new().route(
+            "/send",
+            axum::routing::post(move |body: bytes::Bytes| {
+                let (ops, refused) = (o.clone(), r.clone());
+                async move {
+                    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+                    let (Some(json), true) = (
+                        parsed.clone(),
+                        parsed.as_ref().is_some_and(|v| {
+                            v["op"].is_string() && v["key"].as_str().is_some_and(|k| !k.is_empty())
+                        }),
+                    ) else {
+                        *lock(&refused) += 1;
+                        return (axum::http::StatusCode::BAD_REQUEST, "{}".to_string());
+                    };
+                    let mut ops = lock(&ops);
+                    let n = ops.len() + 1;
+                    let op = json["op"].as_str().unwrap_or_default().to_string();
+                    let id = if op == "create_chat" {
+                        format!("oc_{n}")
+                    } else {
+                        format!("om_{n}")
+                    };
+                    ops.push(RecordedOp {
+                        key: json["key"].as_str().unwrap_or_default().to_string(),
+                        op,
+                        json,
+                    });
+                    (axum::http::StatusCode::OK, json!({ "id": id }).to_string())
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake platform on 127.0.0.1");
+        let url = format!("http://{}", listener.local_addr().expect("bound"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakePlatform { url, ops, refused }
+    }
+
+    /// Its base URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Every operation so far, in arrival order (repeats included: a double send shows).
+    pub fn ops(&self) -> Vec<RecordedOp> {
+        lock(&self.ops).clone()
+    }
+
+    /// How many malformed requests it refused.
+    pub fn refused(&self) -> usize {
+        *lock(&self.refused)
+    }
+
+    /// Wait until at least `n` operations arrived; all of them.
+    pub async fn wait_for(&self, n: usize) -> Vec<RecordedOp> {
+        let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
+        loop {
+            let ops = self.ops();
+            if ops.len() >= n {
+                return ops;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waited {ANSWER_WITHIN:?} for {n} operations at the fake platform, got {}: {ops:?}",
+                ops.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A perch running in this process: see the module docs.
+pub struct TestHub {
+    perch: Option<Perch>,
+    platform: FakePlatform,
+    clock: ManualClock,
+    base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    data_dir: PathBuf,
+}
+
+impl TestHub {
+    /// Start perch with `config` (bots, routes, more connectors) and the kinds on `hub`.
+    /// Panics with the config's problems if it is invalid.
+    pub async fn start(hub: crate::HubBuilder, config: &str) -> TestHub {
+        let platform = FakePlatform::start().await;
+        let data_dir = std::env::temp_dir().join(format!("perch-test-{}", uuid::Uuid::now_v7()));
+        let text = Self::config_text(config, &data_dir, platform.url());
+        let config = hub
+            .parse(&text, std::path::Path::new("test.toml"))
+            .unwrap_or_else(|e| panic!("test config: {e}"));
+        let clock = ManualClock::new(chrono::Utc::now());
+        let shared: SharedClock = Arc::new(clock.clone());
+        let perch = hub.start(config, shared).await.expect("perch starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind perch on 127.0.0.1");
+        let base = format!("http://{}", listener.local_addr().expect("bound"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (app, limits) = (perch.app(), perch.shared.connection_limits);
+        tokio::spawn(async move {
+            let _ = crate::server::serve(listener, app, limits, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        TestHub {
+            perch: Some(perch),
+            platform,
+            clock,
+            base,
+            stop: Some(tx),
+            data_dir,
+        }
+    }
+
+    /// `config` with the fake platform's connector and a `data_dir` added.
+    fn config_text(config: &str, data_dir: &std::path::Path, platform: &str) -> String {
+        let dir_line = format!("data_dir = {:?}\n", data_dir.display().to_string());
+        let body = if config.contains("[server]\n") {
+            config.replacen("[server]\n", &format!("[server]\n{dir_line}"), 1)
+        } else {
+            format!("[server]\n{dir_line}\n{config}")
+        };
+        format!(
+            "{body}\n\n[connectors.{PLATFORM}]\nkind = \"webhook\"\ninsecure = true\nsend_url = \"{platform}/send\"\n"
+        )
+    }
+
+    /// The running perch (its journal, store, ...).
+    pub fn perch(&self) -> &Perch {
+        self.perch.as_ref().expect("running")
+    }
+
+    /// perch's base URL (`http://127.0.0.1:<port>`), for HTTP bots' late actions.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// The fake platform.
+    pub fn platform(&self) -> &FakePlatform {
+        &self.platform
+    }
+
+    /// The clock perch reads. Moving it changes what bots see as now (reminders due,
+    /// dates in cards); the scheduler fires a slot once its time has come on this clock.
+    pub fn clock(&self) -> &ManualClock {
+        &self.clock
+    }
+
+    /// Move the clock on by `by`.
+    pub fn advance(&self, by: chrono::Duration) {
+        self.clock.advance(by);
+    }
+
+    /// Alice @mentions the bot account in `oc_room` with `text`: the operations the bots
+    /// caused, once the event is handled and they are delivered.
+    pub async fn mention(&self, text: &str) -> Vec<RecordedOp> {
+        let mut e = self.event(EventKind::Message);
+        e.text = Some(text.to_string());
+        e.message_id = Some(format!("om_in_{}", e.id));
+        e.mentions = vec![Mention {
+            person: Person {
+                id: "ou_bot".into(),
+                name: Some("bot".into()),
+            },
+            is_bot: true,
+        }];
+        self.post(e).await.1
+    }
+
+    /// An internal system posts `topic` with `payload`.
+    pub async fn system(&self, topic: &str, payload: Value) -> Vec<RecordedOp> {
+        let mut e = self.event(EventKind::System);
+        e.chat = None;
+        e.topic = Some(topic.to_string());
+        e.payload = payload;
+        self.post(e).await.1
+    }
+
+    /// Alice clicks the button `action` (with `args`) on the card `message_id` that
+    /// `bot` sent: the click's answer (toast, replacement card) and the operations.
+    pub async fn click(
+        &self,
+        bot: &str,
+        message_id: &str,
+        action: &str,
+        args: Value,
+    ) -> (ClickAnswer, Vec<RecordedOp>) {
+        let mut e = self.event(EventKind::CardAction);
+        e.card_action = Some(CardAction {
+            bot: bot.to_string(),
+            action: action.to_string(),
+            args,
+            message_id: Some(message_id.to_string()),
+        });
+        let (id, ops) = self.post(e).await;
+        let shared = &self.perch().shared;
+        let answer = shared
+            .clicks
+            .answer(id, Duration::from_secs(1))
+            .await
+            .unwrap_or_default();
+        (answer, ops)
+    }
+
+    /// A bare event from Alice in `oc_room` through the platform connector.
+    pub fn event(&self, kind: EventKind) -> Event {
+        let mut e = Event::new(PLATFORM, kind, self.clock.now());
+        e.chat = Some(Chat {
+            id: ROOM.into(),
+            chat_type: ChatType::Group,
+        });
+        e.sender = Some(Person {
+            id: "ou_alice".into(),
+            name: Some("Alice".into()),
+        });
+        e.external_id = Some(e.id.to_string());
+        e
+    }
+
+    /// Journal `event`, wait until it is handled and its operations are delivered; its
+    /// id and those operations.
+    pub async fn post(&self, event: Event) -> (EventId, Vec<RecordedOp>) {
+        let shared = &self.perch().shared;
+        let before = self.platform.ops().len();
+        let id = shared
+            .journal
+            .accept(vec![event])
+            .await
+            .expect("the journal accepts the event")[0]
+            .id();
+        let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
+        loop {
+            let entry = shared.store.event(id).await.expect("store readable");
+            if entry.is_some_and(|e| e.fate != Fate::Pending) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "event {id} not handled within {ANSWER_WITHIN:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Handled: what it queued is in the outbox (an action whose key was used before
+        // is not queued again). Wait until the outbox has delivered everything.
+        loop {
+            let queued = shared.store.outbox_count().await.expect("store readable");
+            if queued == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{queued} operation(s) still queued after {ANSWER_WITHIN:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (id, self.platform.ops()[before..].to_vec())
+    }
+
+    /// Stop: HTTP first, then drain and flush.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(p) = self.perch.take() {
+            p.shutdown().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+impl Drop for TestHub {
+    /// A test that ends without `stop()` still leaves no temporary directory behind (the
+    /// store is being torn down with the runtime; its files are not needed).
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
