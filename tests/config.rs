@@ -61,7 +61,7 @@ fn an_unknown_kind_lists_the_known_kinds() {
     assert_eq!(code, 1);
     assert!(
         out.contains(
-            "\n  perch.toml:2:8: bot `x`: unknown kind `ecko` (did you mean `echo`?); known kinds: auto_group, daily_push, echo, greetings, help, notify, query, reminders\n"
+            "\n  perch.toml:2:8: bot `x`: unknown kind `ecko` (did you mean `echo`?); known kinds: auto_group, daily_push, echo, greetings, help, http_bot, notify, query, reminders\n"
         ),
         "{out}"
     );
