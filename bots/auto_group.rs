@@ -96,7 +96,7 @@ pub struct NameRule {
     /// Characters a name may not contain.
     #[serde(default)]
     pub forbidden: Option<String>,
-    /// How to explain the rule to people ("【项目】<customer>-<code>, at most 60 characters").
+    /// How to explain the rule to people ("【项目】`<customer>-<code>`, at most 60 characters").
     #[serde(default)]
     pub description: Option<String>,
 }

@@ -50,7 +50,7 @@
 //! // A binary would end with `hub.run()`: the `perch` command line with this kind.
 //! ```
 //!
-//! Tests of such a bot use [`testing`] (feature `testing`). Bots in other languages
+//! Tests of such a bot use `perch::testing` (feature `testing`). Bots in other languages
 //! are `kind = "http_bot"` ([`bots::http_bot`]).
 //!
 //! The modules below stay public because perch's integration tests and benches reach

@@ -117,7 +117,7 @@ pub fn ct_eq(a: &str, b: &str) -> bool {
 }
 
 /// A short, stable idempotency key for Feishu's `uuid` fields: the first 32 hex digits
-/// of SHA-256(outbox key). The refs give no length limit for `uuid` [unverified]; 32
+/// of SHA-256(outbox key). The refs give no length limit for `uuid` \[unverified\]; 32
 /// hex characters fit every limit seen in the docs (≤ 50) and contain no `/`.
 pub fn idempotency_uuid(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());

@@ -153,7 +153,7 @@ pub struct FeishuConfig {
     )]
     pub ws_reconnect_nonce: Duration,
     /// Websocket mode: how long the parts of a fragmented message are kept waiting for
-    /// the rest (the SDK keeps them 5 s). [unverified] Feishu documents no value.
+    /// the rest (the SDK keeps them 5 s). \[unverified\] Feishu documents no value.
     #[serde(
         default = "default_ws_fragment_ttl",
         deserialize_with = "crate::config::de_duration"
@@ -190,7 +190,7 @@ pub struct FeishuConfig {
     /// request cannot be replayed once its event id has left the dedupe window.
     /// Default: `server.dedupe_window` minus `clock_skew`, and `perch check` refuses a
     /// window that together with `clock_skew` is wider than `server.dedupe_window`.
-    /// [unverified] Whether Feishu re-signs its retries (sent up to ~7.1 h later, refs
+    /// \[unverified\] Whether Feishu re-signs its retries (sent up to ~7.1 h later, refs
     /// §1.6) with a fresh timestamp is not documented, so the default keeps room for the
     /// whole retry schedule; if your tenant's retries carry fresh timestamps, a few
     /// minutes (`"5m"`) is a tighter setting.

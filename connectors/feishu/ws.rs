@@ -22,7 +22,7 @@
 //!   wait below `ReconnectNonce` s (default 30 s), then every `ReconnectInterval` s.
 //!
 //! Frames of `type: card` are handled like `type: event` (the payload decides: a
-//! `card.action.trigger` callback or a legacy card click). [unverified] The official
+//! `card.action.trigger` callback or a legacy card click). \[unverified\] The official
 //! Go and Python SDKs drop card frames unanswered (`handleDataFrame` returns for
 //! `MessageTypeCard`); an SDK issue (larksuite/oapi-sdk-python#126) reports card
 //! callbacks lost that way, and the workaround there routes them through the event path.
@@ -31,7 +31,7 @@
 //! the issue asks for "forever, with backoff and jitter", and the state is shown in
 //! `describe()` and logged), and it backs off exponentially from `ws_reconnect_min`
 //! up to `ws_reconnect_max` (or the server's `ReconnectInterval`, if smaller).
-//! [unverified] There is no explicit "reconnect" control frame in the SDKs: the server
+//! \[unverified\] There is no explicit "reconnect" control frame in the SDKs: the server
 //! closes the socket (a Close frame) and the client reconnects; perch treats any Close,
 //! error or silence (no frame for 3 ping intervals) that way.
 

@@ -14,7 +14,7 @@
 //!   `request_timeout`, 5xx, connect errors and timeouts → retry; the rest (auth,
 //!   scopes, unknown channel, bad blocks) → permanent, with a hint where the fix is
 //!   known.
-//! - **Tiers** (refs §5, [doc]): each method has its own per-minute budget per
+//! - **Tiers** (refs §5, \[doc\]): each method has its own per-minute budget per
 //!   workspace (Tier 2 20+/min, Tier 3 50+/min, Tier 4 100+/min). A governor per method
 //!   keeps perch under it, allowing a burst of one minute's budget; `chat.postMessage`
 //!   ("about 1/s per channel") is paced per channel by `crate::throttle` instead.

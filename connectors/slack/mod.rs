@@ -117,7 +117,7 @@ pub struct SlackConfig {
     /// `chat.postMessage`, refs §5).
     #[serde(default = "default_chat_rate")]
     pub chat_rate_per_second: u32,
-    /// Operations per minute across the workspace. [unverified] Slack documents a
+    /// Operations per minute across the workspace. \[unverified\] Slack documents a
     /// workspace-wide limit on `chat.postMessage` without a number; 300 is a guess on
     /// the safe side. A 429 with `Retry-After` pauses the connector whatever this says.
     #[serde(default = "default_rate_per_minute")]
@@ -446,7 +446,7 @@ fn message_fields(body: &MessageBody) -> Result<Value, SendError> {
 }
 
 /// A channel name Slack accepts: lower case, no spaces, at most 80 characters
-/// ([unverified] refs §5). Other characters are left for Slack to judge: it answers
+/// (\[unverified\] refs §5). Other characters are left for Slack to judge: it answers
 /// `invalid_name_specials`, which is reported as it is.
 pub fn channel_name(name: &str) -> String {
     name.trim()

@@ -14,7 +14,7 @@
 //!   a line names them.
 //! - Over the limit, table rows are cut with "… and N more", then long texts.
 //! - The refs give no per-field lengths for template_card; titles (36), key names (20),
-//!   values (60) and jump titles (20) are cut to conservative lengths [unverified].
+//!   values (60) and jump titles (20) are cut to conservative lengths \[unverified\].
 
 use super::{field_rows, fit, table_lines};
 use crate::cards::CardError;
