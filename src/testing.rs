@@ -237,7 +237,9 @@ impl TestHub {
     }
 
     /// The clock perch reads. Moving it changes what bots see as now (reminders due,
-    /// dates in cards); the scheduler fires a slot once its time has come on this clock.
+    /// dates in cards). The scheduler notices a jump only when it next wakes (within
+    /// `scheduler::MAX_SLEEP`, 60 s): to drive a schedule in a test, `post` its tick
+    /// event (`EventKind::Tick`, topic = the job) instead of waiting.
     pub fn clock(&self) -> &ManualClock {
         &self.clock
     }
