@@ -1,4 +1,4 @@
-//! The `perch` command line: `serve`, `check`, `send`, `schedule`, `card render`. It is
+//! The `perch` command line: `serve`, `check`, `send`, `schedule`, `migrate`, `card render`. It is
 //! in the library so that a user's own binary with their own bot kinds
 //! (`perch::Hub::builder().bot_kind::<MyBot>("my_kind").run()`) is the same program as
 //! `perch`, with the same subcommands. `anyhow` is used here and only here.
@@ -63,6 +63,9 @@ enum Cmd {
         #[arg(long, short = 'n', default_value_t = 5)]
         count: usize,
     },
+    /// Apply the PostgreSQL store's schema migrations (`[store] kind = "postgres"`) and
+    /// exit. `perch serve` applies them too; this runs them ahead of a rolling upgrade.
+    Migrate,
     /// Card templates.
     Card {
         #[command(subcommand)]
@@ -140,6 +143,23 @@ fn run(kinds: &BotKinds) -> Result<()> {
                 .enable_all()
                 .build()?
                 .block_on(send(config, connector, topic, data, url))
+        }
+        Cmd::Migrate => {
+            let config = load(&cli.config, kinds)?;
+            let Some(settings) = crate::runtime::postgres_settings(&config)? else {
+                bail!("store.kind is \"sled\": the embedded store has no schema to migrate");
+            };
+            let applied = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(crate::store::postgres::migrate_database(&settings))
+                .context("migrating the PostgreSQL store")?;
+            if applied.is_empty() {
+                println!("the PostgreSQL store's schema is up to date");
+            } else {
+                println!("applied schema migration(s) {applied:?}");
+            }
+            Ok(())
         }
         Cmd::Schedule { count } => {
             let config = load(&cli.config, kinds)?;

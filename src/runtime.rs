@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 pub enum StartError {
     #[error("cannot open the store in {dir}: {source}")]
     Store { dir: String, source: StoreError },
+    #[error("cannot open the PostgreSQL store: {0}")]
+    Postgres(StoreError),
     #[error("cannot create the data directory {dir}: {source}")]
     DataDir { dir: String, source: std::io::Error },
     #[error("bot `{name}`: {why}")]
@@ -88,32 +90,9 @@ pub struct Perch {
 }
 
 impl Perch {
-    /// Open the store in `server.data_dir` and start.
+    /// Open the store (`open_store`) and start.
     pub async fn start(config: Config, clock: SharedClock) -> Result<Perch, StartError> {
-        let dir = config.server.data_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
-            dir: dir.display().to_string(),
-            source,
-        })?;
-        let cache = config.server.cache_mb * 1024 * 1024;
-        let store_dir = dir.join("store");
-        let log_dir = dir.join("ingest-log");
-        // Opened once here, and again by `Reopening` after a write error (a full disk).
-        let open: crate::store::reopening::Opener = Arc::new(move || {
-            SledStore::open(&store_dir, &log_dir, cache).map(|s| Arc::new(s) as Arc<dyn Store>)
-        });
-        let first = open.clone();
-        let store = tokio::task::spawn_blocking(move || first())
-            .await
-            .map_err(|e| StartError::Store {
-                dir: dir.display().to_string(),
-                source: StoreError::Io(e.to_string()),
-            })?
-            .map_err(|source| StartError::Store {
-                dir: dir.display().to_string(),
-                source,
-            })?;
-        let store = crate::store::reopening::Reopening::new(store, open);
+        let store = open_store(&config).await?;
         Self::start_with_store(config, store, clock).await
     }
 
@@ -156,6 +135,7 @@ impl Perch {
         };
         let Config {
             server,
+            store: _,
             outbox: outbox_config,
             connectors: connector_configs,
             bots: bot_configs,
@@ -167,6 +147,7 @@ impl Perch {
         let schedules = Arc::new(crate::scheduler::Schedules::from_config(&schedules)?);
         let routing_config = Config {
             server: Default::default(),
+            store: Default::default(),
             outbox: Default::default(),
             connectors: Default::default(),
             bots: Default::default(),
@@ -377,4 +358,58 @@ async fn upkeep(
             }
         }
     }
+}
+
+/// `[store]` for the PostgreSQL backend; `None` for the embedded store.
+pub fn postgres_settings(
+    config: &Config,
+) -> Result<Option<crate::store::postgres::PostgresSettings>, StartError> {
+    if config.store.kind != crate::config::StoreKind::Postgres {
+        return Ok(None);
+    }
+    let url = config
+        .store
+        .url
+        .as_ref()
+        .ok_or_else(|| StartError::Postgres(StoreError::Io("store.url is not set".into())))?;
+    Ok(Some(crate::store::postgres::PostgresSettings {
+        url: url.expose().to_string(),
+        pool_size: config.store.pool_size,
+    }))
+}
+
+/// Open the store `[store]` names: the embedded one in `server.data_dir`, or the shared
+/// PostgreSQL (connecting and applying schema migrations). Also used by `perch export`
+/// and `perch import`.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    if let Some(settings) = postgres_settings(config)? {
+        let store = crate::store::PostgresStore::connect(&settings)
+            .await
+            .map_err(StartError::Postgres)?;
+        return Ok(Arc::new(store));
+    }
+    let dir = config.server.data_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
+        dir: dir.display().to_string(),
+        source,
+    })?;
+    let cache = config.server.cache_mb * 1024 * 1024;
+    let store_dir = dir.join("store");
+    let log_dir = dir.join("ingest-log");
+    // Opened once here, and again by `Reopening` after a write error (a full disk).
+    let open: crate::store::reopening::Opener = Arc::new(move || {
+        SledStore::open(&store_dir, &log_dir, cache).map(|s| Arc::new(s) as Arc<dyn Store>)
+    });
+    let first = open.clone();
+    let store = tokio::task::spawn_blocking(move || first())
+        .await
+        .map_err(|e| StartError::Store {
+            dir: dir.display().to_string(),
+            source: StoreError::Io(e.to_string()),
+        })?
+        .map_err(|source| StartError::Store {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+    Ok(crate::store::reopening::Reopening::new(store, open))
 }

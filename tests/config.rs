@@ -267,3 +267,37 @@ fn relative_paths_are_relative_to_the_config_file() {
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("note"), "{text}");
 }
+
+#[test]
+fn a_postgres_store_needs_a_valid_url_and_a_usable_pool() {
+    let (code, out) = check("[store]\nkind = \"postgres\"\n");
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("perch.toml:2:1: store.kind = \"postgres\" needs store.url"),
+        "{out}"
+    );
+    let (code, out) =
+        check("[store]\nkind = \"postgres\"\nurl = \"postgres://h/db?bogus=1\"\npool_size = 1\n");
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("perch.toml:3:1: store.url is not a PostgreSQL URL"),
+        "{out}"
+    );
+    assert!(
+        out.contains("perch.toml:4:1: store.pool_size must be at least 2"),
+        "{out}"
+    );
+    let (code, out) = check("[store]\nkind = \"mysql\"\n");
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("unknown variant `mysql`, expected `sled` or `postgres`"),
+        "{out}"
+    );
+    // The URL comes from the environment, like every `${VAR}`.
+    let (code, out) = check("[store]\nkind = \"postgres\"\nurl = \"${PERCH_TEST_UNSET_DB_URL}\"\n");
+    assert_eq!(code, 1);
+    assert!(out.contains("PERCH_TEST_UNSET_DB_URL"), "{out}");
+    let (code, out) =
+        check("[store]\nkind = \"postgres\"\nurl = \"postgres://u:p@db:5432/perch\"\n");
+    assert_eq!(code, 0, "{out}");
+}

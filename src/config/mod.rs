@@ -30,6 +30,10 @@ pub struct Config {
     /// HTTP server, storage and pipeline settings.
     #[serde(default)]
     pub server: ServerConfig,
+    /// Where perch keeps what it must not lose: the embedded store (default) or a
+    /// PostgreSQL shared by several replicas.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// Delivery settings for the outbox.
     #[serde(default)]
     pub outbox: OutboxConfig,
@@ -195,6 +199,39 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// `[store]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sled`: the embedded store in `server.data_dir`, for one process. `postgres`:
+    /// several perch replicas share one PostgreSQL (`url`).
+    pub kind: StoreKind,
+    /// For `kind = "postgres"`: `postgres://user:password@host:port/database`, usually
+    /// `"${DATABASE_URL}"`. Connections are unencrypted (no TLS): keep the database on
+    /// a private network.
+    pub url: Option<Secret>,
+    /// For `kind = "postgres"`: most connections one replica holds.
+    pub pool_size: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Sled,
+            url: None,
+            pool_size: 16,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    #[default]
+    Sled,
+    Postgres,
 }
 
 /// `[outbox]`
@@ -497,6 +534,7 @@ impl Config {
                 ),
             );
         }
+        self.validate_store(&mut issues);
         self.validate_connection_limits(&mut issues);
         if self.server.concurrency == 0 || self.outbox.concurrency == 0 {
             issues.at(server_at, "concurrency must be at least 1");
@@ -564,6 +602,35 @@ impl Config {
 
     /// The `[server]` limits on slow and many clients: each must be able to do its job
     /// (a zero timeout would refuse every request, a week-long one none).
+    fn validate_store(&self, issues: &mut Issues) {
+        let at = |k| key_offset(&self.source.text, "[store]", k);
+        let store = &self.store;
+        if store.kind == StoreKind::Postgres {
+            match &store.url {
+                None => issues.at(
+                    at("kind"),
+                    "store.kind = \"postgres\" needs store.url (for example \"${DATABASE_URL}\")",
+                ),
+                Some(url) => {
+                    if let Err(e) = url.expose().parse::<tokio_postgres::Config>() {
+                        issues.at(at("url"), format!("store.url is not a PostgreSQL URL: {e}"));
+                    }
+                }
+            }
+            if store.pool_size < 2 {
+                issues.at(
+                    at("pool_size"),
+                    "store.pool_size must be at least 2 (ingests and the rest each hold one)",
+                );
+            }
+        } else if store.url.is_some() {
+            issues.at(
+                at("url"),
+                "store.url is only used with store.kind = \"postgres\"",
+            );
+        }
+    }
+
     fn validate_connection_limits(&self, issues: &mut Issues) {
         let server = &self.server;
         let at = |key: &str| key_offset(&self.source.text, "[server]", key);

@@ -9,11 +9,13 @@
 //!
 //! Writes are applied in memory at once and made durable by `flush`; the journal's group
 //! commit (`crate::journal`) calls `flush_journal` once for many concurrent requests.
-//! `sled_store::SledStore` is the embedded backend; `conformance` is the test suite every
-//! backend must pass.
+//! `sled_store::SledStore` is the embedded backend (the default, one process);
+//! `postgres::PostgresStore` lets several replicas share one PostgreSQL. `conformance`
+//! is the test suite every backend must pass.
 
 pub mod conformance;
 pub mod ingest_log;
+pub mod postgres;
 pub mod reopening;
 pub mod sled_families;
 pub mod sled_store;
@@ -24,6 +26,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use postgres::PostgresStore;
 pub use sled_store::SledStore;
 
 #[derive(Debug, thiserror::Error)]
