@@ -30,6 +30,16 @@
 //! item before the scan had reloaded the older ones (per-chat order broken under a
 //! sustained backlog).
 //!
+//! **Several replicas** (a `Store::shared` store) lease lanes (`LaneLeases`): a scan
+//! claims the lanes it finds (`Store::hold_lanes`) and dispatches only the items of lanes
+//! it holds; every scan renews the leases of live lanes; an item starts only while its
+//! lane's lease is valid, else it is handed back (`release`). So a chat is handled by one
+//! replica at a time, in order, and the lanes of a replica that died pass to another once
+//! their leases expire. Offers only ring for a scan: another replica may have stored
+//! older work of the lane that this one has not seen, which an offer would overtake
+//! (the replica test saw it). Scans also run every `SHARED_POLL`, since work stored by
+//! another replica is never offered here.
+//!
 //! **Waiting holds no slot.** A handler that must try its item again later (a delivery
 //! in backoff) answers `Next::At`: its lane waits — the chat's later items stay behind
 //! it — but the concurrency slot is free for other chats meanwhile. On shutdown a waiting
@@ -49,6 +59,13 @@ use tokio_util::task::TaskTracker;
 const LANE_IDLE: Duration = Duration::from_secs(5);
 /// How often the feeder rescans even without a wake-up (a safety net; wake-ups do the work).
 const POLL: Duration = Duration::from_secs(1);
+/// With a shared store: how often the feeder rescans, to find work other replicas
+/// stored (and to renew its leases).
+const SHARED_POLL: Duration = Duration::from_millis(200);
+/// With a shared store: how long a lane lease lasts unless renewed. A replica that
+/// died holds its lanes this long.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+
 /// Lanes read per page of a scan.
 const LANES_PAGE: usize = 256;
 
@@ -94,10 +111,104 @@ struct InFlight<K> {
     scanned: bool,
 }
 
+/// This replica's leases on the lanes of one queue of a shared store (module docs).
+pub struct LaneLeases {
+    store: Arc<dyn crate::store::Store>,
+    /// `"router"` or `"outbox"`.
+    queue: &'static str,
+    /// This process (a fresh id per start: a restarted replica waits out its old
+    /// leases like any other).
+    holder: String,
+    ttl: Duration,
+    /// Lanes held, each with the instant until which items may start in it: half the
+    /// lease after the claim was sent, so this replica stops starting items well before
+    /// the lease can pass to another one.
+    held: Mutex<HashMap<String, tokio::time::Instant>>,
+}
+
+impl LaneLeases {
+    pub fn new(
+        store: Arc<dyn crate::store::Store>,
+        queue: &'static str,
+        holder: String,
+        ttl: Duration,
+    ) -> Self {
+        LaneLeases {
+            store,
+            queue,
+            holder,
+            ttl,
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Leases for `queue` under a fresh holder id if `store` is shared by replicas;
+    /// `None` (no leasing) for a store of one process.
+    pub fn for_store(store: &Arc<dyn crate::store::Store>, queue: &'static str) -> Option<Self> {
+        store.shared().then(|| {
+            let holder = format!("{queue}-{}", uuid::Uuid::now_v7().simple());
+            LaneLeases::new(store.clone(), queue, holder, LEASE_TTL)
+        })
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio::time::Instant>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether items of `lane` may start here now.
+    pub fn holds(&self, lane: &str) -> bool {
+        self.held()
+            .get(lane)
+            .is_some_and(|until| *until > tokio::time::Instant::now())
+    }
+
+    /// Claim or renew `lanes`; afterwards `holds` answers for each of them. On a store
+    /// error nothing is granted (the lanes' items wait; held leases run out locally).
+    async fn hold(&self, lanes: Vec<String>) {
+        if lanes.is_empty() {
+            return;
+        }
+        let sent = tokio::time::Instant::now();
+        let granted = match self
+            .store
+            .hold_lanes(self.queue, &self.holder, &lanes, self.ttl)
+            .await
+        {
+            Ok(granted) => granted,
+            Err(e) => {
+                tracing::warn!(queue = self.queue, error = %e, "lane leases could not be claimed or renewed");
+                return;
+            }
+        };
+        let granted: std::collections::HashSet<String> = granted.into_iter().collect();
+        let mut held = self.held();
+        for lane in lanes {
+            if granted.contains(&lane) {
+                held.insert(lane, sent + self.ttl / 2);
+            } else {
+                held.remove(&lane);
+            }
+        }
+    }
+
+    /// Give every lease up (after the lanes drained at shutdown).
+    async fn release_all(&self) {
+        let lanes: Vec<String> = self.held().drain().map(|(lane, _)| lane).collect();
+        if let Err(e) = self
+            .store
+            .release_lanes(self.queue, &self.holder, &lanes)
+            .await
+        {
+            tracing::warn!(queue = self.queue, error = %e, "lane leases not released; they expire on their own");
+        }
+    }
+}
+
 /// A set of lanes processing `T`s keyed by `K`.
 pub struct Lanes<K, T> {
-    /// Live lanes: a generation number (to tell a lane from its successor) and its mailbox.
-    lanes: Mutex<HashMap<String, (u64, mpsc::Sender<T>)>>,
+    /// Live lanes: a generation number (to tell a lane from its successor) and its
+    /// mailbox of `(key, item)`.
+    lanes: Mutex<HashMap<String, (u64, mpsc::Sender<(K, T)>)>>,
     generation: std::sync::atomic::AtomicU64,
     handler: Handler<T>,
     active: Arc<Semaphore>,
@@ -107,6 +218,8 @@ pub struct Lanes<K, T> {
     tracker: TaskTracker,
     /// Cancelled when the feeder stops: lanes take no new item, waits end.
     stop: CancellationToken,
+    /// With a shared store: the lanes this replica may work on.
+    leases: Option<LaneLeases>,
 }
 
 impl<K, T> Lanes<K, T>
@@ -118,6 +231,16 @@ where
     /// when the item no longer needs to be in flight (done, or handed back to the store).
     /// `door` is how producers reach these lanes from now on.
     pub fn new(limits: LaneLimits, door: &Doorbell<K, T>, handler: Handler<T>) -> Arc<Self> {
+        Self::with_leases(limits, door, handler, None)
+    }
+
+    /// `new`, working only on the lanes `leases` holds (a store shared by replicas).
+    pub fn with_leases(
+        limits: LaneLimits,
+        door: &Doorbell<K, T>,
+        handler: Handler<T>,
+        leases: Option<LaneLeases>,
+    ) -> Arc<Self> {
         let lanes = Arc::new(Lanes {
             lanes: Mutex::new(HashMap::new()),
             generation: std::sync::atomic::AtomicU64::new(0),
@@ -136,6 +259,7 @@ where
             wake: door.wake.clone(),
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
+            leases,
         });
         let _ = door.lanes.set(Arc::downgrade(&lanes));
         lanes
@@ -233,6 +357,12 @@ where
             if !f.scanned {
                 return false;
             }
+            // Shared store: older work of this lane may have been stored by another
+            // replica and not be known here yet, so an offer could overtake it. The scan
+            // reads the lane in order (and claims or leaves its lease).
+            if self.leases.is_some() {
+                return false;
+            }
             // Older work of this lane waits in the store: the scan keeps the order.
             if f.starved.contains_key(lane) {
                 f.deferred.insert(lane.to_string());
@@ -257,13 +387,14 @@ where
                 }
             }
         }
-        self.push(lane, item).await;
+        self.push(lane, key, item).await;
         true
     }
 
     /// Put an item into its lane, starting the lane if needed. Waits while the lane's
     /// mailbox is full.
-    async fn push(self: &Arc<Self>, lane: &str, mut item: T) {
+    async fn push(self: &Arc<Self>, lane: &str, key: K, item: T) {
+        let mut work = (key, item);
         loop {
             let tx = {
                 let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
@@ -273,16 +404,16 @@ where
                     .1
                     .clone()
             };
-            match tx.send(item).await {
+            match tx.send(work).await {
                 Ok(()) => return,
                 // The lane ended between our lookup and the send: start a new one.
-                Err(mpsc::error::SendError(back)) => item = back,
+                Err(mpsc::error::SendError(back)) => work = back,
             }
         }
     }
 
-    fn spawn_lane(self: &Arc<Self>, lane: String) -> (u64, mpsc::Sender<T>) {
-        let (tx, mut rx) = mpsc::channel::<T>(self.limits.max_per_lane.max(1));
+    fn spawn_lane(self: &Arc<Self>, lane: String) -> (u64, mpsc::Sender<(K, T)>) {
+        let (tx, mut rx) = mpsc::channel::<(K, T)>(self.limits.max_per_lane.max(1));
         let this = self.clone();
         let my_gen = self
             .generation
@@ -314,29 +445,35 @@ where
                         if !retired {
                             continue;
                         }
-                        while let Ok(item) = rx.try_recv() {
+                        while let Ok((key, item)) = rx.try_recv() {
                             if this.stop.is_cancelled() {
                                 break;
                             }
-                            this.run(item).await;
+                            this.run(&lane, key, item).await;
                         }
                         break;
                     }
                 };
-                this.run(item).await;
+                let (key, item) = item;
+                this.run(&lane, key, item).await;
             }
         });
         (my_gen, tx)
     }
 
     /// Run the handler on `item`, again and again while it answers `Next::At`, with a
-    /// concurrency slot only while it runs.
-    async fn run(&self, mut item: T) {
+    /// concurrency slot only while it runs. Each start needs `lane`'s lease (with a
+    /// shared store); without it the item is handed back to the store.
+    async fn run(&self, lane: &str, key: K, mut item: T) {
         loop {
             let next = {
                 let Ok(_permit) = self.active.clone().acquire_owned().await else {
                     return;
                 };
+                if self.leases.as_ref().is_some_and(|l| !l.holds(lane)) {
+                    self.release(&key);
+                    return;
+                }
                 (self.handler)(item).await
             };
             match next {
@@ -370,6 +507,18 @@ where
                 .unwrap_or_else(|e| e.into_inner())
                 .completed
                 .clear();
+            if let Some(leases) = &self.leases {
+                // Renew the leases of live lanes; the others run out.
+                let live: std::collections::HashSet<String> = self
+                    .lanes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .keys()
+                    .cloned()
+                    .collect();
+                leases.held().retain(|lane, _| live.contains(lane));
+                leases.hold(live.into_iter().collect()).await;
+            }
             let mut after: Option<String> = None;
             'scan: loop {
                 let page = match load(after.clone(), LANES_PAGE, self.limits.max_per_lane).await {
@@ -377,6 +526,29 @@ where
                     Err(e) => {
                         tracing::error!(error = %e, "queue scan failed; retrying in 1 s");
                         break 'scan;
+                    }
+                };
+                let page = match &self.leases {
+                    None => page,
+                    Some(leases) => {
+                        let unheld = page
+                            .iter()
+                            .map(|(lane, _)| lane)
+                            .filter(|lane| !leases.holds(lane))
+                            .cloned()
+                            .collect();
+                        leases.hold(unheld).await;
+                        // Lanes held elsewhere are left alone (and still move the scan on).
+                        page.into_iter()
+                            .map(|(lane, items)| {
+                                let items = if leases.holds(&lane) {
+                                    items
+                                } else {
+                                    Vec::new()
+                                };
+                                (lane, items)
+                            })
+                            .collect()
                     }
                 };
                 let full_page = page.len() == LANES_PAGE;
@@ -391,9 +563,14 @@ where
                             .starved
                             .insert(lane.clone(), false);
                     }
+                    if items.is_empty() {
+                        // Held by another replica.
+                        after = Some(lane);
+                        continue;
+                    }
                     for (key, item) in items {
                         match self.claim(&key, &lane) {
-                            Ok(true) => self.push(&lane, item).await,
+                            Ok(true) => self.push(&lane, key, item).await,
                             Ok(false) => {}
                             Err(Full) => {
                                 // The rest of this lane waits in the store: offers must
@@ -430,9 +607,14 @@ where
                     break;
                 }
             }
+            let poll = if self.leases.is_some() {
+                SHARED_POLL
+            } else {
+                POLL
+            };
             tokio::select! {
                 _ = &mut notified => {}
-                _ = tokio::time::sleep(POLL) => {}
+                _ = tokio::time::sleep(poll) => {}
                 _ = cancel.cancelled() => break,
             }
         }
@@ -445,6 +627,10 @@ where
         self.lanes.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.tracker.close();
         self.tracker.wait().await;
+        // Nothing runs here any more: another replica may take the lanes at once.
+        if let Some(leases) = &self.leases {
+            leases.release_all().await;
+        }
     }
 }
 

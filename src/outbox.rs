@@ -410,7 +410,12 @@ impl Outbox {
             max_in_flight: 10_000,
             max_per_lane: 32,
         };
-        let lanes = Lanes::new(limits, door, handler);
+        let lanes = Lanes::with_leases(
+            limits,
+            door,
+            handler,
+            crate::lanes::LaneLeases::for_store(&self.store, "outbox"),
+        );
         let _ = slot.set(Arc::downgrade(&lanes));
         let store = self.store.clone();
         let committer = commit_deliveries(

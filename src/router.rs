@@ -656,7 +656,12 @@ pub fn start(
         max_in_flight: 4096,
         max_per_lane: 64,
     };
-    let lanes = Lanes::new(limits, door, handler);
+    let lanes = Lanes::with_leases(
+        limits,
+        door,
+        handler,
+        crate::lanes::LaneLeases::for_store(&store, "router"),
+    );
     let _ = slot.set(Arc::downgrade(&lanes));
     let feeder = tokio::spawn(lanes.clone().feed(
         move |after: Option<String>, max_lanes, per_lane| {

@@ -9,147 +9,16 @@
 //! Slack's dedupe), and the endpoint counts it once. The test prints how often it happened.
 
 mod common;
-use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::routing::post;
+use common::relay::{Acked, all_events, check_delivered_once, load, start_sink, wait_settled};
 use common::{RelayConfig, free_port, sign, spawn_perch, wait_healthy};
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const SECRET: &str = "crash-secret";
-
-/// One delivery as the sink saw it.
-#[derive(Debug, Clone)]
-struct Delivery {
-    key: String,
-    /// The chat it went to and the event's sequence number in that chat.
-    chat: String,
-    seq: u64,
-    at: std::time::Instant,
-}
-
-#[derive(Default)]
-struct Sink {
-    /// Idempotency key → how many times it arrived.
-    keys: HashMap<String, usize>,
-    /// Every delivery, in arrival order.
-    log: Vec<Delivery>,
-}
-
-async fn start_sink() -> (String, Arc<Mutex<Sink>>) {
-    let sink = Arc::new(Mutex::new(Sink::default()));
-    let app =
-        axum::Router::new()
-            .route(
-                "/send",
-                post(
-                    |State(s): State<Arc<Mutex<Sink>>>,
-                     headers: HeaderMap,
-                     body: axum::body::Bytes| async move {
-                        if let Some(why) = common::malformed(&headers, body.len()) {
-                            panic!("malformed delivery: {why}");
-                        }
-                        let key = headers
-                            .get("idempotency-key")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_string();
-                        let op: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                        // The relay bot's text is `<chat> <seq>`.
-                        let text = op["body"]["text"].as_str().unwrap_or("").to_string();
-                        let (chat, seq) = text.split_once(' ').unwrap_or(("", "0"));
-                        let mut s = s.lock().unwrap();
-                        *s.keys.entry(key.clone()).or_default() += 1;
-                        s.log.push(Delivery {
-                            key,
-                            chat: chat.to_string(),
-                            seq: seq.parse().unwrap_or(0),
-                            at: std::time::Instant::now(),
-                        });
-                        axum::Json(serde_json::json!({"id": "ok"}))
-                    },
-                ),
-            )
-            .with_state(sink.clone());
-    let url = common::serve_fake(app).await;
-    (url, sink)
-}
-
-/// What a loader got acknowledged: the event id, its chat and sequence number.
-type Acked = (String, String, u64);
-
-/// Post events from one task per chat (so each chat's events have an order) until
-/// `stop`; returns what was acknowledged. Sequence numbers grow across rounds.
-async fn load(
-    base: String,
-    chats: usize,
-    stop: tokio_util::sync::CancellationToken,
-    round: usize,
-) -> Vec<Acked> {
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let mut tasks = Vec::new();
-    for w in 0..chats {
-        let (base, stop, acked) = (base.clone(), stop.clone(), acked.clone());
-        tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let chat = format!("chat{w}");
-            let mut n = 0u64;
-            while !stop.is_cancelled() {
-                n += 1;
-                let seq = round as u64 * 1_000_000 + n;
-                let body = format!(r#"{{"chat":"{chat}","n":"{chat} {seq}"}}"#);
-                let sig = sign(SECRET, body.as_bytes());
-                let resp = client
-                    .post(format!("{base}/hooks/in"))
-                    .header("X-Topic", "crash.test")
-                    .header("X-Delivery", format!("{chat}-{seq}"))
-                    .header("X-Signature", format!("sha256={sig}"))
-                    .body(body)
-                    .send()
-                    .await;
-                match resp {
-                    Ok(r) if r.status() == 200 => {
-                        let v: Value = r.json().await.unwrap();
-                        acked.lock().unwrap().push((
-                            v["event_id"].as_str().unwrap().to_string(),
-                            chat.clone(),
-                            seq,
-                        ));
-                    }
-                    // Killed mid-request: not acknowledged, so no promise was made.
-                    _ => break,
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
-}
-
-async fn all_events(base: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut before: Option<String> = None;
-    loop {
-        let mut url = format!("{base}/api/events?limit=1000");
-        if let Some(b) = &before {
-            url.push_str(&format!("&before={b}"));
-        }
-        let page: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
-        let events = page["events"].as_array().unwrap().clone();
-        if events.is_empty() {
-            return out;
-        }
-        before = events.last().unwrap()["event"]["id"]
-            .as_str()
-            .map(str::to_string);
-        out.extend(events);
-    }
-}
 
 /// How long before a kill a repeated delivery may have been confirmed. Deliveries on
 /// the wire at the kill are repeated by design (the key absorbs them); one confirmed
@@ -189,7 +58,13 @@ async fn sigkill_loses_nothing_acknowledged_and_sends_nothing_twice() {
         let child = spawn_perch(&config);
         wait_healthy(&base).await;
         let stop = tokio_util::sync::CancellationToken::new();
-        let loader = tokio::spawn(load(base.clone(), chats, stop.clone(), round + 1));
+        let loader = tokio::spawn(load(
+            vec![base.clone()],
+            SECRET,
+            chats,
+            stop.clone(),
+            round + 1,
+        ));
         // Let load build up, then kill -9 in the middle of it (at varying moments).
         tokio::time::sleep(Duration::from_millis(400 + 60 * (round as u64 % 5))).await;
         killed_at.push(std::time::Instant::now());
@@ -206,104 +81,15 @@ async fn sigkill_loses_nothing_acknowledged_and_sends_nothing_twice() {
     // A last, clean start: it must finish everything that was queued.
     let _child = spawn_perch(&config);
     wait_healthy(&base).await;
-    let mut settled = false;
-    for _ in 0..1500 {
-        let s: Value = reqwest::get(format!("{base}/api/status"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if s["pending_events"] == 0 && s["outbox_depth"] == 0 {
-            settled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(settled, "pending events and outbox drained after restart");
-
+    wait_settled(&base).await;
     let events = all_events(&base).await;
-    let journal: HashSet<String> = events
-        .iter()
-        .map(|e| e["event"]["id"].as_str().unwrap().to_string())
-        .collect();
-    for (id, _, _) in &acked_all {
-        assert!(
-            journal.contains(id),
-            "acknowledged event {id} is in the journal after SIGKILL"
-        );
-    }
-    for e in &events {
-        assert_eq!(e["fate"]["state"], "routed", "every event was handled: {e}");
-    }
     let sink = sink.lock().unwrap();
-    // One key per event: an event delivered under two keys would be a real double.
-    let mut keys_of: HashMap<&str, HashSet<&str>> = HashMap::new();
-    for key in sink.keys.keys() {
-        keys_of
-            .entry(key.split('/').next().unwrap())
-            .or_default()
-            .insert(key.as_str());
-    }
-    for (event, keys) in &keys_of {
-        assert_eq!(keys.len(), 1, "event {event} was delivered under {keys:?}");
-        assert!(
-            journal.contains(*event),
-            "delivered event {event} is journaled"
-        );
-    }
-    for id in &journal {
-        assert!(
-            keys_of.contains_key(id.as_str()),
-            "event {id} was delivered"
-        );
-    }
-    // Per-chat order among acknowledged events: their first deliveries arrive in the
-    // order they were acknowledged.
-    let acked_ids: HashSet<&str> = acked_all.iter().map(|(id, _, _)| id.as_str()).collect();
-    let mut first_seen: HashSet<&str> = HashSet::new();
-    let mut last_seq: HashMap<&str, u64> = HashMap::new();
-    for d in &sink.log {
-        let event = d.key.split('/').next().unwrap();
-        if !first_seen.insert(&d.key) || !acked_ids.contains(event) {
-            continue;
-        }
-        let last = last_seq.entry(d.chat.as_str()).or_default();
-        assert!(
-            d.seq > *last,
-            "{}: #{} arrived after #{}",
-            d.chat,
-            d.seq,
-            *last
-        );
-        *last = d.seq;
-    }
-    // Repeats: only deliveries confirmed just before a kill.
-    let mut repeats = 0;
-    let mut oldest = Duration::ZERO;
-    for (key, n) in &sink.keys {
-        if *n < 2 {
-            continue;
-        }
-        repeats += n - 1;
-        let first = sink.log.iter().find(|d| &d.key == key).unwrap().at;
-        // A SIGKILL takes a moment to land: a request already written by perch may
-        // reach the sink just after the kill was sent. Such a delivery is on the wire.
-        let kill = killed_at
-            .iter()
-            .find(|k| **k + Duration::from_millis(50) >= first)
-            .expect("a repeated delivery was first confirmed before a kill");
-        let age = kill.saturating_duration_since(first);
-        oldest = oldest.max(age);
-        assert!(
-            age <= REPEAT_BOUND,
-            "{key} was confirmed {age:?} before a kill and sent again after it"
-        );
-    }
+    let (journaled, repeats, oldest) =
+        check_delivered_once(&events, &acked_all, &sink, &killed_at, REPEAT_BOUND);
     eprintln!(
         "crash test: {kills} kills, {} acknowledged, {} journaled, {} delivered keys, {repeats} repeated deliveries (oldest confirmed {oldest:?} before its kill)",
         acked_all.len(),
-        journal.len(),
+        journaled,
         sink.keys.len(),
     );
 }

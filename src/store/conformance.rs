@@ -65,6 +65,7 @@ macro_rules! conformance_suite {
             kv,
             kv_compare_and_swap_is_exact,
             sweep,
+            lanes_are_leased_to_one_holder,
         ]);
     };
 }
@@ -445,6 +446,93 @@ pub async fn kv_compare_and_swap_is_exact(s: &dyn Store) {
         [a.unwrap(), b.unwrap()].iter().filter(|w| **w).count(),
         1,
         "exactly one swap from the same value wins"
+    );
+}
+
+/// A shared store grants each lane to one holder at a time, renews it for that holder,
+/// frees it on release or expiry, per queue. A store of one process grants everything.
+pub async fn lanes_are_leased_to_one_holder(s: &dyn Store) {
+    let ttl = std::time::Duration::from_secs(30);
+    let lanes = |v: &[&str]| v.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let got = s
+        .hold_lanes("router", "a", &lanes(&["x", "y"]), ttl)
+        .await
+        .unwrap();
+    assert_eq!(sorted(got), lanes(&["x", "y"]));
+    if !s.shared() {
+        let got = s
+            .hold_lanes("router", "b", &lanes(&["x"]), ttl)
+            .await
+            .unwrap();
+        assert_eq!(got, lanes(&["x"]), "one process: every lane is its own");
+        return;
+    }
+    // Held by a: b gets only the free lane; a renews its own.
+    let got = s
+        .hold_lanes("router", "b", &lanes(&["x", "z"]), ttl)
+        .await
+        .unwrap();
+    assert_eq!(got, lanes(&["z"]));
+    let got = s
+        .hold_lanes("router", "a", &lanes(&["y", "x"]), ttl)
+        .await
+        .unwrap();
+    assert_eq!(sorted(got), lanes(&["x", "y"]));
+    // Another queue's lanes are separate.
+    let got = s
+        .hold_lanes("outbox", "b", &lanes(&["x"]), ttl)
+        .await
+        .unwrap();
+    assert_eq!(got, lanes(&["x"]));
+    // Released: free for b at once. Only the holder's release counts.
+    s.release_lanes("router", "b", &lanes(&["x"]))
+        .await
+        .unwrap();
+    assert!(
+        s.hold_lanes("router", "b", &lanes(&["x"]), ttl)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    s.release_lanes("router", "a", &lanes(&["x"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.hold_lanes("router", "b", &lanes(&["x"]), ttl)
+            .await
+            .unwrap(),
+        lanes(&["x"])
+    );
+    // Expired: a holder that stopped renewing loses the lane.
+    let short = std::time::Duration::from_millis(50);
+    assert_eq!(
+        s.hold_lanes("router", "a", &lanes(&["w"]), short)
+            .await
+            .unwrap(),
+        lanes(&["w"])
+    );
+    assert!(
+        s.hold_lanes("router", "b", &lanes(&["w"]), ttl)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    assert_eq!(
+        s.hold_lanes("router", "b", &lanes(&["w"]), ttl)
+            .await
+            .unwrap(),
+        lanes(&["w"])
+    );
+    assert!(
+        s.hold_lanes("router", "a", &lanes(&["w"]), ttl)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 

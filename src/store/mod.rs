@@ -267,4 +267,33 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Drop what has aged out (see `SweepCutoffs`).
     async fn sweep(&self, cutoffs: SweepCutoffs) -> StoreResult<SweepStats>;
+
+    // ---- replicas ---------------------------------------------------------------
+    /// Whether other perch processes share this store (then lanes are leased:
+    /// `hold_lanes`). The embedded store belongs to one process.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Claim or renew, for `holder`, the leases of `lanes` of queue `queue` (`"router"`,
+    /// `"outbox"`): a lane is granted when it is free, already `holder`'s, or its lease
+    /// expired. Each granted lease runs `ttl` from the store's clock. Returns the lanes
+    /// granted; only their items may be handled by `holder`, so one chat is handled by
+    /// one replica at a time, in order. A replica that dies stops renewing, and its
+    /// lanes pass to another after `ttl`. A store that is not `shared` grants all.
+    async fn hold_lanes(
+        &self,
+        queue: &str,
+        holder: &str,
+        lanes: &[String],
+        ttl: std::time::Duration,
+    ) -> StoreResult<Vec<String>> {
+        let _ = (queue, holder, ttl);
+        Ok(lanes.to_vec())
+    }
+    /// Give up `holder`'s leases of `lanes` (it has nothing left in flight there), so
+    /// another replica may take them at once.
+    async fn release_lanes(&self, queue: &str, holder: &str, lanes: &[String]) -> StoreResult<()> {
+        let _ = (queue, holder, lanes);
+        Ok(())
+    }
 }

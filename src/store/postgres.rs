@@ -13,6 +13,7 @@
 //! | `perch_sent`          | delivered operation            | outbox key                 |
 //! | `perch_dead_letters`  | operation failed for good      | outbox key                 |
 //! | `perch_kv`            | bot / connector state          | `(namespace, key)`         |
+//! | `perch_leases`        | lane held by one replica       | `(queue, lane)`: `Store::hold_lanes` |
 //! | `perch_migrations`    | applied schema version         | version                    |
 //!
 //! An event is pending while its `fate` is NULL (a partial index serves the lane scans).
@@ -27,6 +28,9 @@
 //!
 //! Every other method is one statement or one short transaction, atomic on its own, as
 //! the `Store` trait asks.
+//!
+//! **Leases** (`hold_lanes`) expire by the database's clock (`clock_timestamp()`), so
+//! replicas' clocks need not agree.
 
 use super::*;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -71,6 +75,13 @@ CREATE INDEX perch_sent_at ON perch_sent (at_ms);
 CREATE TABLE perch_dead_letters (
     key    TEXT COLLATE "C" PRIMARY KEY,
     letter BYTEA NOT NULL
+);
+CREATE TABLE perch_leases (
+    queue    TEXT COLLATE "C" NOT NULL,
+    lane     TEXT COLLATE "C" NOT NULL,
+    holder   TEXT NOT NULL,
+    until_ms BIGINT NOT NULL,
+    PRIMARY KEY (queue, lane)
 );
 CREATE TABLE perch_kv (
     ns    TEXT COLLATE "C" NOT NULL,
@@ -880,6 +891,62 @@ impl Store for PostgresStore {
 
     async fn flush_journal(&self) -> StoreResult<()> {
         // `ingest` returns after its batch's commit (module docs).
+        Ok(())
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn hold_lanes(
+        &self,
+        queue: &str,
+        holder: &str,
+        lanes: &[String],
+        ttl: Duration,
+    ) -> StoreResult<Vec<String>> {
+        if lanes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        // Sorted: two replicas claiming overlapping lanes lock their rows in one order.
+        let mut lanes = lanes.to_vec();
+        lanes.sort();
+        lanes.dedup();
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                r#"
+WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms)
+INSERT INTO perch_leases AS l (queue, lane, holder, until_ms)
+SELECT $1, lane, $3, now.ms + $4 FROM unnest($2::text[]) AS lane, now
+ON CONFLICT (queue, lane) DO UPDATE
+    SET holder = EXCLUDED.holder, until_ms = EXCLUDED.until_ms
+    WHERE l.holder = EXCLUDED.holder
+       OR l.until_ms < (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+RETURNING lane"#,
+            )
+            .await
+            .map_err(pg)?;
+        let rows = client
+            .query(&stmt, &[&queue, &lanes, &holder, &ttl_ms])
+            .await
+            .map_err(pg)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn release_lanes(&self, queue: &str, holder: &str, lanes: &[String]) -> StoreResult<()> {
+        if lanes.is_empty() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM perch_leases WHERE queue = $1 AND holder = $2 AND lane = ANY($3)",
+                &[&queue, &holder, &lanes],
+            )
+            .await
+            .map_err(pg)?;
         Ok(())
     }
 

@@ -229,4 +229,22 @@ impl Store for Reopening {
     async fn sweep(&self, cutoffs: SweepCutoffs) -> StoreResult<SweepStats> {
         through!(self.sweep(cutoffs))
     }
+
+    fn shared(&self) -> bool {
+        self.get().is_ok_and(|s| s.shared())
+    }
+
+    async fn hold_lanes(
+        &self,
+        queue: &str,
+        holder: &str,
+        lanes: &[String],
+        ttl: std::time::Duration,
+    ) -> StoreResult<Vec<String>> {
+        through!(self.hold_lanes(queue, holder, lanes, ttl))
+    }
+
+    async fn release_lanes(&self, queue: &str, holder: &str, lanes: &[String]) -> StoreResult<()> {
+        through!(self.release_lanes(queue, holder, lanes))
+    }
 }

@@ -3,6 +3,8 @@
 //! with its data in a temporary directory; stop it; start it again on the same data.
 #![allow(dead_code)]
 
+pub mod relay;
+
 use perch::clock::{SharedClock, SystemClock};
 use perch::runtime::Perch;
 use std::net::SocketAddr;

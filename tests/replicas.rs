@@ -1,0 +1,194 @@
+//! Several perch processes on one PostgreSQL (`[store] kind = "postgres"`), as behind a
+//! load balancer: events posted to any replica, each handled by one replica, delivered
+//! once, in order per chat; each schedule slot fired once across replicas; and the same
+//! with replicas killed (-9) at random moments and restarted.
+//!
+//! The database is a fresh one on the server of `PERCH_TEST_DATABASE_URL`
+//! (`perch::store::postgres::test_database`): missing, these tests fail under `CI` and
+//! are skipped with a printed reason otherwise.
+
+mod common;
+use common::relay::{Acked, all_events, check_delivered_once, load, start_sink, wait_settled};
+use common::{ChildPerch, RelayConfig, free_port, spawn_perch, wait_healthy};
+use rand::Rng;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const SECRET: &str = "replica-secret";
+
+/// Deliveries on the wire when their replica was killed may arrive again from the
+/// replica that takes the lane over (the idempotency key absorbs them). One confirmed
+/// longer before the kill than this must have had its sent record stored.
+const REPEAT_BOUND: Duration = Duration::from_millis(50);
+
+/// A fresh database's URL, or `None` (skip) outside CI without a server.
+async fn database_url() -> Option<String> {
+    let config = perch::store::postgres::test_database().await?;
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let password = config
+        .get_password()
+        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+        .unwrap_or_default();
+    Some(format!(
+        "postgres://{}{password}@{host}:{port}/{}",
+        config.get_user().unwrap_or("postgres"),
+        config.get_dbname().unwrap_or("postgres"),
+    ))
+}
+
+/// One replica: its config (own port and data dir, the shared database) and base URL.
+struct Replica {
+    config: PathBuf,
+    base: String,
+}
+
+/// `n` replica configs of the relay (`RelayConfig`) on the database at `url`, with a
+/// schedule firing every second, routed to the relay as chat `ticks`.
+fn replicas(dir: &Path, n: usize, url: &str, sink_url: &str) -> Vec<Replica> {
+    (0..n)
+        .map(|i| {
+            let port = free_port();
+            let data = dir.join(format!("data{i}"));
+            let relay = RelayConfig {
+                port,
+                data_dir: &data,
+                sink_url,
+                secret: SECRET,
+                chat: "{{payload.chat}}",
+                server: "",
+                outbox: "min_backoff = \"20ms\"\nmax_backoff = \"200ms\"",
+                inbound: "chat_pointer = \"/chat\"",
+            };
+            let text = format!(
+                "{}\n[[routes]]\nconnector = \"scheduler\"\nkind = \"tick\"\nbots = [\"relay\"]\n\n\
+                 [schedules.beat]\ncron = \"* * * * * *\"\ntimezone = \"UTC\"\n\
+                 [schedules.beat.payload]\nchat = \"ticks\"\nn = \"ticks 0\"\n\n\
+                 [store]\nkind = \"postgres\"\nurl = \"{url}\"\npool_size = 8\n",
+                relay.text()
+            );
+            let config = dir.join(format!("perch{i}.toml"));
+            std::fs::write(&config, text).unwrap();
+            Replica {
+                config,
+                base: format!("http://127.0.0.1:{port}"),
+            }
+        })
+        .collect()
+}
+
+/// The journal (read through `read`) once every event in it is delivered. The schedule
+/// keeps ticking, so: settle, read, and settle again, which ends only when everything
+/// journaled before it was delivered (an event moves from pending to queued to sent in
+/// single transactions).
+async fn settled_events(settle: &str, read: &str) -> Vec<Value> {
+    wait_settled(settle).await;
+    let events = all_events(read).await;
+    wait_settled(settle).await;
+    events
+}
+
+/// Every schedule slot has exactly one tick event in the journal, delivered once (the
+/// key check is `check_delivered_once`'s). Returns how many slots fired.
+fn each_slot_fired_once(events: &[Value]) -> usize {
+    let mut ticks: HashMap<String, usize> = HashMap::new();
+    for e in events {
+        if e["event"]["connector"] == "scheduler" {
+            let slot = e["event"]["payload"]["slot"].as_str().unwrap().to_string();
+            *ticks.entry(slot).or_default() += 1;
+        }
+    }
+    for (slot, n) in &ticks {
+        assert_eq!(*n, 1, "slot {slot} fired {n} times across replicas");
+    }
+    ticks.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_deliver_each_event_once_in_order() {
+    let Some(url) = database_url().await else {
+        return;
+    };
+    let (sink_url, sink) = start_sink().await;
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = replicas(dir.path(), 3, &url, &sink_url);
+    let mut children: Vec<ChildPerch> = Vec::new();
+    for r in &replicas {
+        children.push(spawn_perch(&r.config));
+        wait_healthy(&r.base).await;
+    }
+    let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let loader = tokio::spawn(load(bases.clone(), SECRET, 6, stop.clone(), 1));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.cancel();
+    let acked: Vec<Acked> = loader.await.unwrap();
+    assert!(acked.len() > 50, "load was acknowledged: {}", acked.len());
+    // Any replica sees the shared state.
+    let events = settled_events(&bases[2], &bases[1]).await;
+    let sink = sink.lock().unwrap();
+    let (journaled, repeats, _) = check_delivered_once(&events, &acked, &sink, &[], REPEAT_BOUND);
+    assert_eq!(repeats, 0, "no replica was killed: nothing arrives twice");
+    let slots = each_slot_fired_once(&events);
+    assert!(slots >= 2, "the schedule fired ({slots} slots)");
+    eprintln!(
+        "3 replicas: {} acknowledged, {journaled} journaled, {} delivered keys, {slots} schedule slots",
+        acked.len(),
+        sink.keys.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_killed_at_random_moments_lose_and_repeat_nothing() {
+    let Some(url) = database_url().await else {
+        return;
+    };
+    let (sink_url, sink) = start_sink().await;
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = replicas(dir.path(), 3, &url, &sink_url);
+    let mut children: Vec<Option<ChildPerch>> = Vec::new();
+    for r in &replicas {
+        children.push(Some(spawn_perch(&r.config)));
+        wait_healthy(&r.base).await;
+    }
+    let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
+    let kills = std::env::var("PERCH_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10usize);
+    let mut rng = rand::rng();
+    let mut acked_all: Vec<Acked> = Vec::new();
+    let mut killed_at = Vec::new();
+    for round in 0..kills {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let loader = tokio::spawn(load(bases.clone(), SECRET, 4, stop.clone(), round + 1));
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..900))).await;
+        let victim = rng.random_range(0..replicas.len());
+        killed_at.push(std::time::Instant::now());
+        children[victim] = None; // SIGKILL
+        // The loader carries on against the other replicas for a moment.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(50..400))).await;
+        stop.cancel();
+        let acked = loader.await.unwrap();
+        assert!(!acked.is_empty(), "round {round}: events were acknowledged");
+        acked_all.extend(acked);
+        children[victim] = Some(spawn_perch(&replicas[victim].config));
+        wait_healthy(&replicas[victim].base).await;
+    }
+    // Lanes of killed replicas pass to the others when their leases expire.
+    let events = settled_events(&bases[0], &bases[1]).await;
+    let sink = sink.lock().unwrap();
+    let (journaled, repeats, oldest) =
+        check_delivered_once(&events, &acked_all, &sink, &killed_at, REPEAT_BOUND);
+    let slots = each_slot_fired_once(&events);
+    eprintln!(
+        "replica crash test: {kills} kills, {} acknowledged, {journaled} journaled, {} delivered keys, {repeats} repeated deliveries (oldest confirmed {oldest:?} before its kill), {slots} schedule slots",
+        acked_all.len(),
+        sink.keys.len(),
+    );
+}
