@@ -1,4 +1,5 @@
-//! The `perch` command line: `serve`, `check`, `send`, `schedule`, `migrate`, `card render`. It is
+//! The `perch` command line: `serve`, `check`, `send`, `schedule`, `migrate`, `export`,
+//! `import`, `card render`. It is
 //! in the library so that a user's own binary with their own bot kinds
 //! (`perch::Hub::builder().bot_kind::<MyBot>("my_kind").run()`) is the same program as
 //! `perch`, with the same subcommands. `anyhow` is used here and only here.
@@ -66,6 +67,20 @@ enum Cmd {
     /// Apply the PostgreSQL store's schema migrations (`[store] kind = "postgres"`) and
     /// exit. `perch serve` applies them too; this runs them ahead of a rolling upgrade.
     Migrate,
+    /// Write everything in the configured store (journal, outbox, sent records, dead
+    /// letters, state) to a file, one JSON record per line. Run it with perch stopped.
+    Export {
+        /// The dump file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Load a dump written by `perch export` into the configured store, which must be
+    /// empty: to move from sled to PostgreSQL, export with the old config and import
+    /// with the new one.
+    Import {
+        /// The dump file to read.
+        file: PathBuf,
+    },
     /// Card templates.
     Card {
         #[command(subcommand)]
@@ -160,6 +175,20 @@ fn run(kinds: &BotKinds) -> Result<()> {
                 println!("applied schema migration(s) {applied:?}");
             }
             Ok(())
+        }
+        Cmd::Export { out } => {
+            let config = load(&cli.config, kinds)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(export(config, out))
+        }
+        Cmd::Import { file } => {
+            let config = load(&cli.config, kinds)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(import(config, file))
         }
         Cmd::Schedule { count } => {
             let config = load(&cli.config, kinds)?;
@@ -340,5 +369,33 @@ async fn send(
     if !status.is_success() {
         std::process::exit(1);
     }
+    Ok(())
+}
+
+async fn export(config: Config, out: PathBuf) -> Result<()> {
+    let store = crate::runtime::open_store(&config).await?;
+    let file = tokio::fs::File::create(&out)
+        .await
+        .with_context(|| format!("creating {}", out.display()))?;
+    let mut writer = tokio::io::BufWriter::new(file);
+    let counts = crate::store::transfer::export(store.as_ref(), &mut writer).await?;
+    writer.into_inner().sync_all().await?;
+    println!("exported {counts} to {}", out.display());
+    Ok(())
+}
+
+async fn import(config: Config, file: PathBuf) -> Result<()> {
+    let store = crate::runtime::open_store(&config).await?;
+    let input = tokio::fs::File::open(&file)
+        .await
+        .with_context(|| format!("opening {}", file.display()))?;
+    let counts = crate::store::transfer::import(
+        store.as_ref(),
+        tokio::io::BufReader::new(input),
+        config.server.dedupe_window,
+    )
+    .await
+    .with_context(|| format!("importing {}", file.display()))?;
+    println!("imported {counts} from {}", file.display());
     Ok(())
 }

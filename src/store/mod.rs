@@ -19,6 +19,7 @@ pub mod postgres;
 pub mod reopening;
 pub mod sled_families;
 pub mod sled_store;
+pub mod transfer;
 
 use crate::action::{Delivered, Operation};
 use crate::event::{Event, EventId};
@@ -151,6 +152,9 @@ pub struct DeadLetter {
     pub died_at: DateTime<Utc>,
 }
 
+/// One key-value entry: namespace, key, value.
+pub type KvEntry = (String, String, Vec<u8>);
+
 /// What `Store::sweep` may drop.
 #[derive(Debug, Clone, Copy)]
 pub struct SweepCutoffs {
@@ -236,6 +240,8 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_count(&self) -> StoreResult<usize>;
     async fn sent(&self, key: &str) -> StoreResult<Option<SentRecord>>;
     async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>>;
+    /// Sent records in key order, after `after` (for `perch export`).
+    async fn sent_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<SentRecord>>;
     /// Move a dead letter back to the queue with its attempts reset. `None` if there is
     /// no dead letter with that key.
     async fn replay_dead(&self, key: &str, now: DateTime<Utc>) -> StoreResult<Option<OutboxItem>>;
@@ -255,6 +261,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     /// All entries of `ns` whose key starts with `prefix`, in key order.
     async fn kv_scan(&self, ns: &str, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>>;
+    /// Entries of every namespace as `(namespace, key, value)`, in `(namespace, key)`
+    /// order, after `after` (for `perch export`).
+    async fn kv_after(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> StoreResult<Vec<KvEntry>>;
 
     // ---- upkeep -----------------------------------------------------------------
     /// Make every write applied so far durable.

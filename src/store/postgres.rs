@@ -766,6 +766,46 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn sent_after(
+        &self,
+        after_key: Option<&str>,
+        limit_to: usize,
+    ) -> StoreResult<Vec<SentRecord>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT record FROM perch_sent WHERE key > $1 ORDER BY key LIMIT $2",
+                &[&after_key.unwrap_or(""), &limit(limit_to)],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|r| Ok(serde_json::from_slice(r.get::<_, &[u8]>(0))?))
+            .collect()
+    }
+
+    async fn kv_after(
+        &self,
+        after_entry: Option<(&str, &str)>,
+        limit_to: usize,
+    ) -> StoreResult<Vec<KvEntry>> {
+        let (ns, key) = after_entry.unwrap_or(("", ""));
+        let client = self.client().await?;
+        // ("", "") sorts before every entry but ("", ""), which no one stores.
+        let rows = client
+            .query(
+                "SELECT ns, key, value FROM perch_kv WHERE (ns, key) > ($1, $2) \
+                 ORDER BY ns, key LIMIT $3",
+                &[&ns, &key, &limit(limit_to)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
     async fn replay_dead(&self, key: &str, now: DateTime<Utc>) -> StoreResult<Option<OutboxItem>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;

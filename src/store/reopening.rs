@@ -196,6 +196,16 @@ impl Store for Reopening {
     async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>> {
         through!(self.dead_letters(limit))
     }
+    async fn sent_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<SentRecord>> {
+        through!(self.sent_after(after, limit))
+    }
+    async fn kv_after(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> StoreResult<Vec<KvEntry>> {
+        through!(self.kv_after(after, limit))
+    }
     async fn replay_dead(&self, key: &str, now: DateTime<Utc>) -> StoreResult<Option<OutboxItem>> {
         through!(self.replay_dead(key, now))
     }

@@ -130,6 +130,15 @@ fn dedupe_rest(connector: &str, external_id: &str) -> Vec<u8> {
     k
 }
 
+/// The first key after every key of the family `prefix` (`"xx/"` → `"xx0"`).
+fn family_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
 fn kv_key(ns: &str, k: &str) -> Vec<u8> {
     let mut out = key(KV, ns.as_bytes());
     out.push(0);
@@ -794,6 +803,48 @@ impl Store for SledStore {
 
     async fn dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>> {
         self.scan_json(DL, limit)
+    }
+
+    async fn sent_after(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<SentRecord>> {
+        let mut start = key(SE, after.unwrap_or("").as_bytes());
+        if after.is_some() {
+            // The first key after `after` itself.
+            start.push(0);
+        }
+        let mut out = Vec::new();
+        for kv in self.tree.range(start..family_end(SE)).take(limit) {
+            let (_, v) = kv.map_err(io)?;
+            out.push(serde_json::from_slice(&v)?);
+        }
+        Ok(out)
+    }
+
+    async fn kv_after(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> StoreResult<Vec<KvEntry>> {
+        let start = match after {
+            Some((ns, k)) => {
+                let mut start = kv_key(ns, k);
+                start.push(0);
+                start
+            }
+            None => KV.to_vec(),
+        };
+        let mut out = Vec::new();
+        for kv in self.tree.range(start..family_end(KV)).take(limit) {
+            let (k, v) = kv.map_err(io)?;
+            let rest = &k[KV.len()..];
+            let item = lane_item(rest)?;
+            let ns = &rest[..rest.len() - item.len() - 1];
+            out.push((
+                String::from_utf8_lossy(ns).into_owned(),
+                String::from_utf8_lossy(item).into_owned(),
+                v.to_vec(),
+            ));
+        }
+        Ok(out)
     }
 
     async fn replay_dead(&self, k: &str, now: DateTime<Utc>) -> StoreResult<Option<OutboxItem>> {
