@@ -8,6 +8,10 @@
 //! (same platform id) is a journal duplicate and gets the original's answer, read from
 //! the store. When the bot is slower than the window the platform gets the plain ack,
 //! and the card still changes through the outbox (the bot's `Update` is queued too).
+//!
+//! With replicas (a `Store::shared` store) the click may be handled by another replica,
+//! whose router tells nobody here: the waiter then also re-reads the fate every
+//! `SHARED_RECHECK` (a few cheap lookups per waiting click, only while it waits).
 
 use crate::action::ClickAnswer;
 use crate::event::EventId;
@@ -19,6 +23,9 @@ use tokio::sync::broadcast;
 /// How many "click handled" notices may be waiting unread before a slow waiter lags (it
 /// then re-reads the store, so lagging costs a lookup, never an answer).
 const NOTICES: usize = 256;
+
+/// With a shared store, how often a waiting click re-reads its fate.
+const SHARED_RECHECK: Duration = Duration::from_millis(100);
 
 /// Tells waiting click requests that their event was handled.
 pub struct Clicks {
@@ -47,13 +54,22 @@ impl Clicks {
         // Subscribe before looking, so a completion between the look and the wait is
         // not missed.
         let mut notices = self.handled.subscribe();
+        let recheck = self.store.shared().then_some(SHARED_RECHECK);
         let wait = async {
             loop {
                 if let Some(answer) = self.recorded(id).await {
                     return answer;
                 }
                 loop {
-                    match notices.recv().await {
+                    let notice = match recheck {
+                        None => notices.recv().await,
+                        Some(every) => match tokio::time::timeout(every, notices.recv()).await {
+                            Ok(notice) => notice,
+                            // Another replica may have handled it: look again.
+                            Err(_) => break,
+                        },
+                    };
+                    match notice {
                         Ok(done) if done == id => break,
                         Ok(_) => continue,
                         Err(broadcast::error::RecvError::Lagged(_)) => break,
@@ -83,5 +99,60 @@ impl Clicks {
             Fate::Routed { answer, .. } => Some(Some(answer.unwrap_or_default())),
             Fate::Unrouted | Fate::Failed { .. } => Some(Some(ClickAnswer::default())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventKind};
+
+    /// Two replicas on one database: the click waits on A, B's router records the
+    /// answer, and A's request gets it within the window.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_click_handled_by_another_replica_gets_its_answer() {
+        let Some(db) = crate::store::postgres::test_database().await else {
+            return;
+        };
+        let a: Arc<dyn Store> = Arc::new(
+            crate::store::PostgresStore::connect_with(db.clone(), 2)
+                .await
+                .unwrap(),
+        );
+        let b = crate::store::PostgresStore::connect_with(db, 2)
+            .await
+            .unwrap();
+        let now = chrono::Utc::now();
+        let click = Event::new("web", EventKind::CardAction, now);
+        a.ingest(&click, now).await.unwrap();
+        let clicks = Clicks::new(a);
+        let answer = ClickAnswer {
+            toast: Some(crate::action::Toast {
+                kind: Default::default(),
+                text: "done".into(),
+            }),
+            ..ClickAnswer::default()
+        };
+        let handled_on_b = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let fate = Fate::Routed {
+                bots: vec!["x".into()],
+                actions: 0,
+                failures: vec![],
+                answer: Some(answer.clone()),
+            };
+            b.complete_event(&click, &fate, &[]).await.unwrap();
+        };
+        let started = std::time::Instant::now();
+        let (got, ()) = tokio::join!(
+            clicks.answer(click.id, Duration::from_millis(2500)),
+            handled_on_b
+        );
+        assert_eq!(got, Some(answer));
+        assert!(
+            started.elapsed() < Duration::from_millis(1000),
+            "answered {:?} after the click",
+            started.elapsed()
+        );
     }
 }
