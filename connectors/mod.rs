@@ -541,6 +541,8 @@ pub struct ConnectorEnv {
     pub http: reqwest::Client,
     /// Names of the configured bots (the web chat shows them as @mentionable users).
     pub bot_names: Vec<String>,
+    /// `[auth] mode`: whether the web chat sends strangers to `/login`.
+    pub auth_mode: crate::auth::AuthMode,
     /// Cancelled when perch shuts down: connectors' own background connections (the
     /// Feishu long connection) stop on it.
     pub cancel: tokio_util::sync::CancellationToken,

@@ -86,6 +86,25 @@ enum Cmd {
         #[command(subcommand)]
         command: CardCmd,
     },
+    /// Local accounts for `[auth] mode = "local"`.
+    User {
+        #[command(subcommand)]
+        command: UserCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Read a password (typed without echo on a terminal, else the first line of stdin),
+    /// and print the `[auth.users.<name>]` snippet with its argon2id hash to paste into
+    /// the config. The config itself is not changed.
+    Add {
+        /// The sign-in name, also shown as the author in the web chat.
+        name: String,
+        /// `member` (chat) or `admin` (console, replay, config view, and chat).
+        #[arg(long, default_value = "member", value_parser = ["member", "admin"])]
+        role: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -159,6 +178,9 @@ fn run(kinds: &BotKinds) -> Result<()> {
                 .build()?
                 .block_on(send(config, connector, topic, data, url))
         }
+        Cmd::User {
+            command: UserCmd::Add { name, role },
+        } => user_add(&name, &role),
         Cmd::Migrate => {
             let config = load(&cli.config, kinds)?;
             let Some(settings) = crate::runtime::postgres_settings(&config)? else {
@@ -397,5 +419,40 @@ async fn import(config: Config, file: PathBuf) -> Result<()> {
     .await
     .with_context(|| format!("importing {}", file.display()))?;
     println!("imported {counts} from {}", file.display());
+    Ok(())
+}
+
+/// Shortest password `perch user add` accepts.
+const MIN_PASSWORD_CHARS: usize = 8;
+
+fn user_add(name: &str, role: &str) -> Result<()> {
+    use std::io::IsTerminal;
+    crate::auth::check_user_name(name).map_err(|e| anyhow::anyhow!("user name `{name}`: {e}"))?;
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("password for {name}: "))?;
+        let again = rpassword::prompt_password("again: ")?;
+        anyhow::ensure!(first == again, "the two passwords differ");
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    anyhow::ensure!(
+        password.chars().count() >= MIN_PASSWORD_CHARS,
+        "the password needs at least {MIN_PASSWORD_CHARS} characters"
+    );
+    let hash =
+        crate::auth::hash_password(&password).map_err(|e| anyhow::anyhow!("hashing: {e}"))?;
+    let key = toml::Value::String(name.to_string());
+    let key = if name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        name.to_string()
+    } else {
+        key.to_string()
+    };
+    println!("[auth.users.{key}]\npassword_hash = \"{hash}\"\nrole = \"{role}\"");
     Ok(())
 }

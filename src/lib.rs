@@ -61,6 +61,7 @@
 rust_i18n::i18n!("locales", fallback = "en");
 
 pub mod action;
+pub mod auth;
 pub mod cards;
 mod cli;
 pub(crate) mod clicks;

@@ -76,6 +76,10 @@ pub struct SharedParts {
     pub click_answer_window: std::time::Duration,
     /// The bots by name (`POST /api/bots/<name>/actions` asks the bot to check it).
     pub bots: HashMap<String, Arc<dyn crate::bots::Bot>>,
+    /// Sign-in, sessions and roles for the web surfaces (`[auth]`).
+    pub auth: Arc<crate::auth::Auth>,
+    /// `server.metrics_token`: the bearer token `/metrics` wants, if set.
+    pub metrics_token: Option<crate::config::Secret>,
 }
 
 /// A running perch.
@@ -137,6 +141,7 @@ impl Perch {
             server,
             store: _,
             outbox: outbox_config,
+            auth: auth_config,
             connectors: connector_configs,
             bots: bot_configs,
             routes,
@@ -149,6 +154,7 @@ impl Perch {
             server: Default::default(),
             store: Default::default(),
             outbox: Default::default(),
+            auth: Default::default(),
             connectors: Default::default(),
             bots: Default::default(),
             routes,
@@ -185,6 +191,7 @@ impl Perch {
             clock: clock.clone(),
             http,
             bot_names: bot_configs.keys().cloned().collect(),
+            auth_mode: auth_config.mode,
             cancel: cancel.clone(),
         };
         let mut connectors = HashMap::new();
@@ -258,12 +265,19 @@ impl Perch {
         let scheduler_task = tokio::spawn(scheduler.run(cancel.clone()));
 
         let connection_limits = crate::server::ConnectionLimits::from_config(&server);
+        let auth = Arc::new(crate::auth::Auth::new(
+            auth_config,
+            store.clone(),
+            clock.clone(),
+        ));
         let shared = Shared(Arc::new(SharedParts {
+            auth,
             store,
             journal,
             connectors,
             clock: clock.clone(),
             admin_token: server.admin_token.filter(|t| !t.is_empty()),
+            metrics_token: server.metrics_token.filter(|t| !t.is_empty()),
             body_limit: server.body_limit,
             connection_limits,
             metrics,

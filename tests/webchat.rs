@@ -590,7 +590,12 @@ async fn create_chat_update_and_add_members() {
 async fn a_card_click_becomes_a_card_action_event_for_the_named_bot() {
     let t = TestPerch::start(CONFIG).await;
     let web = web(&t);
-    let card = json!({ "header": { "title": "Reminder" }, "elements": [{ "text": "Ship it" }] });
+    // Clicks must name a button perch put on the card: one for `echo`, one for a bot
+    // that does not exist.
+    let button = |bot: &str| json!({ "label": bot, "action": { "bot": bot, "action": "done", "args": { "id": 7 } } });
+    let card = json!({ "header": { "title": "Reminder" }, "elements": [
+        { "type": "buttons", "buttons": [button("echo"), button("ghost")] }
+    ] });
     let sent = web
         .execute(
             &Operation::Send {

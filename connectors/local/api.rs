@@ -12,17 +12,26 @@
 //! | `GET  /chat/api/stream`                   | SSE: `message`, `update`, `room`, `resync`  |
 //!
 //! Every refusal is a 4xx `{"error": "<one line>"}` and stores nothing.
+//!
+//! Who is asking comes from `crate::auth` (the `Viewer` its middleware sets). Signed in
+//! (`local` or `proxy` mode), the server decides the author of every post and click:
+//! an `author` naming someone else is refused; direct rooms and private groups are
+//! their members' only, in the API and over SSE. In `dev` mode (loopback only) the
+//! browser's `author` is taken as today, and the page says so.
 
-use super::{ChatError, DEFAULT_ROOM, Inner, MAX_ROOM_NAME_CHARS, check_author, message_view};
+use super::{
+    ChatError, DEFAULT_ROOM, Inner, MAX_ROOM_NAME_CHARS, Room, check_author, message_view,
+};
+use crate::auth::{AuthMode, Viewer};
 use crate::event::CardAction;
 use crate::server::ApiError;
-use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Json};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -96,6 +105,63 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     })
 }
 
+/// Who posts or clicks. Dev mode: the name the browser sends. Signed in: the person
+/// signed in; an `author` that names anyone else is refused (a forged author).
+fn author_of(viewer: &Viewer, sent: Option<&str>) -> Result<String, ApiError> {
+    match viewer {
+        Viewer::Dev => sent.map(str::to_string).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "author is missing: pick a name")
+        }),
+        Viewer::User(me) => match sent {
+            Some(a) if a.trim() != me.name => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "author is decided by your sign-in: you are `{}`, not `{}`",
+                    me.name,
+                    a.trim()
+                ),
+            )),
+            _ => Ok(me.name.clone()),
+        },
+        Viewer::Anonymous | Viewer::AdminToken => Err(not_signed_in()),
+    }
+}
+
+fn not_signed_in() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "not signed in (sign in at /login)",
+    )
+}
+
+/// Refuse a viewer who may not read the web chat at all (signed-in modes, nobody signed in).
+fn may_chat(viewer: &Viewer) -> Result<(), ApiError> {
+    match viewer {
+        Viewer::Dev | Viewer::User(_) => Ok(()),
+        Viewer::Anonymous | Viewer::AdminToken => Err(not_signed_in()),
+    }
+}
+
+/// The room `id` if the viewer may read and write it: 404 for none, 403 for a direct
+/// room or private group the signed-in person is not a member of.
+async fn room_for(s: &Inner, viewer: &Viewer, id: &str) -> Result<Room, ApiError> {
+    may_chat(viewer)?;
+    let room = s
+        .room(id)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no room `{id}`")))?;
+    if let Viewer::User(me) = viewer
+        && !room.open_to(&me.name)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("room `{id}` is open to its members only"),
+        ));
+    }
+    Ok(room)
+}
+
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(v)| v).map_err(|r| {
         ApiError::new(
@@ -109,8 +175,13 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     })
 }
 
-async fn index(State(s): State<S>) -> Html<String> {
+/// The page. Signed-in modes send a stranger to sign in first.
+async fn index(State(s): State<S>, Extension(viewer): Extension<Viewer>) -> Response {
+    if matches!(viewer, Viewer::Anonymous) && s.env.auth_mode == AuthMode::Local {
+        return axum::response::Redirect::to("/login?next=/").into_response();
+    }
     Html(INDEX_HTML.replace("{{TITLE}}", &crate::cards::markdown::escape_html(&s.title)))
+        .into_response()
 }
 
 async fn app_js() -> Response {
@@ -147,19 +218,20 @@ struct RoomsQuery {
 
 async fn list_rooms(
     State(s): State<S>,
+    Extension(viewer): Extension<Viewer>,
     q: Result<Query<RoomsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    may_chat(&viewer)?;
     let q = query(q)?;
+    // Signed in, `me` is the person signed in, whatever the query says.
+    let me = match &viewer {
+        Viewer::User(i) => Some(i.name.clone()),
+        _ => q.me,
+    };
     let mut out = Vec::new();
     for room in s.rooms().await.map_err(store_err)? {
-        // Direct rooms are one person's; there are no accounts, so this only keeps
-        // the list tidy, it is not access control.
-        if room.direct
-            && !q
-                .me
-                .as_ref()
-                .is_some_and(|me| room.members.iter().any(|m| m == me))
-        {
+        // In dev mode this only keeps the list tidy; signed in, it is access control.
+        if room.members_only() && !me.as_ref().is_some_and(|me| room.open_to(me)) {
             continue;
         }
         out.push(s.room_view(&room).await.map_err(store_err)?);
@@ -173,14 +245,19 @@ struct NewRoom {
     name: String,
     #[serde(default)]
     author: Option<String>,
+    /// A private group: only its members (at first, its creator) read and write it.
+    #[serde(default)]
+    private: bool,
 }
 
 /// Create a room, or answer the existing one with that id (opening `#general` twice
 /// does not make `#general-2`).
 async fn create_room(
     State(s): State<S>,
+    Extension(viewer): Extension<Viewer>,
     b: Result<Json<NewRoom>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    may_chat(&viewer)?;
     let b = body(b)?;
     let name = super::normalise_name("room name", &b.name)?;
     let name = name.as_str();
@@ -200,10 +277,16 @@ async fn create_room(
             "room name needs at least one letter or digit",
         ));
     }
-    let author = match b.author.as_deref() {
-        Some(a) => Some(check_author(a, s.bots())?),
-        None => None,
+    let author = match (&viewer, b.author.as_deref()) {
+        (Viewer::Dev, None) => None,
+        (_, sent) => Some(check_author(&author_of(&viewer, sent)?, s.bots())?),
     };
+    if b.private && author.is_none() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "a private room needs an author: its first member",
+        ));
+    }
     // The room of this name if there is one: under its id, or under `id-2`, `id-3`, …
     // where a different name with the same id pushed it. A different name is never
     // answered with another name's room.
@@ -215,7 +298,11 @@ async fn create_room(
             format!("{id}-{n}")
         };
         match s.room(&candidate).await.map_err(store_err)? {
-            Some(existing) if !existing.direct && super::same_room_name(&existing.name, name) => {
+            Some(existing)
+                if !existing.direct
+                    && super::same_room_name(&existing.name, name)
+                    && author.as_ref().is_none_or(|a| existing.open_to(a)) =>
+            {
                 return Ok((
                     StatusCode::OK,
                     Json(s.room_view(&existing).await.map_err(store_err)?),
@@ -228,14 +315,14 @@ async fn create_room(
     }
     let members = author.iter().cloned().collect();
     let room = s
-        .create_room(name, false, members, author)
+        .create_room(name, false, b.private, members, author)
         .await
         .map_err(store_err)?;
     // Durable before the 201, like everything the API acknowledges. (A room is not an
     // event: the journal's cheaper group commit does not cover it.)
     s.env.journal.store().flush().await.map_err(store_err)?;
     let view = s.room_view(&room).await.map_err(store_err)?;
-    s.broadcast("room", view.clone());
+    s.broadcast("room", view.clone(), &room);
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -247,16 +334,12 @@ struct HistoryQuery {
 
 async fn list_messages(
     State(s): State<S>,
+    Extension(viewer): Extension<Viewer>,
     Path(room): Path<String>,
     q: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    room_for(&s, &viewer, &room).await?;
     let q = query(q)?;
-    if s.room(&room).await.map_err(store_err)?.is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no room `{room}`"),
-        ));
-    }
     let limit = q.limit.unwrap_or(200).clamp(1, 1000);
     let msgs = s
         .history(&room, q.after.as_deref(), limit)
@@ -270,18 +353,24 @@ async fn list_messages(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewMessage {
-    author: String,
+    /// Dev mode only; signed in, the server knows who posts.
+    #[serde(default)]
+    author: Option<String>,
     text: String,
     client_id: String,
 }
 
 async fn post_message(
     State(s): State<S>,
+    Extension(viewer): Extension<Viewer>,
     Path(room): Path<String>,
     b: Result<Json<NewMessage>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    may_chat(&viewer)?;
     let b = body(b)?;
-    let (msg, duplicate) = s.post(&room, &b.author, &b.text, &b.client_id).await?;
+    let author = author_of(&viewer, b.author.as_deref())?;
+    room_for(&s, &viewer, &room).await?;
+    let (msg, duplicate) = s.post(&room, &author, &b.text, &b.client_id).await?;
     let mut v = message_view(&msg);
     if let Some(obj) = v.as_object_mut() {
         obj.insert("duplicate".into(), json!(duplicate));
@@ -304,16 +393,21 @@ struct NewAction {
     message_id: String,
     /// The button's `data-action` value, parsed.
     action: ActionValue,
-    author: String,
+    /// Dev mode only; signed in, the server knows who clicked.
+    #[serde(default)]
+    author: Option<String>,
     client_id: String,
 }
 
 async fn post_action(
     State(s): State<S>,
+    Extension(viewer): Extension<Viewer>,
     Path(room): Path<String>,
     b: Result<Json<NewAction>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    room_for(&s, &viewer, &room).await?;
     let b = body(b)?;
+    let author = author_of(&viewer, b.author.as_deref())?;
     let action = CardAction {
         bot: b.action.bot,
         action: b.action.action,
@@ -321,7 +415,7 @@ async fn post_action(
         message_id: None,
     };
     let (event_id, duplicate, answer) = s
-        .card_action(&room, &b.author, &b.client_id, &b.message_id, action)
+        .card_action(&room, &author, &b.client_id, &b.message_id, action)
         .await?;
     let answer = answer.as_ref();
     Ok(Json(json!({
@@ -335,12 +429,16 @@ async fn post_action(
     })))
 }
 
-async fn bots(State(s): State<S>) -> Json<Value> {
+async fn bots(
+    State(s): State<S>,
+    Extension(viewer): Extension<Viewer>,
+) -> Result<Json<Value>, ApiError> {
+    may_chat(&viewer)?;
     let mut names = s.bots().to_vec();
     names.sort();
-    Json(
+    Ok(Json(
         json!({ "bots": names.iter().map(|n| json!({ "name": n })).collect::<Vec<_>>(), "default_room": DEFAULT_ROOM }),
-    )
+    ))
 }
 
 /// How long one SSE response lasts. Browsers reconnect by themselves (after `retry`)
@@ -351,17 +449,34 @@ const STREAM_LIFETIME: Duration = Duration::from_secs(60);
 /// Live updates. A browser that falls too far behind gets `resync` and catches up.
 /// The stream ends on SIGINT/SIGTERM (what `perch serve` stops on), so an open tab
 /// never holds up shutdown, and otherwise after `STREAM_LIFETIME`.
-async fn stream(State(s): State<S>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+/// Signed in, a person only hears of direct rooms and private groups they are in.
+async fn stream(
+    State(s): State<S>,
+    Extension(viewer): Extension<Viewer>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    may_chat(&viewer)?;
+    let me = viewer.user().map(|i| i.name.clone());
     let rx = s.live.subscribe();
-    let events = BroadcastStream::new(rx).map(|item| {
-        Ok(match item {
-            Ok(live) => SseEvent::default()
-                .event(live.kind)
-                .data(live.data.to_string()),
-            Err(BroadcastStreamRecvError::Lagged(n)) => SseEvent::default()
+    let events = BroadcastStream::new(rx).filter_map(move |item| {
+        let out = match item {
+            Ok(live) => {
+                let heard = match (&live.audience, &me) {
+                    (None, _) => true,
+                    (Some(members), Some(me)) => members.iter().any(|m| m == me),
+                    // Dev mode: nobody is known, so everything goes (as before).
+                    (Some(_), None) => true,
+                };
+                heard.then(|| {
+                    Ok(SseEvent::default()
+                        .event(live.kind)
+                        .data(live.data.to_string()))
+                })
+            }
+            Err(BroadcastStreamRecvError::Lagged(n)) => Some(Ok(SseEvent::default()
                 .event("resync")
-                .data(json!({ "missed": n }).to_string()),
-        })
+                .data(json!({ "missed": n }).to_string()))),
+        };
+        futures::future::ready(out)
     });
     // A first event so clients (and tests) know the stream is live.
     let hello = futures::stream::once(async {
@@ -376,5 +491,5 @@ async fn stream(State(s): State<S>) -> Sse<impl Stream<Item = Result<SseEvent, I
             _ = crate::server::stop_signal() => {}
         }
     });
-    Sse::new(hello.chain(events).take_until(end)).keep_alive(KeepAlive::default())
+    Ok(Sse::new(hello.chain(events).take_until(end)).keep_alive(KeepAlive::default()))
 }

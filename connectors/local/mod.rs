@@ -63,7 +63,10 @@ pub struct Room {
     pub name: String,
     #[serde(default)]
     pub direct: bool,
-    /// Who was invited (web-chat names; there is no account directory, any name goes).
+    /// A private group: like a direct room, only its members read and write it.
+    #[serde(default)]
+    pub private: bool,
+    /// Who was invited (sign-in names; in dev mode, any picked name).
     #[serde(default)]
     pub members: Vec<String>,
     pub created_at: DateTime<Utc>,
@@ -72,6 +75,34 @@ pub struct Room {
 }
 
 impl Room {
+    /// Direct rooms and private groups are their members' only; other rooms are public.
+    pub fn members_only(&self) -> bool {
+        self.direct || self.private
+    }
+
+    /// Whether `person` may read and write this room.
+    pub fn open_to(&self, person: &str) -> bool {
+        !self.members_only() || self.members.iter().any(|m| m == person)
+    }
+
+    /// A stand-in for a room that is no longer stored: members-only, with no members.
+    fn gone(id: &str) -> Room {
+        Room {
+            id: id.to_string(),
+            name: id.to_string(),
+            direct: false,
+            private: true,
+            members: Vec::new(),
+            created_at: DateTime::<Utc>::UNIX_EPOCH,
+            created_by: None,
+        }
+    }
+
+    /// Who may see live news of this room: `None` means everyone.
+    fn audience(&self) -> Option<Arc<[String]>> {
+        self.members_only().then(|| self.members.clone().into())
+    }
+
     /// Fill in the event's chat (this room) and sender (`author`): what every event a
     /// person makes in the web chat carries.
     fn address(&self, event: &mut Event, author: String) {
@@ -182,6 +213,9 @@ mod keys {
 pub struct Live {
     pub kind: &'static str,
     pub data: Value,
+    /// Who may receive it: the room's members for a direct room or private group,
+    /// `None` for everyone.
+    pub audience: Option<Arc<[String]>>,
 }
 
 pub struct Inner {
@@ -395,6 +429,25 @@ pub fn body_html(body: &MessageBody) -> String {
     }
 }
 
+/// Whether `body` is a card with an action button that is exactly `action` (bot,
+/// action and arguments).
+fn card_has_button(body: &MessageBody, action: &CardAction) -> bool {
+    let MessageBody::Card { card } = body else {
+        return false;
+    };
+    let Ok(card) = serde_json::from_value::<crate::cards::model::Card>(card.clone()) else {
+        return false;
+    };
+    card.elements.iter().any(|e| match e {
+        crate::cards::model::Element::Buttons { buttons } => buttons.iter().any(|b| {
+            b.action.as_ref().is_some_and(|a| {
+                a.bot == action.bot && a.action == action.action && a.args == action.args
+            })
+        }),
+        _ => false,
+    })
+}
+
 /// A message as the browser gets it: the stored fields plus its finished `html`.
 pub fn message_view(m: &ChatMessage) -> Value {
     let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
@@ -409,9 +462,15 @@ impl Inner {
         &self.env.bot_names
     }
 
-    fn broadcast(&self, kind: &'static str, data: Value) {
+    /// Tell the open pages about `room` (a new message, an update, the room itself);
+    /// only its members hear of a members-only room.
+    fn broadcast(&self, kind: &'static str, data: Value, room: &Room) {
         // No receivers is fine: nobody has the page open.
-        let _ = self.live.send(Live { kind, data });
+        let _ = self.live.send(Live {
+            kind,
+            data,
+            audience: room.audience(),
+        });
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(
@@ -440,6 +499,7 @@ impl Inner {
                 id: DEFAULT_ROOM.into(),
                 name: DEFAULT_ROOM.into(),
                 direct: false,
+                private: false,
                 members: Vec::new(),
                 created_at: DateTime::<Utc>::UNIX_EPOCH,
                 created_by: None,
@@ -481,6 +541,7 @@ impl Inner {
         &self,
         name: &str,
         direct: bool,
+        private: bool,
         members: Vec<String>,
         by: Option<String>,
     ) -> Result<Room, StoreError> {
@@ -496,6 +557,7 @@ impl Inner {
                 id: id.clone(),
                 name: name.to_string(),
                 direct,
+                private,
                 members: members.clone(),
                 created_at: self.env.clock.now(),
                 created_by: by.clone(),
@@ -676,7 +738,7 @@ impl Inner {
                 Ok((msg, true))
             }
             Ok(_) => {
-                self.broadcast("message", message_view(&msg));
+                self.broadcast("message", message_view(&msg), &room);
                 Ok((msg, false))
             }
             Err(e) => {
@@ -717,10 +779,17 @@ impl Inner {
             .message(message_id)
             .await?
             .filter(|m| m.room == room.id);
-        if msg.is_none() {
+        let Some(msg) = msg else {
             return Err(ChatError::NotFound(format!(
                 "no message `{message_id}` in room `{}`",
                 room.id
+            )));
+        };
+        // The button's value is what perch put on the card, never what the browser makes
+        // up: the click must name one of this card's own buttons, exactly.
+        if !(msg.from_bot && card_has_button(&msg.body, &action)) {
+            return Err(ChatError::BadInput(format!(
+                "message `{message_id}` has no button with that action"
             )));
         }
         let mut event = Event::new(&self.name, EventKind::CardAction, self.env.clock.now());
@@ -774,6 +843,7 @@ impl Inner {
             id: id.clone(),
             name,
             direct,
+            private: false,
             members,
             created_at: self.env.clock.now(),
             created_by: None,
@@ -786,7 +856,7 @@ impl Inner {
             .await
             .map_err(retry)?
         {
-            self.broadcast("room", self.room_view(&room).await.map_err(retry)?);
+            self.broadcast("room", self.room_view(&room).await.map_err(retry)?, &room);
             Ok(room)
         } else {
             self.room(&id)
@@ -846,7 +916,7 @@ impl Inner {
             edited_at: None,
         };
         self.store_message(&msg).await.map_err(retry)?;
-        self.broadcast("message", message_view(&msg));
+        self.broadcast("message", message_view(&msg), &room);
         Ok(Delivered {
             id: Some(id),
             detail: Value::Null,
@@ -867,7 +937,13 @@ impl Inner {
                 .await
                 .map_err(retry)?;
         }
-        self.broadcast("update", message_view(&msg));
+        // A room that vanished is told to nobody but its (unknown) members: no one.
+        let room = self
+            .room(&msg.room)
+            .await
+            .map_err(retry)?
+            .unwrap_or_else(|| Room::gone(&msg.room));
+        self.broadcast("update", message_view(&msg), &room);
         Ok(Delivered {
             id: Some(msg.id),
             detail: Value::Null,
@@ -899,13 +975,13 @@ impl Inner {
             }
         }
         let room = self
-            .create_room(name, false, members, Some(author_from_key(key)))
+            .create_room(name, false, false, members, Some(author_from_key(key)))
             .await
             .map_err(retry)?;
         self.put_json(&keys::created(key), &room.id)
             .await
             .map_err(retry)?;
-        self.broadcast("room", self.room_view(&room).await.map_err(retry)?);
+        self.broadcast("room", self.room_view(&room).await.map_err(retry)?, &room);
         Ok(Delivered {
             id: Some(room.id),
             detail: Value::Null,
@@ -929,7 +1005,7 @@ impl Inner {
         }
         if !added.is_empty() {
             self.save_room(&room).await.map_err(retry)?;
-            self.broadcast("room", self.room_view(&room).await.map_err(retry)?);
+            self.broadcast("room", self.room_view(&room).await.map_err(retry)?, &room);
         }
         Ok(Delivered {
             id: Some(room.id),

@@ -37,6 +37,9 @@ pub struct Config {
     /// Delivery settings for the outbox.
     #[serde(default)]
     pub outbox: OutboxConfig,
+    /// Who is who on the web surfaces: sign-in mode, accounts, sessions (`crate::auth`).
+    #[serde(default)]
+    pub auth: crate::auth::AuthConfig,
     /// Connectors by name: `[connectors.<name>]` with a `kind`.
     #[serde(default)]
     pub connectors: BTreeMap<String, Spanned<ConnectorConfig>>,
@@ -115,6 +118,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Bearer token for `/api`. Empty means the admin API is open (loopback only).
     pub admin_token: Option<Secret>,
+    /// Bearer token for `/metrics`. Unset means `/metrics` is open.
+    pub metrics_token: Option<Secret>,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
     /// How long a client may take to send a request's headers (HTTP/1), counted from
@@ -174,6 +179,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
             admin_token: None,
+            metrics_token: None,
             body_limit: 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
@@ -536,6 +542,23 @@ impl Config {
         }
         self.validate_store(&mut issues);
         self.validate_connection_limits(&mut issues);
+        for (key, message) in self.auth.problems(&self.server.listen) {
+            issues.at(
+                key_offset(&self.source.text, "[auth]", key),
+                format!("auth: {message}"),
+            );
+        }
+        if self
+            .server
+            .metrics_token
+            .as_ref()
+            .is_some_and(|t| !sendable_token(t.expose()))
+        {
+            issues.at(
+                key_offset(&self.source.text, "[server]", "metrics_token"),
+                "server.metrics_token must be printable ASCII without spaces (it is sent as `Authorization: Bearer <token>`)",
+            );
+        }
         if self.server.concurrency == 0 || self.outbox.concurrency == 0 {
             issues.at(server_at, "concurrency must be at least 1");
         }

@@ -3,6 +3,7 @@
 //! `Authorization: Bearer <token>` (compared in constant time).
 
 use super::ApiError;
+use crate::auth::Viewer;
 use crate::event::EventId;
 use crate::runtime::Shared;
 use axum::extract::{Path, Query, Request, State};
@@ -13,7 +14,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 
 pub fn routes(shared: Shared) -> Router<Shared> {
     Router::new()
@@ -35,24 +35,33 @@ pub fn routes(shared: Shared) -> Router<Shared> {
         )
 }
 
+/// Who may call `/api`: a script with the admin token, or a signed-in admin (whose
+/// POSTs the auth middleware has already checked for the CSRF token). In `dev` mode
+/// without a token, anyone (perch then only listens on loopback).
 async fn require_token(
     State(s): State<Shared>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if let Some(token) = &s.admin_token {
-        let given = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong admin token (Authorization: Bearer …)",
-            ));
-        }
+    let by_token = s
+        .admin_token
+        .as_ref()
+        .is_some_and(|t| crate::auth::bearer_matches(req.headers(), t));
+    let viewer = req.extensions().get::<Viewer>().cloned();
+    let allowed = by_token
+        || match &viewer {
+            Some(v @ Viewer::User(_)) => {
+                crate::auth::routes::require_admin(v)?;
+                true
+            }
+            Some(Viewer::Dev) | None => s.admin_token.is_none(),
+            Some(Viewer::Anonymous) | Some(Viewer::AdminToken) => false,
+        };
+    if !allowed {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token (Authorization: Bearer …), and no admin signed in",
+        ));
     }
     Ok(next.run(req).await)
 }

@@ -74,7 +74,7 @@ pub async fn serve(
         };
         let stream = tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
+                Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
                     tracing::warn!(error = %e, "accepting a connection failed");
@@ -84,10 +84,11 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        let (stream, peer) = stream;
         let _ = stream.set_nodelay(true);
         let (app, stop) = (app.clone(), stop.clone());
         connections.spawn(async move {
-            serve_connection(stream, app, limits, stop).await;
+            serve_connection(stream, peer, app, limits, stop).await;
             drop(permit);
         });
     }
@@ -135,6 +136,7 @@ impl Drop for InFlight {
 
 async fn serve_connection(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     app: Router,
     limits: ConnectionLimits,
     stop: CancellationToken,
@@ -150,9 +152,12 @@ async fn serve_connection(
     });
     let service = hyper::service::service_fn({
         let activity = activity.clone();
-        move |req: Request<hyper::body::Incoming>| {
+        move |mut req: Request<hyper::body::Incoming>| {
             let guard = InFlight::new(&activity);
             let app = app.clone();
+            // The peer's address: `[auth] proxy_addresses` trusts a header by it.
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             async move {
                 let res = app.oneshot(req.map(Body::new)).await?;
                 // The request stays in progress until its body is sent: a long

@@ -82,11 +82,17 @@ pub fn app(shared: Shared) -> Router {
             app = app.merge(routes);
         }
     }
+    app = app.merge(crate::auth::routes::routes(shared.auth.clone()));
     let body_read = conn::BodyRead {
         timeout: shared.connection_limits.body_read_timeout,
         limit: body_limit,
     };
     app.fallback(not_found)
+        // Who is asking (and the CSRF check) before any handler.
+        .layer(axum::middleware::from_fn_with_state(
+            shared.auth.clone(),
+            crate::auth::middleware,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
             body_read,
@@ -180,11 +186,21 @@ async fn healthz(State(s): State<Shared>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
-    (
+/// Prometheus text; behind `server.metrics_token` when it is set.
+async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if let Some(token) = &s.metrics_token
+        && !crate::auth::bearer_matches(&headers, token)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong metrics token (Authorization: Bearer …)",
+        ));
+    }
+    Ok((
         [("content-type", "text/plain; version=0.0.4")],
         s.metrics.render(),
     )
+        .into_response())
 }
 
 async fn hook_root(

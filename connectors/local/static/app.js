@@ -17,6 +17,8 @@ const state = {
   seen: JSON.parse(localStorage.getItem("perch.seen") || "{}"), // room -> last seen message id
   unread: new Set(),
   suggest: { items: [], sel: 0, start: -1 },
+  signedIn: false,          // local/proxy mode: the server knows who we are
+  csrf: "",                 // sent on every POST while signed in (X-CSRF-Token)
 };
 
 // ---- helpers -------------------------------------------------------------------
@@ -28,6 +30,7 @@ function newId() {
 
 async function api(method, path, body) {
   const opts = { method, headers: {} };
+  if (state.csrf && method !== "GET") opts.headers["x-csrf-token"] = state.csrf;
   if (body !== undefined) {
     opts.headers["content-type"] = "application/json";
     opts.body = JSON.stringify(body);
@@ -544,7 +547,39 @@ function connect() {
 
 // ---- start ---------------------------------------------------------------------
 
+// Who am I: dev mode keeps the pick-a-name flow (and says out loud that it is not
+// safe); signed in, the server's name is ours and "change" becomes "sign out".
+async function whoAmI() {
+  const resp = await fetch("/auth/session");
+  const data = await resp.json().catch(() => ({}));
+  if (resp.status === 401) {
+    location.href = "/login?next=" + encodeURIComponent(location.pathname + location.hash);
+    return false;
+  }
+  if (!resp.ok) throw new Error(data.error || resp.statusText);
+  if (data.mode === "dev") {
+    const banner = document.createElement("div");
+    banner.id = "dev-banner";
+    banner.className = "dev-banner";
+    banner.textContent = "Dev mode: " + data.warning;
+    document.body.prepend(banner);
+    return true;
+  }
+  state.signedIn = true;
+  state.me = data.user;
+  state.csrf = data.csrf;
+  const btn = $("change-name");
+  btn.textContent = "sign out";
+  btn.removeEventListener("click", askName);
+  btn.addEventListener("click", async () => {
+    await fetch("/auth/logout", { method: "POST", headers: { "x-csrf-token": state.csrf } }).catch(() => {});
+    location.href = "/login";
+  });
+  return true;
+}
+
 (async function start() {
+  if (!(await whoAmI())) return;
   await loadBots();
   showMe();
   if (!state.me) askName();

@@ -1,0 +1,551 @@
+//! Who is who: sign-in, sessions, CSRF and roles for the web surfaces (the web chat at
+//! `/`, the console and `/api` from a browser).
+//!
+//! `[auth] mode` picks how a person is known:
+//! - `dev`: today's pick-a-name web chat, no sign-in. Anyone who can reach it can post
+//!   as anyone, so it is refused unless perch listens on a loopback address, and the
+//!   page says so.
+//! - `local`: accounts in the config (`[auth.users.<name>] password_hash`, argon2id PHC
+//!   strings made by `perch user add`), signed in at `/login`.
+//! - `proxy`: a reverse proxy that did the sign-in (OIDC…) names the person in
+//!   `X-Forwarded-User`; honoured only from `proxy_addresses`.
+//!
+//! Sessions live in the store (namespace `auth`, keyed by the SHA-256 of the cookie's
+//! random id, so a store dump holds no usable cookie): signing out deletes the record
+//! and the cookie is worthless from then on. The cookie is `HttpOnly; SameSite=Strict`.
+//! Every state-changing request a session makes must carry the session's CSRF token in
+//! `X-CSRF-Token` (synchronizer token), else 403. Scripts keep using the admin token
+//! (`Authorization: Bearer`), which needs no CSRF token: browsers never send it by
+//! themselves.
+//!
+//! `server::app` runs `middleware` before every route: it works out the `Viewer` and
+//! puts it in the request's extensions for the handlers (the web chat, `/api`).
+
+pub mod routes;
+
+use crate::clock::SharedClock;
+use crate::config::Secret;
+use crate::store::{Store, StoreError};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "perch_session";
+/// The header a browser sends its CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// Store namespace of the sessions.
+const NS: &str = "auth";
+
+/// `[auth]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `dev` (pick a name; loopback only), `local` (accounts below) or `proxy`
+    /// (`X-Forwarded-User` from `proxy_addresses`).
+    pub mode: AuthMode,
+    /// How long a session lasts after sign-in.
+    #[serde(deserialize_with = "crate::config::de_duration")]
+    pub session_ttl: Duration,
+    /// People by name. In `local` mode each needs a `password_hash`; in `proxy` mode the
+    /// table only gives roles (anyone the proxy names is a `member`).
+    pub users: BTreeMap<String, UserConfig>,
+    /// Addresses of the reverse proxies whose `proxy_header` is trusted (`proxy` mode).
+    /// The header from any other address is ignored.
+    pub proxy_addresses: Vec<IpAddr>,
+    /// The header the proxy names the signed-in person in.
+    pub proxy_header: String,
+    /// Add `Secure` to the session cookie: set it when people reach perch over HTTPS
+    /// (through a proxy), so the cookie never travels in clear.
+    pub secure_cookie: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::Dev,
+            session_ttl: Duration::from_secs(12 * 3600),
+            users: BTreeMap::new(),
+            proxy_addresses: Vec::new(),
+            proxy_header: "X-Forwarded-User".into(),
+            secure_cookie: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    Dev,
+    Local,
+    Proxy,
+}
+
+/// `[auth.users.<name>]`
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// argon2id PHC string (`$argon2id$v=19$…`), from `perch user add <name>`.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// `admin` (console, replay, config view, and chat) or `member` (chat).
+    #[serde(default)]
+    pub role: Role,
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Admin,
+    #[default]
+    Member,
+}
+
+impl AuthConfig {
+    /// Every problem with `[auth]` as `(key, message)`; `listen` is where perch binds.
+    pub fn problems(&self, listen: &SocketAddr) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        match self.mode {
+            AuthMode::Dev if !listen.ip().is_loopback() => out.push((
+                "mode",
+                format!(
+                    "mode = \"dev\" lets anyone post as anyone, so it needs a loopback listen address (listen = {listen}); use mode = \"local\" or \"proxy\""
+                ),
+            )),
+            AuthMode::Local if self.users.is_empty() => out.push((
+                "mode",
+                "mode = \"local\" needs at least one [auth.users.<name>] with a password_hash (perch user add <name>)".into(),
+            )),
+            AuthMode::Proxy if self.proxy_addresses.is_empty() => out.push((
+                "proxy_addresses",
+                "mode = \"proxy\" needs proxy_addresses: the reverse proxies whose header is trusted".into(),
+            )),
+            _ => {}
+        }
+        if self.session_ttl < Duration::from_secs(60) {
+            out.push(("session_ttl", "session_ttl must be at least 1m".into()));
+        }
+        if axum::http::HeaderName::try_from(self.proxy_header.as_str()).is_err() {
+            out.push((
+                "proxy_header",
+                format!("proxy_header `{}` is not a header name", self.proxy_header),
+            ));
+        }
+        for (name, user) in &self.users {
+            if let Err(e) = check_user_name(name) {
+                out.push(("users", format!("user `{name}`: {e}")));
+            }
+            match (&user.password_hash, self.mode) {
+                (None, AuthMode::Local) => out.push((
+                    "users",
+                    format!("user `{name}` has no password_hash (perch user add {name})"),
+                )),
+                (Some(h), _) if argon2::password_hash::phc::PasswordHash::new(h).is_err() => {
+                    out.push((
+                        "users",
+                        format!(
+                            "user `{name}`: password_hash is not a PHC string ($argon2id$v=19$…); make one with perch user add {name}"
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// A sign-in name: what the web chat shows as the author, so the same rules as a
+/// picked name (`connectors::local::check_author`), bots' names aside.
+pub fn check_user_name(name: &str) -> Result<(), String> {
+    let normalised =
+        crate::connectors::local::check_author(name, &[]).map_err(|e| e.to_string())?;
+    if normalised != name {
+        return Err("has leading, trailing or repeated spaces".into());
+    }
+    Ok(())
+}
+
+/// Who is asking, as the handlers see it.
+#[derive(Debug, Clone)]
+pub enum Viewer {
+    /// `mode = "dev"`: nobody is signed in; the web chat takes the name the browser sends.
+    Dev,
+    /// Not signed in (or the session ended).
+    Anonymous,
+    /// A signed-in person.
+    User(Identity),
+    /// A script with the admin token (`/api` only).
+    AdminToken,
+}
+
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: String,
+    pub role: Role,
+}
+
+impl Viewer {
+    /// The signed-in person's name, if any.
+    pub fn user(&self) -> Option<&Identity> {
+        match self {
+            Viewer::User(i) => Some(i),
+            _ => None,
+        }
+    }
+}
+
+/// A session as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SessionRecord {
+    user: String,
+    csrf: String,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("wrong name or password")]
+    BadCredentials,
+    #[error("sign-in with a password is off (auth mode is `{0:?}`)")]
+    WrongMode(AuthMode),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The auth settings and the session store.
+pub struct Auth {
+    pub config: AuthConfig,
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+    /// A hash to verify against for unknown names, so that "no such user" takes as long
+    /// as "wrong password" and names cannot be probed by timing.
+    decoy_hash: String,
+}
+
+impl Auth {
+    pub fn new(config: AuthConfig, store: Arc<dyn Store>, clock: SharedClock) -> Self {
+        Auth {
+            // Only `local` mode checks passwords; a hash costs tens of milliseconds.
+            decoy_hash: if config.mode == AuthMode::Local {
+                hash_password(&random_token()).unwrap_or_default()
+            } else {
+                String::new()
+            },
+            config,
+            store,
+            clock,
+        }
+    }
+
+    pub fn mode(&self) -> AuthMode {
+        self.config.mode
+    }
+
+    fn role_of(&self, name: &str) -> Role {
+        self.config
+            .users
+            .get(name)
+            .map(|u| u.role)
+            .unwrap_or_default()
+    }
+
+    /// Check a name and password (`local` mode); on success a new session: its cookie
+    /// value and CSRF token.
+    pub async fn sign_in(&self, name: &str, password: &str) -> Result<(String, String), AuthError> {
+        if self.config.mode != AuthMode::Local {
+            return Err(AuthError::WrongMode(self.config.mode));
+        }
+        let hash = self
+            .config
+            .users
+            .get(name)
+            .and_then(|u| u.password_hash.clone());
+        let known = hash.is_some();
+        let hash = hash.unwrap_or_else(|| self.decoy_hash.clone());
+        let password = password.to_string();
+        // argon2 takes tens of milliseconds of CPU: off the async runtime.
+        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+            .await
+            .unwrap_or(false);
+        if !(ok && known) {
+            return Err(AuthError::BadCredentials);
+        }
+        Ok(self.new_session(name).await?)
+    }
+
+    /// Start a session for `name`: (cookie value, CSRF token). Durable before the answer,
+    /// so a signed-in browser is not signed out by a crash.
+    async fn new_session(&self, name: &str) -> Result<(String, String), StoreError> {
+        let id = random_token();
+        let now = self.clock.now();
+        let record = SessionRecord {
+            user: name.to_string(),
+            csrf: random_token(),
+            created_at: now,
+            expires_at: now
+                + chrono::Duration::from_std(self.config.session_ttl)
+                    .unwrap_or(chrono::Duration::hours(12)),
+        };
+        self.store
+            .kv_put(NS, &session_key(&id), &serde_json::to_vec(&record)?)
+            .await?;
+        self.store.flush().await?;
+        Ok((id, record.csrf))
+    }
+
+    /// The live session behind a cookie value, if any. An expired one is deleted.
+    async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let key = session_key(id);
+        let Some(raw) = self.store.kv_get(NS, &key).await? else {
+            return Ok(None);
+        };
+        let record: SessionRecord = match serde_json::from_slice(&raw) {
+            Ok(r) => r,
+            Err(_) => return Ok(None),
+        };
+        if record.expires_at <= self.clock.now() {
+            self.store.kv_delete(NS, &key).await?;
+            return Ok(None);
+        }
+        // A local account removed from the config ends its sessions.
+        if self.config.mode == AuthMode::Local && !self.config.users.contains_key(&record.user) {
+            return Ok(None);
+        }
+        Ok(Some(record))
+    }
+
+    /// End a session: deleted and flushed, so the cookie is refused from now on, also
+    /// after a crash.
+    pub async fn sign_out(&self, cookie: &str) -> Result<(), StoreError> {
+        self.store.kv_delete(NS, &session_key(cookie)).await?;
+        self.store.flush().await
+    }
+
+    /// The person a trusted proxy names, if the request comes from one.
+    fn proxy_user(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<String> {
+        let peer = peer?;
+        if !self.config.proxy_addresses.contains(&peer) {
+            return None;
+        }
+        let name = headers
+            .get(self.config.proxy_header.as_str())?
+            .to_str()
+            .ok()?
+            .trim();
+        check_user_name(name).ok()?;
+        Some(name.to_string())
+    }
+
+    /// Who sent `headers` from `peer`, and their session (cookie value, record) if any.
+    async fn resolve(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Result<(Viewer, Option<(String, SessionRecord)>), StoreError> {
+        let session = match cookie(headers, SESSION_COOKIE) {
+            Some(id) => self.session(&id).await?.map(|r| (id, r)),
+            None => None,
+        };
+        let viewer = match self.config.mode {
+            AuthMode::Dev => Viewer::Dev,
+            AuthMode::Local => match &session {
+                Some((_, r)) => self.identity(&r.user),
+                None => Viewer::Anonymous,
+            },
+            // The proxy's word decides who it is; a session only counts (for its CSRF
+            // token) when it is the same person's.
+            AuthMode::Proxy => match self.proxy_user(headers, peer) {
+                Some(name) => {
+                    let viewer = self.identity(&name);
+                    let session = session.filter(|(_, r)| r.user == name);
+                    return Ok((viewer, session));
+                }
+                None => return Ok((Viewer::Anonymous, None)),
+            },
+        };
+        Ok((viewer, session))
+    }
+
+    fn identity(&self, name: &str) -> Viewer {
+        Viewer::User(Identity {
+            name: name.to_string(),
+            role: self.role_of(name),
+        })
+    }
+
+    /// The `Set-Cookie` value for a new session, or (`None`) one that clears it.
+    pub fn cookie_header(&self, id: Option<&str>) -> String {
+        let secure = if self.config.secure_cookie {
+            "; Secure"
+        } else {
+            ""
+        };
+        match id {
+            Some(id) => format!(
+                "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+                self.config.session_ttl.as_secs()
+            ),
+            None => {
+                format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}")
+            }
+        }
+    }
+}
+
+/// What `middleware` leaves in a request's extensions besides the `Viewer`: the
+/// session's CSRF token (`/auth/session` hands it to the page).
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub cookie: String,
+    pub csrf: String,
+}
+
+fn session_key(id: &str) -> String {
+    format!("session/{}", hex::encode(Sha256::digest(id.as_bytes())))
+}
+
+/// 32 random bytes from the OS-seeded CSPRNG, URL-safe base64.
+pub fn random_token() -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// An argon2id PHC string for `password`, with a random salt.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::PasswordHasher;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Whether `password` matches the PHC string `hash` (constant time inside argon2).
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    use argon2::password_hash::PasswordVerifier;
+    match argon2::password_hash::phc::PasswordHash::new(hash) {
+        Ok(parsed) => argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// Paths the middleware leaves alone: platforms' signed callbacks and the health check.
+fn exempt(path: &str) -> bool {
+    path.starts_with("/hooks/") || path == "/healthz"
+}
+
+/// Works out the `Viewer` of every request, and refuses a state-changing request made
+/// with a session but without its CSRF token (403, one line).
+pub async fn middleware(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
+    if exempt(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let (viewer, session) = match auth.resolve(req.headers(), peer).await {
+        Ok(v) => v,
+        Err(e) => {
+            return crate::server::ApiError::internal("sign-in: store error", e).into_response();
+        }
+    };
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    // Signing in has no session yet; its JSON body cannot be sent cross-site without a
+    // CORS preflight that perch never grants.
+    let signing_in = req.uri().path() == "/auth/login";
+    if !safe && !signing_in && matches!(viewer, Viewer::User(_)) {
+        let given = req
+            .headers()
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let ok = session
+            .as_ref()
+            .is_some_and(|(_, r)| bool::from(given.as_bytes().ct_eq(r.csrf.as_bytes())));
+        if !ok {
+            return crate::server::ApiError::new(
+                StatusCode::FORBIDDEN,
+                "missing or wrong CSRF token (X-CSRF-Token; reload the page)",
+            )
+            .into_response();
+        }
+    }
+    if let Some((cookie, record)) = session {
+        req.extensions_mut().insert(SessionInfo {
+            cookie,
+            csrf: record.csrf,
+        });
+    }
+    req.extensions_mut().insert(viewer);
+    next.run(req).await
+}
+
+/// Whether the admin token in `headers` (`Authorization: Bearer …`) is `token`.
+pub fn bearer_matches(headers: &HeaderMap, token: &Secret) -> bool {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    bool::from(given.as_bytes().ct_eq(token.expose().as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_round_trip_and_wrong_ones_fail() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("correct horsf", &h));
+        assert!(!verify_password("correct horse", "not a hash"));
+    }
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            axum::http::header::COOKIE,
+            "x_perch_session=evil; perch_session=abc; other=1"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn dev_mode_needs_loopback() {
+        let c = AuthConfig::default();
+        assert!(c.problems(&"127.0.0.1:8080".parse().unwrap()).is_empty());
+        assert!(!c.problems(&"0.0.0.0:8080".parse().unwrap()).is_empty());
+    }
+}

@@ -1,0 +1,169 @@
+//! The sign-in pages and calls:
+//!
+//! | method and path        | what                                                        |
+//! |------------------------|-------------------------------------------------------------|
+//! | `GET  /login`          | the sign-in page (`local` mode)                             |
+//! | `POST /auth/login {name, password}` | sign in: sets the session cookie, answers `{user, role, csrf}` |
+//! | `POST /auth/logout`    | sign out (needs the CSRF token): the session is deleted     |
+//! | `GET  /auth/session`   | who am I: `{mode, user, role, csrf}` (the pages' first call) |
+//!
+//! Refusals are a 4xx with a one-line reason, like the rest of perch.
+
+use super::{Auth, AuthError, AuthMode, Role, SessionInfo, Viewer};
+use crate::server::ApiError;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+const LOGIN_HTML: &str = include_str!("static/login.html");
+
+pub fn routes(auth: Arc<Auth>) -> Router {
+    Router::new()
+        .route("/login", get(login_page))
+        .route("/auth/login", post(login))
+        .route("/auth/logout", post(logout))
+        .route("/auth/session", get(session))
+        .with_state(auth)
+}
+
+async fn login_page() -> Html<&'static str> {
+    Html(LOGIN_HTML)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    name: String,
+    password: String,
+}
+
+async fn login(
+    State(auth): State<Arc<Auth>>,
+    body: Result<Json<Login>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(b) = body.map_err(|r| {
+        ApiError::new(
+            r.status(),
+            r.body_text()
+                .lines()
+                .next()
+                .unwrap_or("bad JSON body")
+                .to_string(),
+        )
+    })?;
+    let (cookie, csrf) = auth
+        .sign_in(&b.name, &b.password)
+        .await
+        .map_err(|e| match e {
+            AuthError::BadCredentials => ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()),
+            AuthError::WrongMode(_) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
+            AuthError::Store(e) => ApiError::internal("sign-in: store error", e),
+        })?;
+    tracing::info!(user = %crate::telemetry::escape(&b.name), "signed in");
+    let role = auth.role_of(&b.name);
+    Ok((
+        [(header::SET_COOKIE, auth.cookie_header(Some(&cookie)))],
+        Json(json!({ "user": b.name, "role": role, "csrf": csrf })),
+    )
+        .into_response())
+}
+
+/// Sign out. The middleware has already checked the CSRF token (a session's POST).
+async fn logout(
+    State(auth): State<Arc<Auth>>,
+    session: Option<Extension<SessionInfo>>,
+) -> Result<Response, ApiError> {
+    if let Some(Extension(s)) = session {
+        auth.sign_out(&s.cookie)
+            .await
+            .map_err(|e| ApiError::internal("sign-out: store error", e))?;
+    }
+    Ok((
+        [(header::SET_COOKIE, auth.cookie_header(None))],
+        Json(json!({ "signed_out": true })),
+    )
+        .into_response())
+}
+
+/// Who the browser is. In `proxy` mode the proxy already signed the person in: the
+/// first call starts the session that holds their CSRF token.
+async fn session(
+    State(auth): State<Arc<Auth>>,
+    Extension(viewer): Extension<Viewer>,
+    session: Option<Extension<SessionInfo>>,
+) -> Result<Response, ApiError> {
+    let mode = auth.mode();
+    match viewer {
+        Viewer::Dev => Ok(Json(json!({
+            "mode": mode,
+            "user": null,
+            "warning": "dev mode: nobody signs in, anyone who can reach this page can post as anyone (perch only allows it on a loopback address)",
+        }))
+        .into_response()),
+        Viewer::User(id) => {
+            let (csrf, cookie) = match session {
+                Some(Extension(s)) => (s.csrf, None),
+                None if mode == AuthMode::Proxy => {
+                    let (cookie, csrf) = auth
+                        .new_session(&id.name)
+                        .await
+                        .map_err(|e| ApiError::internal("sign-in: store error", e))?;
+                    (csrf, Some(cookie))
+                }
+                None => {
+                    return Err(ApiError::new(StatusCode::UNAUTHORIZED, "not signed in"));
+                }
+            };
+            let body = Json(json!({
+                "mode": mode,
+                "user": id.name,
+                "role": id.role,
+                "csrf": csrf,
+            }));
+            Ok(match cookie {
+                Some(c) => ([(header::SET_COOKIE, auth.cookie_header(Some(&c)))], body).into_response(),
+                None => body.into_response(),
+            })
+        }
+        Viewer::Anonymous | Viewer::AdminToken => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            match mode {
+                AuthMode::Proxy => "not signed in: the proxy did not name you (or is not in auth.proxy_addresses)",
+                _ => "not signed in (sign in at /login)",
+            },
+        )),
+    }
+}
+
+/// For handlers: the signed-in person, or the one-line refusal to answer with.
+pub fn require_user(viewer: &Viewer) -> Result<&super::Identity, ApiError> {
+    match viewer {
+        Viewer::User(i) => Ok(i),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "not signed in (sign in at /login)",
+        )),
+    }
+}
+
+/// For admin pages: a signed-in admin, or the refusal.
+pub fn require_admin(viewer: &Viewer) -> Result<(), ApiError> {
+    match viewer {
+        Viewer::AdminToken => Ok(()),
+        Viewer::User(i) if i.role == Role::Admin => Ok(()),
+        Viewer::User(i) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("`{}` is not an admin", i.name),
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "not signed in (sign in at /login, or send the admin token)",
+        )),
+    }
+}
