@@ -1,0 +1,628 @@
+//! Who is who (`crate::auth`) on a real server, by trying to break it: forged authors,
+//! forged button values, reading someone else's direct room (API and SSE), CSRF
+//! without the token, a session after sign-out, a proxy header from a stranger, and
+//! the roles on `/api` and `/metrics`.
+
+mod common;
+use common::*;
+use perch::action::{MessageBody, Operation, Target};
+use serde_json::{Value, json};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const ANN_PASSWORD: &str = "ann-password-1";
+const BOB_PASSWORD: &str = "bob-password-2";
+
+/// Hashing is slow on purpose: once per test binary.
+fn hashes() -> &'static (String, String) {
+    static H: OnceLock<(String, String)> = OnceLock::new();
+    H.get_or_init(|| {
+        (
+            perch::auth::hash_password(ANN_PASSWORD).unwrap(),
+            perch::auth::hash_password(BOB_PASSWORD).unwrap(),
+        )
+    })
+}
+
+/// Two local accounts: ann (admin) and bob (member), the web chat and echo.
+fn local_config(extra_server: &str) -> String {
+    let (ann, bob) = hashes();
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+{extra_server}
+
+[auth]
+mode = "local"
+[auth.users.ann]
+password_hash = "{ann}"
+role = "admin"
+[auth.users.bob]
+password_hash = "{bob}"
+
+[connectors.web]
+kind = "local"
+
+[bots.echo]
+kind = "echo"
+
+[[routes]]
+connector = "web"
+mention = "echo"
+bots = ["echo"]
+"#
+    )
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// A signed-in browser: its cookie and CSRF token.
+struct Session {
+    cookie: String,
+    csrf: String,
+}
+
+async fn sign_in(t: &TestPerch, name: &str, password: &str) -> Session {
+    let resp = client()
+        .post(t.url("/auth/login"))
+        .json(&json!({ "name": name, "password": password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "sign-in of {name}");
+    let set_cookie = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(attr), "{set_cookie} lacks {attr}");
+    }
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let body: Value = resp.json().await.unwrap();
+    Session {
+        cookie,
+        csrf: body["csrf"].as_str().unwrap().to_string(),
+    }
+}
+
+impl Session {
+    async fn get(&self, t: &TestPerch, path: &str) -> (u16, Value) {
+        let resp = client()
+            .get(t.url(path))
+            .header("cookie", &self.cookie)
+            .send()
+            .await
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    /// A POST with the cookie and, if `csrf` is given, that CSRF header.
+    async fn post_with(
+        &self,
+        t: &TestPerch,
+        path: &str,
+        body: &Value,
+        csrf: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = client()
+            .post(t.url(path))
+            .header("cookie", &self.cookie)
+            .json(body);
+        if let Some(c) = csrf {
+            req = req.header("x-csrf-token", c);
+        }
+        let resp = req.send().await.unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    async fn post(&self, t: &TestPerch, path: &str, body: &Value) -> (u16, Value) {
+        self.post_with(t, path, body, Some(&self.csrf.clone()))
+            .await
+    }
+}
+
+async fn journal_len(t: &TestPerch) -> usize {
+    let resp = client()
+        .get(t.url("/api/events?limit=1000"))
+        .header("authorization", "Bearer test-admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    v["events"].as_array().map(Vec::len).unwrap_or(0)
+}
+
+async fn history(t: &TestPerch, s: &Session, room: &str) -> Vec<Value> {
+    let (status, v) = s.get(t, &format!("/chat/api/rooms/{room}/messages")).await;
+    assert_eq!(status, 200, "{v}");
+    v["messages"].as_array().cloned().unwrap_or_default()
+}
+
+fn web(t: &TestPerch) -> perch::connectors::SharedConnector {
+    t.perch().shared.connectors.get("web").unwrap().clone()
+}
+
+const TOKEN: &str = r#"admin_token = "test-admin-token""#;
+
+#[tokio::test]
+async fn sign_in_refuses_wrong_passwords_and_strangers_alike() {
+    let t = TestPerch::start(&local_config(TOKEN)).await;
+    for (name, pw) in [("ann", "nope-nope-nope"), ("zed", ANN_PASSWORD)] {
+        let resp = client()
+            .post(t.url("/auth/login"))
+            .json(&json!({ "name": name, "password": pw }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+        assert!(resp.headers().get("set-cookie").is_none());
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "wrong name or password");
+    }
+    // Not signed in: the page sends you to sign in, the chat API refuses.
+    let resp = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(t.url("/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/login?next=/");
+    let resp = client()
+        .get(t.url("/chat/api/rooms/general/messages"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    let ann = sign_in(&t, "ann", ANN_PASSWORD).await;
+    let (status, me) = ann.get(&t, "/auth/session").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (me["user"].clone(), me["role"].clone()),
+        (json!("ann"), json!("admin"))
+    );
+    assert_eq!(me["csrf"], ann.csrf.as_str());
+}
+
+#[tokio::test]
+async fn the_server_decides_the_author() {
+    let t = TestPerch::start(&local_config(TOKEN)).await;
+    let bob = sign_in(&t, "bob", BOB_PASSWORD).await;
+    let before = journal_len(&t).await;
+    let (status, body) = bob
+        .post(
+            &t,
+            "/chat/api/rooms/general/messages",
+            &json!({ "author": "ann", "text": "I am ann, honest", "client_id": "forged-1" }),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        body["error"],
+        "author is decided by your sign-in: you are `bob`, not `ann`"
+    );
+    assert_eq!(journal_len(&t).await, before, "nothing journaled");
+    assert!(history(&t, &bob, "general").await.is_empty());
+
+    // Without an author, the post is bob's.
+    let (status, body) = bob
+        .post(
+            &t,
+            "/chat/api/rooms/general/messages",
+            &json!({ "text": "hello", "client_id": "real-1" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["author"], "bob");
+    assert_eq!(journal_len(&t).await, before + 1);
+}
+
+/// A card with one Done button for reminder 7, posted by a bot in `room`.
+async fn card_with_done_button(t: &TestPerch, room: Target) -> String {
+    let card = json!({ "header": { "title": "Reminder" }, "elements": [
+        { "type": "buttons", "buttons": [
+            { "label": "Done", "action": { "bot": "echo", "action": "done", "args": { "id": 7 } } }
+        ] }
+    ] });
+    web(t)
+        .execute(
+            &Operation::Send {
+                to: room,
+                body: MessageBody::Card { card },
+                reply_to: None,
+            },
+            "k/echo/0001",
+        )
+        .await
+        .unwrap()
+        .id
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_forged_button_value_is_refused() {
+    let t = TestPerch::start(&local_config(TOKEN)).await;
+    let bob = sign_in(&t, "bob", BOB_PASSWORD).await;
+    let message_id = card_with_done_button(&t, Target::chat("general")).await;
+    let before = journal_len(&t).await;
+    let click = |args: Value, bot: &str, client_id: &str| json!({ "message_id": message_id, "action": { "bot": bot, "action": "done", "args": args }, "client_id": client_id });
+    for forged in [
+        click(json!({ "id": 8 }), "echo", "f-1"),
+        click(json!({ "id": 7, "owner": "bob" }), "echo", "f-2"),
+        click(json!({ "id": 7 }), "reminders", "f-3"),
+    ] {
+        let (status, body) = bob
+            .post(&t, "/chat/api/rooms/general/actions", &forged)
+            .await;
+        assert_eq!(status, 400, "{forged}: {body}");
+        assert_eq!(
+            body["error"],
+            format!("message `{message_id}` has no button with that action")
+        );
+    }
+    assert_eq!(journal_len(&t).await, before, "no forged click journaled");
+
+    // The real button, pressed by bob: the event says bob, whatever the browser claims.
+    let (status, body) = bob
+        .post(
+            &t,
+            "/chat/api/rooms/general/actions",
+            &click(json!({ "id": 7 }), "echo", "real-1"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let event_id = body["event_id"].as_str().unwrap();
+    let resp = client()
+        .get(t.url(&format!("/api/events/{event_id}")))
+        .header("authorization", "Bearer test-admin-token")
+        .send()
+        .await
+        .unwrap();
+    let entry: Value = resp.json().await.unwrap();
+    assert_eq!(entry["event"]["sender"]["id"], "bob");
+    // And a click "as ann" is refused like a forged post.
+    let mut as_ann = click(json!({ "id": 7 }), "echo", "f-4");
+    as_ann["author"] = json!("ann");
+    let (status, _) = bob
+        .post(&t, "/chat/api/rooms/general/actions", &as_ann)
+        .await;
+    assert_eq!(status, 403);
+}
+
+/// An SSE connection with a cookie, read chunk by chunk.
+struct Stream {
+    resp: reqwest::Response,
+    text: String,
+}
+
+impl Stream {
+    async fn open(t: &TestPerch, s: &Session) -> Stream {
+        let resp = client()
+            .get(t.url("/chat/api/stream"))
+            .header("cookie", &s.cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut st = Stream {
+            resp,
+            text: String::new(),
+        };
+        st.until("event: hello").await;
+        st
+    }
+
+    /// Read until `needle` has arrived; everything read so far stays in `text`.
+    async fn until(&mut self, needle: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.text.contains(needle) {
+            let chunk = tokio::time::timeout_at(deadline, self.resp.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("no `{needle}` on the stream; got {}", self.text))
+                .unwrap()
+                .unwrap_or_else(|| panic!("stream ended before `{needle}`"));
+            self.text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+#[tokio::test]
+async fn direct_rooms_are_their_members_only_in_the_api_and_over_sse() {
+    let t = TestPerch::start(&local_config(TOKEN)).await;
+    let ann = sign_in(&t, "ann", ANN_PASSWORD).await;
+    let bob = sign_in(&t, "bob", BOB_PASSWORD).await;
+    let mut ann_stream = Stream::open(&t, &ann).await;
+    let mut bob_stream = Stream::open(&t, &bob).await;
+
+    // A bot writes to ann directly (room `@ann`), then to everyone.
+    let dm = web(&t)
+        .execute(
+            &Operation::Send {
+                to: Target::Person {
+                    id: "ann".into(),
+                    id_type: None,
+                },
+                body: MessageBody::text("ann-secret-figure"),
+                reply_to: None,
+            },
+            "k/echo/dm",
+        )
+        .await;
+    assert!(dm.is_ok(), "{dm:?}");
+    web(&t)
+        .execute(
+            &Operation::Send {
+                to: Target::chat("general"),
+                body: MessageBody::text("public-news"),
+                reply_to: None,
+            },
+            "k/echo/pub",
+        )
+        .await
+        .unwrap();
+
+    ann_stream.until("public-news").await;
+    assert!(ann_stream.text.contains("ann-secret-figure"));
+    // Broadcasts keep their order: bob has seen everything sent before public-news.
+    bob_stream.until("public-news").await;
+    assert!(
+        !bob_stream.text.contains("ann-secret-figure") && !bob_stream.text.contains("@ann"),
+        "bob heard of ann's direct room: {}",
+        bob_stream.text
+    );
+
+    // The API: ann reads it, bob is refused, and bob's room list does not show it.
+    assert_eq!(history(&t, &ann, "%40ann").await.len(), 1);
+    let (status, body) = bob.get(&t, "/chat/api/rooms/%40ann/messages").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "room `@ann` is open to its members only");
+    let (status, body) = bob
+        .post(
+            &t,
+            "/chat/api/rooms/%40ann/messages",
+            &json!({ "text": "let me in", "client_id": "bob-in-1" }),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (_, rooms) = bob.get(&t, "/chat/api/rooms?me=ann").await;
+    let ids: Vec<&str> = rooms["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert!(!ids.contains(&"@ann"), "{ids:?}");
+    assert_eq!(
+        history(&t, &ann, "%40ann").await.len(),
+        1,
+        "bob wrote nothing there"
+    );
+
+    // A private group: only its creator, until members are added.
+    let (status, room) = ann
+        .post(
+            &t,
+            "/chat/api/rooms",
+            &json!({ "name": "Board", "private": true }),
+        )
+        .await;
+    assert_eq!(status, 201, "{room}");
+    assert_eq!(room["members"], json!(["ann"]));
+    let (status, _) = bob.get(&t, "/chat/api/rooms/board/messages").await;
+    assert_eq!(status, 403);
+    // Asking for a private room's name does not hand it over either.
+    let (status, other) = bob
+        .post(&t, "/chat/api/rooms", &json!({ "name": "Board" }))
+        .await;
+    assert_eq!(status, 201, "{other}");
+    assert_ne!(other["id"], "board");
+}
+
+#[tokio::test]
+async fn state_changes_without_the_csrf_token_are_refused() {
+    let t = TestPerch::start(&local_config(TOKEN)).await;
+    let ann = sign_in(&t, "ann", ANN_PASSWORD).await;
+    let before = journal_len(&t).await;
+    let post = json!({ "text": "hi", "client_id": "csrf-1" });
+    for csrf in [None, Some("wrong-token"), Some("")] {
+        let (status, body) = ann
+            .post_with(&t, "/chat/api/rooms/general/messages", &post, csrf)
+            .await;
+        assert_eq!(status, 403, "{csrf:?}: {body}");
+        assert_eq!(
+            body["error"],
+            "missing or wrong CSRF token (X-CSRF-Token; reload the page)"
+        );
+    }
+    // Another session's token does not fit this session.
+    let bob = sign_in(&t, "bob", BOB_PASSWORD).await;
+    let (status, _) = ann
+        .post_with(
+            &t,
+            "/chat/api/rooms/general/messages",
+            &post,
+            Some(&bob.csrf),
+        )
+        .await;
+    assert_eq!(status, 403);
+    // Also on the admin API and on sign-out.
+    let (status, _) = ann
+        .post_with(&t, "/api/dead-letters/replay?key=x", &json!({}), None)
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = ann.post_with(&t, "/auth/logout", &json!({}), None).await;
+    assert_eq!(status, 403);
+    assert_eq!(journal_len(&t).await, before);
+    assert!(history(&t, &ann, "general").await.is_empty());
+    // With the token it goes through (and the session is still alive).
+    let (status, _) = ann
+        .post(&t, "/chat/api/rooms/general/messages", &post)
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_session_is_dead_after_sign_out_also_after_a_restart() {
+    let mut t = TestPerch::start(&local_config(TOKEN)).await;
+    let bob = sign_in(&t, "bob", BOB_PASSWORD).await;
+    assert_eq!(bob.get(&t, "/chat/api/rooms").await.0, 200);
+    // Sessions survive a restart…
+    t.restart().await;
+    assert_eq!(bob.get(&t, "/chat/api/rooms").await.0, 200);
+    let (status, _) = bob.post(&t, "/auth/logout", &json!({})).await;
+    assert_eq!(status, 200);
+    // …a signed-out one does not come back, with or without a restart.
+    assert_eq!(bob.get(&t, "/chat/api/rooms").await.0, 401);
+    assert_eq!(bob.get(&t, "/auth/session").await.0, 401);
+    let (status, _) = bob
+        .post(
+            &t,
+            "/chat/api/rooms/general/messages",
+            &json!({ "text": "ghost", "client_id": "after-out" }),
+        )
+        .await;
+    assert_eq!(status, 401);
+    t.restart().await;
+    assert_eq!(bob.get(&t, "/chat/api/rooms").await.0, 401);
+}
+
+#[tokio::test]
+async fn roles_guard_the_admin_api_and_the_token_still_works() {
+    let t = TestPerch::start(&local_config(&format!(
+        "{TOKEN}\nmetrics_token = \"metrics-token-1\""
+    )))
+    .await;
+    let ann = sign_in(&t, "ann", ANN_PASSWORD).await;
+    let bob = sign_in(&t, "bob", BOB_PASSWORD).await;
+    assert_eq!(ann.get(&t, "/api/status").await.0, 200);
+    let (status, body) = bob.get(&t, "/api/status").await;
+    assert_eq!(status, 403);
+    assert_eq!(body["error"], "`bob` is not an admin");
+    assert_eq!(
+        client()
+            .get(t.url("/api/status"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(journal_len(&t).await, 0, "the token works for scripts");
+
+    let metrics = |token: Option<&'static str>| {
+        let mut req = client().get(t.url("/metrics"));
+        if let Some(tok) = token {
+            req = req.header("authorization", format!("Bearer {tok}"));
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(metrics(None).await, 401);
+    assert_eq!(metrics(Some("wrong")).await, 401);
+    assert_eq!(metrics(Some("metrics-token-1")).await, 200);
+}
+
+fn proxy_config(proxies: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[auth]
+mode = "proxy"
+proxy_addresses = [{proxies}]
+[auth.users.ann]
+role = "admin"
+
+[connectors.web]
+kind = "local"
+"#
+    )
+}
+
+#[tokio::test]
+async fn the_proxy_header_counts_only_from_the_proxy() {
+    // perch's tests connect from 127.0.0.1, which is not the configured proxy here.
+    let t = TestPerch::start(&proxy_config(r#""10.9.8.7""#)).await;
+    for path in ["/auth/session", "/chat/api/rooms", "/api/status"] {
+        let resp = client()
+            .get(t.url(path))
+            .header("x-forwarded-user", "ann")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{path}");
+    }
+
+    let t = TestPerch::start(&proxy_config(r#""127.0.0.1""#)).await;
+    let resp = client()
+        .get(t.url("/auth/session"))
+        .header("x-forwarded-user", "ann")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let me: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (me["user"].clone(), me["role"].clone()),
+        (json!("ann"), json!("admin"))
+    );
+    let csrf = me["csrf"].as_str().unwrap();
+    let post = |user: &'static str| {
+        client()
+            .post(t.url("/chat/api/rooms/general/messages"))
+            .header("x-forwarded-user", user)
+            .header("cookie", &cookie)
+            .header("x-csrf-token", csrf)
+            .json(&json!({ "text": "via proxy", "client_id": format!("p-{user}") }))
+            .send()
+    };
+    let resp = post("ann").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["author"], "ann");
+    // ann's session (and CSRF token) do not carry over to whoever the proxy names next.
+    assert_eq!(post("bob").await.unwrap().status(), 403);
+}
+
+#[test]
+fn dev_mode_is_refused_off_loopback() {
+    let err = perch::config::Config::from_str(
+        "[server]\nlisten = \"0.0.0.0:8080\"\nadmin_token = \"t0ken-1234\"\n[auth]\nmode = \"dev\"\n",
+        std::path::Path::new("perch.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("perch.toml:5:") && err.contains("loopback"),
+        "{err}"
+    );
+    let err = perch::config::Config::from_str(
+        "[auth]\nmode = \"local\"\n[auth.users.ann]\npassword_hash = \"plain-text\"\n",
+        std::path::Path::new("perch.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("not a PHC string"), "{err}");
+}
