@@ -536,6 +536,35 @@ async fn roles_guard_the_admin_api_and_the_token_still_works() {
     assert_eq!(metrics(Some("metrics-token-1")).await, 200);
 }
 
+#[tokio::test]
+async fn the_console_is_for_admins() {
+    let t = TestPerch::start(&local_config(TOKEN)).await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = no_redirects.get(t.url("/console")).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/login?next=/console");
+    let bob = sign_in(&t, "bob", BOB_PASSWORD).await;
+    let (status, body) = bob.get(&t, "/console").await;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (403, json!("`bob` is not an admin"))
+    );
+    let ann = sign_in(&t, "ann", ANN_PASSWORD).await;
+    let page = client()
+        .get(t.url("/console"))
+        .header("cookie", &ann.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("perch console"));
+    // What the console's event view calls, as ann.
+    assert_eq!(ann.get(&t, "/api/events?limit=200").await.0, 200);
+}
+
 fn proxy_config(proxies: &str) -> String {
     format!(
         r#"

@@ -715,6 +715,76 @@ async fn permanent_failures_go_to_dead_letters_and_replay_delivers() {
     assert_eq!(missing.status(), 404);
 }
 
+/// The console's view of one event: its deliveries by outbox key (dead, then sent after
+/// a replay), and "replay all" for a connector, which queues each dead letter once.
+#[tokio::test]
+async fn an_event_shows_its_deliveries_and_replay_all_is_idempotent() {
+    let s = common::fails_then(
+        "POST",
+        ResponseTemplate::new(400).set_body_string("bad chat"),
+        2,
+        ResponseTemplate::new(200),
+    )
+    .await;
+    let t = TestPerch::start(&config(&s.uri(), NOTIFY)).await;
+    let first: Value = post_event(&t, "build.failed", "d1", br#"{"repo":"a"}"#)
+        .await
+        .json()
+        .await
+        .unwrap();
+    post_event(&t, "build.failed", "d2", br#"{"repo":"b"}"#).await;
+    let event_id = first["event_id"].as_str().unwrap().to_string();
+    eventually(5, "two dead letters", || async {
+        let d = api(&t, "/api/dead-letters").await;
+        (d["dead_letters"].as_array().is_some_and(|a| a.len() == 2)).then_some(())
+    })
+    .await;
+    let mine = api(&t, &format!("/api/events/{event_id}/deliveries")).await;
+    assert_eq!(mine["dead"].as_array().unwrap().len(), 1, "{mine}");
+    assert!(
+        mine["dead"][0]["item"]["key"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{event_id}/builds/")),
+        "{mine}"
+    );
+    assert_eq!(mine["sent"], json!([]));
+
+    let replay_all = || async {
+        let r = reqwest::Client::new()
+            .post(t.url("/api/dead-letters/replay-all?connector=chat"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()["replayed"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(replay_all().await, 2);
+    assert_eq!(
+        replay_all().await,
+        0,
+        "a replayed letter is not queued twice"
+    );
+    wait_sent(&s, 4).await;
+    let mine = eventually(5, "the event's delivery recorded as sent", || async {
+        let d = api(&t, &format!("/api/events/{event_id}/deliveries")).await;
+        (d["sent"].as_array().is_some_and(|a| a.len() == 1)).then_some(d)
+    })
+    .await;
+    assert_eq!(mine["dead"], json!([]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sent(&s).await.len(), 4, "each letter delivered once");
+    let unknown = reqwest::Client::new()
+        .post(t.url("/api/dead-letters/replay-all?connector=nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+}
+
 #[tokio::test]
 async fn too_many_attempts_end_in_dead_letters() {
     let s = MockServer::start().await;

@@ -20,9 +20,11 @@ pub fn routes(shared: Shared) -> Router<Shared> {
         .route("/status", get(status))
         .route("/events", get(events))
         .route("/events/{id}", get(event))
+        .route("/events/{id}/deliveries", get(event_deliveries))
         .route("/outbox", get(outbox))
         .route("/dead-letters", get(dead_letters))
         .route("/dead-letters/replay", post(replay))
+        .route("/dead-letters/replay-all", post(replay_all))
         .route("/sent", get(sent))
         .route("/schedules", get(schedules))
         .route("/cards", get(cards))
@@ -176,6 +178,100 @@ async fn replay(
             format!("no dead letter with key {:?}", q.key),
         )),
     }
+}
+
+#[derive(Deserialize)]
+struct ConnectorQuery {
+    connector: String,
+}
+
+/// `POST /api/dead-letters/replay-all?connector=<name>`: queue every dead letter of one
+/// connector again (after a fix). Idempotent: a letter already replayed is no longer
+/// dead and is not queued twice. Answered once the replays are durable.
+async fn replay_all(
+    State(s): State<Shared>,
+    Query(q): Query<ConnectorQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if !s.connectors.contains_key(&q.connector) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown connector `{}`", q.connector),
+        ));
+    }
+    let now = s.clock.now();
+    let mut replayed = Vec::new();
+    for dead in s.store.dead_letters(10_000).await.map_err(store_err)? {
+        if dead.item.connector != q.connector {
+            continue;
+        }
+        if let Some(item) = s
+            .store
+            .replay_dead(&dead.item.key, now)
+            .await
+            .map_err(store_err)?
+        {
+            replayed.push(item.key);
+        }
+    }
+    if !replayed.is_empty() {
+        s.store.flush().await.map_err(store_err)?;
+        s.outbox.ring();
+    }
+    Ok(Json(json!({ "replayed": replayed })))
+}
+
+/// `GET /api/events/{id}/deliveries`: what became of the event's actions, by outbox key
+/// (`<event id>/<bot>/<index>`): still queued (with attempts, next try and last
+/// error), delivered (with what the platform answered), or dead.
+async fn event_deliveries(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let event_id = EventId::parse(&id).ok_or_else(|| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("not an event id: {id:?}"))
+    })?;
+    let Some(entry) = s.store.event(event_id).await.map_err(store_err)? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no event {event_id} in the journal"),
+        ));
+    };
+    let prefix = format!("{event_id}/");
+    let pending: Vec<_> = s
+        .store
+        .outbox_after(None, 10_000)
+        .await
+        .map_err(store_err)?
+        .into_iter()
+        .filter(|i| i.key.starts_with(&prefix))
+        .collect();
+    let dead: Vec<_> = s
+        .store
+        .dead_letters(10_000)
+        .await
+        .map_err(store_err)?
+        .into_iter()
+        .filter(|d| d.item.key.starts_with(&prefix))
+        .collect();
+    // Keys are numbered per bot from 0; a toast answered in the click takes a number
+    // but is never queued, so look a little past the count.
+    let mut sent = Vec::new();
+    if let crate::store::Fate::Routed { bots, actions, .. } = &entry.fate {
+        for bot in bots {
+            for index in 0..(actions + 2) {
+                let key = format!("{event_id}/{bot}/{index:04}");
+                if let Some(r) = s.store.sent(&key).await.map_err(store_err)? {
+                    sent.push(r);
+                }
+            }
+        }
+    }
+    Ok(Json(json!({
+        "event_id": event_id.to_string(),
+        "pending": pending,
+        "sent": sent,
+        "dead": dead,
+    })))
 }
 
 /// `GET /api/sent?key=<outbox key>`: what a delivered operation produced.

@@ -7,6 +7,7 @@
 mod api;
 mod bot_actions;
 mod conn;
+mod console;
 
 pub use conn::{ConnectionLimits, serve};
 
@@ -76,6 +77,7 @@ pub fn app(shared: Shared) -> Router {
         .route("/hooks/{connector}", post(hook_root))
         .route("/hooks/{connector}/{*sub}", post(hook_sub))
         .nest("/api", api::routes(shared.clone()))
+        .merge(console::routes())
         .with_state(shared.clone());
     for connector in shared.connectors.values() {
         if let Some(routes) = connector.http_routes() {
