@@ -638,7 +638,7 @@ async fn the_proxy_header_counts_only_from_the_proxy() {
 #[test]
 fn dev_mode_is_refused_off_loopback() {
     let err = perch::config::Config::from_str(
-        "[server]\nlisten = \"0.0.0.0:8080\"\nadmin_token = \"t0ken-1234\"\n[auth]\nmode = \"dev\"\n",
+        "[server]\nlisten = \"0.0.0.0:8080\"\nadmin_token = \"t0ken-1234\"\n[auth]\nmode = \"dev\"\n[connectors.web]\nkind = \"local\"\n",
         std::path::Path::new("perch.toml"),
     )
     .unwrap_err()

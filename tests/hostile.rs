@@ -172,15 +172,18 @@ async fn json_at_the_depth_limit_is_stored_and_one_past_is_refused_everywhere() 
         assert_eq!(s, 422, "{hook} card: {body}");
     }
 
-    // Web chat: a card click's arguments.
+    // Web chat: a card click's arguments. A click must name one of the card's own
+    // buttons, so the card carries both depths.
     let web = t.perch().shared.connectors["web"].clone();
+    let button = |depth: usize| json!({ "label": depth.to_string(), "action": { "bot": "echo", "action": "x", "args": nested(depth) } });
+    let card = json!({ "elements": [
+        { "type": "buttons", "buttons": [button(limit), button(limit + 1)] }
+    ] });
     let sent = web
         .execute(
             &Operation::Send {
                 to: Target::chat("general"),
-                body: MessageBody::Text {
-                    text: "card".into(),
-                },
+                body: MessageBody::Card { card },
                 reply_to: None,
             },
             "k/deep/0",

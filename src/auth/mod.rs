@@ -111,14 +111,16 @@ pub enum Role {
 }
 
 impl AuthConfig {
-    /// Every problem with `[auth]` as `(key, message)`; `listen` is where perch binds.
-    pub fn problems(&self, listen: &SocketAddr) -> Vec<(&'static str, String)> {
+    /// Every problem with `[auth]` as `(key, message)`; `listen` is where perch binds,
+    /// `web_chat` whether a `kind = "local"` connector serves the chat (dev mode only
+    /// matters where there is one: the console refuses dev mode once a token is set).
+    pub fn problems(&self, listen: &SocketAddr, web_chat: bool) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         match self.mode {
-            AuthMode::Dev if !listen.ip().is_loopback() => out.push((
+            AuthMode::Dev if web_chat && !listen.ip().is_loopback() => out.push((
                 "mode",
                 format!(
-                    "mode = \"dev\" lets anyone post as anyone, so it needs a loopback listen address (listen = {listen}); use mode = \"local\" or \"proxy\""
+                    "mode = \"dev\" (the default) lets anyone post in the web chat as anyone, so it needs a loopback listen address (listen = {listen}); set [auth] mode = \"local\" or \"proxy\""
                 ),
             )),
             AuthMode::Local if self.users.is_empty() => out.push((
@@ -545,7 +547,17 @@ mod tests {
     #[test]
     fn dev_mode_needs_loopback() {
         let c = AuthConfig::default();
-        assert!(c.problems(&"127.0.0.1:8080".parse().unwrap()).is_empty());
-        assert!(!c.problems(&"0.0.0.0:8080".parse().unwrap()).is_empty());
+        assert!(
+            c.problems(&"127.0.0.1:8080".parse().unwrap(), true)
+                .is_empty()
+        );
+        assert!(
+            !c.problems(&"0.0.0.0:8080".parse().unwrap(), true)
+                .is_empty()
+        );
+        assert!(
+            c.problems(&"0.0.0.0:8080".parse().unwrap(), false)
+                .is_empty()
+        );
     }
 }

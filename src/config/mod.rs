@@ -542,11 +542,18 @@ impl Config {
         }
         self.validate_store(&mut issues);
         self.validate_connection_limits(&mut issues);
-        for (key, message) in self.auth.problems(&self.server.listen) {
-            issues.at(
-                key_offset(&self.source.text, "[auth]", key),
-                format!("auth: {message}"),
-            );
+        let web_chat = self
+            .connectors
+            .values()
+            .any(|c| matches!(c.get_ref(), crate::connectors::ConnectorConfig::Local(_)));
+        for (key, message) in self.auth.problems(&self.server.listen, web_chat) {
+            // Without an [auth] table the default mode is at fault where perch listens.
+            let at = if self.source.text.contains("[auth]") {
+                key_offset(&self.source.text, "[auth]", key)
+            } else {
+                server_at
+            };
+            issues.at(at, format!("auth: {message}"));
         }
         if self
             .server
