@@ -123,7 +123,7 @@ fn author_of(viewer: &Viewer, sent: Option<&str>) -> Result<String, ApiError> {
             )),
             _ => Ok(me.name.clone()),
         },
-        Viewer::Anonymous | Viewer::AdminToken => Err(not_signed_in()),
+        Viewer::Anonymous => Err(not_signed_in()),
     }
 }
 
@@ -138,7 +138,7 @@ fn not_signed_in() -> ApiError {
 fn may_chat(viewer: &Viewer) -> Result<(), ApiError> {
     match viewer {
         Viewer::Dev | Viewer::User(_) => Ok(()),
-        Viewer::Anonymous | Viewer::AdminToken => Err(not_signed_in()),
+        Viewer::Anonymous => Err(not_signed_in()),
     }
 }
 

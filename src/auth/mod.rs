@@ -184,10 +184,8 @@ pub enum Viewer {
     Dev,
     /// Not signed in (or the session ended).
     Anonymous,
-    /// A signed-in person.
+    /// A signed-in person. (Scripts with the admin token are let in by `/api` itself.)
     User(Identity),
-    /// A script with the admin token (`/api` only).
-    AdminToken,
 }
 
 #[derive(Debug, Clone)]

@@ -131,7 +131,7 @@ async fn session(
                 None => body.into_response(),
             })
         }
-        Viewer::Anonymous | Viewer::AdminToken => Err(ApiError::new(
+        Viewer::Anonymous => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             match mode {
                 AuthMode::Proxy => "not signed in: the proxy did not name you (or is not in auth.proxy_addresses)",
@@ -141,21 +141,9 @@ async fn session(
     }
 }
 
-/// For handlers: the signed-in person, or the one-line refusal to answer with.
-pub fn require_user(viewer: &Viewer) -> Result<&super::Identity, ApiError> {
-    match viewer {
-        Viewer::User(i) => Ok(i),
-        _ => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "not signed in (sign in at /login)",
-        )),
-    }
-}
-
 /// For admin pages: a signed-in admin, or the refusal.
 pub fn require_admin(viewer: &Viewer) -> Result<(), ApiError> {
     match viewer {
-        Viewer::AdminToken => Ok(()),
         Viewer::User(i) if i.role == Role::Admin => Ok(()),
         Viewer::User(i) => Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -57,7 +57,7 @@ async fn require_token(
                 true
             }
             Some(Viewer::Dev) | None => s.admin_token.is_none(),
-            Some(Viewer::Anonymous) | Some(Viewer::AdminToken) => false,
+            Some(Viewer::Anonymous) => false,
         };
     if !allowed {
         return Err(ApiError::new(

@@ -34,7 +34,7 @@ async fn page(State(s): State<Shared>, Extension(viewer): Extension<Viewer>) -> 
             "the console needs a signed-in admin: server.admin_token is set, so use [auth] mode = \"local\" or \"proxy\"",
         )
             .into_response(),
-        Viewer::Dev | Viewer::AdminToken => Html(CONSOLE_HTML).into_response(),
+        Viewer::Dev => Html(CONSOLE_HTML).into_response(),
         v => match crate::auth::routes::require_admin(&v) {
             Ok(()) => Html(CONSOLE_HTML).into_response(),
             Err(e) => e.into_response(),
