@@ -75,6 +75,7 @@ pub mod i18n;
 pub mod journal;
 pub mod lanes;
 pub mod outbox;
+pub mod permissions;
 pub(crate) mod router;
 pub mod runtime;
 pub mod scheduler;

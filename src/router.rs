@@ -236,6 +236,8 @@ pub enum Processed {
 /// Runs bots on pending events; one `Processor` per perch.
 pub struct Processor {
     pub router: Router,
+    /// Who may run which commands and press which buttons (`[[permissions]]`).
+    pub permissions: crate::permissions::Permissions,
     pub bots: HashMap<String, Arc<dyn Bot>>,
     pub services: Arc<Services>,
     pub bot_timeout: Duration,
@@ -320,6 +322,25 @@ impl Processor {
                 }
                 continue;
             };
+            // Not allowed: the bot does not run; the person gets the one-line reason,
+            // as a toast for a click, else as a reply (keyed like the bot's own first
+            // action, so a re-run after a crash does not answer twice).
+            if let Some(refusal) = self.permissions.refusal(name, event) {
+                if clicked.is_some() {
+                    answer.toast = Some(crate::action::Toast {
+                        kind: ToastKind::Error,
+                        text: refusal,
+                    });
+                } else if let Some(op) = reply_op(event, MessageBody::text(refusal)) {
+                    items.push(OutboxItem::new(
+                        format!("{id}/{name}/0000"),
+                        event.connector.clone(),
+                        op,
+                        now,
+                    ));
+                }
+                continue;
+            }
             let mut ctx = BotContext::new(name, event, self.services.clone());
             let result =
                 match tokio::time::timeout(self.bot_timeout, bot.handle(event, &mut ctx)).await {

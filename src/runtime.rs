@@ -145,6 +145,7 @@ impl Perch {
             connectors: connector_configs,
             bots: bot_configs,
             routes,
+            permissions,
             schedules,
             source,
             bot_kinds,
@@ -158,6 +159,7 @@ impl Perch {
             connectors: Default::default(),
             bots: Default::default(),
             routes,
+            permissions: Default::default(),
             schedules: Default::default(),
             source,
             bot_kinds: Default::default(),
@@ -230,6 +232,10 @@ impl Perch {
         });
         let processor = Arc::new(Processor {
             router,
+            permissions: crate::permissions::Permissions::new(
+                permissions.into_iter().map(|r| r.into_inner()).collect(),
+                auth_config.groups.clone(),
+            ),
             bots: bots.clone(),
             services,
             bot_timeout: server.bot_timeout,

@@ -565,6 +565,101 @@ async fn the_console_is_for_admins() {
     assert_eq!(ann.get(&t, "/api/events?limit=200").await.0, 200);
 }
 
+/// Post `text` in `general` as the session's person.
+async fn say(t: &TestPerch, s: &Session, text: &str, client_id: &str) {
+    let body = json!({ "text": text, "client_id": client_id });
+    let (status, b) = s.post(t, "/chat/api/rooms/general/messages", &body).await;
+    assert_eq!(status, 200, "{b}");
+}
+
+const PERMISSIONS: &str = r#"
+[auth.groups]
+ops = ["ann"]
+
+[[permissions]]
+bot = "echo"
+command = "deploy"
+allow = ["group:ops"]
+
+[[permissions]]
+bot = "echo"
+action = "done"
+allow = ["ann"]
+"#;
+
+#[tokio::test]
+async fn permissions_refuse_commands_and_buttons_in_one_line() {
+    let t = TestPerch::start(&format!("{}{PERMISSIONS}", local_config(TOKEN))).await;
+    let ann = sign_in(&t, "ann", ANN_PASSWORD).await;
+    let bob = sign_in(&t, "bob", BOB_PASSWORD).await;
+    say(&t, &bob, "@echo deploy now", "b-1").await;
+    let refusal = eventually(10, "bob's refusal", || async {
+        history(&t, &bob, "general")
+            .await
+            .into_iter()
+            .find(|m| m["from_bot"] == true)
+    })
+    .await;
+    assert_eq!(
+        refusal["body"]["text"],
+        "Sorry, you may not run `deploy` of @echo."
+    );
+    // ann is in `ops`: echo answers her.
+    say(&t, &ann, "@echo deploy now", "a-1").await;
+    eventually(10, "echo answers ann", || async {
+        let bot_msgs: Vec<Value> = history(&t, &ann, "general")
+            .await
+            .into_iter()
+            .filter(|m| m["from_bot"] == true)
+            .collect();
+        (bot_msgs.len() == 2).then_some(())
+    })
+    .await;
+    let all = history(&t, &ann, "general").await;
+    assert_eq!(
+        all.iter().filter(|m| m["from_bot"] == true).count(),
+        2,
+        "one refusal, one echo: {all:?}"
+    );
+    // Other commands are not guarded.
+    say(&t, &bob, "@echo hello", "b-2").await;
+
+    // The Done button: bob gets a toast and nothing else; ann may press it.
+    let message_id = card_with_done_button(&t, Target::chat("general")).await;
+    let click = |id: &str| json!({ "message_id": message_id, "action": { "bot": "echo", "action": "done", "args": { "id": 7 } }, "client_id": id });
+    let (status, body) = bob
+        .post(&t, "/chat/api/rooms/general/actions", &click("bc-1"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["toast"]["text"],
+        "Sorry, you may not press this button."
+    );
+    let (_, body) = ann
+        .post(&t, "/chat/api/rooms/general/actions", &click("ac-1"))
+        .await;
+    assert_ne!(
+        body["toast"]["text"],
+        "Sorry, you may not press this button."
+    );
+
+    // A rule naming an unknown group is refused at start.
+    let err = perch::config::Config::from_str(
+        &format!(
+            "{}{}",
+            local_config(TOKEN),
+            PERMISSIONS.replace("group:ops", "group:nope")
+        ),
+        std::path::Path::new("perch.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("names group `nope`, which is not in [auth.groups]"),
+        "{err}"
+    );
+}
+
 fn proxy_config(proxies: &str) -> String {
     format!(
         r#"

@@ -64,6 +64,8 @@ pub struct AuthConfig {
     pub proxy_addresses: Vec<IpAddr>,
     /// The header the proxy names the signed-in person in.
     pub proxy_header: String,
+    /// Groups of people by name, for `[[permissions]]` (`allow = ["group:ops"]`).
+    pub groups: BTreeMap<String, Vec<String>>,
     /// Add `Secure` to the session cookie: set it when people reach perch over HTTPS
     /// (through a proxy), so the cookie never travels in clear.
     pub secure_cookie: bool,
@@ -77,6 +79,7 @@ impl Default for AuthConfig {
             users: BTreeMap::new(),
             proxy_addresses: Vec::new(),
             proxy_header: "X-Forwarded-User".into(),
+            groups: BTreeMap::new(),
             secure_cookie: false,
         }
     }

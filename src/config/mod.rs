@@ -51,6 +51,10 @@ pub struct Config {
     /// Routes, in order: `[[routes]]`.
     #[serde(default)]
     pub routes: Vec<Spanned<RouteConfig>>,
+    /// Who may run which bot's commands and press its buttons: `[[permissions]]`
+    /// (`crate::permissions`).
+    #[serde(default)]
+    pub permissions: Vec<Spanned<crate::permissions::PermissionRule>>,
     /// Scheduled jobs by name: `[schedules.<name>]` with a `cron` and a `timezone`; each
     /// slot fires a tick event (see `crate::scheduler`).
     #[serde(default)]
@@ -554,6 +558,15 @@ impl Config {
                 server_at
             };
             issues.at(at, format!("auth: {message}"));
+        }
+        for rule in &self.permissions {
+            for message in crate::permissions::Permissions::problems(
+                std::slice::from_ref(rule.get_ref()),
+                &self.auth.groups,
+                self.bots.keys(),
+            ) {
+                issues.at(rule.span().start, message);
+            }
         }
         if self
             .server
