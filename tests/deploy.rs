@@ -1,0 +1,333 @@
+//! The ways to run perch for real, checked: the systemd unit (`deploy/perch.service`)
+//! passes `systemd-analyze verify` and keeps its sandbox; the container's config
+//! (`deploy/perch.toml`) passes `perch check` with its secrets, is refused without them,
+//! and serves `/healthz` off loopback with `/api` behind the token; the `Dockerfile`
+//! passes hadolint and stubs every target Cargo.toml declares.
+//!
+//! `systemd-analyze` and `hadolint` are outside tools: where one is missing a test says
+//! so and passes, except under `CI`, where it fails (`.ci/run` installs both).
+
+mod common;
+use common::{ChildPerch, free_port, wait_healthy};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const ADMIN_TOKEN: &str = "deploy-test-admin-token";
+const EVENTS_SECRET: &str = "deploy-test-events-secret";
+
+fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn read_repo_file(path: &str) -> String {
+    std::fs::read_to_string(repo_file(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The outside tool `name` (or the path in `$env_var`), or `None` after saying why the
+/// test is skipped. Under `CI` a missing tool fails the test.
+fn outside_tool(name: &str, env_var: &str) -> Option<PathBuf> {
+    let found = std::env::var_os(env_var).map(PathBuf::from).or_else(|| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(name))
+                .find(|candidate| candidate.is_file())
+        })
+    });
+    match found {
+        Some(path) => Some(path),
+        None if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED (not under CI): `{name}` is not installed (or set {env_var})");
+            None
+        }
+        None => panic!("CI must have `{name}` (.ci/run installs it); set {env_var} or PATH"),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The systemd unit
+
+/// What `systemd-analyze verify` says about `unit_text` saved as `perch.service`: every
+/// line it prints is a finding (it exits 0 on unknown keys and bad values, which it only
+/// warns about and ignores). `Err` when the tool itself failed.
+fn verify_unit(analyze: &Path, unit_text: &str) -> Result<String, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("perch.service");
+    std::fs::write(&unit, unit_text).unwrap();
+    let out = Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(said)
+    } else {
+        Err(format!("exit {}: {said}", out.status))
+    }
+}
+
+/// The shipped unit with its binary path pointed at the perch this test built (verify
+/// checks that ExecStart and ExecStartPre name an executable file).
+fn unit_with_built_binary() -> String {
+    let unit = read_repo_file("deploy/perch.service");
+    assert!(
+        unit.contains("/usr/local/bin/perch"),
+        "the unit runs /usr/local/bin/perch"
+    );
+    unit.replace("/usr/local/bin/perch", env!("CARGO_BIN_EXE_perch"))
+}
+
+#[test]
+fn the_unit_passes_systemd_analyze_verify_without_a_finding() {
+    let Some(analyze) = outside_tool("systemd-analyze", "SYSTEMD_ANALYZE") else {
+        return;
+    };
+    let findings = verify_unit(&analyze, &unit_with_built_binary()).unwrap();
+    assert_eq!(findings.trim(), "", "systemd-analyze verify found problems");
+}
+
+/// The check above can fail: a misspelled key, an unknown syscall group and a missing
+/// binary are each reported.
+#[test]
+fn systemd_analyze_verify_reports_a_broken_unit() {
+    let Some(analyze) = outside_tool("systemd-analyze", "SYSTEMD_ANALYZE") else {
+        return;
+    };
+    let unit = unit_with_built_binary();
+    let misspelled = unit.replace("ProtectSystem=strict", "ProtectSystm=strict");
+    let findings = verify_unit(&analyze, &misspelled).unwrap();
+    assert!(findings.contains("ProtectSystm"), "{findings}");
+
+    let bad_group = unit.replace(
+        "SystemCallFilter=@system-service",
+        "SystemCallFilter=@system-servic",
+    );
+    let findings = verify_unit(&analyze, &bad_group).unwrap();
+    assert!(findings.contains("@system-servic"), "{findings}");
+
+    let no_binary = unit.replace(env!("CARGO_BIN_EXE_perch"), "/nonexistent/perch");
+    let said = match verify_unit(&analyze, &no_binary) {
+        Ok(findings) | Err(findings) => findings,
+    };
+    assert!(said.contains("/nonexistent/perch"), "{said}");
+}
+
+/// The sandbox is the point of the unit: each setting must stay, with its value.
+#[test]
+fn the_unit_keeps_its_sandbox_and_checks_the_config_first() {
+    let unit = read_repo_file("deploy/perch.service");
+    let lines: Vec<&str> = unit.lines().map(str::trim).collect();
+    for setting in [
+        "ExecStartPre=/usr/local/bin/perch check --config /etc/perch/perch.toml",
+        "ExecStart=/usr/local/bin/perch serve --config /etc/perch/perch.toml",
+        "Restart=on-failure",
+        "DynamicUser=yes",
+        "StateDirectory=perch",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "SystemCallFilter=@system-service",
+        "MemoryDenyWriteExecute=yes",
+    ] {
+        assert!(
+            lines.contains(&setting),
+            "deploy/perch.service lacks `{setting}`"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The container's config
+
+/// `deploy/perch.toml` as it is in the image, with the image's paths moved to this
+/// checkout's cards and a temporary data dir, and `listen` on `port` (all interfaces,
+/// as in the container).
+fn container_config(dir: &Path, port: u16) -> PathBuf {
+    let text = read_repo_file("deploy/perch.toml");
+    for image_path in [
+        "listen = \"0.0.0.0:8080\"",
+        "data_dir = \"/data\"",
+        "cards_dir = \"/usr/share/perch/cards\"",
+    ] {
+        assert!(
+            text.contains(image_path),
+            "deploy/perch.toml has {image_path}"
+        );
+    }
+    let text = text
+        .replace("0.0.0.0:8080", &format!("0.0.0.0:{port}"))
+        .replace(
+            "\"/data\"",
+            &format!("\"{}\"", dir.join("data").to_str().unwrap()),
+        )
+        .replace(
+            "\"/usr/share/perch/cards\"",
+            &format!("\"{}\"", repo_file("cards").to_str().unwrap()),
+        );
+    let path = dir.join("perch.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `perch <args>` with the container's secrets set as `env` says (name, value).
+fn perch_with_env(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_perch"));
+    cmd.args(args)
+        .env_remove("PERCH_ADMIN_TOKEN")
+        .env_remove("PERCH_EVENTS_SECRET")
+        .env_remove("PERCH_CONFIG");
+    for (name, value) in env {
+        cmd.env(name, value);
+    }
+    cmd
+}
+
+#[test]
+fn the_container_config_passes_check_with_its_secrets_and_names_each_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = container_config(dir.path(), 8080);
+    let config = config.to_str().unwrap();
+    let secrets = [
+        ("PERCH_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("PERCH_EVENTS_SECRET", EVENTS_SECRET),
+    ];
+
+    let out = perch_with_env(&["check", "--config", config], &secrets)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "perch check failed: {said}");
+    assert!(said.contains("is valid"), "{said}");
+    assert!(!said.contains(ADMIN_TOKEN) && !said.contains(EVENTS_SECRET));
+
+    for (missing, _) in secrets {
+        let others: Vec<_> = secrets
+            .iter()
+            .copied()
+            .filter(|(n, _)| *n != missing)
+            .collect();
+        let out = perch_with_env(&["check", "--config", config], &others)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "check passed without {missing}");
+        assert!(
+            stderr.contains(missing),
+            "the error names {missing}: {stderr}"
+        );
+        assert!(!dir.path().join("data").exists(), "check wrote nothing");
+    }
+}
+
+/// What the image's HEALTHCHECK and a reverse proxy rely on: off loopback, perch serves
+/// `/healthz` to anyone and `/api` only with the admin token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_container_config_serves_healthz_and_guards_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = container_config(dir.path(), port);
+    let _perch = ChildPerch(
+        perch_with_env(
+            &["serve", "--config", config.to_str().unwrap()],
+            &[
+                ("PERCH_ADMIN_TOKEN", ADMIN_TOKEN),
+                ("PERCH_EVENTS_SECRET", EVENTS_SECRET),
+                ("RUST_LOG", "warn"),
+            ],
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("perch starts"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base).await;
+
+    let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), r#"{"status":"ok"}"#);
+
+    let client = reqwest::Client::new();
+    let anonymous = client
+        .get(format!("{base}/api/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let admin = client
+        .get(format!("{base}/api/status"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 200);
+    assert!(dir.path().join("data").is_dir(), "the store is in data_dir");
+}
+
+// ---------------------------------------------------------------------------------
+// The Dockerfile
+
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    let Some(hadolint) = outside_tool("hadolint", "HADOLINT") else {
+        return;
+    };
+    let out = Command::new(hadolint)
+        .arg(repo_file("Dockerfile"))
+        .output()
+        .expect("hadolint runs");
+    assert!(
+        out.status.success(),
+        "hadolint: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The dependency layer builds with stub sources before the real ones are copied: cargo
+/// refuses a manifest whose `[[bench]]` file is missing, so each needs its stub.
+#[test]
+fn the_dockerfile_stubs_every_bench_target_and_copies_what_it_needs() {
+    let dockerfile = read_repo_file("Dockerfile");
+    let manifest: toml::Table = read_repo_file("Cargo.toml").parse().unwrap();
+    let benches = manifest
+        .get("bench")
+        .and_then(|b| b.as_array())
+        .cloned()
+        .unwrap_or_default();
+    for bench in benches {
+        let name = bench["name"].as_str().unwrap();
+        let stub = format!("> benches/{name}.rs");
+        assert!(dockerfile.contains(&stub), "the Dockerfile lacks `{stub}`");
+    }
+    let ignored = read_repo_file(".dockerignore");
+    for needed in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "src",
+        "bots",
+        "connectors",
+        "cards",
+        "benches",
+        "deploy",
+    ] {
+        assert!(repo_file(needed).exists(), "{needed} exists");
+        assert!(
+            !ignored
+                .lines()
+                .any(|l| l.trim().trim_end_matches('/') == needed),
+            ".dockerignore leaves out {needed}, which the build needs"
+        );
+    }
+    assert!(
+        ignored.lines().any(|l| l.trim() == ".env"),
+        ".env (secrets) stays out of the build context"
+    );
+}
