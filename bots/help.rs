@@ -38,7 +38,11 @@ impl Bot for Help {
             text.push_str(intro);
             text.push_str("\n\n");
         }
-        text.push_str("**Commands here**\n");
+        let locale = ctx.locale();
+        text.push_str(&format!(
+            "**{}**\n",
+            rust_i18n::t!("help.commands_here", locale = locale)
+        ));
         let mut any = false;
         for bot in ctx.services().directory.reachable_from(&event.connector) {
             if bot.name == ctx.bot {
@@ -51,13 +55,16 @@ impl Bot for Help {
             if bot.commands.is_empty() {
                 any = true;
                 text.push_str(&format!(
-                    "- `{}` ({}) — reacts to events, no commands\n",
-                    bot.name, bot.kind
+                    "- `{}` ({}) — {}\n",
+                    bot.name,
+                    bot.kind,
+                    rust_i18n::t!("help.no_commands", locale = locale)
                 ));
             }
         }
         if !any {
-            text.push_str("(no bots are routed from this chat yet)\n");
+            text.push_str(&rust_i18n::t!("help.nobody_routed", locale = locale));
+            text.push('\n');
         }
         Ok(vec![Action::reply(crate::action::MessageBody::markdown(
             text,

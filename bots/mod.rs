@@ -298,10 +298,17 @@ impl BotContext {
         template: &str,
         data: &serde_json::Value,
     ) -> Result<crate::action::MessageBody, BotError> {
+        // Templates write labels as `{{tr "card.due"}}`, in the language of this answer.
+        let mut data = data.clone();
+        if let Some(fields) = data.as_object_mut() {
+            fields
+                .entry("_locale")
+                .or_insert_with(|| serde_json::Value::String(self.locale().to_string()));
+        }
         let card = self
             .services
             .cards
-            .render_card(template, data)
+            .render_card(template, &data)
             .map_err(|e| {
                 BotError::Template(format!("bot `{}`, card `{template}`: {e}", self.bot))
             })?;

@@ -23,6 +23,7 @@ use super::text_template::{Escape, TextTemplates};
 use super::*;
 use crate::cards::markdown as md;
 use crate::connectors::DataRequest;
+use rust_i18n::t;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Deserialize)]
@@ -242,15 +243,19 @@ impl Query {
         cmd: &Command,
         given: &[String],
         mention: &str,
+        locale: &str,
     ) -> Result<serde_json::Map<String, serde_json::Value>, BotError> {
         let usage = || {
-            format!(
-                "Usage: @{mention} {}",
+            let line = format!(
+                "@{mention} {}",
                 Self::usage(word, &cmd.config).trim_start_matches("@bot ")
-            )
+            );
+            t!("query.usage", locale = locale, usage = md::code(&line)).into_owned()
         };
         if given.len() > cmd.config.args.len() {
-            return Err(BotError::User(format!("Too many arguments. {}", usage())));
+            return Err(BotError::User(
+                t!("query.too_many", locale = locale, usage = usage()).into_owned(),
+            ));
         }
         let mut named = serde_json::Map::new();
         let mut positional = Vec::new();
@@ -258,20 +263,28 @@ impl Query {
             let value = match given.get(i).cloned().or_else(|| spec.default.clone()) {
                 Some(v) => v,
                 None => {
-                    return Err(BotError::User(format!(
-                        "Missing <{}>. {}",
-                        spec.name,
-                        usage()
-                    )));
+                    return Err(BotError::User(
+                        t!(
+                            "query.missing",
+                            locale = locale,
+                            what = md::code(&format!("<{}>", spec.name)),
+                            usage = usage()
+                        )
+                        .into_owned(),
+                    ));
                 }
             };
             if pattern.as_ref().is_some_and(|p| !p.is_match(&value)) {
-                return Err(BotError::User(format!(
-                    "{} is not a valid {}. {}",
-                    md::code(&value),
-                    spec.name,
-                    usage()
-                )));
+                return Err(BotError::User(
+                    t!(
+                        "query.not_valid",
+                        locale = locale,
+                        value = md::code(&value),
+                        what = md::escape(&spec.name),
+                        usage = usage()
+                    )
+                    .into_owned(),
+                ));
             }
             positional.push(serde_json::Value::String(value.clone()));
             named.insert(spec.name.clone(), serde_json::Value::String(value));
@@ -356,8 +369,16 @@ impl Bot for Query {
     }
 
     async fn handle(&self, _event: &Event, ctx: &mut BotContext) -> Result<Vec<Action>, BotError> {
+        let locale = ctx.locale();
         let Some(parsed) = ctx.command.clone() else {
-            return Err(BotError::User("Ask me a command, e.g. `@bot help`.".into()));
+            return Err(BotError::User(
+                t!(
+                    "query.ask_a_command",
+                    locale = locale,
+                    example = md::code(&format!("@{} help", ctx.bot))
+                )
+                .into_owned(),
+            ));
         };
         // The bot named with nothing after it: say what it answers, not "I don't know ``".
         if parsed.name.is_empty() {
@@ -376,26 +397,36 @@ impl Bot for Query {
                 })
                 .collect();
             return Err(BotError::User(format!(
-                "Ask me one of these:\n{}",
+                "{}\n{}",
+                t!("query.ask_one_of", locale = locale),
                 lines.join("\n")
             )));
         }
         let Some(cmd) = self.commands.get(&parsed.name) else {
             let known: Vec<&str> = self.commands.keys().map(String::as_str).collect();
             let hint = crate::command::nearest(&parsed.name, known.iter().copied())
-                .map(|n| format!(" Did you mean `{n}`?"))
+                .map(|n| t!("query.did_you_mean", locale = locale, near = md::code(n)).into_owned())
                 .unwrap_or_default();
-            return Err(BotError::User(format!(
-                "I don't know {}.{hint} I know: {}.",
-                md::code(&parsed.name),
-                known.join(", ")
-            )));
+            return Err(BotError::User(
+                t!(
+                    "query.unknown",
+                    locale = locale,
+                    what = md::code(&parsed.name),
+                    hint = hint,
+                    known = known
+                        .iter()
+                        .map(|k| md::code(k))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+                .into_owned(),
+            ));
         };
         let mention = parsed
             .addressed_to
             .clone()
             .unwrap_or_else(|| "bot".to_string());
-        let args = self.bind(&parsed.name, cmd, &parsed.args, &mention)?;
+        let args = self.bind(&parsed.name, cmd, &parsed.args, &mention, locale)?;
         let path = self.paths.render(&parsed.name, &args)?;
         let req = DataRequest::from_rendered(&path);
         let started = std::time::Instant::now();
@@ -403,10 +434,15 @@ impl Bot for Query {
         let took_ms = started.elapsed().as_millis() as u64;
         let result = match &cmd.config.pointer {
             Some(p) => answer.pointer(p).cloned().ok_or_else(|| {
-                BotError::User(format!(
-                    "The answer for {} has no {p}: the data source may have changed.",
-                    md::code(&parsed.name)
-                ))
+                BotError::User(
+                    t!(
+                        "query.no_field",
+                        locale = locale,
+                        what = md::code(&parsed.name),
+                        field = md::code(p)
+                    )
+                    .into_owned(),
+                )
             })?,
             None => answer,
         };

@@ -57,6 +57,7 @@ use crate::cards::markdown as md;
 use crate::event::EventKind;
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
+use rust_i18n::t;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -487,6 +488,10 @@ pub struct Item {
     pub done_by: Option<String>,
     #[serde(default)]
     pub done_at: Option<DateTime<Utc>>,
+    /// The `once` keys of every card sent for this item (reminders and escalation
+    /// copies), so a change made on one copy (Done, Snooze, a new owner) updates them all.
+    #[serde(default)]
+    pub copies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -522,7 +527,17 @@ impl Item {
             snoozed_by: None,
             done_by: None,
             done_at: None,
+            copies: Vec::new(),
         }
+    }
+
+    /// Remember a card sent under `once` key `key`; true if it is new.
+    fn add_copy(&mut self, key: &str) -> bool {
+        if self.copies.iter().any(|k| k == key) {
+            return false;
+        }
+        self.copies.push(key.to_string());
+        true
     }
 
     fn owner_display(&self) -> &str {
@@ -617,6 +632,41 @@ impl Reminders {
         ctx.card(&self.config.template, &data)
     }
 
+    /// An update of every delivered copy of the item's card (reminders and escalation
+    /// copies) to its current state, except the message `skip` (the clicked card, which
+    /// the click's own answer updates). A copy still queued was rendered before the
+    /// change and is left as it is.
+    async fn update_copies(
+        &self,
+        ctx: &BotContext,
+        item: &Item,
+        now: DateTime<Utc>,
+        skip: Option<&str>,
+    ) -> Result<Vec<Action>, BotError> {
+        let mut out = Vec::new();
+        for once in &item.copies {
+            let key = format!("once/{}/{once}", self.name);
+            let sent = ctx
+                .services()
+                .store
+                .sent(&key)
+                .await
+                .map_err(|e| BotError::Other(format!("reading sent card {key}: {e}")))?;
+            let Some(message_id) = sent.and_then(|s| s.delivered.id) else {
+                continue;
+            };
+            if skip == Some(message_id.as_str()) {
+                continue;
+            }
+            out.push(Action::Update {
+                connector: Some(item.connector.clone()),
+                message_id,
+                body: self.card(ctx, item, now, once.ends_with("/escalate"))?,
+            });
+        }
+        Ok(out)
+    }
+
     fn may_press(&self, item: &Item, who: &str) -> bool {
         item.owner == who || self.config.admins.iter().any(|a| a == who)
     }
@@ -685,17 +735,15 @@ impl Reminders {
             };
             if let Some(step) = step {
                 let body = self.card(ctx, &item, now, false)?;
+                let once = format!("{}/{}/{step}", item.id, item.due.timestamp());
+                changed |= item.add_copy(&once);
                 out.push(
                     Action::Send {
                         connector: Some(item.connector.clone()),
                         to: item.target(),
                         body,
                     }
-                    .once(format!(
-                        "{}/{}/{step}",
-                        item.id,
-                        item.due.timestamp()
-                    )),
+                    .once(once),
                 );
             }
             // Escalation, once, on an allowed moment.
@@ -722,17 +770,15 @@ impl Reminders {
                     changed = true;
                 }
                 let body = self.card(ctx, &item, now, true)?;
+                let once = format!("{}/{}/escalate", item.id, item.due.timestamp());
+                changed |= item.add_copy(&once);
                 out.push(
                     Action::Send {
                         connector: Some(item.connector.clone()),
                         to: parse_target(&target),
                         body,
                     }
-                    .once(format!(
-                        "{}/{}/escalate",
-                        item.id,
-                        item.due.timestamp()
-                    )),
+                    .once(once),
                 );
             }
             if changed {
@@ -892,34 +938,48 @@ impl Reminders {
                     )));
                 };
                 let key = Self::key(id);
+                let locale = ctx.locale();
                 let Some(mut item) = ctx.state_get::<Item>(&key).await? else {
-                    return Err(BotError::User(format!(
-                        "There is no {noun} {}.",
-                        md::code(id)
-                    )));
+                    return Err(BotError::User(
+                        t!(
+                            "reminders.no_such",
+                            locale = locale,
+                            noun = noun,
+                            id = md::code(id)
+                        )
+                        .into_owned(),
+                    ));
                 };
                 if !self.may_press(&item, &who) {
-                    return Err(BotError::User(format!(
-                        "Only {} (the owner) can change {noun} {}.",
-                        md::escape(&item.owner_display()),
-                        md::code(id)
-                    )));
+                    return Err(BotError::User(
+                        t!(
+                            "reminders.only_owner",
+                            locale = locale,
+                            owner = md::escape(&item.owner_display()),
+                            noun = noun,
+                            id = md::code(id)
+                        )
+                        .into_owned(),
+                    ));
                 }
                 let text = match cmd.name.as_str() {
                     "done" => {
                         if !item.is_open() {
-                            return Ok(vec![Action::reply_markdown(format!(
-                                "{} was already done.",
-                                md::code(id)
+                            return Ok(vec![Action::reply_markdown(t!(
+                                "reminders.already_done",
+                                locale = locale,
+                                id = md::code(id)
                             ))]);
                         }
                         item.done_by = Some(who_name);
                         item.done_at = Some(now);
-                        format!(
-                            "Done: {} {}. No more reminders.",
-                            md::code(id),
-                            md::escape(&item.title)
+                        t!(
+                            "reminders.done",
+                            locale = locale,
+                            id = md::code(id),
+                            title = md::escape(&item.title)
                         )
+                        .into_owned()
                     }
                     "snooze" => {
                         let days = match cmd.args.get(1) {
@@ -931,7 +991,13 @@ impl Reminders {
                         let until = self.snooze_until(now, days);
                         item.snoozed_until = Some(until);
                         item.snoozed_by = Some(who_name);
-                        format!("Snoozed {} until {}.", md::code(id), self.due_text(until))
+                        t!(
+                            "reminders.snoozed",
+                            locale = locale,
+                            id = md::code(id),
+                            until = self.due_text(until)
+                        )
+                        .into_owned()
                     }
                     _ => {
                         let Some(new_owner) = cmd.people.first() else {
@@ -941,16 +1007,28 @@ impl Reminders {
                         };
                         item.owner = new_owner.id.clone();
                         item.owner_name = new_owner.name.clone();
-                        format!(
-                            "{} {} is now {}'s.",
-                            md::code(id),
-                            md::escape(&item.title),
-                            md::escape(&item.owner_display())
+                        t!(
+                            "reminders.reassigned",
+                            locale = locale,
+                            id = md::code(id),
+                            title = md::escape(&item.title),
+                            owner = md::escape(&item.owner_display())
                         )
+                        .into_owned()
                     }
                 };
                 ctx.state_put(&key, &item).await?;
-                Ok(vec![Action::reply_markdown(text)])
+                let mut actions = vec![Action::reply_markdown(text)];
+                actions.extend(self.update_copies(ctx, &item, now, None).await?);
+                if cmd.name == "reassign" && item.is_open() {
+                    // The new owner hears it from the bot, with the card to act on.
+                    actions.push(Action::Send {
+                        connector: Some(item.connector.clone()),
+                        to: crate::action::Target::person(item.owner.clone()),
+                        body: self.card(ctx, &item, now, false)?,
+                    });
+                }
+                Ok(actions)
             }
             _ => Err(BotError::User(self.usage())),
         }
@@ -1028,12 +1106,13 @@ impl Reminders {
             ..Item::new(&id, owner, due, self.connector_for(event), now)
         };
         ctx.state_put(&Self::key(&id), &item).await?;
-        Ok(vec![Action::reply_markdown(format!(
-            "OK: I'll remind {} about “{}” on {} ({}).",
-            md::escape(&item.owner_display()),
-            md::escape(&item.title),
-            self.due_text(due),
-            md::code(&id)
+        Ok(vec![Action::reply_markdown(t!(
+            "reminders.created",
+            locale = ctx.locale(),
+            owner = md::escape(&item.owner_display()),
+            title = md::escape(&item.title),
+            due = self.due_text(due),
+            id = md::code(&id)
         ))])
     }
 
@@ -1050,20 +1129,34 @@ impl Reminders {
             .collect();
         open.sort_by(|a, b| a.due.cmp(&b.due).then_with(|| a.id.cmp(&b.id)));
         let noun = &self.config.noun;
+        let locale = ctx.locale();
         if open.is_empty() {
-            return Ok(vec![Action::reply_text(format!("No open {noun}s here."))]);
+            return Ok(vec![Action::reply_markdown(t!(
+                "reminders.none_open",
+                locale = locale,
+                noun = noun
+            ))]);
         }
-        let mut text = format!("**Open {noun}s ({})**", open.len());
+        let mut text = format!(
+            "**{} ({})**",
+            t!("reminders.open_items", locale = locale, noun = noun).trim_end_matches([':', '：']),
+            open.len()
+        );
         for item in &open {
             let days = (self.rules.local_day(item.due) - self.rules.local_day(now)).num_days();
+            let plural = |n: i64| if n == 1 { "one" } else { "other" };
             let when = match days {
-                d if d < 0 => format!(
-                    "**overdue** by {} day{}",
-                    -d,
-                    if d == -1 { "" } else { "s" }
+                d if d < 0 => t!(
+                    &format!("reminders.overdue_days.{}", plural(-d)),
+                    locale = locale,
+                    count = -d
                 ),
-                0 => "due today".to_string(),
-                d => format!("in {d} day{}", if d == 1 { "" } else { "s" }),
+                0 => t!("reminders.due_today", locale = locale),
+                d => t!(
+                    &format!("reminders.in_days.{}", plural(d)),
+                    locale = locale,
+                    count = d
+                ),
             };
             text.push_str(&format!(
                 "\n- {} {} — {} — {} ({when})",
@@ -1083,13 +1176,14 @@ impl Reminders {
             return Ok(Vec::new());
         };
         let noun = &self.config.noun;
+        let locale = ctx.locale();
         let id = match &click.args["id"] {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
             _ => {
                 return Ok(vec![Action::toast(
                     ToastKind::Error,
-                    "This button has no item id.",
+                    t!("reminders.button_no_id", locale = locale),
                 )]);
             }
         };
@@ -1097,7 +1191,7 @@ impl Reminders {
         let Some(mut item) = ctx.state_get::<Item>(&key).await? else {
             return Ok(vec![Action::toast(
                 ToastKind::Warning,
-                format!("This {noun} no longer exists."),
+                t!("reminders.gone", locale = locale, noun = noun),
             )]);
         };
         let who = event
@@ -1113,9 +1207,10 @@ impl Reminders {
         if !self.may_press(&item, &who) {
             return Ok(vec![Action::toast(
                 ToastKind::Warning,
-                format!(
-                    "Sorry, only {} (the owner) can do that.",
-                    item.owner_display()
+                t!(
+                    "reminders.owner_only_toast",
+                    locale = locale,
+                    owner = item.owner_display()
                 ),
             )]);
         }
@@ -1124,20 +1219,25 @@ impl Reminders {
         let toast = match click.action.as_str() {
             "done" if !item.is_open() => Action::toast(
                 ToastKind::Info,
-                format!(
-                    "Already done by {}.",
-                    item.done_by.as_deref().unwrap_or("someone")
+                t!(
+                    "reminders.already_done_by",
+                    locale = locale,
+                    who = item.done_by.as_deref().unwrap_or("?")
                 ),
             ),
             "done" => {
                 item.done_by = Some(who_name);
                 item.done_at = Some(now);
                 ctx.state_put(&key, &item).await?;
-                Action::toast(ToastKind::Success, "Done. No more reminders.")
+                Action::toast(
+                    ToastKind::Success,
+                    t!("reminders.done_toast", locale = locale),
+                )
             }
-            "snooze" if !item.is_open() => {
-                Action::toast(ToastKind::Info, format!("This {noun} is already done."))
-            }
+            "snooze" if !item.is_open() => Action::toast(
+                ToastKind::Info,
+                t!("reminders.already_done_toast", locale = locale, noun = noun),
+            ),
             "snooze" => {
                 let days = click.args["days"].as_u64().unwrap_or(1).clamp(1, 365) as u32;
                 let until = self.snooze_until(now, days);
@@ -1146,26 +1246,39 @@ impl Reminders {
                 ctx.state_put(&key, &item).await?;
                 Action::toast(
                     ToastKind::Success,
-                    format!("Snoozed until {}.", self.due_text(until)),
+                    t!(
+                        "reminders.snoozed_toast",
+                        locale = locale,
+                        until = self.due_text(until)
+                    ),
                 )
             }
             "reassign" => {
                 return Ok(vec![Action::toast(
                     ToastKind::Info,
-                    format!(
-                        "To hand it over, say `@{} reassign {id} @someone`.",
-                        self.name
+                    t!(
+                        "reminders.reassign_how",
+                        locale = locale,
+                        command = format!("@{} reassign {id} @someone", self.name)
                     ),
                 )]);
             }
             other => {
                 return Ok(vec![Action::toast(
                     ToastKind::Error,
-                    format!("Unknown button {other:?}."),
+                    t!(
+                        "reminders.unknown_button",
+                        locale = locale,
+                        button = format!("{other:?}")
+                    ),
                 )]);
             }
         };
         let mut actions = vec![toast];
+        actions.extend(
+            self.update_copies(ctx, &item, now, message_id.as_deref())
+                .await?,
+        );
         if let Some(message_id) = message_id {
             actions.push(Action::Update {
                 connector: None,

@@ -3,7 +3,7 @@
 //!
 //! The texts live in `locales/<locale>.toml` and are compiled in by `rust-i18n` (the
 //! `i18n!` call in `lib.rs`); code asks for one with `t!("area.key", locale = …)`, and
-//! card templates with `{{t "area.key"}}` (the card's data carries `_locale`). A key
+//! card templates with `{{tr "area.key"}}` (the card's data carries `_locale`). A key
 //! missing from `zh-CN` falls back to `en`; a test checks both files have the same keys.
 //!
 //! Which language: a bot's own `locale`, else the locale of the connector the event came

@@ -20,6 +20,7 @@
 
 use crate::action::{Action, ClickAnswer, MessageBody, Operation, Target, ToastKind};
 use crate::bots::{Bot, BotContext, BotError, Services};
+use crate::cards::markdown as md;
 use crate::config::{Config, RouteConfig};
 use crate::event::{Event, EventId, EventKind};
 use crate::lanes::Lanes;
@@ -27,6 +28,7 @@ use crate::store::{BotFailure, Fate, OutboxItem, StoreError};
 use crate::telemetry;
 use globset::GlobMatcher;
 use regex::Regex;
+use rust_i18n::t;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -315,9 +317,12 @@ impl Processor {
                 if clicked.is_some() {
                     answer.toast = Some(crate::action::Toast {
                         kind: ToastKind::Warning,
-                        text: format!(
-                            "This button belongs to `{name}`, which is not running any more."
-                        ),
+                        text: t!(
+                            "router.button_gone",
+                            locale = self.services.locales.pick(None, &event.connector),
+                            bot = name
+                        )
+                        .into_owned(),
                     });
                 }
                 continue;
@@ -359,7 +364,8 @@ impl Processor {
                         bot: name.clone(),
                         error: e.to_string(),
                     });
-                    apology(name, event, &e).into_iter().collect()
+                    let locale = self.services.locales.pick(Some(name), &event.connector);
+                    apology(name, event, &e, locale).into_iter().collect()
                 }
             };
             for (index, action) in actions.into_iter().enumerate() {
@@ -467,10 +473,16 @@ impl Processor {
         {
             // A bot that takes no commands (it reacts to events): say so, not "I don't
             // know" with a guess at another bot's command.
-            let text = format!(
-                "`@{}` does not take commands: it is a `{}` bot that reacts to events. Say `@help` for the bots you can ask.",
-                bot.name, bot.kind
-            );
+            let text = t!(
+                "router.no_commands",
+                locale = self
+                    .services
+                    .locales
+                    .pick(Some(&bot.name), &event.connector),
+                bot = md::code(&format!("@{}", bot.name)),
+                kind = md::code(bot.kind)
+            )
+            .into_owned();
             return Some((bot.name.clone(), MessageBody::markdown(text)));
         }
         let author = mentioned.map_or_else(|| "router".to_string(), |b| b.name.clone());
@@ -486,48 +498,54 @@ impl Processor {
             .chain(self.router.commands_on(&event.connector))
             .filter(|n| !n.starts_with('<'))
             .collect();
+        let locale = self.services.locales.pick(None, &event.connector);
         // Nothing after the mention: say what can be asked, not "I don't know".
         if cmd.name.is_empty() {
             let mut names: Vec<&str> = known.clone();
             names.sort_unstable();
             names.dedup();
             let text = if names.is_empty() {
-                "Say `@help` for what I can do.".to_string()
+                t!("router.say_help", locale = locale).into_owned()
             } else {
-                format!(
-                    "Ask me one of these: {}. Say `@help` for what each does.",
-                    names
-                        .iter()
-                        .map(|n| format!("`{n}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+                let names = names
+                    .iter()
+                    .map(|n| md::code(n))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                t!("router.ask_one_of", locale = locale, names = names).into_owned()
             };
             return Some(MessageBody::markdown(text));
         }
-        let what = crate::cards::markdown::code(&cmd.name);
+        let what = md::code(&cmd.name);
         let hint = match crate::command::nearest(&cmd.name, known.iter().copied()) {
-            Some(near) => {
-                format!("I don't know {what}. Did you mean `{near}`? Say `@help` for the list.")
-            }
-            None => format!("I don't know {what}. Say `@help` for what I can do."),
-        };
+            Some(near) => t!(
+                "router.unknown_command_near",
+                locale = locale,
+                what = what,
+                near = md::code(near)
+            ),
+            None => t!("router.unknown_command", locale = locale, what = what),
+        }
+        .into_owned();
         Some(MessageBody::markdown(hint))
     }
 }
 
 /// The friendly answer to a person whose request made a bot fail.
-fn apology(bot: &str, event: &Event, e: &BotError) -> Option<Action> {
+fn apology(bot: &str, event: &Event, e: &BotError, locale: &str) -> Option<Action> {
     if event.kind != EventKind::Message && event.kind != EventKind::CardAction {
         return None;
     }
     let text = match e {
         BotError::User(msg) => msg.clone(),
-        BotError::Source(e) => format!("Sorry, I could not get the data: {e}."),
-        _ => format!(
-            "Sorry, `{bot}` could not handle that. The team can find what went wrong under event {}.",
-            event.id
-        ),
+        BotError::Source(e) => t!("router.no_data", locale = locale, error = e).into_owned(),
+        _ => t!(
+            "router.failed",
+            locale = locale,
+            bot = md::code(bot),
+            event = event.id
+        )
+        .into_owned(),
     };
     // A click is answered where it happened, not with a message to the whole chat; a
     // toast is plain text everywhere.

@@ -180,13 +180,13 @@ async fn query_answers_and_explains_bad_arguments_and_failures() {
     let o = wait_ops(&w, 3).await;
     assert_eq!(
         text(&o[2]),
-        "`12345` is not a valid serial. Usage: @bot ct <serial: SN\\d+>"
+        "`12345` is not a valid serial. Usage: `@bot ct <serial: SN\\d+>`"
     );
 
     j.accept(vec![say("@bot ct", "q4")]).await.unwrap();
     let o = wait_ops(&w, 4).await;
     assert!(
-        text(&o[3]).starts_with("Missing <serial>. Usage: @bot ct"),
+        text(&o[3]).starts_with("Missing `<serial>`. Usage: `@bot ct"),
         "{}",
         text(&o[3])
     );
@@ -194,7 +194,7 @@ async fn query_answers_and_explains_bad_arguments_and_failures() {
     j.accept(vec![say("@bot gmv 2026-13", "q5")]).await.unwrap();
     let o = wait_ops(&w, 5).await;
     assert!(
-        text(&o[4]).contains("Usage: @bot gmv [day: 今天|昨天|YYYY-MM-DD]"),
+        text(&o[4]).contains("Usage: `@bot gmv [day: 今天|昨天|YYYY-MM-DD]`"),
         "{}",
         text(&o[4])
     );

@@ -256,6 +256,47 @@ bots = ["tasks"]
     assert!(!html.contains("<b>") && !html.contains("<em>"), "{html}");
 }
 
+/// The connector's `locale` picks the language of built-in texts; a bot's own wins.
+#[tokio::test]
+async fn built_in_texts_follow_the_connector_or_the_bots_locale() {
+    let config = CONFIG.replace(
+        "title = \"Acme <chat>\"",
+        "title = \"Acme <chat>\"\nlocale = \"zh-CN\"",
+    );
+    let config = format!(
+        r#"{config}
+[bots.tasks]
+kind = "reminders"
+timezone = "UTC"
+
+[bots.tasks_en]
+kind = "reminders"
+timezone = "UTC"
+locale = "en"
+
+[[routes]]
+connector = "web"
+mention = "tasks"
+bots = ["tasks"]
+
+[[routes]]
+connector = "web"
+mention = "tasks_en"
+bots = ["tasks_en"]
+"#
+    );
+    let t = TestPerch::start(&config).await;
+    say(&t, "general", "ann", "@tasks done r-nope", "c-zh").await;
+    let zh = reply_from(&t, "general", "tasks").await;
+    assert_eq!(
+        zh["body"]["text"], "没有编号为 `r-nope` 的reminder。",
+        "{zh}"
+    );
+    say(&t, "general", "ann", "@tasks_en done r-nope", "c-en").await;
+    let en = reply_from(&t, "general", "tasks_en").await;
+    assert_eq!(en["body"]["text"], "There is no reminder `r-nope`.", "{en}");
+}
+
 #[tokio::test]
 async fn a_double_submit_is_one_message_and_one_event() {
     let t = TestPerch::start(CONFIG).await;
@@ -814,5 +855,89 @@ bots = ["tasks"]
             .count(),
         1,
         "replaced in place, not sent again"
+    );
+}
+
+/// Done on one copy of a reminder card (here by command) turns every copy into a done
+/// card: the reminder and the escalation copy (both sent to this room here).
+#[tokio::test]
+async fn done_updates_every_copy_of_the_card() {
+    let config = format!(
+        r#"{CONFIG}
+[bots.tasks]
+kind = "reminders"
+timezone = "UTC"
+escalate_after_days = 1
+escalate_to = "general"
+
+[[routes]]
+connector = "web"
+mention = "tasks"
+bots = ["tasks"]
+
+[[routes]]
+kind = "tick"
+bots = ["tasks"]
+"#
+    );
+    let t = TestPerch::start(&config).await;
+    say(
+        &t,
+        "general",
+        "ann",
+        "@tasks remind me in 2 hours call the supplier",
+        "c-1",
+    )
+    .await;
+    let ok = reply_from(&t, "general", "tasks").await;
+    let text = ok["body"]["text"].as_str().unwrap().to_string();
+    let id = text
+        .rsplit('`')
+        .nth(1)
+        .expect("the item id in backticks")
+        .to_string();
+    let slot = chrono::Utc::now() + chrono::Duration::days(3);
+    t.perch()
+        .shared
+        .journal
+        .accept(vec![tick("reminders", &slot.to_rfc3339())])
+        .await
+        .unwrap();
+    let titles = || async {
+        let mut titles: Vec<String> = messages(&t, "general")
+            .await
+            .into_iter()
+            .filter(|m| m["body"]["type"] == "card")
+            .map(|m| {
+                m["body"]["card"]["header"]["title"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect();
+        titles.sort();
+        titles
+    };
+    let before = eventually(10, "the reminder and its escalation copy", || async {
+        Some(titles().await).filter(|t| t.len() == 2)
+    })
+    .await;
+    assert_eq!(
+        before,
+        [
+            "Escalated: call the supplier",
+            "Reminder: call the supplier"
+        ]
+    );
+
+    say(&t, "general", "ann", &format!("@tasks done {id}"), "c-2").await;
+    eventually(10, "every copy shows done", || async {
+        Some(titles().await).filter(|t| t.iter().all(|t| t == "Done: call the supplier"))
+    })
+    .await;
+    assert_eq!(
+        titles().await.len(),
+        2,
+        "updated in place, nothing sent again"
     );
 }

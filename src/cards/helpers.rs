@@ -73,6 +73,7 @@ pub fn register(hb: &mut Handlebars<'static>) {
         Box::new(ValueHelper("percent_change", percent_change)),
     );
     hb.register_helper("default", Box::new(ValueHelper("default", default)));
+    hb.register_helper("tr", Box::new(TranslateHelper));
     hb.register_helper("pluralize", Box::new(ValueHelper("pluralize", pluralize)));
     hb.register_helper("truncate", Box::new(ValueHelper("truncate", truncate)));
     hb.register_helper("abs", Box::new(ValueHelper("abs", abs)));
@@ -128,6 +129,50 @@ impl HelperDef for ValueHelper {
         (self.1)(h, r.strict_mode())
             .map(ScopedJson::Derived)
             .map_err(|m| fail(self.0, m))
+    }
+}
+
+/// `{{tr "card.due"}}`: a built-in text (`locales/`) in the card's language, the data's
+/// `_locale` (set by `BotContext::card`; English without it). Hash arguments fill the
+/// text's `%{name}`s; `count=n` picks the key's `.one` or `.other` form.
+struct TranslateHelper;
+
+impl HelperDef for TranslateHelper {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        r: &'reg Handlebars<'reg>,
+        ctx: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, RenderError> {
+        let key = match param(h, 0, r.strict_mode()).map_err(|m| fail("tr", m))? {
+            Value::String(k) => k.clone(),
+            other => return Err(fail("tr", format!("the key must be text, got {other}"))),
+        };
+        let locale = ctx.data()["_locale"].as_str().unwrap_or("en");
+        let key = match h.hash_get("count").map(|c| c.value()) {
+            Some(n) => format!(
+                "{key}.{}",
+                if as_f64(n) == Some(1.0) {
+                    "one"
+                } else {
+                    "other"
+                }
+            ),
+            None => key,
+        };
+        if crate::_rust_i18n_try_translate("en", &key).is_none() {
+            return Err(fail("tr", format!("no text {key:?} in locales/")));
+        }
+        let mut text = rust_i18n::t!(&key, locale = locale).into_owned();
+        for (name, value) in h.hash() {
+            let shown = match value.value() {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            text = text.replace(&format!("%{{{name}}}"), &shown);
+        }
+        Ok(ScopedJson::Derived(Value::String(text)))
     }
 }
 
@@ -358,6 +403,35 @@ mod tests {
 
     fn r(t: &str, data: Value) -> String {
         hb().render_template(t, &data).unwrap()
+    }
+
+    #[test]
+    fn tr_gives_the_cards_language_with_counts_and_values() {
+        assert_eq!(r("{{tr \"card.due\"}}", json!({})), "Due");
+        assert_eq!(
+            r("{{tr \"card.due\"}}", json!({ "_locale": "zh-CN" })),
+            "截止时间"
+        );
+        assert_eq!(
+            r("{{tr \"card.status_in_days\" count=n}}", json!({ "n": 1 })),
+            "in 1 day"
+        );
+        assert_eq!(
+            r("{{tr \"card.status_in_days\" count=n}}", json!({ "n": 3 })),
+            "in 3 days"
+        );
+        assert_eq!(
+            r(
+                "{{tr \"card.marked_done_by\" who=w}}",
+                json!({ "w": "Ann", "_locale": "zh-CN" })
+            ),
+            "由 Ann 标记完成"
+        );
+        let e = hb()
+            .render_template("{{tr \"card.nope\"}}", &json!({}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no text \"card.nope\""), "{e}");
     }
 
     #[test]
