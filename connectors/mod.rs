@@ -551,7 +551,7 @@ pub struct ConnectorEnv {
 /// Build the connector `name` from its config, behind its rate limits
 /// (`crate::throttle`), so that every outbound call waits on them.
 pub fn build(name: &str, config: ConnectorConfig, env: &ConnectorEnv) -> SharedConnector {
-    crate::throttle::throttle(build_inner(name, config, env))
+    crate::throttle::throttle(build_inner(name, config, env), env.store.clone())
 }
 
 fn build_inner(name: &str, config: ConnectorConfig, env: &ConnectorEnv) -> SharedConnector {

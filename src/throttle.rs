@@ -6,7 +6,9 @@
 //!
 //! Two kinds of waiting:
 //! - **Quotas** the connector declares (`Connector::rate_limits`: per second, per minute,
-//!   per chat), with governor's limiters.
+//!   per chat), with governor's limiters in one process. When replicas share a store
+//!   (`Store::shared`: PostgreSQL), the quotas are buckets in the store instead
+//!   (`Store::take_rate_slot`), so N replicas together keep to the quota, not N times it.
 //! - **Pauses** the platform orders: a `SendError::RateLimited` answer that says how long
 //!   to wait pauses every call in its scope — the whole connector, or one chat — until
 //!   then, not only the call that got it. Otherwise every other queued item would walk
@@ -19,6 +21,7 @@ use crate::connectors::{
     Connector, DataSource, Inbound, InboundError, InboundRequest, LimitScope, RateLimits,
     SendError, SharedConnector,
 };
+use crate::store::{Store, StoreError};
 use async_trait::async_trait;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::collections::{BTreeMap, HashMap};
@@ -31,6 +34,10 @@ use tokio::time::Instant;
 /// when they have expired (a pause is seconds long, so this is never reached in
 /// practice, but the map must not grow without bound).
 const MAX_CHAT_PAUSES: usize = 10_000;
+
+/// When a shared rate bucket could not be read (the database is unreachable), the
+/// operation is not sent (that could break the quota) but retried after this long.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 
 /// The rate limiters of one connector.
 struct Limiters {
@@ -72,6 +79,63 @@ impl Limiters {
     }
 }
 
+/// The quotas of one connector, kept where every sender sees them.
+enum Quotas {
+    /// One process sends: governor's limiters in memory.
+    InProcess(Limiters),
+    /// Replicas share the store: its rate buckets, named after the connector.
+    Shared {
+        store: Arc<dyn Store>,
+        limits: RateLimits,
+    },
+}
+
+impl Quotas {
+    /// Wait until one more operation of `connector` to `chat` is allowed; an error if the
+    /// shared store could not be asked (the operation is then retried later).
+    async fn ready(&self, connector: &str, chat: &String) -> Result<(), StoreError> {
+        let (store, limits) = match self {
+            Quotas::InProcess(limiters) => {
+                limiters.ready(chat).await;
+                return Ok(());
+            }
+            Quotas::Shared { store, limits } => (store, limits),
+        };
+        // The same order and burst allowances as `Limiters`: the chat first, and
+        // governor's defaults (a burst of the per-second or per-minute count).
+        let buckets = [
+            limits.per_chat_per_second.map(|r| {
+                (
+                    format!("{connector}/chat/{chat}"),
+                    Duration::from_secs(1) / r.max(1),
+                    r,
+                )
+            }),
+            limits.per_minute.map(|r| {
+                (
+                    format!("{connector}/minute"),
+                    Duration::from_secs(60) / r.max(1),
+                    r,
+                )
+            }),
+            limits.per_second.map(|r| {
+                (
+                    format!("{connector}/second"),
+                    Duration::from_secs(1) / r.max(1),
+                    limits.burst.unwrap_or(r),
+                )
+            }),
+        ];
+        for (bucket, interval, burst) in buckets.into_iter().flatten() {
+            let wait = store.take_rate_slot(&bucket, interval, burst).await?;
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Pauses the platform ordered, by scope.
 #[derive(Default)]
 struct Pauses {
@@ -82,15 +146,23 @@ struct Pauses {
 /// A connector behind its rate limits. Everything but `execute` is passed through.
 pub struct Throttled {
     inner: SharedConnector,
-    limiters: Limiters,
+    quotas: Quotas,
     /// A std mutex: held only to read or set an instant, never across an await.
     pauses: Mutex<Pauses>,
 }
 
 impl Throttled {
-    pub fn new(inner: SharedConnector) -> Self {
+    /// `inner` behind its quotas: in the store when `store` is shared by replicas,
+    /// in this process otherwise.
+    pub fn new(inner: SharedConnector, store: Arc<dyn Store>) -> Self {
+        let limits = inner.rate_limits();
+        let quotas = if store.shared() {
+            Quotas::Shared { store, limits }
+        } else {
+            Quotas::InProcess(Limiters::new(limits))
+        };
         Throttled {
-            limiters: Limiters::new(inner.rate_limits()),
+            quotas,
             inner,
             pauses: Mutex::new(Pauses::default()),
         }
@@ -154,7 +226,12 @@ impl Connector for Throttled {
             if let Some(until) = self.paused(&chat) {
                 tokio::time::sleep_until(until).await;
             }
-            self.limiters.ready(&chat).await;
+            if let Err(e) = self.quotas.ready(self.inner.name(), &chat).await {
+                return Err(SendError::Retry {
+                    reason: format!("rate limit not checked: {e}"),
+                    retry_after: Some(STORE_RETRY),
+                });
+            }
             if self.paused(&chat).is_none() {
                 break;
             }
@@ -191,9 +268,9 @@ impl Connector for Throttled {
     }
 }
 
-/// `inner` behind its rate limits.
-pub fn throttle(inner: SharedConnector) -> SharedConnector {
-    Arc::new(Throttled::new(inner))
+/// `inner` behind its rate limits (shared with the other replicas of `store`, if any).
+pub fn throttle(inner: SharedConnector, store: Arc<dyn Store>) -> SharedConnector {
+    Arc::new(Throttled::new(inner, store))
 }
 
 #[cfg(test)]
@@ -238,6 +315,135 @@ mod tests {
         }
     }
 
+    /// A store of one process (not shared): the quotas stay in memory.
+    fn in_process_store() -> Arc<dyn Store> {
+        Arc::new(crate::store::SledStore::temporary().unwrap())
+    }
+
+    /// Succeeds at once and records when each call arrived, with a declared quota.
+    struct Counting {
+        limits: RateLimits,
+        at: Mutex<Vec<std::time::Instant>>,
+    }
+
+    #[async_trait]
+    impl Connector for Counting {
+        fn name(&self) -> &str {
+            "counting"
+        }
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        async fn execute(&self, _: &Operation, _: &str) -> Result<Delivered, SendError> {
+            self.at.lock().unwrap().push(std::time::Instant::now());
+            Ok(Delivered::default())
+        }
+        fn rate_limits(&self) -> RateLimits {
+            self.limits
+        }
+    }
+
+    /// Three replicas (each its own connection pool on one PostgreSQL) send through one
+    /// connector with a quota of 20/s, burst 1: together they keep to 20/s. With the
+    /// quota kept in each process, as before, they sent three times as fast.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_share_one_quota_through_postgres() {
+        let Some(config) = crate::store::postgres::test_database().await else {
+            return;
+        };
+        let sink = Arc::new(Counting {
+            limits: RateLimits {
+                per_second: Some(20),
+                burst: Some(1),
+                ..RateLimits::default()
+            },
+            at: Mutex::new(vec![]),
+        });
+        let mut replicas = Vec::new();
+        for _ in 0..3 {
+            let store: Arc<dyn Store> = Arc::new(
+                crate::store::PostgresStore::connect_with(config.clone(), 2)
+                    .await
+                    .unwrap(),
+            );
+            replicas.push(Arc::new(Throttled::new(sink.clone(), store)));
+        }
+        let mut sends = Vec::new();
+        for (r, replica) in replicas.iter().enumerate() {
+            for i in 0..10 {
+                let replica = replica.clone();
+                sends.push(tokio::spawn(async move {
+                    replica
+                        .execute(&send(&format!("chat{i}")), &format!("{r}/{i}"))
+                        .await
+                        .unwrap();
+                }));
+            }
+        }
+        for s in sends {
+            s.await.unwrap();
+        }
+        let at = sink.at.lock().unwrap().clone();
+        assert_eq!(at.len(), 30);
+        // GCRA with burst 1: the 30th call is 29 intervals (50 ms) after the first
+        // (each process alone: 9 intervals).
+        let span = at[29] - at[0];
+        assert!(span >= Duration::from_millis(1400), "{span:?}");
+        // And no half second holds more than 1 + 10 calls (one spare for timing).
+        for (i, t) in at.iter().enumerate() {
+            let in_window = at[i..]
+                .iter()
+                .filter(|u| **u - *t < Duration::from_millis(500))
+                .count();
+            assert!(
+                in_window <= 12,
+                "{in_window} calls within 500 ms of call {i}"
+            );
+        }
+    }
+
+    /// A per-chat quota is shared too: two replicas sending to one chat at 10/s.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_share_a_chat_quota_through_postgres() {
+        let Some(config) = crate::store::postgres::test_database().await else {
+            return;
+        };
+        let sink = Arc::new(Counting {
+            limits: RateLimits {
+                per_chat_per_second: Some(10),
+                ..RateLimits::default()
+            },
+            at: Mutex::new(vec![]),
+        });
+        let mut sends = Vec::new();
+        for r in 0..2 {
+            let store: Arc<dyn Store> = Arc::new(
+                crate::store::PostgresStore::connect_with(config.clone(), 2)
+                    .await
+                    .unwrap(),
+            );
+            let replica = Arc::new(Throttled::new(sink.clone(), store));
+            for i in 0..15 {
+                let replica = replica.clone();
+                sends.push(tokio::spawn(async move {
+                    replica
+                        .execute(&send("one"), &format!("{r}/{i}"))
+                        .await
+                        .unwrap();
+                }));
+            }
+        }
+        for s in sends {
+            s.await.unwrap();
+        }
+        let at = sink.at.lock().unwrap().clone();
+        assert_eq!(at.len(), 30);
+        // A burst of 10, then 10/s: the 30th call 2 s after the first (each process
+        // alone: 0.5 s).
+        let span = at[29] - at[0];
+        assert!(span >= Duration::from_millis(1900), "{span:?}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_connector_wide_rate_limit_pauses_every_chat() {
         let inner = Arc::new(Limited {
@@ -245,7 +451,7 @@ mod tests {
             at: Mutex::new(vec![]),
             scope: LimitScope::Connector,
         });
-        let t = Throttled::new(inner.clone());
+        let t = Throttled::new(inner.clone(), in_process_store());
         let start = Instant::now();
         assert!(t.execute(&send("a"), "k1").await.is_err());
         // Another chat's call waits out the pause the first one got.
@@ -266,7 +472,7 @@ mod tests {
             at: Mutex::new(vec![]),
             scope: LimitScope::Chat,
         });
-        let t = Throttled::new(inner.clone());
+        let t = Throttled::new(inner.clone(), in_process_store());
         let start = Instant::now();
         assert!(t.execute(&send("a"), "k1").await.is_err());
         t.execute(&send("b"), "k2").await.unwrap();

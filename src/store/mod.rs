@@ -303,6 +303,22 @@ pub trait Store: Send + Sync + 'static {
         let _ = (queue, holder, ttl);
         Ok(lanes.to_vec())
     }
+    /// Reserve the next slot of the shared rate bucket `bucket` (a connector's quota, or
+    /// one chat's), which allows one operation per `interval` with bursts of `burst`;
+    /// returns how long to wait before using the slot (zero: now). Every replica takes
+    /// its slots from the same bucket, so a quota holds across replicas instead of being
+    /// multiplied by their number. The slot is spent even if the caller then gives up.
+    /// A store that is not `shared` keeps no buckets (its one process rate-limits on its
+    /// own, `crate::throttle`), and answers zero.
+    async fn take_rate_slot(
+        &self,
+        bucket: &str,
+        interval: std::time::Duration,
+        burst: u32,
+    ) -> StoreResult<std::time::Duration> {
+        let _ = (bucket, interval, burst);
+        Ok(std::time::Duration::ZERO)
+    }
     /// Give up `holder`'s leases of `lanes` (it has nothing left in flight there), so
     /// another replica may take them at once.
     async fn release_lanes(&self, queue: &str, holder: &str, lanes: &[String]) -> StoreResult<()> {

@@ -14,6 +14,7 @@
 //! | `perch_dead_letters`  | operation failed for good      | outbox key                 |
 //! | `perch_kv`            | bot / connector state          | `(namespace, key)`         |
 //! | `perch_leases`        | lane held by one replica       | `(queue, lane)`: `Store::hold_lanes` |
+//! | `perch_rate_slots`    | shared rate bucket             | bucket: `Store::take_rate_slot` |
 //! | `perch_migrations`    | applied schema version         | version                    |
 //!
 //! An event is pending while its `fate` is NULL (a partial index serves the lane scans).
@@ -31,6 +32,13 @@
 //!
 //! **Leases** (`hold_lanes`) expire by the database's clock (`clock_timestamp()`), so
 //! replicas' clocks need not agree.
+//!
+//! **Rate buckets** (`take_rate_slot`) are GCRA: one row per bucket holds its
+//! "theoretical arrival time" (`tat_us`, µs by the database's clock), moved forward by
+//! one interval per slot taken, in one `INSERT … ON CONFLICT DO UPDATE … RETURNING`, so
+//! concurrent replicas serialise on the row and never hand out the same slot twice. A
+//! row whose time has passed is a full bucket, the same as no row: `sweep` drops those
+//! (per-chat buckets would otherwise pile up).
 
 use super::*;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -41,9 +49,10 @@ use tokio_postgres::NoTls;
 /// Schema versions, applied in order at start (`PostgresStore::connect`, `perch
 /// migrate`) under an advisory lock, so replicas starting together apply each once. A
 /// new version is appended, never edited.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE perch_events (
     id          BYTEA PRIMARY KEY,
     lane        TEXT COLLATE "C" NOT NULL,
@@ -90,7 +99,17 @@ CREATE TABLE perch_kv (
     PRIMARY KEY (ns, key)
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE perch_rate_slots (
+    bucket TEXT COLLATE "C" PRIMARY KEY,
+    tat_us BIGINT NOT NULL
+);
+"#,
+    ),
+];
 
 /// The advisory lock that serialises migrations across replicas (any fixed number).
 const MIGRATION_LOCK: i64 = 0x7065_7263_685f_6d67; // "perch_mg"
@@ -975,6 +994,40 @@ RETURNING lane"#,
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    async fn take_rate_slot(
+        &self,
+        bucket: &str,
+        interval: Duration,
+        burst: u32,
+    ) -> StoreResult<Duration> {
+        let interval_us = i64::try_from(interval.as_micros()).unwrap_or(i64::MAX / 4);
+        // GCRA: the slot taken now may be used at max(tat, now) - (burst - 1) intervals;
+        // with tat' = max(tat, now) + interval, that is tat' - burst intervals.
+        let tolerance_us = interval_us.saturating_mul(i64::from(burst.max(1)));
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                r#"
+WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS us)
+INSERT INTO perch_rate_slots AS s (bucket, tat_us)
+SELECT $1, now.us + $2 FROM now
+ON CONFLICT (bucket) DO UPDATE
+    SET tat_us = GREATEST(s.tat_us, (SELECT us FROM now)) + $2
+RETURNING s.tat_us, (SELECT us FROM now)"#,
+            )
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_one(&stmt, &[&bucket, &interval_us])
+            .await
+            .map_err(pg)?;
+        let (tat_us, now_us): (i64, i64) = (row.get(0), row.get(1));
+        // `now` was read before the row lock was granted, so the wait is, if anything,
+        // a little long: never early.
+        let wait_us = tat_us.saturating_sub(now_us).saturating_sub(tolerance_us);
+        Ok(Duration::from_micros(u64::try_from(wait_us).unwrap_or(0)))
+    }
+
     async fn release_lanes(&self, queue: &str, holder: &str, lanes: &[String]) -> StoreResult<()> {
         if lanes.is_empty() {
             return Ok(());
@@ -1015,6 +1068,15 @@ WITH gone AS (
 )
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM keys)"#,
                 &[&time_floor(cut.journal_before)],
+            )
+            .await
+            .map_err(pg)?;
+        // Rate buckets whose time has passed are full: the same as no row.
+        client
+            .execute(
+                "DELETE FROM perch_rate_slots \
+                 WHERE tat_us < (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
+                &[],
             )
             .await
             .map_err(pg)?;
@@ -1103,6 +1165,53 @@ mod tests {
         assert!(
             id.0.as_bytes().as_slice() < time_floor(t + chrono::Duration::seconds(5)).as_slice()
         );
+    }
+
+    /// A bucket of 10/s with a burst of 2: two slots now, the third a whole interval
+    /// later (less the time the calls took), the fourth two intervals; a bucket whose
+    /// time has passed is swept.
+    #[tokio::test]
+    async fn rate_slots_follow_gcra_and_full_buckets_are_swept() {
+        let Some(store) = test_store().await else {
+            return;
+        };
+        let interval = Duration::from_millis(100);
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            waits.push(store.take_rate_slot("c/second", interval, 2).await.unwrap());
+        }
+        assert_eq!(waits[..2], [Duration::ZERO, Duration::ZERO], "{waits:?}");
+        assert!(
+            waits[2] > Duration::from_millis(50) && waits[2] <= interval,
+            "{waits:?}"
+        );
+        assert!(
+            waits[3] > Duration::from_millis(150) && waits[3] <= 2 * interval,
+            "{waits:?}"
+        );
+        // Another bucket is independent.
+        assert_eq!(
+            store.take_rate_slot("c/chat/x", interval, 1).await.unwrap(),
+            Duration::ZERO
+        );
+        let rows = |client: deadpool_postgres::Object| async move {
+            let row = client
+                .query_one("SELECT count(*) FROM perch_rate_slots", &[])
+                .await
+                .unwrap();
+            row.get::<_, i64>(0)
+        };
+        assert_eq!(rows(store.client().await.unwrap()).await, 2);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = Utc::now() - chrono::Duration::days(365);
+        store
+            .sweep(SweepCutoffs {
+                sent_before: now,
+                journal_before: now,
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows(store.client().await.unwrap()).await, 0);
     }
 
     #[tokio::test]

@@ -257,4 +257,13 @@ impl Store for Reopening {
     async fn release_lanes(&self, queue: &str, holder: &str, lanes: &[String]) -> StoreResult<()> {
         through!(self.release_lanes(queue, holder, lanes))
     }
+
+    async fn take_rate_slot(
+        &self,
+        bucket: &str,
+        interval: std::time::Duration,
+        burst: u32,
+    ) -> StoreResult<std::time::Duration> {
+        through!(self.take_rate_slot(bucket, interval, burst))
+    }
 }
