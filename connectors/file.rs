@@ -125,6 +125,33 @@ impl Connector for FileSource {
     }
 }
 
+impl crate::connectors::ConnectorKind for FileSource {
+    type Config = FileSourceConfig;
+
+    fn build(
+        name: &str,
+        config: FileSourceConfig,
+        _env: &crate::connectors::ConnectorEnv,
+    ) -> crate::connectors::SharedConnector {
+        std::sync::Arc::new(FileSource::new(name, config))
+    }
+
+    fn validate(
+        name: &str,
+        config: &FileSourceConfig,
+        at: usize,
+        issues: &mut crate::config::Issues,
+    ) {
+        config.validate(name, at, issues);
+    }
+
+    fn resolve_paths(config: &mut FileSourceConfig, folder: &std::path::Path) {
+        if config.dir.is_relative() {
+            config.dir = folder.join(&config.dir);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -226,3 +226,24 @@ impl Connector for HttpSource {
         Some(self)
     }
 }
+
+impl crate::connectors::ConnectorKind for HttpSource {
+    type Config = HttpSourceConfig;
+
+    fn build(
+        name: &str,
+        config: HttpSourceConfig,
+        env: &crate::connectors::ConnectorEnv,
+    ) -> crate::connectors::SharedConnector {
+        std::sync::Arc::new(HttpSource::new(name, config, env.http.clone()))
+    }
+
+    fn validate(
+        name: &str,
+        config: &HttpSourceConfig,
+        at: usize,
+        issues: &mut crate::config::Issues,
+    ) {
+        config.validate(name, at, issues);
+    }
+}

@@ -1,4 +1,5 @@
-//! Connectors: one per platform or source. Each kind is listed once, in `build` below.
+//! Connectors: one per platform or source. Each kind is registered once, in
+//! `register_builtin` below (`registry` reads a `[connectors.<name>]` table as its kind).
 //!
 //! A connector has two sides:
 //! - **inbound** (`handle_inbound`): verify the request (signature, token, timestamp),
@@ -14,6 +15,7 @@ pub mod file;
 pub mod http;
 pub mod local;
 pub mod matrix;
+pub mod registry;
 pub mod slack;
 pub mod webhook;
 
@@ -29,6 +31,8 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use registry::{ConnectorConfig, ConnectorKind, ConnectorKinds};
 
 /// An inbound HTTP request addressed to a connector (`POST /hooks/<name>[/<sub>]`).
 #[derive(Debug, Clone)]
@@ -456,74 +460,6 @@ pub trait DataSource: Send + Sync {
     async fn fetch(&self, req: &DataRequest) -> Result<serde_json::Value, SourceError>;
 }
 
-/// A connector's configuration: `kind` picks the variant, the other keys are its
-/// settings. Adding a kind: a variant here, a line in `kind()`, `validate()` and `build()`.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-// A config is read once at start, so the size of its largest variant costs nothing.
-#[allow(clippy::large_enum_variant)]
-pub enum ConnectorConfig {
-    /// The built-in web chat.
-    Local(local::LocalConfig),
-    /// Generic signed JSON webhooks (and a generic JSON sink).
-    Webhook(webhook::WebhookConfig),
-    /// An internal HTTP JSON API that bots query.
-    Http(http::HttpSourceConfig),
-    /// JSON and CSV files on disk that bots query.
-    File(file::FileSourceConfig),
-    /// A Feishu/Lark app bot (events, cards, Open API).
-    Feishu(feishu::FeishuConfig),
-    /// A Feishu/Lark custom group bot (send-only webhook).
-    FeishuWebhook(feishu::webhook_bot::FeishuWebhookConfig),
-    /// A Slack app bot (Events API, interactivity, Web API).
-    Slack(slack::SlackConfig),
-    /// A Matrix bot account (client-server API: /sync in, room events out).
-    Matrix(matrix::MatrixConfig),
-}
-
-impl ConnectorConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ConnectorConfig::Local(_) => "local",
-            ConnectorConfig::Webhook(_) => "webhook",
-            ConnectorConfig::Http(_) => "http",
-            ConnectorConfig::File(_) => "file",
-            ConnectorConfig::Feishu(_) => "feishu",
-            ConnectorConfig::FeishuWebhook(_) => "feishu_webhook",
-            ConnectorConfig::Slack(_) => "slack",
-            ConnectorConfig::Matrix(_) => "matrix",
-        }
-    }
-
-    /// The language set for people on this connector, if any (chat connectors only).
-    pub fn locale(&self) -> Option<crate::i18n::Locale> {
-        match self {
-            ConnectorConfig::Local(c) => c.locale,
-            ConnectorConfig::Feishu(c) => c.locale,
-            ConnectorConfig::FeishuWebhook(c) => c.locale,
-            ConnectorConfig::Slack(c) => c.locale,
-            ConnectorConfig::Matrix(c) => c.locale,
-            ConnectorConfig::Webhook(_) | ConnectorConfig::Http(_) | ConnectorConfig::File(_) => {
-                None
-            }
-        }
-    }
-
-    /// Semantic checks, each reported at `at` (the connector's table).
-    pub fn validate(&self, name: &str, at: usize, issues: &mut crate::config::Issues) {
-        match self {
-            ConnectorConfig::Local(_) => {}
-            ConnectorConfig::Webhook(c) => c.validate(name, at, issues),
-            ConnectorConfig::Http(c) => c.validate(name, at, issues),
-            ConnectorConfig::File(c) => c.validate(name, at, issues),
-            ConnectorConfig::Feishu(c) => c.validate(name, at, issues),
-            ConnectorConfig::FeishuWebhook(c) => c.validate(name, at, issues),
-            ConnectorConfig::Slack(c) => c.validate(name, at, issues),
-            ConnectorConfig::Matrix(c) => c.validate(name, at, issues),
-        }
-    }
-}
-
 /// What connectors get from the rest of perch when they are built.
 #[derive(Clone)]
 pub struct ConnectorEnv {
@@ -548,25 +484,28 @@ pub struct ConnectorEnv {
     pub cancel: tokio_util::sync::CancellationToken,
 }
 
-/// Build the connector `name` from its config, behind its rate limits
-/// (`crate::throttle`), so that every outbound call waits on them.
-pub fn build(name: &str, config: ConnectorConfig, env: &ConnectorEnv) -> SharedConnector {
-    crate::throttle::throttle(build_inner(name, config, env), env.store.clone())
+/// Build the connector `name` from its loaded config, behind its rate limits
+/// (`crate::throttle`), so that every outbound call waits on them. `Err`: the config was
+/// not read with a registry that knows its kind (the config check says why).
+pub fn build(
+    name: &str,
+    config: ConnectorConfig,
+    env: &ConnectorEnv,
+) -> Result<SharedConnector, String> {
+    registry::build(name, config, env).map(|c| crate::throttle::throttle(c, env.store.clone()))
 }
 
-fn build_inner(name: &str, config: ConnectorConfig, env: &ConnectorEnv) -> SharedConnector {
-    match config {
-        ConnectorConfig::Local(c) => Arc::new(local::Local::new(name, c, env)),
-        ConnectorConfig::Webhook(c) => Arc::new(webhook::Webhook::new(name, c, env.http.clone())),
-        ConnectorConfig::Http(c) => Arc::new(http::HttpSource::new(name, c, env.http.clone())),
-        ConnectorConfig::File(c) => Arc::new(file::FileSource::new(name, c)),
-        ConnectorConfig::Feishu(c) => feishu::Feishu::start(name, c, env),
-        ConnectorConfig::FeishuWebhook(c) => {
-            Arc::new(feishu::webhook_bot::FeishuWebhook::new(name, c, env))
-        }
-        ConnectorConfig::Slack(c) => slack::Slack::start(name, c, env),
-        ConnectorConfig::Matrix(c) => matrix::Matrix::start(name, c, env),
-    }
+/// Register perch's own connector kinds: the one list of them.
+pub(crate) fn register_builtin(kinds: &mut ConnectorKinds) {
+    kinds
+        .add::<local::Local>("local")
+        .add::<webhook::Webhook>("webhook")
+        .add::<http::HttpSource>("http")
+        .add::<file::FileSource>("file")
+        .add::<feishu::Feishu>("feishu")
+        .add::<feishu::webhook_bot::FeishuWebhook>("feishu_webhook")
+        .add::<slack::Slack>("slack")
+        .add::<matrix::Matrix>("matrix");
 }
 
 #[cfg(test)]

@@ -381,6 +381,22 @@ fn redact_url(url: &str) -> String {
     url.split('?').next().unwrap_or(url).to_string()
 }
 
+impl crate::connectors::ConnectorKind for Webhook {
+    type Config = WebhookConfig;
+
+    fn build(
+        name: &str,
+        config: WebhookConfig,
+        env: &crate::connectors::ConnectorEnv,
+    ) -> crate::connectors::SharedConnector {
+        std::sync::Arc::new(Webhook::new(name, config, env.http.clone()))
+    }
+
+    fn validate(name: &str, config: &WebhookConfig, at: usize, issues: &mut crate::config::Issues) {
+        config.validate(name, at, issues);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

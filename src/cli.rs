@@ -4,7 +4,7 @@
 //! (`perch::Hub::builder().bot_kind::<MyBot>("my_kind").run()`) is the same program as
 //! `perch`, with the same subcommands. `anyhow` is used here and only here.
 
-use crate::bots::BotKinds;
+use crate::config::Kinds;
 use crate::config::{Config, LogFormat};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -133,8 +133,8 @@ enum CardCmd {
 /// Run the command line with these bot kinds. Errors end as one clean line on stderr
 /// (`perch: <what>: <why>`) and exit code 1: no `Error:` prefix, no backtrace even with
 /// `RUST_BACKTRACE` set (that is for panics).
-pub(crate) fn main(bot_kinds: BotKinds) -> std::process::ExitCode {
-    match run(&bot_kinds) {
+pub(crate) fn main(kinds: Kinds) -> std::process::ExitCode {
+    match run(&kinds) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("perch: {e:#}");
@@ -143,7 +143,7 @@ pub(crate) fn main(bot_kinds: BotKinds) -> std::process::ExitCode {
     }
 }
 
-fn run(kinds: &BotKinds) -> Result<()> {
+fn run(kinds: &Kinds) -> Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Cmd::Serve { json_logs: false }) {
         Cmd::Check => check(&cli.config, kinds),
@@ -221,11 +221,11 @@ fn run(kinds: &BotKinds) -> Result<()> {
     }
 }
 
-fn load(path: &Path, kinds: &BotKinds) -> Result<Config> {
+fn load(path: &Path, kinds: &Kinds) -> Result<Config> {
     Config::load_with(path, kinds.clone()).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn check(path: &Path, kinds: &BotKinds) -> Result<()> {
+fn check(path: &Path, kinds: &Kinds) -> Result<()> {
     match Config::load_with(path, kinds.clone()) {
         Ok(config) => match crate::cards::CardEngine::load_dir(&config.server.cards_dir) {
             Ok(cards) => {
@@ -273,7 +273,7 @@ fn init_logging(json: bool) {
 
 fn card_render(
     config: &Path,
-    kinds: &BotKinds,
+    kinds: &Kinds,
     template: String,
     data: Option<PathBuf>,
     platform: String,
@@ -352,7 +352,10 @@ async fn send(
     let Some(c) = config.connectors.get(&connector) else {
         bail!("no connector `{connector}` in the config");
     };
-    let crate::connectors::ConnectorConfig::Webhook(wh) = c.get_ref() else {
+    let Some(wh) = c
+        .get_ref()
+        .typed::<crate::connectors::webhook::WebhookConfig>()
+    else {
         bail!("connector `{connector}` is not a webhook connector");
     };
     serde_json::from_str::<serde_json::Value>(&data).context("--data is not JSON")?;

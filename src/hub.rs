@@ -1,5 +1,6 @@
-//! `Hub`: perch as a library. A user's own crate adds its bot kinds and gets the whole
-//! `perch` program (or an in-process hub for tests) with them:
+//! `Hub`: perch as a library. A user's own crate adds its bot kinds (and connector kinds,
+//! `connector_kind::<MyConnector>("my_platform")`, see `crate::connectors::registry`)
+//! and gets the whole `perch` program (or an in-process hub for tests) with them:
 //!
 //! ```no_run
 //! # struct MyBot;
@@ -17,12 +18,14 @@
 //! }
 //! ```
 //!
-//! The built-in kinds are registered by `Hub::builder()` through the same call
-//! (`crate::bots::register_builtin`); `src/main.rs` is `Hub::builder().run()`.
+//! The built-in kinds are registered by `Hub::builder()` through the same calls
+//! (`crate::bots::register_builtin`, `crate::connectors::register_builtin`);
+//! `src/main.rs` is `Hub::builder().run()`.
 
 use crate::bots::{BotKind, BotKinds};
 use crate::clock::SharedClock;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Kinds};
+use crate::connectors::{ConnectorKind, ConnectorKinds};
 use crate::runtime::{Perch, StartError};
 use std::path::Path;
 
@@ -30,42 +33,54 @@ use std::path::Path;
 pub struct Hub;
 
 impl Hub {
-    /// A builder with perch's built-in bot kinds registered.
+    /// A builder with perch's built-in bot and connector kinds registered.
     pub fn builder() -> HubBuilder {
         HubBuilder {
-            bot_kinds: BotKinds::builtin(),
+            kinds: Kinds::builtin(),
         }
     }
 }
 
-/// Collects the bot kinds, then loads a config with them, starts in-process, or runs
+/// Collects the bot and connector kinds, then loads a config with them, starts in-process, or runs
 /// the `perch` command line.
 #[derive(Debug, Clone)]
 pub struct HubBuilder {
-    bot_kinds: BotKinds,
+    kinds: Kinds,
 }
 
 impl HubBuilder {
     /// Make `kind = "<kind>"` in a `[bots.<name>]` table build a `B`. Registering a
     /// built-in kind's name replaces it.
     pub fn bot_kind<B: BotKind>(mut self, kind: &'static str) -> Self {
-        self.bot_kinds.add::<B>(kind);
+        self.kinds.bots.add::<B>(kind);
+        self
+    }
+
+    /// Make `kind = "<kind>"` in a `[connectors.<name>]` table build a `C`. Registering
+    /// a built-in kind's name replaces it.
+    pub fn connector_kind<C: ConnectorKind>(mut self, kind: &'static str) -> Self {
+        self.kinds.connectors.add::<C>(kind);
         self
     }
 
     /// The registered bot kinds.
     pub fn bot_kinds(&self) -> &BotKinds {
-        &self.bot_kinds
+        &self.kinds.bots
+    }
+
+    /// The registered connector kinds.
+    pub fn connector_kinds(&self) -> &ConnectorKinds {
+        &self.kinds.connectors
     }
 
     /// Read and validate a config file against these kinds.
     pub fn load(&self, path: &Path) -> Result<Config, ConfigError> {
-        Config::load_with(path, self.bot_kinds.clone())
+        Config::load_with(path, self.kinds.clone())
     }
 
     /// Validate config text against these kinds (`path` is only used in messages).
     pub fn parse(&self, text: &str, path: &Path) -> Result<Config, ConfigError> {
-        Config::from_str_with(text, path, self.bot_kinds.clone())
+        Config::from_str_with(text, path, self.kinds.clone())
     }
 
     /// Start in this process on the store in `server.data_dir`; serve `perch.app()`
@@ -77,6 +92,6 @@ impl HubBuilder {
     /// The `perch` command line (`serve`, `check`, `send`, `schedule`, `card render`)
     /// with these kinds: `--config` (or `PERCH_CONFIG`) names the config file.
     pub fn run(self) -> std::process::ExitCode {
-        crate::cli::main(self.bot_kinds)
+        crate::cli::main(self.kinds)
     }
 }

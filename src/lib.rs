@@ -94,7 +94,7 @@ pub mod connectors;
 pub use action::Action;
 pub use bots::{Bot, BotContext, BotError, BotKind};
 pub use cards::model::Card;
-pub use connectors::Connector;
+pub use connectors::{Connector, ConnectorKind};
 pub use event::Event;
 pub use hub::{Hub, HubBuilder};
 pub use store::Store;

@@ -27,6 +27,8 @@ pub enum StartError {
     DataDir { dir: String, source: std::io::Error },
     #[error("bot `{name}`: {why}")]
     Bot { name: String, why: String },
+    #[error("{0}")]
+    Connector(String),
     #[error("routes: {0}")]
     Routes(String),
     #[error("HTTP client: {0}")]
@@ -198,7 +200,9 @@ impl Perch {
         };
         let mut connectors = HashMap::new();
         for (name, c) in connector_configs {
-            connectors.insert(name.clone(), connectors::build(&name, c.into_inner(), &env));
+            let connector =
+                connectors::build(&name, c.into_inner(), &env).map_err(StartError::Connector)?;
+            connectors.insert(name.clone(), connector);
         }
 
         let mut bots = HashMap::new();

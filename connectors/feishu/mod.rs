@@ -1214,6 +1214,33 @@ impl Connector for Feishu {
     }
 }
 
+impl crate::connectors::ConnectorKind for Feishu {
+    type Config = FeishuConfig;
+
+    fn build(
+        name: &str,
+        config: FeishuConfig,
+        env: &crate::connectors::ConnectorEnv,
+    ) -> crate::connectors::SharedConnector {
+        Feishu::start(name, config, env)
+    }
+
+    fn validate(name: &str, config: &FeishuConfig, at: usize, issues: &mut crate::config::Issues) {
+        config.validate(name, at, issues);
+    }
+
+    fn locale(config: &FeishuConfig) -> Option<crate::i18n::Locale> {
+        config.locale
+    }
+
+    fn replay_window(
+        config: &FeishuConfig,
+        dedupe_window: std::time::Duration,
+    ) -> Option<(std::time::Duration, std::time::Duration)> {
+        Some((config.timestamp_window(dedupe_window), config.clock_skew))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -255,6 +255,31 @@ impl Connector for FeishuWebhook {
     }
 }
 
+impl crate::connectors::ConnectorKind for FeishuWebhook {
+    type Config = FeishuWebhookConfig;
+
+    fn build(
+        name: &str,
+        config: FeishuWebhookConfig,
+        env: &crate::connectors::ConnectorEnv,
+    ) -> crate::connectors::SharedConnector {
+        std::sync::Arc::new(FeishuWebhook::new(name, config, env))
+    }
+
+    fn validate(
+        name: &str,
+        config: &FeishuWebhookConfig,
+        at: usize,
+        issues: &mut crate::config::Issues,
+    ) {
+        config.validate(name, at, issues);
+    }
+
+    fn locale(config: &FeishuWebhookConfig) -> Option<crate::i18n::Locale> {
+        config.locale
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

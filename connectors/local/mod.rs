@@ -1058,6 +1058,22 @@ impl Connector for Local {
     }
 }
 
+impl crate::connectors::ConnectorKind for Local {
+    type Config = LocalConfig;
+
+    fn build(
+        name: &str,
+        config: LocalConfig,
+        env: &crate::connectors::ConnectorEnv,
+    ) -> crate::connectors::SharedConnector {
+        std::sync::Arc::new(Local::new(name, config, env))
+    }
+
+    fn locale(config: &LocalConfig) -> Option<crate::i18n::Locale> {
+        config.locale
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

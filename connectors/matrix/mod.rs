@@ -858,6 +858,26 @@ impl Connector for Matrix {
     }
 }
 
+impl crate::connectors::ConnectorKind for Matrix {
+    type Config = MatrixConfig;
+
+    fn build(
+        name: &str,
+        config: MatrixConfig,
+        env: &crate::connectors::ConnectorEnv,
+    ) -> crate::connectors::SharedConnector {
+        Matrix::start(name, config, env)
+    }
+
+    fn validate(name: &str, config: &MatrixConfig, at: usize, issues: &mut crate::config::Issues) {
+        config.validate(name, at, issues);
+    }
+
+    fn locale(config: &MatrixConfig) -> Option<crate::i18n::Locale> {
+        config.locale
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -800,6 +800,33 @@ impl Connector for Slack {
     }
 }
 
+impl crate::connectors::ConnectorKind for Slack {
+    type Config = SlackConfig;
+
+    fn build(
+        name: &str,
+        config: SlackConfig,
+        env: &crate::connectors::ConnectorEnv,
+    ) -> crate::connectors::SharedConnector {
+        Slack::start(name, config, env)
+    }
+
+    fn validate(name: &str, config: &SlackConfig, at: usize, issues: &mut crate::config::Issues) {
+        config.validate(name, at, issues);
+    }
+
+    fn locale(config: &SlackConfig) -> Option<crate::i18n::Locale> {
+        config.locale
+    }
+
+    fn replay_window(
+        config: &SlackConfig,
+        _dedupe_window: std::time::Duration,
+    ) -> Option<(std::time::Duration, std::time::Duration)> {
+        Some((config.timestamp_window, config.clock_skew))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

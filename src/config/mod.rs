@@ -13,7 +13,7 @@ pub mod env;
 mod problems;
 
 use crate::bots::{BotKinds, BotSpec};
-use crate::connectors::ConnectorConfig;
+use crate::connectors::{ConnectorConfig, ConnectorKinds};
 use crate::event::EventKind;
 pub use env::{EnvString, Secret};
 use serde::{Deserialize, Deserializer};
@@ -66,6 +66,23 @@ pub struct Config {
     /// Not a config key: `Hub::builder().bot_kind(...)` adds to it.
     #[serde(skip)]
     pub bot_kinds: BotKinds,
+}
+
+/// The bot and connector kinds a config is read with (`Hub::builder()` adds to them).
+#[derive(Debug, Clone, Default)]
+pub struct Kinds {
+    pub bots: BotKinds,
+    pub connectors: ConnectorKinds,
+}
+
+impl Kinds {
+    /// perch's own bot and connector kinds.
+    pub fn builtin() -> Self {
+        Kinds {
+            bots: BotKinds::builtin(),
+            connectors: ConnectorKinds::builtin(),
+        }
+    }
 }
 
 /// The text a config came from, to turn byte spans into line:column.
@@ -387,32 +404,28 @@ impl Config {
     /// `cards_dir`, a file source's `dir`) are relative to the file's folder, so
     /// `perch serve --config /etc/perch/perch.toml` works from anywhere.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        Self::load_with(path, BotKinds::builtin())
+        Self::load_with(path, Kinds::builtin())
     }
 
     /// `load`, with these bot kinds instead of only the built-in ones.
-    pub fn load_with(path: &Path, bot_kinds: BotKinds) -> Result<Config, ConfigError> {
+    pub fn load_with(path: &Path, kinds: Kinds) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
         let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
-        Self::parse(&text, path, folder, bot_kinds)
+        Self::parse(&text, path, folder, kinds)
     }
 
     /// Parse and validate config text; `path` is only used in messages, and relative
     /// paths stay relative to the working directory.
     pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        Self::parse(text, path, None, BotKinds::builtin())
+        Self::parse(text, path, None, Kinds::builtin())
     }
 
     /// `from_str`, with these bot kinds instead of only the built-in ones.
-    pub fn from_str_with(
-        text: &str,
-        path: &Path,
-        bot_kinds: BotKinds,
-    ) -> Result<Config, ConfigError> {
-        Self::parse(text, path, None, bot_kinds)
+    pub fn from_str_with(text: &str, path: &Path, kinds: Kinds) -> Result<Config, ConfigError> {
+        Self::parse(text, path, None, kinds)
     }
 
     /// Make the config's relative paths relative to `folder`.
@@ -425,9 +438,7 @@ impl Config {
         resolve(&mut self.server.data_dir);
         resolve(&mut self.server.cards_dir);
         for c in self.connectors.values_mut() {
-            if let crate::connectors::ConnectorConfig::File(f) = c.get_mut() {
-                resolve(&mut f.dir);
-            }
+            c.get_mut().resolve_paths(folder);
         }
     }
 
@@ -435,7 +446,7 @@ impl Config {
         text: &str,
         path: &Path,
         folder: Option<&Path>,
-        bot_kinds: BotKinds,
+        kinds: Kinds,
     ) -> Result<Config, ConfigError> {
         let source = ConfigSource {
             path: path.to_path_buf(),
@@ -445,7 +456,7 @@ impl Config {
             Ok(config) => config,
             Err(e) => {
                 // Explain the failure with every problem, not only serde's first one.
-                let problems = problems::parse_problems(&source);
+                let problems = problems::parse_problems(&source, &kinds.connectors);
                 if !problems.is_empty() {
                     return Err(ConfigError::Invalid(problems));
                 }
@@ -457,7 +468,10 @@ impl Config {
             }
         };
         config.source = source;
-        config.bot_kinds = bot_kinds;
+        config.bot_kinds = kinds.bots;
+        for (name, connector) in config.connectors.iter_mut() {
+            kinds.connectors.read(name, connector.get_mut());
+        }
         if let Some(folder) = folder {
             config.resolve_paths(folder);
         }
@@ -549,7 +563,7 @@ impl Config {
         let web_chat = self
             .connectors
             .values()
-            .any(|c| matches!(c.get_ref(), crate::connectors::ConnectorConfig::Local(_)));
+            .any(|c| c.get_ref().kind() == "local");
         for (key, message) in self.auth.problems(&self.server.listen, web_chat) {
             // Without an [auth] table the default mode is at fault where perch listens.
             let at = if self.source.text.contains("[auth]") {
@@ -608,18 +622,17 @@ impl Config {
             );
         }
         for (name, connector) in &self.connectors {
+            if let Some(problem) = connector.get_ref().read_error(name) {
+                let offset = problem.at_kind.unwrap_or_else(|| {
+                    refine_offset(&self.source.text, connector.span(), &problem.detail)
+                });
+                issues.at(offset, problem.message);
+                continue;
+            }
             connector
                 .get_ref()
                 .validate(name, connector.span().start, &mut issues);
-            let window = match connector.get_ref() {
-                crate::connectors::ConnectorConfig::Feishu(c) => {
-                    Some((c.timestamp_window(self.server.dedupe_window), c.clock_skew))
-                }
-                crate::connectors::ConnectorConfig::Slack(c) => {
-                    Some((c.timestamp_window, c.clock_skew))
-                }
-                _ => None,
-            };
+            let window = connector.get_ref().replay_window(self.server.dedupe_window);
             if let Some((window, clock_skew)) = window
                 && window + clock_skew > self.server.dedupe_window
             {

@@ -14,13 +14,14 @@
 
 use super::{ConfigIssue, ConfigSource, OutboxConfig, RouteConfig, ServerConfig};
 use crate::bots::BotSpec;
-use crate::connectors::ConnectorConfig;
+use crate::connectors::{ConnectorConfig, ConnectorKinds};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_spanned::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 /// Every problem that keeps `source.text` from parsing as a config, in file order.
-pub fn parse_problems(source: &ConfigSource) -> Vec<ConfigIssue> {
+pub fn parse_problems(source: &ConfigSource, connector_kinds: &ConnectorKinds) -> Vec<ConfigIssue> {
     let text = source.text.as_str();
     let (root, syntax) = DeTable::parse_recoverable(text);
     let at = |offset: usize, message: &str| ConfigIssue {
@@ -49,6 +50,8 @@ pub fn parse_problems(source: &ConfigSource) -> Vec<ConfigIssue> {
     }
 
     let mut typed: Vec<(usize, ConfigIssue)> = Vec::new();
+    // Connector settings, read by their kinds (a typo inside a `[connectors.x]` table).
+    let mut settings: Vec<(usize, ConfigIssue)> = Vec::new();
     let mut check =
         |value: &Spanned<DeValue<'_>>,
          one: fn(ValueDeserializer<'_>) -> Option<toml::de::Error>| {
@@ -66,9 +69,27 @@ pub fn parse_problems(source: &ConfigSource) -> Vec<ConfigIssue> {
         match (key.get_ref().as_ref(), value.get_ref()) {
             ("server", _) => check(value, first_error::<ServerConfig>),
             ("outbox", _) => check(value, first_error::<OutboxConfig>),
-            ("connectors", DeValue::Table(t)) => t
-                .iter()
-                .for_each(|(_, v)| check(v, first_error::<ConnectorConfig>)),
+            ("connectors", DeValue::Table(t)) => {
+                for (name, v) in t.iter() {
+                    check(v, first_error::<ConnectorConfig>);
+                    // Its settings, read by its kind as when the config parses.
+                    let Ok(mut connector) =
+                        ConnectorConfig::deserialize(ValueDeserializer::from(v.clone()))
+                    else {
+                        continue;
+                    };
+                    let name: &str = name.get_ref().as_ref();
+                    connector_kinds.read(name, &mut connector);
+                    if let Some(problem) = connector.read_error(name)
+                        && !problem.detail.contains("environment variable")
+                    {
+                        let offset = problem.at_kind.unwrap_or_else(|| {
+                            super::refine_offset(text, v.span(), &problem.detail)
+                        });
+                        settings.push((offset, at(offset, &problem.message)));
+                    }
+                }
+            }
             ("bots", DeValue::Table(t)) => {
                 t.iter().for_each(|(_, v)| check(v, first_error::<BotSpec>))
             }
@@ -84,6 +105,7 @@ pub fn parse_problems(source: &ConfigSource) -> Vec<ConfigIssue> {
         }
     }
     found.extend(typed);
+    found.extend(settings);
     if found.is_empty() {
         // What only the whole config shows (an unknown top-level key, …).
         if let Err(e) = toml::from_str::<super::Config>(text) {
