@@ -201,6 +201,17 @@ async fn late_actions_after_a_202_are_checked_sent_once_and_refused_when_unsigne
     let mut no_event = batch.clone();
     no_event["event_id"] = json!(uuid::Uuid::now_v7().to_string());
     assert_eq!(post_late(&w, SECRET, &no_event).await.status(), 422);
+    // An event that was not routed to `ext` (no route takes system events): refused,
+    // so a bot's secret cannot make perch answer events it never got.
+    let mut unrouted = w.hub.event(EventKind::System);
+    unrouted.topic = Some("crm.nothing".into());
+    let (unrouted, _) = w.hub.post(unrouted).await;
+    let mut not_ours = batch.clone();
+    not_ours["event_id"] = json!(unrouted.to_string());
+    let r = post_late(&w, SECRET, &not_ours).await;
+    assert_eq!(r.status(), 403);
+    let why = r.text().await.unwrap();
+    assert!(why.contains("was not routed to bot `ext`"), "{why}");
     let mut no_key = batch.clone();
     no_key["actions"][0].as_object_mut().unwrap().remove("key");
     let r = post_late(&w, SECRET, &no_key).await;

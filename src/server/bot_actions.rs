@@ -1,7 +1,7 @@
 //! `POST /api/bots/<name>/actions`: actions a bot posts after answering an event with
 //! 202 (`bots/http_bot.rs`). Authenticated by the bot's own signature, not the admin
 //! token. The request is checked whole (signature, timestamp, the event it answers,
-//! every action), then journaled as a `bot_actions` event: durable before the 2xx, and
+//! that it went to this bot, every action), then journaled as a `bot_actions` event: durable before the 2xx, and
 //! deduplicated by the batch's content, so a retried POST is a no-op.
 //!
 //! Flow: bot (HTTP) → **here** → journal → router → the same bot → outbox.
@@ -11,6 +11,7 @@ use crate::bots::http_bot::{KeyedAction, LateBatch, to_action};
 use crate::connectors::InboundRequest;
 use crate::event::{Event, EventKind};
 use crate::runtime::Shared;
+use crate::store::Fate;
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -69,13 +70,32 @@ pub async fn post_actions(
             "only `event_id` and `actions` are allowed".into(),
         ));
     }
-    let original = s
+    let entry = s
         .store
         .event(event_id)
         .await
         .map_err(|e| ApiError::internal("store error", e))?
-        .ok_or_else(|| unprocessable(format!("no event {event_id} in the journal")))?
-        .event;
+        .ok_or_else(|| unprocessable(format!("no event {event_id} in the journal")))?;
+    // A bot answers only events it was given: its signature proves which bot posts, the
+    // event's fate proves the event went to it. Otherwise one bot's secret could make
+    // perch reply in any chat perch has seen.
+    match &entry.fate {
+        Fate::Routed { bots, .. } if bots.iter().any(|b| *b == name) => {}
+        // The bot answered 202 and posted before the router recorded the fate.
+        Fate::Pending => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("event {event_id} is still being handled; post again in a moment"),
+            ));
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("event {event_id} was not routed to bot `{name}`"),
+            ));
+        }
+    }
+    let original = entry.event;
     let mut actions = Vec::with_capacity(items.len());
     let mut keys = std::collections::HashSet::new();
     for (i, item) in items.iter().enumerate() {
