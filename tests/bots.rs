@@ -1,11 +1,14 @@
 //! The seed bots end to end: wiremock plays the chat platform (through the webhook
 //! connector's `send_url`, which carries every operation as JSON) and the internal API.
 //! Ticks are injected as the scheduler makes them: `kind = tick`, `payload.slot`, and an
-//! external id per slot.
+//! external id per slot. Tests that need only the chat platform and the `bi` source run
+//! on the test kit (`kit`: `perch::testing::TestHub`, whose platform records every
+//! operation); the rest still use wiremock as the platform (see `tests/common`).
 
 mod common;
 use common::*;
 use perch::event::{Chat, ChatType, Event, EventKind, Mention, Person};
+use perch::testing::TestHub;
 use serde_json::{Value, json};
 use std::time::Duration;
 use wiremock::matchers::{body_partial_json, method, path};
@@ -55,6 +58,25 @@ retries = 0
         platform = w.platform.uri(),
         api = w.api.uri()
     )
+}
+
+/// perch from the test kit with `bots` and the `bi` source: the kit's own recording
+/// platform is the `chat` connector.
+async fn kit(w: &World, bots: &str) -> TestHub {
+    let config = format!(
+        r#"
+[connectors.bi]
+kind = "http"
+base_url = "{api}/api"
+display_name = "BI API"
+timeout = "300ms"
+retries = 0
+
+{bots}
+"#,
+        api = w.api.uri()
+    );
+    TestHub::start(perch::Hub::builder(), &config).await
 }
 
 async fn ops(w: &World) -> Vec<Value> {
@@ -913,15 +935,10 @@ args = [{ name = "day", default = "昨天" }]
 mention = "*"
 bots = ["data"]
 "#;
-    let t = TestPerch::start(&config(&w, bots)).await;
-    t.perch()
-        .shared
-        .journal
-        .accept(vec![say("@bot", "alone")])
-        .await
-        .unwrap();
-    let o = wait_ops(&w, 1).await;
-    let list = text(&o[0]);
+    let hub = kit(&w, bots).await;
+    let (_, o) = hub.post(say("@bot", "alone")).await;
+    assert_eq!(o.len(), 1, "{o:?}");
+    let list = o[0].text();
     assert_eq!(
         list,
         "Ask me one of these:\n- `@bot gmv [day: day]`: GMV of a day"
@@ -974,7 +991,7 @@ text = "Build failed: {{payload.repo}}"
 topic = "build.failed"
 bots = ["builds"]
 "#;
-    let t = TestPerch::start(&config(&w, bots)).await;
+    let hub = kit(&w, bots).await;
     let mut e = say("@builds hi", "nb1");
     e.mentions = vec![Mention {
         person: Person {
@@ -983,17 +1000,13 @@ bots = ["builds"]
         },
         is_bot: true,
     }];
-    t.perch().shared.journal.accept(vec![e]).await.unwrap();
-    let o = wait_ops(&w, 1).await;
+    let (_, o) = hub.post(e).await;
+    assert_eq!(o.len(), 1, "{o:?}");
     assert_eq!(
-        text(&o[0]),
+        o[0].text(),
         "`@builds` does not take commands: it is a `notify` bot that reacts to events. Say `@help` for the bots you can ask."
     );
-    assert!(
-        o[0]["key"].as_str().unwrap().ends_with("/builds/0000"),
-        "{}",
-        o[0]["key"]
-    );
+    assert!(o[0].key.ends_with("/builds/0000"), "{}", o[0].key);
 }
 
 /// A query card shows the declared fields, in order, with their labels and formats; an

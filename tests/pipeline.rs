@@ -1,10 +1,14 @@
 //! The core pipeline end to end, on a real server: webhook → journal → router → bot →
 //! outbox → connector. Outbound operations go to a wiremock "chat platform" through the
 //! webhook connector's `send_url`, so each test can count exactly what was delivered.
+//! Tests that only need a chat platform and the journal (routing, a failing bot) use
+//! the test kit (`perch::testing::TestHub`) and its recording platform instead.
 
 mod common;
 use common::*;
-use perch::event::{Chat, ChatType, Event, EventKind, Mention, Person};
+use perch::event::{Event, EventKind, Mention, Person};
+use perch::store::Fate;
+use perch::testing::{ROOM, TestHub};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use wiremock::matchers::{method, path};
@@ -104,32 +108,6 @@ async fn api(t: &TestPerch, path: &str) -> Value {
         .json()
         .await
         .unwrap()
-}
-
-/// A chat message as a platform connector would journal it.
-fn message(text: &str, bots: &[&str]) -> Event {
-    let mut e = Event::new("chat", EventKind::Message, chrono::Utc::now());
-    e.chat = Some(Chat {
-        id: "room-1".into(),
-        chat_type: ChatType::Group,
-    });
-    e.sender = Some(Person {
-        id: "alice".into(),
-        name: Some("Alice".into()),
-    });
-    e.text = Some(text.to_string());
-    e.message_id = Some("msg-1".into());
-    e.mentions = bots
-        .iter()
-        .map(|b| Mention {
-            person: Person {
-                id: b.to_string(),
-                name: Some(b.to_string()),
-            },
-            is_bot: true,
-        })
-        .collect();
-    e
 }
 
 fn text_of(op: &Value) -> String {
@@ -484,9 +462,26 @@ bots = ["c"]
     assert_eq!(unrouted[0]["event"]["topic"], "other.topic");
 }
 
+/// A chat message from the test kit's platform, @mentioning `bots`.
+fn kit_message(hub: &TestHub, text: &str, bots: &[&str]) -> Event {
+    let mut e = hub.event(EventKind::Message);
+    e.text = Some(text.to_string());
+    e.message_id = Some(format!("om_in_{}", e.id));
+    e.mentions = bots
+        .iter()
+        .map(|b| Mention {
+            person: Person {
+                id: b.to_string(),
+                name: Some(b.to_string()),
+            },
+            is_bot: true,
+        })
+        .collect();
+    e
+}
+
 #[tokio::test]
 async fn messages_route_by_mention_command_and_text() {
-    let s = sink().await;
     let routes = r#"
 [bots.echo]
 kind = "echo"
@@ -510,47 +505,37 @@ connector = "chat"
 text = "(?i)^ping$"
 bots = ["echo"]
 "#;
-    let t = TestPerch::start(&config(&s.uri(), routes)).await;
-    let journal = &t.perch().shared.journal;
-    journal
-        .accept(vec![message("@bot GMV 昨天", &["bot"])])
-        .await
-        .unwrap();
-    let got = wait_sent(&s, 1).await;
-    assert_eq!(text_of(&got[0]), "GMV 昨天");
-    assert_eq!(got[0]["to"], json!({"type": "chat", "id": "room-1"}));
+    let hub = TestHub::start(perch::Hub::builder(), routes).await;
+    let gmv = kit_message(&hub, "@bot GMV 昨天", &["bot"]);
+    let asked_in = gmv.message_id.clone().unwrap();
+    let (_, got) = hub.post(gmv).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].text(), "GMV 昨天");
+    assert_eq!(got[0].json["to"], json!({"type": "chat", "id": ROOM}));
     assert_eq!(
-        got[0]["reply_to"], "msg-1",
+        got[0].json["reply_to"], asked_in,
         "replies go to the message's thread"
     );
     // Not addressed to a bot: the mention route does not fire; the text route does.
-    journal.accept(vec![message("PING", &[])]).await.unwrap();
-    let got = wait_sent(&s, 2).await;
-    assert_eq!(text_of(&got[1]), "PING");
+    let (_, got) = hub.post(kit_message(&hub, "PING", &[])).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].text(), "PING");
     // A typo gets the nearest command.
-    journal
-        .accept(vec![message("@bot gmb 昨天", &["bot"])])
-        .await
-        .unwrap();
-    let got = wait_sent(&s, 3).await;
+    let (_, got) = hub.post(kit_message(&hub, "@bot gmb 昨天", &["bot"])).await;
     assert!(
-        text_of(&got[2]).contains("Did you mean `gmv`?"),
+        got[0].text().contains("Did you mean `gmv`?"),
         "{}",
-        text_of(&got[2])
+        got[0].text()
     );
     // @help lists the commands of the bots reachable here.
-    journal
-        .accept(vec![message("@help", &["help"])])
-        .await
-        .unwrap();
-    let got = wait_sent(&s, 4).await;
-    assert_eq!(got[3]["body"]["type"], "markdown");
-    assert!(text_of(&got[3]).contains("@echo"), "{}", text_of(&got[3]));
+    let (_, got) = hub.post(kit_message(&hub, "@help", &["help"])).await;
+    assert_eq!(got[0].json["body"]["type"], "markdown");
+    assert!(got[0].text().contains("@echo"), "{}", got[0].text());
+    assert_eq!(hub.platform().ops().len(), 4, "one answer each, no repeats");
 }
 
 #[tokio::test]
 async fn a_failing_bot_answers_politely_and_the_router_goes_on() {
-    let s = sink().await;
     let routes = r#"
 [bots.echo]
 kind = "echo"
@@ -576,39 +561,32 @@ bots = ["echo"]
 topic = "x"
 bots = ["strict", "fine"]
 "#;
-    let t = TestPerch::start(&config(&s.uri(), routes)).await;
+    let hub = TestHub::start(perch::Hub::builder(), routes).await;
     // A user error: echo with nothing to say answers with its usage.
-    t.perch()
-        .shared
-        .journal
-        .accept(vec![message("@echo", &["echo"])])
-        .await
-        .unwrap();
-    let got = wait_sent(&s, 1).await;
+    let (_, got) = hub.post(kit_message(&hub, "@echo", &["echo"])).await;
     assert!(
-        text_of(&got[0]).contains("say something after @echo"),
+        got[0].text().contains("say something after @echo"),
         "{}",
-        text_of(&got[0])
+        got[0].text()
     );
     // A template error in one bot: the other bot still runs; the fate names the failure.
-    let ack: Value = post_event(&t, "x", "e1", br#"{"n":7}"#)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let got = wait_sent(&s, 2).await;
-    assert_eq!(text_of(&got[1]), "fine 7");
-    let ev = api(
-        &t,
-        &format!("/api/events/{}", ack["event_id"].as_str().unwrap()),
-    )
-    .await;
-    assert_eq!(ev["fate"]["failures"][0]["bot"], "strict");
+    let mut tick = hub.event(EventKind::System);
+    tick.chat = None;
+    tick.topic = Some("x".into());
+    tick.payload = json!({"n": 7});
+    let (id, got) = hub.post(tick).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].text(), "fine 7");
+    let entry = hub.perch().shared.store.event(id).await.unwrap().unwrap();
+    let Fate::Routed { failures, .. } = entry.fate else {
+        panic!("not routed: {:?}", entry.fate);
+    };
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].bot, "strict");
     assert!(
-        ev["fate"]["failures"][0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("template")
+        failures[0].error.contains("template"),
+        "{}",
+        failures[0].error
     );
 }
 
