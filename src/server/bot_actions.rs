@@ -80,7 +80,7 @@ pub async fn post_actions(
     // event's fate proves the event went to it. Otherwise one bot's secret could make
     // perch reply in any chat perch has seen.
     match &entry.fate {
-        Fate::Routed { bots, .. } if bots.iter().any(|b| *b == name) => {}
+        Fate::Routed { bots, .. } if bots.contains(&name) => {}
         // The bot answered 202 and posted before the router recorded the fate.
         Fate::Pending => {
             return Err(ApiError::new(
