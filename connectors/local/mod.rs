@@ -1009,7 +1009,9 @@ impl Inner {
         }
         Ok(Delivered {
             id: Some(room.id),
-            detail: json!({ "added": added }),
+            // `not_added` per the `Delivered::detail` convention: with no account
+            // directory, everyone named is a member afterwards.
+            detail: json!({ "added": added, "not_added": [] }),
         })
     }
 }
