@@ -543,6 +543,19 @@ impl Platform for WebChat {
             .await
             .expect("the setup card");
         let card_id = sent.id.expect("a message id");
+        // A person's direct room exists once perch has written to them (created on
+        // demand); people then write there.
+        t.perch().shared.connectors["web"]
+            .execute(
+                &Operation::Send {
+                    to: Target::person("ann"),
+                    body: MessageBody::text("hi ann"),
+                    reply_to: None,
+                },
+                "k-setup-dm",
+            )
+            .await
+            .expect("the setup direct message");
         WebChat { t, card_id }
     }
 
