@@ -558,7 +558,7 @@ async fn create_chat_update_and_add_members() {
         )
         .await
         .unwrap();
-    assert_eq!(added.detail, json!({ "added": ["cy"] }));
+    assert_eq!(added.detail, json!({ "added": ["cy"], "not_added": [] }));
     let unknown = web
         .execute(
             &Operation::AddMembers {
