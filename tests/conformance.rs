@@ -1184,3 +1184,29 @@ impl Platform for Webhook {
         vec!["alice".into(), "bob".into()]
     }
 }
+
+/// A receive-only webhook (no `send_url`) answers every operation with `Unsupported`,
+/// naming what is missing, rather than pretending to deliver.
+#[tokio::test]
+async fn a_receive_only_webhook_refuses_operations_as_unsupported() {
+    let t = TestPerch::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[connectors.hooks]\nkind = \"webhook\"\nsecret = \"{WEBHOOK_SECRET}\"\n"
+    ))
+    .await;
+    let hooks = t.perch().shared.connectors["hooks"].clone();
+    let ops = [
+        send("ops".into(), MessageBody::text("x"), None),
+        Operation::CreateChat {
+            spec: ChatSpec {
+                name: "x".into(),
+                ..Default::default()
+            },
+        },
+    ];
+    for op in ops {
+        match hooks.execute(&op, "k-unsupported").await {
+            Err(SendError::Unsupported(what)) => assert!(what.contains("send_url"), "{what}"),
+            other => panic!("{}: expected Unsupported, got {other:?}", op.name()),
+        }
+    }
+}
