@@ -102,42 +102,9 @@ fn web(t: &TestPerch) -> perch::connectors::SharedConnector {
         .clone()
 }
 
-/// An SSE connection, read chunk by chunk.
-struct Sse {
-    resp: reqwest::Response,
-    buf: String,
-}
-
-impl Sse {
-    async fn open(t: &TestPerch) -> Sse {
-        let resp = client()
-            .get(t.url("/chat/api/stream"))
-            .send()
-            .await
-            .expect("stream");
-        assert_eq!(resp.status(), 200);
-        let mut s = Sse {
-            resp,
-            buf: String::new(),
-        };
-        s.until("event: hello").await;
-        s
-    }
-
-    /// Read until the stream has shown `needle`; returns everything read so far.
-    async fn until(&mut self, needle: &str) -> String {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while !self.buf.contains(needle) {
-                match self.resp.chunk().await.expect("stream chunk") {
-                    Some(bytes) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
-                    None => panic!("stream ended before {needle:?}; got {}", self.buf),
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no {needle:?} on the stream; got {}", self.buf));
-        self.buf.clone()
-    }
+/// The web chat's live stream, read until its `hello`.
+async fn open_stream(t: &TestPerch) -> Sse {
+    Sse::open(client().get(t.url("/chat/api/stream"))).await
 }
 
 #[tokio::test]
@@ -168,7 +135,7 @@ async fn the_page_is_served_with_its_title_escaped() {
 #[tokio::test]
 async fn echo_answers_in_the_room_and_on_the_stream() {
     let t = TestPerch::start(CONFIG).await;
-    let mut sse = Sse::open(&t).await;
+    let mut sse = open_stream(&t).await;
     let posted = say(&t, "general", "ann", "@echo hi", "c-1").await;
     assert_eq!(posted["author"], "ann");
     assert_eq!(posted["from_bot"], false);
@@ -523,7 +490,7 @@ async fn executing_one_key_twice_posts_one_message() {
 async fn create_chat_update_and_add_members() {
     let t = TestPerch::start(CONFIG).await;
     let web = web(&t);
-    let mut sse = Sse::open(&t).await;
+    let mut sse = open_stream(&t).await;
     let spec = ChatSpec {
         name: "【项目】Acme-P01".into(),
         members: vec!["ann".into(), "bob".into()],

@@ -354,6 +354,47 @@ pub fn perch_command(args: &[&str]) -> std::process::Output {
         .expect("the perch binary runs")
 }
 
+/// An SSE connection (the web chat's live stream, the console's live events), read
+/// chunk by chunk.
+pub struct Sse {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl Sse {
+    /// Send `request`, expect 200, and read until the stream's first `hello`.
+    pub async fn open(request: reqwest::RequestBuilder) -> Sse {
+        let resp = request.send().await.expect("stream");
+        assert_eq!(resp.status(), 200, "the stream opens");
+        let mut s = Sse {
+            resp,
+            buf: String::new(),
+        };
+        s.until("event: hello").await;
+        s
+    }
+
+    /// Read until the stream has shown `needle`; returns everything read so far.
+    pub async fn until(&mut self, needle: &str) -> String {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !self.buf.contains(needle) {
+                match self.resp.chunk().await.expect("stream chunk") {
+                    Some(bytes) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                    None => panic!("stream ended before {needle:?}; got {}", self.buf),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {needle:?} on the stream; got {}", self.buf));
+        self.buf.clone()
+    }
+
+    /// Everything read so far.
+    pub fn seen(&self) -> &str {
+        &self.buf
+    }
+}
+
 /// A fake endpoint that answers `first` to the first `times` requests of `method`, then
 /// `then`: a platform that fails for a while.
 pub async fn fails_then(
