@@ -233,6 +233,10 @@ pub struct KeyedAction {
 
 #[async_trait]
 impl Bot for HttpBot {
+    fn secrets(&self) -> Vec<&str> {
+        vec![self.secret.expose()]
+    }
+
     async fn handle(&self, event: &Event, ctx: &mut BotContext) -> Result<Vec<Action>, BotError> {
         if event.kind == EventKind::BotActions {
             return self.late(event);

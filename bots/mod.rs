@@ -78,6 +78,11 @@ pub trait Bot: Send + Sync + 'static {
     fn commands(&self) -> Vec<CommandSpec> {
         Vec::new()
     }
+    /// The secret values in its config (after `${ENV}` expansion), so the console can
+    /// show the config with each of them as `***`. Default: none.
+    fn secrets(&self) -> Vec<&str> {
+        Vec::new()
+    }
     /// Handle one event. Must be deterministic enough that running it twice for the same
     /// event (after a crash) returns the same actions: they are deduplicated by index.
     async fn handle(&self, event: &Event, ctx: &mut BotContext) -> Result<Vec<Action>, BotError>;

@@ -150,6 +150,10 @@ pub struct Journal {
     ingesting: Arc<Ingesting>,
     /// Whether ingest writes succeed (shared with the outbox, read by `/healthz`).
     health: Arc<crate::health::StoreHealth>,
+    /// Told of each new event once durable (the console's live list).
+    feed: Arc<crate::live::EventFeed>,
+    /// Each connector's last ingest, good and bad (`/api/status`).
+    connector_health: Arc<crate::health::ConnectorHealth>,
 }
 
 impl Journal {
@@ -172,6 +176,8 @@ impl Journal {
             clock,
             ingesting: Arc::default(),
             health: Arc::default(),
+            feed: Arc::default(),
+            connector_health: Arc::default(),
         };
         (journal, task)
     }
@@ -179,6 +185,17 @@ impl Journal {
     /// Whether perch can store right now (shared by the journal and the outbox).
     pub fn health(&self) -> Arc<crate::health::StoreHealth> {
         self.health.clone()
+    }
+
+    /// Where changed journal entries are announced (the router announces fates here).
+    pub fn feed(&self) -> Arc<crate::live::EventFeed> {
+        self.feed.clone()
+    }
+
+    /// Each connector's last success and failure (shared with the outbox and the
+    /// inbound route, read by `/api/status`).
+    pub fn connector_health(&self) -> Arc<crate::health::ConnectorHealth> {
+        self.connector_health.clone()
     }
 
     /// The events being accepted right now (for the router).
@@ -194,7 +211,24 @@ impl Journal {
     /// the new ones for the router. Returns when they are on disk.
     pub async fn accept(&self, events: Vec<Event>) -> Result<Vec<Accepted>, JournalError> {
         use crate::health::Writer;
+        // Per connector, for its health record (one request is usually one connector).
+        let mut per_connector: Vec<(String, u64)> = Vec::new();
+        for e in &events {
+            match per_connector.iter_mut().find(|(c, _)| *c == e.connector) {
+                Some((_, n)) => *n += 1,
+                None => per_connector.push((e.connector.clone(), 1)),
+            }
+        }
         let result = self.accept_inner(events).await;
+        let now = self.clock.now();
+        for (connector, count) in &per_connector {
+            match &result {
+                Ok(_) => self.connector_health.ingested(connector, now, *count),
+                Err(e) => self
+                    .connector_health
+                    .ingest_failed(connector, now, &e.to_string()),
+            }
+        }
         match &result {
             Ok(_) => {
                 if self.health.ok(Writer::Ingest) {
@@ -232,6 +266,9 @@ impl Journal {
         self.durable().await?;
         for (event, a) in events.iter().zip(&out) {
             telemetry::event_received(&event.connector, matches!(a, Accepted::New(_)));
+            if let Accepted::New(id) = a {
+                self.feed.changed(*id);
+            }
         }
         // The router gets the new events whole: it need not read them back.
         let new = events

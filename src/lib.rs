@@ -74,6 +74,7 @@ pub mod hub;
 pub mod i18n;
 pub mod journal;
 pub mod lanes;
+pub mod live;
 pub mod outbox;
 pub mod permissions;
 pub(crate) mod router;

@@ -18,7 +18,7 @@
 use crate::config::OutboxConfig;
 use crate::connectors::{SendError, SharedConnector};
 use crate::lanes::{LaneLimits, Lanes, Next};
-use crate::store::{DeadLetter, OutboxItem, SentRecord, Store, StoreError};
+use crate::store::{DeadLetter, OutboxItem, SentRecord, Store, StoreError, Waiting};
 use crate::telemetry;
 use backon::BackoffBuilder;
 use std::collections::HashMap;
@@ -96,6 +96,11 @@ pub struct Queued {
     pub key: String,
 }
 
+/// A wait in whole milliseconds, for the console (`Waiting`).
+fn millis(wait: Duration) -> u64 {
+    u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Where queued items are offered to the outbox's lanes (keyed by outbox key).
 pub type OutboxDoor = crate::lanes::Doorbell<String, Queued>;
 
@@ -145,6 +150,8 @@ pub struct Outbox {
     health: Arc<crate::health::StoreHealth>,
     /// When the store was last tested while deliveries were paused.
     last_probe: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Each connector's last delivery, good and bad (`/api/status`).
+    connector_health: Arc<crate::health::ConnectorHealth>,
 }
 
 impl Outbox {
@@ -154,6 +161,7 @@ impl Outbox {
         config: OutboxConfig,
         clock: crate::clock::SharedClock,
         health: Arc<crate::health::StoreHealth>,
+        connector_health: Arc<crate::health::ConnectorHealth>,
     ) -> Self {
         Outbox {
             store,
@@ -163,6 +171,7 @@ impl Outbox {
             records: Default::default(),
             health,
             last_probe: Default::default(),
+            connector_health,
         }
     }
 
@@ -216,7 +225,14 @@ impl Outbox {
                 self.config.attempt_timeout
             ))),
         };
-        let (delay, reason) = match result {
+        let now = self.clock.now();
+        match &result {
+            Ok(_) => self.connector_health.sent(&item.connector, now),
+            Err(e) => self
+                .connector_health
+                .send_failed(&item.connector, now, &e.to_string()),
+        }
+        let (delay, reason, waiting) = match result {
             Ok(delivered) => {
                 let now = self.clock.now();
                 let record = SentRecord {
@@ -255,7 +271,15 @@ impl Outbox {
                 telemetry::delivery_attempt(&item.connector, "retry");
                 let delay = retry_delay(&self.config, item.attempts, retry_after);
                 tracing::warn!(key = %item.key, connector = %item.connector, attempt = item.attempts, ?delay, %reason, "delivery failed, will retry");
-                (delay, reason)
+                let waiting = match retry_after {
+                    Some(wait) => Waiting::RetryAfter {
+                        platform_wait_ms: millis(wait),
+                    },
+                    None => Waiting::Backoff {
+                        attempt: item.attempts,
+                    },
+                };
+                (delay, reason, waiting)
             }
             // The platform is busy, not the item: not counted against max_attempts.
             Err(SendError::RateLimited {
@@ -266,14 +290,18 @@ impl Outbox {
                 telemetry::delivery_attempt(&item.connector, "rate_limited");
                 let delay = retry_delay(&self.config, item.attempts.max(1), retry_after);
                 tracing::info!(key = %item.key, connector = %item.connector, ?delay, %reason, "rate limited by the platform, will retry");
-                (delay, reason)
+                let waiting = Waiting::RateLimit {
+                    platform_wait_ms: retry_after.map(millis),
+                };
+                (delay, reason, waiting)
             }
             Err(e) => {
                 self.dead(item, e.to_string()).await?;
                 return Ok(Attempt::Finished);
             }
         };
-        self.wait_then_retry(&mut item, delay, reason).await?;
+        self.wait_then_retry(&mut item, delay, reason, waiting)
+            .await?;
         Ok(Attempt::RetryAt(tokio::time::Instant::now() + delay))
     }
 
@@ -283,10 +311,12 @@ impl Outbox {
         item: &mut OutboxItem,
         delay: Duration,
         reason: String,
+        waiting: Waiting,
     ) -> Result<(), StoreError> {
         item.next_at = self.clock.now()
             + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(60));
         item.last_error = Some(reason);
+        item.waiting = Some(waiting);
         self.store.outbox_update(item).await
     }
 

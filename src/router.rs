@@ -249,6 +249,10 @@ pub struct Processor {
     pub clicks: Arc<crate::clicks::Clicks>,
     /// The journal's ingests in progress (a scan may find their events early).
     pub ingesting: Arc<crate::journal::Ingesting>,
+    /// Told when an event's fate is recorded (the console's live list).
+    pub feed: Arc<crate::live::EventFeed>,
+    /// Each bot's events handled, failures and last error (the console's Bots page).
+    pub bot_activity: Arc<crate::health::BotActivity>,
 }
 
 impl Processor {
@@ -299,6 +303,7 @@ impl Processor {
                 ));
             }
             store.complete_event(event, &Fate::Unrouted, &items).await?;
+            self.feed.changed(id);
             telemetry::event_handled(&event.connector, "unrouted");
             if clicked.is_some() {
                 self.clicks.handled(id);
@@ -420,6 +425,14 @@ impl Processor {
             answer: (!answer.is_empty()).then_some(answer),
         };
         store.complete_event(event, &fate, &items).await?;
+        self.feed.changed(id);
+        if let Fate::Routed { bots, failures, .. } = &fate {
+            for bot in bots {
+                let error = failures.iter().find(|f| &f.bot == bot);
+                self.bot_activity
+                    .handled(bot, now, error.map(|f| f.error.as_str()));
+            }
+        }
         if clicked.is_some() {
             self.clicks.handled(id);
         }

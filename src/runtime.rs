@@ -82,6 +82,10 @@ pub struct SharedParts {
     pub auth: Arc<crate::auth::Auth>,
     /// `server.metrics_token`: the bearer token `/metrics` wants, if set.
     pub metrics_token: Option<crate::config::Secret>,
+    /// Each bot's config (secrets masked) and routes, for the console's Bots page.
+    pub bot_overviews: Vec<crate::server::bots_page::BotOverview>,
+    /// Each bot's events handled, failures and last error since start.
+    pub bot_activity: Arc<crate::health::BotActivity>,
 }
 
 /// A running perch.
@@ -207,6 +211,13 @@ impl Perch {
 
         let mut bots = HashMap::new();
         let mut infos = Vec::new();
+        let mut bot_overviews = Vec::new();
+        let route_configs: Vec<crate::config::RouteConfig> = routing_config
+            .routes
+            .iter()
+            .map(|r| r.get_ref().clone())
+            .collect();
+        let bot_activity = Arc::new(crate::health::BotActivity::default());
         let reach = router.reachability();
         for (name, c) in bot_configs {
             let kind = bot_kinds
@@ -218,6 +229,13 @@ impl Perch {
                     name: name.clone(),
                     why: e.to_string(),
                 })?;
+            bot_overviews.push(crate::server::bots_page::BotOverview::new(
+                &name,
+                kind,
+                &c.get_ref().settings,
+                &bot.secrets(),
+                &route_configs,
+            ));
             infos.push(BotInfo {
                 name: name.clone(),
                 kind,
@@ -246,6 +264,8 @@ impl Perch {
             outbox: outbox_door.clone(),
             clicks: clicks.clone(),
             ingesting: journal.ingesting(),
+            feed: journal.feed(),
+            bot_activity: bot_activity.clone(),
         });
         let (event_lanes, router_task) =
             crate::router::start(processor, server.concurrency, &router_door, cancel.clone());
@@ -255,6 +275,7 @@ impl Perch {
             outbox_config,
             clock.clone(),
             journal.health(),
+            journal.connector_health(),
         ));
         let (outbox_lanes, outbox_task) = outbox.start(&outbox_door, cancel.clone());
         let upkeep_task = tokio::spawn(upkeep(
@@ -298,6 +319,8 @@ impl Perch {
             clicks,
             click_answer_window: server.click_answer_window,
             bots,
+            bot_overviews,
+            bot_activity,
         }));
         Ok(Perch {
             shared,

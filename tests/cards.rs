@@ -542,6 +542,29 @@ async fn api_lists_and_renders_cards() {
         v["card"]["header"]["title"],
         "Reminder: Submit the Q4 budget"
     );
+    // Beside each render, the platform's limit, measured as the renderer fits the card.
+    let blocks = v["output"]["blocks"].as_array().unwrap().len();
+    assert_eq!(
+        v["size"],
+        json!({"used": blocks, "limit": 50, "unit": "blocks"})
+    );
+    for (platform, limit) in [("feishu", 30 * 1024), ("feishu_webhook", 19 * 1024)] {
+        let v: Value = http
+            .post(t.url("/api/cards/render"))
+            .json(&json!({"template": "reminder", "platform": platform}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let bytes = serde_json::to_string(&v["output"]).unwrap().len();
+        assert_eq!(
+            v["size"],
+            json!({"used": bytes, "limit": limit, "unit": "bytes"}),
+            "{platform}"
+        );
+    }
 
     // Sample data is used when none is given; HTML comes back as a string.
     let v: Value = http
@@ -559,6 +582,7 @@ async fn api_lists_and_renders_cards() {
             .unwrap()
             .starts_with("<div class=\"perch-card\">")
     );
+    assert_eq!(v["size"], Value::Null, "no limit known for html");
 
     for (body, needle) in [
         (

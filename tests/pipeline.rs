@@ -896,3 +896,318 @@ async fn secrets_never_show() {
         .unwrap();
     assert!(!status.contains(SECRET));
 }
+
+/// The pending delivery of the one event posted as `delivery`, once it has been tried.
+async fn waiting_delivery(t: &TestPerch, event_id: &str) -> Value {
+    eventually(5, "a tried delivery", || async {
+        let d = api(t, &format!("/api/events/{event_id}/deliveries")).await;
+        let item = d["pending"].get(0).cloned()?;
+        item.get("waiting").is_some().then_some(item)
+    })
+    .await
+}
+
+/// The console's Deliveries say why a delivery waits: a rate limit with the wait the
+/// platform asked for, a Retry-After on a failure, or our own backoff.
+#[tokio::test]
+async fn a_waiting_delivery_says_why_and_until_when() {
+    let cases = [
+        (
+            ResponseTemplate::new(429).insert_header("retry-after", "30"),
+            json!({"reason": "rate_limit", "platform_wait_ms": 30_000}),
+            (30, 31),
+        ),
+        (
+            ResponseTemplate::new(503).insert_header("retry-after", "20"),
+            json!({"reason": "retry_after", "platform_wait_ms": 20_000}),
+            (20, 21),
+        ),
+        (
+            ResponseTemplate::new(500),
+            json!({"reason": "backoff", "attempt": 1}),
+            // 10 s backoff, plus backon's jitter (up to the delay again).
+            (10, 20),
+        ),
+    ];
+    for (answer, want, (least, most)) in cases {
+        let s = common::fails_then("POST", answer, 1, ResponseTemplate::new(200)).await;
+        // A long backoff, so the item is still waiting when we look.
+        let cfg = config(&s.uri(), NOTIFY).replace(
+            "min_backoff = \"50ms\"\nmax_backoff = \"200ms\"",
+            "min_backoff = \"10s\"\nmax_backoff = \"10s\"",
+        );
+        let t = TestPerch::start(&cfg).await;
+        let before = chrono::Utc::now();
+        let ack: Value = post_event(&t, "build.failed", "w1", br#"{"repo":"r"}"#)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let item = waiting_delivery(&t, ack["event_id"].as_str().unwrap()).await;
+        assert_eq!(item["waiting"], want, "{item}");
+        let next_at: chrono::DateTime<chrono::Utc> =
+            serde_json::from_value(item["next_at"].clone()).unwrap();
+        let wait = (next_at - before).num_milliseconds();
+        assert!(
+            wait >= least * 1000 - 100 && wait <= most * 1000 + 1_000,
+            "next try {wait} ms after the post, for a wait of {least}..{most} s: {item}"
+        );
+        // The outbox list (the Deliveries page) shows the same.
+        let outbox = api(&t, "/api/outbox").await;
+        assert_eq!(outbox["items"][0]["waiting"], want);
+        assert_eq!(sent(&s).await.len(), 1, "tried once, now waiting");
+    }
+}
+
+/// The console's Events list is live over SSE: an accepted event, then its fate, are
+/// pushed as they happen; `since` leaves older events out, and a bad time is refused.
+#[tokio::test]
+async fn the_live_event_stream_pushes_new_events_and_their_fates() {
+    let s = sink().await;
+    let t = TestPerch::start(&config(&s.uri(), NOTIFY)).await;
+    let mut live = Sse::open(reqwest::Client::new().get(t.url("/api/events/stream"))).await;
+    let ack: Value = post_event(&t, "build.failed", "live-1", br#"{"repo":"r"}"#)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = ack["event_id"].as_str().unwrap();
+    let seen = live.until(r#""state":"routed""#).await;
+    assert!(seen.contains("event: entry"), "{seen}");
+    assert!(seen.contains(id), "the entry names the event: {seen}");
+
+    // A stream from a time after that event hears of newer events only.
+    let later = chrono::Utc::now() + chrono::Duration::milliseconds(5);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut from_later = Sse::open(
+        reqwest::Client::new()
+            .get(t.url("/api/events/stream"))
+            .query(&[("since", later.to_rfc3339())]),
+    )
+    .await;
+    let second: Value = post_event(&t, "build.failed", "live-2", br#"{"repo":"s"}"#)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second_id = second["event_id"].as_str().unwrap();
+    let seen = from_later.until(r#""state":"routed""#).await;
+    assert!(seen.contains(second_id), "{seen}");
+    assert!(!seen.contains(id), "the older event is not pushed: {seen}");
+
+    // The list takes the same time filter.
+    let listed = api(
+        &t,
+        &format!("/api/events?since={}", url_escape(&later.to_rfc3339())),
+    )
+    .await;
+    let ids: Vec<&str> = listed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![second_id]);
+    let listed = api(
+        &t,
+        &format!("/api/events?until={}", url_escape(&later.to_rfc3339())),
+    )
+    .await;
+    let ids: Vec<&str> = listed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![id]);
+
+    // Bad times: one clear line, 400.
+    for query in [
+        "since=yesterday",
+        "until=2026-13-01T00:00:00Z",
+        "since=2026-02-01T00:00:00Z&until=2026-01-01T00:00:00Z",
+    ] {
+        for path in ["/api/events", "/api/events/stream"] {
+            let resp = reqwest::get(t.url(&format!("{path}?{query}")))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 400, "{path}?{query}");
+            let body: Value = resp.json().await.unwrap();
+            let error = body["error"].as_str().unwrap_or_default();
+            assert!(
+                (error.contains("since") || error.contains("until")) && !error.contains('\n'),
+                "{path}?{query}: {body}"
+            );
+        }
+    }
+}
+
+/// `+` in an RFC 3339 offset must not become a space in a query string.
+fn url_escape(s: &str) -> String {
+    s.replace('+', "%2B").replace(':', "%3A")
+}
+
+/// `/api/status` (and the console's Connectors page) gives each connector's last
+/// success and last failure with its reason, sending and taking in; in memory, per
+/// process.
+#[tokio::test]
+async fn status_shows_each_connectors_last_success_and_failure() {
+    let s = common::fails_then(
+        "POST",
+        ResponseTemplate::new(502).set_body_string("upstream\n down"),
+        1,
+        ResponseTemplate::new(200),
+    )
+    .await;
+    let t = TestPerch::start(&config(&s.uri(), NOTIFY)).await;
+    let health = |status: &Value, name: &str| -> Value {
+        status["connectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["health"].clone())
+            .unwrap_or_else(|| panic!("no connector {name}: {status}"))
+    };
+    let fresh = api(&t, "/api/status").await;
+    assert_eq!(health(&fresh, "chat")["last_send_ok"], Value::Null);
+    assert_eq!(health(&fresh, "events")["events_in"], 0);
+
+    // A refused request: the reason is recorded on the connector it was meant for.
+    let refused = reqwest::Client::new()
+        .post(t.url("/hooks/events"))
+        .header("X-Perch-Topic", "build.failed")
+        .header("X-Perch-Signature", "sha256=00")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let after_refusal = api(&t, "/api/status").await;
+    let events = health(&after_refusal, "events");
+    assert_eq!(events["ingests_failed"], 1, "{events}");
+    assert!(
+        events["last_ingest_failure"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("signature"),
+        "{events}"
+    );
+    assert_eq!(events["last_ingest_ok"], Value::Null);
+
+    // A good event, whose delivery fails once (502) and then succeeds.
+    post_event(&t, "build.failed", "h1", br#"{"repo":"r"}"#).await;
+    wait_sent(&s, 2).await;
+    let status = eventually(5, "the delivery recorded", || async {
+        let st = api(&t, "/api/status").await;
+        (health(&st, "chat")["sends_ok"] == 1).then_some(st)
+    })
+    .await;
+    let chat = health(&status, "chat");
+    assert_eq!(chat["sends_failed"], 1, "{chat}");
+    assert_eq!(
+        chat["last_send_failure"]["reason"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .count(),
+        1,
+        "one line: {chat}"
+    );
+    assert!(
+        chat["last_send_failure"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("502"),
+        "{chat}"
+    );
+    let time = |v: &Value| -> chrono::DateTime<chrono::Utc> {
+        serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{v}: {e}"))
+    };
+    assert!(
+        time(&chat["last_send_ok"]) > time(&chat["last_send_failure"]["at"]),
+        "the success came after the failure: {chat}"
+    );
+    let events = health(&status, "events");
+    assert_eq!(events["events_in"], 1, "{events}");
+    assert!(events["last_ingest_ok"].is_string(), "{events}");
+}
+
+/// The console's Bots page (`GET /api/bots`): each bot's config with its secrets as
+/// `***`, the routes that reach it, events handled and failures with the last error.
+#[tokio::test]
+async fn the_bots_page_shows_config_without_secrets_routes_and_activity() {
+    let s = sink().await;
+    let routes = r#"
+[bots.strict]
+kind = "notify"
+connector = "chat"
+chat = "c"
+text = "{{payload.missing.field}}"
+
+[bots.fine]
+kind = "notify"
+connector = "chat"
+chat = "c"
+text = "fine {{payload.n}}"
+
+[bots.remote]
+kind = "http_bot"
+url = "http://127.0.0.1:9/bot?token=hush-hush-42"
+secret = "hush-hush-42"
+
+[[routes]]
+topic = "x"
+bots = ["strict", "fine"]
+
+[[routes]]
+topic = "never"
+bots = ["remote"]
+"#;
+    let t = TestPerch::start(&config(&s.uri(), routes)).await;
+    post_event(&t, "x", "b1", br#"{"n":1}"#).await;
+    post_event(&t, "x", "b2", br#"{"n":2}"#).await;
+    wait_sent(&s, 2).await;
+    let page = eventually(5, "both events counted", || async {
+        let page = api(&t, "/api/bots").await;
+        let strict = page["bots"]
+            .as_array()?
+            .iter()
+            .find(|b| b["name"] == "strict")?
+            .clone();
+        (strict["activity"]["events_handled"] == 2).then_some(page)
+    })
+    .await;
+    let text = page.to_string();
+    assert!(!text.contains("hush-hush-42"), "a secret shows: {text}");
+    let bot = |name: &str| {
+        page["bots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == name)
+            .unwrap_or_else(|| panic!("no bot {name}: {page}"))
+            .clone()
+    };
+    let remote = bot("remote");
+    assert_eq!(remote["kind"], "http_bot");
+    assert_eq!(remote["config"]["secret"], "***");
+    assert_eq!(remote["config"]["url"], "http://127.0.0.1:9/bot?token=***");
+    assert_eq!(remote["routes"][0]["topic"], "never");
+    assert_eq!(remote["activity"]["events_handled"], 0);
+    let strict = bot("strict");
+    assert_eq!(strict["config"]["text"], "{{payload.missing.field}}");
+    assert_eq!(strict["routes"].as_array().unwrap().len(), 1);
+    assert_eq!(strict["activity"]["failures"], 2, "{strict}");
+    assert!(
+        strict["activity"]["last_error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("template"),
+        "{strict}"
+    );
+    let fine = bot("fine");
+    assert_eq!(fine["activity"]["events_handled"], 2);
+    assert_eq!(fine["activity"]["failures"], 0);
+    assert_eq!(fine["activity"]["last_error"], Value::Null);
+}

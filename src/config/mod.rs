@@ -297,7 +297,7 @@ impl Default for OutboxConfig {
 /// Routes are checked in order and **every** matching route fires (a bot gets an event
 /// at most once), unless a matching route says `stop = true`, which ends the search.
 /// All conditions given on a route must hold.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Only events from this connector.

@@ -19,6 +19,7 @@ pub fn routes(shared: Shared) -> Router<Shared> {
     Router::new()
         .route("/status", get(status))
         .route("/events", get(events))
+        .route("/events/stream", get(event_stream))
         .route("/events/{id}", get(event))
         .route("/events/{id}/deliveries", get(event_deliveries))
         .route("/outbox", get(outbox))
@@ -27,6 +28,7 @@ pub fn routes(shared: Shared) -> Router<Shared> {
         .route("/dead-letters/replay-all", post(replay_all))
         .route("/sent", get(sent))
         .route("/schedules", get(schedules))
+        .route("/bots", get(super::bots_page::bots))
         .route("/cards", get(cards))
         .route("/cards/render", post(render_card))
         .layer(axum::middleware::from_fn_with_state(shared, require_token))
@@ -77,7 +79,15 @@ async fn status(State(s): State<Shared>) -> Result<Json<Value>, ApiError> {
         .connectors
         .values()
         // `state`: what the connector tells of itself (a long connection's health).
-        .map(|c| json!({ "name": c.name(), "kind": c.kind(), "state": c.describe() }))
+        // `health`: its last success and failure, sending and taking in events.
+        .map(|c| {
+            json!({
+                "name": c.name(),
+                "kind": c.kind(),
+                "state": c.describe(),
+                "health": s.journal.connector_health().of(c.name()),
+            })
+        })
         .collect();
     connectors.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     Ok(Json(json!({
@@ -98,8 +108,63 @@ struct Page {
     limit: Option<usize>,
 }
 
-async fn events(State(s): State<Shared>, Query(p): Query<Page>) -> Result<Json<Value>, ApiError> {
-    let before = match p.before.as_deref() {
+/// The console's time filter: entries received at or after `since` and at or before
+/// `until` (RFC 3339 times), either side open when absent.
+#[derive(Deserialize, Default)]
+struct TimeRange {
+    since: Option<String>,
+    until: Option<String>,
+}
+
+/// A point in time, as the API takes it.
+type Time = chrono::DateTime<chrono::Utc>;
+
+impl TimeRange {
+    fn parse(&self) -> Result<(Option<Time>, Option<Time>), ApiError> {
+        let one = |name: &str, v: &Option<String>| -> Result<Option<Time>, ApiError> {
+            v.as_deref()
+                .filter(|t| !t.is_empty())
+                .map(|t| {
+                    chrono::DateTime::parse_from_rfc3339(t)
+                        .map(|t| t.with_timezone(&chrono::Utc))
+                        .map_err(|e| {
+                            ApiError::new(
+                                StatusCode::BAD_REQUEST,
+                                format!("`{name}` is not an RFC 3339 time ({e}): {t:?}"),
+                            )
+                        })
+                })
+                .transpose()
+        };
+        let (since, until) = (one("since", &self.since)?, one("until", &self.until)?);
+        if let (Some(a), Some(b)) = (since, until)
+            && a > b
+        {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("`since` ({a}) is after `until` ({b})"),
+            ));
+        }
+        Ok((since, until))
+    }
+}
+
+fn within(at: Time, (since, until): (Option<Time>, Option<Time>)) -> bool {
+    since.is_none_or(|s| at >= s) && until.is_none_or(|u| at <= u)
+}
+
+/// How many journal entries one time-filtered page may read at most, so a narrow
+/// window far in the past cannot make one request walk the whole journal.
+const TIME_FILTER_SCAN: usize = 20_000;
+
+/// `GET /api/events?before=<id>&limit=N&since=<time>&until=<time>`: journal entries,
+/// newest first.
+async fn events(
+    State(s): State<Shared>,
+    Query(p): Query<Page>,
+    Query(range): Query<TimeRange>,
+) -> Result<Json<Value>, ApiError> {
+    let mut before = match p.before.as_deref() {
         Some(b) => Some(EventId::parse(b).ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -108,13 +173,97 @@ async fn events(State(s): State<Shared>, Query(p): Query<Page>) -> Result<Json<V
         })?),
         None => None,
     };
+    let range = range.parse()?;
     let limit = p.limit.unwrap_or(50).clamp(1, 1000);
-    let entries = s
-        .store
-        .recent_events(before, limit)
-        .await
-        .map_err(store_err)?;
+    let mut entries = Vec::new();
+    let mut scanned = 0;
+    // Newest first: skip those after `until`, stop at the first before `since`.
+    'pages: while entries.len() < limit && scanned < TIME_FILTER_SCAN {
+        let page = s
+            .store
+            .recent_events(before, limit)
+            .await
+            .map_err(store_err)?;
+        let Some(last) = page.last() else { break };
+        before = Some(last.event.id);
+        scanned += page.len();
+        let short = page.len() < limit;
+        for entry in page {
+            if range.0.is_some_and(|since| entry.event.received_at < since) {
+                break 'pages;
+            }
+            if within(entry.event.received_at, range) && entries.len() < limit {
+                entries.push(entry);
+            }
+        }
+        if short {
+            break;
+        }
+    }
     Ok(Json(json!({ "events": entries })))
+}
+
+/// How long one live stream lasts; the browser's `EventSource` reconnects by itself
+/// (after the `retry` we send) and the console reloads the list, so the cap costs
+/// nothing and bounds how long a graceful shutdown waits for an open tab.
+const STREAM_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `GET /api/events/stream?since=<time>`: the console's live event list, over SSE.
+/// First `hello`; then an `entry` (the journal entry as `/api/events/{id}` gives it)
+/// each time an event is accepted or its fate recorded, if received at or after
+/// `since`; `resync` when this listener fell behind and must reload the list.
+async fn event_stream(
+    State(s): State<Shared>,
+    Query(range): Query<TimeRange>,
+) -> Result<
+    axum::response::sse::Sse<
+        impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+    ApiError,
+> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    use futures::StreamExt;
+    use tokio_stream::wrappers::BroadcastStream;
+    use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+    let range = range.parse()?;
+    let changes = BroadcastStream::new(s.journal.feed().subscribe());
+    let store = s.store.clone();
+    let entries = changes.filter_map(move |change| {
+        let store = store.clone();
+        async move {
+            match change {
+                Ok(id) => match store.event(id).await {
+                    Ok(Some(entry)) if within(entry.event.received_at, range) => {
+                        let data = serde_json::to_string(&entry).ok()?;
+                        Some(Ok(SseEvent::default().event("entry").data(data)))
+                    }
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::warn!(event_id = %id, error = %e, "live event list: could not read the entry; asking the console to reload");
+                        Some(Ok(SseEvent::default()
+                            .event("resync")
+                            .data(json!({ "error": e.to_string() }).to_string())))
+                    }
+                },
+                Err(BroadcastStreamRecvError::Lagged(n)) => Some(Ok(SseEvent::default()
+                    .event("resync")
+                    .data(json!({ "missed": n }).to_string()))),
+            }
+        }
+    });
+    let hello = futures::stream::once(async {
+        Ok(SseEvent::default()
+            .event("hello")
+            .retry(std::time::Duration::from_secs(1))
+            .data("{}"))
+    });
+    let end = Box::pin(async {
+        tokio::select! {
+            _ = tokio::time::sleep(STREAM_LIFETIME) => {}
+            _ = super::stop_signal() => {}
+        }
+    });
+    Ok(Sse::new(hello.chain(entries).take_until(end)).keep_alive(KeepAlive::default()))
 }
 
 async fn event(State(s): State<Shared>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -358,7 +507,9 @@ async fn render_card(State(s): State<Shared>, body: bytes::Bytes) -> Result<Json
         }
     };
     let output = crate::cards::render_card(&req.platform, &card).map_err(|e| bad(e.to_string()))?;
+    // Beside the render: how much of the platform's limit it takes.
+    let size = crate::cards::render::size_use(&req.platform, &output);
     Ok(Json(
-        json!({ "platform": req.platform, "card": card, "output": output }),
+        json!({ "platform": req.platform, "card": card, "output": output, "size": size }),
     ))
 }

@@ -6,6 +6,7 @@
 
 mod api;
 mod bot_actions;
+pub mod bots_page;
 mod conn;
 mod console;
 
@@ -239,8 +240,15 @@ async fn hook(
             format!("unknown connector `{name}` (known: {})", known.join(", ")),
         ));
     };
-    let body =
-        body.inspect_err(|r| crate::telemetry::event_rejected(&name, r.status().as_u16()))?;
+    let refused = |reason: &str| {
+        s.journal
+            .connector_health()
+            .ingest_failed(&name, s.clock.now(), reason);
+    };
+    let body = body.inspect_err(|r| {
+        crate::telemetry::event_rejected(&name, r.status().as_u16());
+        refused(&r.body_text());
+    })?;
     let req = InboundRequest {
         sub_path,
         headers,
@@ -250,6 +258,7 @@ async fn hook(
     let inbound = connector.handle_inbound(&req).map_err(|e| {
         crate::telemetry::event_rejected(&name, e.status().as_u16());
         tracing::info!(connector = %name, reason = %e, "inbound request refused");
+        refused(&e.to_string());
         ApiError::new(e.status(), e.to_string())
     })?;
     // Platforms echo secrets back (Feishu's verification token); the journal is

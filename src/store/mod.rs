@@ -115,6 +115,26 @@ pub struct OutboxItem {
     pub created_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Why it waits until `next_at` (after a failed or refused attempt); `None` for a
+    /// new item. Shown by the console beside the delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
+}
+
+/// Why a queued operation is not tried before its `next_at`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Waiting {
+    /// The platform said "too many requests"; `platform_wait_ms` is the wait it asked
+    /// for (`Retry-After` or its own reset header), if it said one.
+    RateLimit {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        platform_wait_ms: Option<u64>,
+    },
+    /// The attempt failed and the platform asked to retry after this long.
+    RetryAfter { platform_wait_ms: u64 },
+    /// The attempt failed and the platform said nothing: exponential backoff, attempt n.
+    Backoff { attempt: u32 },
 }
 
 impl OutboxItem {
@@ -127,6 +147,7 @@ impl OutboxItem {
             next_at: now,
             created_at: now,
             last_error: None,
+            waiting: None,
         }
     }
     /// Per-chat lane: operations of one chat are delivered in order.

@@ -844,6 +844,7 @@ impl Store for PostgresStore {
         let mut item = letter.item;
         item.attempts = 0;
         item.next_at = now;
+        item.waiting = None;
         item.last_error = Some(format!("replayed after: {}", letter.error));
         let json = serde_json::to_vec(&item)?;
         tx.execute(

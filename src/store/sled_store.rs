@@ -856,6 +856,7 @@ impl Store for SledStore {
         let mut item = letter.item;
         item.attempts = 0;
         item.next_at = now;
+        item.waiting = None;
         item.last_error = Some(format!("replayed after: {}", letter.error));
         // Queued before the letter goes, so a crash in between loses nothing (`repair`
         // drops the letter's item from the queue only while the letter is there).

@@ -67,6 +67,36 @@ pub(crate) fn json_len(v: &Value) -> usize {
     serde_json::to_string(v).map_or(usize::MAX, |s| s.len())
 }
 
+/// How much of its platform's limit a rendered payload takes (the card studio shows it
+/// beside each render).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SizeUse {
+    pub used: usize,
+    pub limit: usize,
+    /// `bytes`, or `blocks` for Slack (whose limit is a count of blocks).
+    pub unit: &'static str,
+}
+
+/// `output`'s size against `platform`'s limit, measured as its renderer measures when it
+/// fits a card under the limit (the same constants). `None` where we know no limit.
+pub fn size_use(platform: &str, output: &Value) -> Option<SizeUse> {
+    let (used, limit, unit) = match platform {
+        "feishu" | "feishu_v1" => (json_len(output), feishu::CARD_LIMIT, "bytes"),
+        "feishu_webhook" => (json_len(output), feishu::WEBHOOK_CARD_LIMIT, "bytes"),
+        "wecom" => (wecom::measured_len(output), wecom::MARKDOWN_LIMIT, "bytes"),
+        "slack" => (
+            output
+                .get("blocks")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len),
+            slack::MAX_BLOCKS,
+            "blocks",
+        ),
+        _ => return None,
+    };
+    Some(SizeUse { used, limit, unit })
+}
+
 /// Action buttons of a card, for platforms that cannot call back: their labels joined,
 /// so the reader knows what the card offers elsewhere.
 pub(crate) fn action_labels(buttons: &[Button]) -> Vec<&str> {

@@ -24,7 +24,8 @@ use crate::cards::markdown::{escape_slack, to_slack};
 use crate::cards::model::{Card, Element, truncate_chars};
 use serde_json::{Value, json};
 
-const MAX_BLOCKS: usize = 50;
+/// Slack's limit on blocks in one message.
+pub const MAX_BLOCKS: usize = 50;
 const SECTION_TEXT: usize = 3000;
 const FIELD_TEXT: usize = 2000;
 const HEADER_TEXT: usize = 150;

@@ -28,16 +28,22 @@ pub const MARKDOWN_LIMIT: usize = 4096;
 /// The message body to POST to the robot webhook.
 pub fn render(card: &Card) -> Result<Value, CardError> {
     if super::has_url_button(card) {
-        fit(card, "wecom", MARKDOWN_LIMIT, super::json_len, |c| {
+        fit(card, "wecom", MARKDOWN_LIMIT, measured_len, |c| {
             Ok(template_card(c))
         })
     } else {
-        let size = |v: &Value| {
-            v.pointer("/markdown/content")
-                .and_then(Value::as_str)
-                .map_or(usize::MAX, str::len)
-        };
-        fit(card, "wecom", MARKDOWN_LIMIT, size, |c| Ok(markdown(c)))
+        fit(card, "wecom", MARKDOWN_LIMIT, measured_len, |c| {
+            Ok(markdown(c))
+        })
+    }
+}
+
+/// What counts against `MARKDOWN_LIMIT`: a markdown message's content, or a template
+/// card's whole JSON.
+pub fn measured_len(v: &Value) -> usize {
+    match v.pointer("/markdown/content").and_then(Value::as_str) {
+        Some(content) => content.len(),
+        None => super::json_len(v),
     }
 }
 

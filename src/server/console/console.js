@@ -55,24 +55,69 @@ function showTab() {
   const tab = (location.hash.slice(1).split("/")[0]) || "events";
   for (const s of document.querySelectorAll(".tab")) s.hidden = s.id !== tab;
   for (const a of document.querySelectorAll("#tabs a")) a.classList.toggle("on", a.dataset.tab === tab);
-  const load = { events: loadEvents, deliveries: loadDeliveries, schedules: loadSchedules, connectors: loadConnectors, cards: loadCards }[tab];
+  const load = { events: loadEvents, deliveries: loadDeliveries, schedules: loadSchedules, connectors: loadConnectors, bots: loadBots, cards: loadCards }[tab];
   if (load) load().catch((e) => toast(e.message));
+  // The live stream is open only while the Events tab shows.
+  if ((tab === "events") !== Boolean(state.stream)) liveEvents();
 }
 window.addEventListener("hashchange", showTab);
 
 // ---- events --------------------------------------------------------------------
 
+// The time filter's fields (local time in the page) as RFC 3339 for the API.
+function timeRange() {
+  const f = $("event-filters").elements;
+  const iso = (v) => (v ? new Date(v).toISOString() : "");
+  return { since: iso(f.since.value), until: iso(f.until.value) };
+}
+
 function matches(entry, f) {
   const ev = entry.event;
   const has = (v, want) => !want || (v || "").toLowerCase().includes(want.toLowerCase());
+  const t = timeRange();
+  const at = new Date(ev.received_at);
   return has(ev.connector, f.connector) && has(ev.kind, f.kind) && has(ev.topic, f.topic) &&
-    has(ev.chat && ev.chat.id, f.chat) && (!f.fate || entry.fate.state === f.fate);
+    has(ev.chat && ev.chat.id, f.chat) && (!f.fate || entry.fate.state === f.fate) &&
+    (!t.since || at >= new Date(t.since)) && (!t.until || at <= new Date(t.until));
 }
 
 async function loadEvents() {
-  const data = await api("GET", "/api/events?limit=200");
+  const t = timeRange();
+  const q = new URLSearchParams({ limit: "200" });
+  if (t.since) q.set("since", t.since);
+  if (t.until) q.set("until", t.until);
+  const data = await api("GET", "/api/events?" + q);
   state.events = data.events;
   renderEvents();
+}
+
+// Live: the server pushes each new event and each recorded fate over SSE
+// (`/api/events/stream`); on (re)connecting, and when told we fell behind, the list is
+// reloaded so nothing in between is missed.
+function upsertEvent(entry) {
+  const i = state.events.findIndex((e) => e.event.id === entry.event.id);
+  if (i >= 0) state.events[i] = entry;
+  else {
+    state.events.unshift(entry);
+    state.events.sort((a, b) => (a.event.received_at < b.event.received_at ? 1 : -1));
+    state.events.length = Math.min(state.events.length, 500);
+  }
+  renderEvents();
+  if (entry.event.id === state.selected) openEvent(entry.event.id).catch(() => {});
+}
+
+function liveEvents() {
+  const want = $("event-filters").elements.live.checked && !$("events").hidden;
+  if (state.stream) { state.stream.close(); state.stream = null; }
+  $("live-state").textContent = "";
+  if (!want) return;
+  const t = timeRange();
+  const es = new EventSource("/api/events/stream" + (t.since ? "?since=" + encodeURIComponent(t.since) : ""));
+  state.stream = es;
+  es.addEventListener("hello", () => { $("live-state").textContent = "● live"; loadEvents().catch((e) => toast(e.message)); });
+  es.addEventListener("entry", (m) => upsertEvent(JSON.parse(m.data)));
+  es.addEventListener("resync", () => loadEvents().catch(() => {}));
+  es.onerror = () => { $("live-state").textContent = "reconnecting…"; };
 }
 
 function renderEvents() {
@@ -88,7 +133,12 @@ function renderEvents() {
     body.append(tr);
   }
 }
-$("event-filters").addEventListener("input", renderEvents);
+$("event-filters").addEventListener("input", (e) => {
+  if (["since", "until", "live"].includes(e.target.name)) {
+    loadEvents().catch((err) => toast(err.message));
+    liveEvents();
+  } else renderEvents();
+});
 
 async function openEvent(id) {
   state.selected = id;
@@ -108,20 +158,32 @@ async function openEvent(id) {
   d.append(el("h3", "Delivered (" + dl.sent.length + ")"));
   for (const s of dl.sent) d.append(el("div", s.key + " → " + s.connector + " at " + when(s.at) + (s.delivered && s.delivered.id ? " (id " + s.delivered.id + ")" : "")));
   d.append(el("h3", "Queued (" + dl.pending.length + ")"));
-  for (const p of dl.pending) d.append(el("div", p.key + " → " + p.connector + ", attempts " + p.attempts + ", next " + when(p.next_at) + (p.last_error ? ", last error: " + p.last_error : "")));
+  for (const p of dl.pending) d.append(el("div", p.key + " → " + p.connector + ", attempts " + p.attempts + ", " + waitingText(p) + (p.last_error ? ", last error: " + p.last_error : "")));
   d.append(el("h3", "Dead (" + dl.dead.length + ")"));
   for (const x of dl.dead) d.append(el("div", x.item.key + " → " + x.item.connector + ": " + x.error, "error"));
   d.append(el("h3", "Event"));
   d.append(pre(entry.event));
 }
 
-// Live: new events appear as they arrive (polled every 2 s while the tab is open).
-setInterval(() => {
-  const live = $("event-filters").elements.live.checked;
-  if (live && !$("events").hidden) loadEvents().catch(() => {});
-}, 2000);
-
 // ---- deliveries ----------------------------------------------------------------
+
+// Why a queued delivery waits (the outbox records it with each retry).
+function waitingText(item) {
+  if (new Date(item.next_at) <= new Date()) return "due";
+  const until = " until " + when(item.next_at);
+  const secs = (ms) => (ms / 1000).toFixed(ms < 10000 ? 1 : 0) + " s";
+  const w = item.waiting || {};
+  switch (w.reason) {
+    case "rate_limit":
+      return "rate limited by the platform" + (w.platform_wait_ms != null ? " (it asked to wait " + secs(w.platform_wait_ms) + ")" : "") + until;
+    case "retry_after":
+      return "Retry-After " + secs(w.platform_wait_ms) + until;
+    case "backoff":
+      return "backoff after attempt " + w.attempt + until;
+    default:
+      return "waiting" + until;
+  }
+}
 
 function opSummary(op) {
   const kind = Object.keys(op)[0] || "";
@@ -146,8 +208,7 @@ async function loadDeliveries() {
   const pb = $("pending").tBodies[0];
   pb.replaceChildren();
   for (const i of outbox.items.filter((i) => i.key.startsWith(prefix))) {
-    const waiting = new Date(i.next_at) > new Date() ? "backoff until " + when(i.next_at) : "due";
-    pb.append(row([i.key, i.connector, opSummary(i.op), i.attempts, waiting, i.last_error || ""]));
+    pb.append(row([i.key, i.connector, opSummary(i.op), i.attempts, waitingText(i), i.last_error || ""]));
   }
   const db = $("dead").tBodies[0];
   db.replaceChildren();
@@ -200,15 +261,50 @@ async function loadSchedules() {
 
 // ---- connectors ----------------------------------------------------------------
 
+// A connector's last success and last failure (with its reason), the newer first.
+function health(okAt, failure, counts) {
+  const box = el("div");
+  const ok = el("div", "last ok: " + (okAt ? when(okAt) : "never"), "ok");
+  const bad = el("div", failure ? "last failure " + when(failure.at) + ": " + failure.reason : "no failure", failure ? "error" : "");
+  const failedLast = failure && (!okAt || new Date(failure.at) > new Date(okAt));
+  box.append(...(failedLast ? [bad, ok] : [ok, bad]), el("small", counts));
+  return box;
+}
+
 async function loadConnectors() {
   const status = await api("GET", "/api/status");
   const body = $("connector-list").tBodies[0];
   body.replaceChildren();
   for (const c of status.connectors) {
-    body.append(row([c.name, c.kind, location.origin + "/hooks/" + c.name, pre(c.state)]));
+    const h = c.health || {};
+    body.append(row([c.name, c.kind, location.origin + "/hooks/" + c.name,
+      health(h.last_send_ok, h.last_send_failure, h.sends_ok + " ok, " + h.sends_failed + " failed"),
+      health(h.last_ingest_ok, h.last_ingest_failure, h.events_in + " events, " + h.ingests_failed + " refused"),
+      pre(c.state)]));
   }
   const text = await fetch("/metrics").then((r) => (r.ok ? r.text() : "(/metrics needs its token)"));
   $("figures").textContent = text.split("\n").filter((l) => l && !l.startsWith("#")).slice(0, 80).join("\n");
+}
+
+// ---- bots ----------------------------------------------------------------------
+
+// Each bot: kind, config (secrets come as ***), routes, and its activity since start.
+async function loadBots() {
+  const data = await api("GET", "/api/bots");
+  const list = $("bot-list");
+  list.replaceChildren();
+  for (const b of data.bots) {
+    const box = el("div", null, "job bot");
+    box.dataset.bot = b.name;
+    const a = b.activity;
+    box.append(el("h3", b.name + " (" + b.kind + ")"));
+    box.append(el("p", a.events_handled + " events handled, " + a.failures + " failed"));
+    if (a.last_error) box.append(el("p", "last error " + when(a.last_error.at) + ": " + a.last_error.reason, "error"));
+    box.append(el("h4", "Config"), pre(b.config));
+    box.append(el("h4", "Routes (" + b.routes.length + ")"));
+    for (const r of b.routes) box.append(pre(r));
+    list.append(box);
+  }
 }
 
 // ---- card studio ---------------------------------------------------------------
@@ -248,7 +344,11 @@ async function renderCards() {
     try {
       const r = await api("POST", "/api/cards/render", { template: $("template").value, data, platform });
       const text = typeof r.output === "string" ? r.output : JSON.stringify(r.output, null, 2);
-      card.append(el("div", new TextEncoder().encode(text).length + " bytes"));
+      // The platform's limit, measured as the renderer measures it (it cuts the card to fit).
+      const z = r.size;
+      card.append(z
+        ? el("div", z.used + " / " + z.limit + " " + z.unit + " (" + Math.round((100 * z.used) / z.limit) + "% of " + platform + "'s limit)", "size" + (z.used > z.limit ? " over" : ""))
+        : el("div", new TextEncoder().encode(text).length + " bytes (no platform limit known)", "size"));
       if (platform === "html") {
         const view = document.createElement("div");
         view.innerHTML = r.output; // the card renderer escapes all text (cards/render/html.rs)
