@@ -5,7 +5,6 @@ mod common;
 use common::*;
 use perch::action::{ChatSpec, MessageBody, Operation, Target};
 use serde_json::{Value, json};
-use std::time::Duration;
 
 const CONFIG: &str = r#"
 [server]
