@@ -51,7 +51,7 @@ fn an_unknown_kind_lists_the_known_kinds() {
     assert_eq!(code, 1);
     assert!(
         out.contains(
-            "\n  perch.toml:2:8: unknown variant `webhok`, expected one of `local`, `webhook`"
+            "\n  perch.toml:2:8: connector `gh`: unknown kind `webhok` (did you mean `webhook`?); known kinds: feishu, feishu_webhook, file, http, local, matrix, slack, webhook"
         ),
         "{out}"
     );
@@ -95,7 +95,7 @@ fn an_unknown_field_inside_a_connector_is_located_on_its_line() {
         check("[connectors.gh]\nkind = \"webhook\"\nsecret = \"x\"\ntopic_pointr = \"/a\"\n");
     assert_eq!(code, 1);
     assert!(
-        out.contains("\n  perch.toml:4:1: unknown field `topic_pointr`"),
+        out.contains("\n  perch.toml:4:1: connector `gh`: unknown field `topic_pointr`"),
         "{out}"
     );
 }
@@ -106,7 +106,7 @@ fn a_missing_variable_is_named_where_it_is_used() {
         check("[connectors.gh]\nkind = \"webhook\"\nsecret = \"${PERCH_TEST_SURELY_UNSET}\"\n");
     assert_eq!(code, 1);
     assert!(
-        out.contains("perch.toml:3:11: environment variable PERCH_TEST_SURELY_UNSET is not set"),
+        out.contains("perch.toml:3:11: connector `gh`: environment variable PERCH_TEST_SURELY_UNSET is not set"),
         "{out}"
     );
     let (_, out) = check(
@@ -141,7 +141,7 @@ bots = "echo"
     assert_eq!(code, 1);
     for expected in [
         "perch.toml:3:1: unknown field `bogus_key`",
-        "perch.toml:7:1: invalid type: integer `5`, expected a string",
+        "perch.toml:7:1: connector `web`: invalid type: integer `5`, expected a string",
         "perch.toml:11:11: environment variable PERCH_TEST_UNSET_ONE is not set",
         "perch.toml:12:28: environment variable PERCH_TEST_UNSET_TWO is not set",
         "perch.toml:19:8: invalid type: string \"echo\", expected a sequence",

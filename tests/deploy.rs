@@ -14,6 +14,8 @@ use std::process::{Command, Stdio};
 
 const ADMIN_TOKEN: &str = "deploy-test-admin-token";
 const EVENTS_SECRET: &str = "deploy-test-events-secret";
+/// `perch user add admin --role admin` of "correct-horse-battery".
+const ADMIN_PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$o1CVOkcLwq2/RUz/WFRIgA$3uzpqnsPjIsixAKAKS0CZdbUV8fSSupshOT2+gBmIJ8";
 
 fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -182,6 +184,7 @@ fn perch_with_env(args: &[&str], env: &[(&str, &str)]) -> Command {
     cmd.args(args)
         .env_remove("PERCH_ADMIN_TOKEN")
         .env_remove("PERCH_EVENTS_SECRET")
+        .env_remove("PERCH_ADMIN_PASSWORD_HASH")
         .env_remove("PERCH_CONFIG");
     for (name, value) in env {
         cmd.env(name, value);
@@ -197,6 +200,7 @@ fn the_container_config_passes_check_with_its_secrets_and_names_each_missing_one
     let secrets = [
         ("PERCH_ADMIN_TOKEN", ADMIN_TOKEN),
         ("PERCH_EVENTS_SECRET", EVENTS_SECRET),
+        ("PERCH_ADMIN_PASSWORD_HASH", ADMIN_PASSWORD_HASH),
     ];
 
     let out = perch_with_env(&["check", "--config", config], &secrets)
@@ -240,6 +244,7 @@ async fn the_container_config_serves_healthz_and_guards_the_api() {
             &[
                 ("PERCH_ADMIN_TOKEN", ADMIN_TOKEN),
                 ("PERCH_EVENTS_SECRET", EVENTS_SECRET),
+                ("PERCH_ADMIN_PASSWORD_HASH", ADMIN_PASSWORD_HASH),
                 ("RUST_LOG", "warn"),
             ],
         )

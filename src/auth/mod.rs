@@ -97,9 +97,10 @@ pub enum AuthMode {
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
-    /// argon2id PHC string (`$argon2id$v=19$…`), from `perch user add <name>`.
+    /// argon2id PHC string (`$argon2id$v=19$…`), from `perch user add <name>`; it may
+    /// come from the environment (`"${PERCH_ADMIN_PASSWORD_HASH}"`), as in a container.
     #[serde(default)]
-    pub password_hash: Option<String>,
+    pub password_hash: Option<crate::config::EnvString>,
     /// `admin` (console, replay, config view, and chat) or `member` (chat).
     #[serde(default)]
     pub role: Role,
@@ -273,7 +274,7 @@ impl Auth {
             .config
             .users
             .get(name)
-            .and_then(|u| u.password_hash.clone());
+            .and_then(|u| u.password_hash.as_ref().map(|h| h.0.clone()));
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.decoy_hash.clone());
         let password = password.to_string();
