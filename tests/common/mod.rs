@@ -67,15 +67,25 @@ impl TestPerch {
     }
 
     async fn boot(&mut self) {
-        let config = self
-            .hub
-            .parse(&self.config_text, Path::new("test.toml"))
-            .unwrap_or_else(|e| panic!("test config: {e}"));
-        let perch = self
-            .hub
-            .start(config, self.clock.clone())
-            .await
-            .expect("perch starts");
+        // After an in-process `stop`, a keep-alive connection task of the old server can
+        // hold the old store (through the app state) for a moment after `shutdown`
+        // returns, and with it sled's file lock. A new process never meets this; a
+        // restart in the same process waits for the lock (at most 5 s).
+        let mut tries = 0;
+        let perch = loop {
+            let config = self
+                .hub
+                .parse(&self.config_text, Path::new("test.toml"))
+                .unwrap_or_else(|e| panic!("test config: {e}"));
+            match self.hub.start(config, self.clock.clone()).await {
+                Ok(perch) => break perch,
+                Err(e) if tries < 250 && format!("{e:?}").contains("could not acquire lock") => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("perch starts: {e:?}"),
+            }
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
