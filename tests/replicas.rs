@@ -8,12 +8,15 @@
 //! are skipped with a printed reason otherwise.
 
 mod common;
-use common::relay::{Acked, all_events, check_delivered_once, load, start_sink, wait_settled};
+use common::relay::{
+    Acked, Sink, all_events, check_delivered_once, load, start_sink, wait_settled,
+};
 use common::{ChildPerch, RelayConfig, free_port, spawn_perch, wait_healthy};
 use rand::Rng;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const SECRET: &str = "replica-secret";
@@ -93,6 +96,28 @@ async fn settled_events(settle: &str, read: &str) -> Vec<Value> {
     events
 }
 
+/// The journal and the sink at one moment, for `check_delivered_once`. The schedule
+/// keeps ticking, so a tick journaled after the journal was read can be delivered before
+/// the sink is looked at: settle, read, settle (all read is delivered), copy the sink, and
+/// read the journal again; keep what the first read had or the copy delivered. Every
+/// delivery in the copy was journaled before it, so it is in the second read.
+async fn settled_snapshot(settle: &str, read: &str, sink: &Arc<Mutex<Sink>>) -> (Vec<Value>, Sink) {
+    let id = |e: &Value| e["event"]["id"].as_str().unwrap_or_default().to_string();
+    let first: HashSet<String> = settled_events(settle, read).await.iter().map(id).collect();
+    let copy = sink.lock().unwrap().clone();
+    let delivered: HashSet<String> = copy
+        .keys
+        .keys()
+        .filter_map(|k| k.split('/').next().map(str::to_string))
+        .collect();
+    let events = all_events(read)
+        .await
+        .into_iter()
+        .filter(|e| first.contains(&id(e)) || delivered.contains(&id(e)))
+        .collect();
+    (events, copy)
+}
+
 /// Every schedule slot has exactly one tick event in the journal, delivered once (the
 /// key check is `check_delivered_once`'s). Returns how many slots fired.
 fn each_slot_fired_once(events: &[Value]) -> usize {
@@ -130,8 +155,7 @@ async fn three_replicas_deliver_each_event_once_in_order() {
     let acked: Vec<Acked> = loader.await.unwrap();
     assert!(acked.len() > 50, "load was acknowledged: {}", acked.len());
     // Any replica sees the shared state.
-    let events = settled_events(&bases[2], &bases[1]).await;
-    let sink = sink.lock().unwrap();
+    let (events, sink) = settled_snapshot(&bases[2], &bases[1], &sink).await;
     let (journaled, repeats, _) = check_delivered_once(&events, &acked, &sink, &[], REPEAT_BOUND);
     assert_eq!(repeats, 0, "no replica was killed: nothing arrives twice");
     let slots = each_slot_fired_once(&events);
@@ -181,8 +205,7 @@ async fn replicas_killed_at_random_moments_lose_and_repeat_nothing() {
         wait_healthy(&replicas[victim].base).await;
     }
     // Lanes of killed replicas pass to the others when their leases expire.
-    let events = settled_events(&bases[0], &bases[1]).await;
-    let sink = sink.lock().unwrap();
+    let (events, sink) = settled_snapshot(&bases[0], &bases[1], &sink).await;
     let (journaled, repeats, oldest) =
         check_delivered_once(&events, &acked_all, &sink, &killed_at, REPEAT_BOUND);
     let slots = each_slot_fired_once(&events);

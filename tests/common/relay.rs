@@ -20,7 +20,7 @@ pub struct Delivery {
     pub at: std::time::Instant,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Sink {
     /// Idempotency key → how many times it arrived.
     pub keys: HashMap<String, usize>,
