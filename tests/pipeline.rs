@@ -1002,25 +1002,15 @@ async fn the_live_event_stream_pushes_new_events_and_their_fates() {
         &format!("/api/events?since={}", url_escape(&later.to_rfc3339())),
     )
     .await;
-    let ids: Vec<&str> = listed["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event"]["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, vec![second_id]);
+    let ids = event_ids(&listed);
+    assert_eq!(ids, [second_id]);
     let listed = api(
         &t,
         &format!("/api/events?until={}", url_escape(&later.to_rfc3339())),
     )
     .await;
-    let ids: Vec<&str> = listed["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event"]["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, vec![id]);
+    let ids = event_ids(&listed);
+    assert_eq!(ids, [id]);
 
     // Bad times: one clear line, 400.
     for query in [
@@ -1211,4 +1201,14 @@ bots = ["remote"]
     assert_eq!(fine["activity"]["events_handled"], 2);
     assert_eq!(fine["activity"]["failures"], 0);
     assert_eq!(fine["activity"]["last_error"], Value::Null);
+}
+
+/// The event ids of an `/api/events` answer, in its order.
+fn event_ids(listed: &Value) -> Vec<&str> {
+    listed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["id"].as_str().unwrap())
+        .collect()
 }

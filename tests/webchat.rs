@@ -31,6 +31,41 @@ mention = "help"
 bots = ["help"]
 "#;
 
+/// The web chat config with a `tasks` reminders bot (its `extra` settings appended),
+/// mentioned as `@tasks` and ticked by the scheduler.
+fn tasks_config(extra: &str) -> String {
+    format!(
+        r#"{CONFIG}
+[bots.tasks]
+kind = "reminders"
+timezone = "UTC"
+{extra}
+
+[[routes]]
+connector = "web"
+mention = "tasks"
+bots = ["tasks"]
+
+[[routes]]
+kind = "tick"
+bots = ["tasks"]
+"#
+    )
+}
+
+/// Ann asks `@tasks` to remind her to call the supplier in two hours; the bot's answer.
+async fn remind_ann_to_call_the_supplier(t: &TestPerch) -> Value {
+    say(
+        t,
+        "general",
+        "ann",
+        "@tasks remind me in 2 hours call the supplier",
+        "c-1",
+    )
+    .await;
+    reply_from(t, "general", "tasks").await
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
@@ -716,32 +751,8 @@ fn urlencode(s: &str) -> String {
 /// replaced in place, for everyone who reads the room.
 #[tokio::test]
 async fn a_click_on_a_reminder_card_updates_it_in_place() {
-    let config = format!(
-        r#"{CONFIG}
-[bots.tasks]
-kind = "reminders"
-timezone = "UTC"
-
-[[routes]]
-connector = "web"
-mention = "tasks"
-bots = ["tasks"]
-
-[[routes]]
-kind = "tick"
-bots = ["tasks"]
-"#
-    );
-    let t = TestPerch::start(&config).await;
-    say(
-        &t,
-        "general",
-        "ann",
-        "@tasks remind me in 2 hours call the supplier",
-        "c-1",
-    )
-    .await;
-    let ok = reply_from(&t, "general", "tasks").await;
+    let t = TestPerch::start(&tasks_config("")).await;
+    let ok = remind_ann_to_call_the_supplier(&t).await;
     assert!(
         ok["body"]["text"]
             .as_str()
@@ -828,34 +839,11 @@ bots = ["tasks"]
 /// card: the reminder and the escalation copy (both sent to this room here).
 #[tokio::test]
 async fn done_updates_every_copy_of_the_card() {
-    let config = format!(
-        r#"{CONFIG}
-[bots.tasks]
-kind = "reminders"
-timezone = "UTC"
-escalate_after_days = 1
-escalate_to = "general"
-
-[[routes]]
-connector = "web"
-mention = "tasks"
-bots = ["tasks"]
-
-[[routes]]
-kind = "tick"
-bots = ["tasks"]
-"#
-    );
-    let t = TestPerch::start(&config).await;
-    say(
-        &t,
-        "general",
-        "ann",
-        "@tasks remind me in 2 hours call the supplier",
-        "c-1",
-    )
+    let t = TestPerch::start(&tasks_config(
+        "escalate_after_days = 1\nescalate_to = \"general\"",
+    ))
     .await;
-    let ok = reply_from(&t, "general", "tasks").await;
+    let ok = remind_ann_to_call_the_supplier(&t).await;
     let text = ok["body"]["text"].as_str().unwrap().to_string();
     let id = text
         .rsplit('`')
