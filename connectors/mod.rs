@@ -477,6 +477,8 @@ pub struct ConnectorEnv {
     pub http: reqwest::Client,
     /// Names of the configured bots (the web chat shows them as @mentionable users).
     pub bot_names: Vec<String>,
+    /// `[server] locale`: the language of built-in texts where a connector sets none.
+    pub default_locale: crate::i18n::Locale,
     /// `[auth] mode`: whether the web chat sends strangers to `/login`.
     pub auth_mode: crate::auth::AuthMode,
     /// Cancelled when perch shuts down: connectors' own background connections (the

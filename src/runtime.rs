@@ -199,6 +199,7 @@ impl Perch {
             clock: clock.clone(),
             http,
             bot_names: bot_configs.keys().cloned().collect(),
+            default_locale: locales.default,
             auth_mode: auth_config.mode,
             cancel: cancel.clone(),
         };

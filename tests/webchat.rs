@@ -298,6 +298,67 @@ bots = ["tasks_en"]
     assert_eq!(en["body"]["text"], "There is no reminder `r-nope`.", "{en}");
 }
 
+/// `@nobody …` (no bot, nobody who has written here) would notify no one: the author is
+/// told so with their post, and nothing is posted to the room. A person who has written
+/// here, a bot, a mention later in the text, and the author's own name get no notice.
+#[tokio::test]
+async fn a_mention_of_nobody_is_told_to_its_author() {
+    let t = TestPerch::start(CONFIG).await;
+    let posted = say(&t, "general", "ann", "@nobody are you there?", "c-nobody").await;
+    let notice = posted["notice"].as_str().expect("a notice");
+    assert!(notice.starts_with("@nobody is not a bot here"), "{notice}");
+    assert!(
+        notice.contains("@echo") && notice.contains("@help"),
+        "{notice}"
+    );
+    assert!(
+        !notice.contains('`'),
+        "plain text for the notice line: {notice}"
+    );
+
+    say(&t, "general", "bob", "hi all", "c-bob").await;
+    for (i, text) in [
+        "@bob are you there?",
+        "@echo hi",
+        "hi @nobody",
+        "@ann note to self",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let posted = say(&t, "general", "ann", text, &format!("c-{i}")).await;
+        assert!(posted.get("notice").is_none(), "{text}: {posted}");
+    }
+    // The notice is the author's alone: only people's posts and echo's answer are stored.
+    // Events of a chat are handled in order, so once echo has answered the later post,
+    // any answer to `@nobody` would be there too.
+    reply_from(&t, "general", "echo").await;
+    let msgs = messages(&t, "general").await;
+    let mut authors: Vec<&str> = msgs.iter().map(|m| m["author"].as_str().unwrap()).collect();
+    authors.sort_unstable();
+    assert_eq!(
+        authors,
+        ["ann", "ann", "ann", "ann", "ann", "bob", "echo"],
+        "{msgs:?}"
+    );
+}
+
+/// In Chinese where the web chat speaks Chinese.
+#[tokio::test]
+async fn the_nobody_notice_follows_the_connectors_locale() {
+    let config = CONFIG.replace(
+        "title = \"Acme <chat>\"",
+        "title = \"Acme <chat>\"\nlocale = \"zh-CN\"",
+    );
+    let t = TestPerch::start(&config).await;
+    let posted = say(&t, "general", "ann", "@nobody 在吗", "c-zh-nobody").await;
+    let notice = posted["notice"].as_str().expect("a notice");
+    assert!(
+        notice.starts_with("这里没有名为 @nobody 的机器人"),
+        "{notice}"
+    );
+}
+
 #[tokio::test]
 async fn a_double_submit_is_one_message_and_one_event() {
     let t = TestPerch::start(CONFIG).await;

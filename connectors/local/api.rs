@@ -371,9 +371,13 @@ async fn post_message(
     let author = author_of(&viewer, b.author.as_deref())?;
     room_for(&s, &viewer, &room).await?;
     let (msg, duplicate) = s.post(&room, &author, &b.text, &b.client_id).await?;
+    let notice = s.notice_for(&b.text, &author).await;
     let mut v = message_view(&msg);
     if let Some(obj) = v.as_object_mut() {
         obj.insert("duplicate".into(), json!(duplicate));
+        if let Some(notice) = notice {
+            obj.insert("notice".into(), json!(notice));
+        }
     }
     Ok(Json(v))
 }

@@ -22,10 +22,12 @@ pub mod markdown;
 
 use super::*;
 use crate::action::{ChatSpec, ClickAnswer, MessageBody, Target};
+use crate::cards::markdown as md;
 use crate::event::{CardAction, Chat, ChatType, EventKind, Mention, Person};
 use crate::journal::{Accepted, JournalError};
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
+use rust_i18n::t;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -193,6 +195,10 @@ mod keys {
     pub fn last(room: &str) -> String {
         format!("last/{}", room_part(room))
     }
+    /// `person/<name>` → `{}`: someone who has written here (so `@name` is a person).
+    pub fn person(name: &str) -> String {
+        format!("person/{name}")
+    }
     /// `client/<client id>` → `MessageRef`: the browser's id for a post, so a double
     /// submit returns the first message.
     pub fn client(client_id: &str) -> String {
@@ -223,6 +229,8 @@ pub struct Inner {
     title: String,
     ns: String,
     env: ConnectorEnv,
+    /// Language of the notices this connector writes itself (`notice_for`).
+    locale: &'static str,
     live: broadcast::Sender<Live>,
 }
 
@@ -243,6 +251,7 @@ impl Local {
                     .filter(|t| !t.trim().is_empty())
                     .unwrap_or_else(|| "perch".to_string()),
                 ns: format!("web/{name}"),
+                locale: config.locale.unwrap_or(env.default_locale).as_str(),
                 env: env.clone(),
                 live,
             }),
@@ -739,6 +748,12 @@ impl Inner {
             }
             Ok(_) => {
                 self.broadcast("message", message_view(&msg), &room);
+                // Remembered after the event is safe (a failure here only costs a
+                // notice), written once per person, not once per message.
+                let key = keys::person(&msg.author);
+                if let Ok(None) = self.env.store.kv_get(&self.ns, &key).await {
+                    let _ = self.env.store.kv_put(&self.ns, &key, b"{}").await;
+                }
                 Ok((msg, false))
             }
             Err(e) => {
@@ -748,6 +763,40 @@ impl Inner {
                 Err(e.into())
             }
         }
+    }
+
+    /// What to tell the author of `text` that nobody else will: a message that starts
+    /// with `@name` where `name` is neither a bot nor anyone who has written in this web
+    /// chat notifies no one, and would otherwise get silence. Said to the author only
+    /// (returned with their post, as plain text for the page's notice line), not posted
+    /// to the room.
+    pub async fn notice_for(&self, text: &str, author: &str) -> Option<String> {
+        let first = mentions(text.trim_start(), self.bots())
+            .into_iter()
+            .next()
+            .filter(|m| !m.is_bot && text.trim_start().starts_with('@'))?;
+        let name = first.person.id;
+        if name == author
+            || matches!(
+                self.env.store.kv_get(&self.ns, &keys::person(&name)).await,
+                Ok(Some(_)) | Err(_)
+            )
+        {
+            return None;
+        }
+        let mut bots: Vec<String> = self.bots().iter().map(|b| format!("@{b}")).collect();
+        bots.sort();
+        let notice = t!(
+            "webchat.nobody_here",
+            locale = self.locale,
+            name = md::code(&format!("@{name}")),
+            bots = bots
+                .iter()
+                .map(|b| md::code(b))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Some(md::to_plain(&notice))
     }
 
     /// A person clicked a card button. Journals a `CardAction` event for the bot the

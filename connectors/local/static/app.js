@@ -48,7 +48,8 @@ function toast(text, kind) {
   t.dataset.kind = kind || "info";
   t.hidden = false;
   clearTimeout(toast.timer);
-  toast.timer = setTimeout(() => { t.hidden = true; }, 4000);
+  // Long enough to read: about 20 characters a second, at least 4 s.
+  toast.timer = setTimeout(() => { t.hidden = true; }, Math.max(4000, text.length * 50));
 }
 
 const COLORS = ["#4f46e5", "#0f766e", "#b45309", "#be123c", "#7c3aed", "#0369a1", "#15803d", "#a21caf"];
@@ -408,6 +409,8 @@ async function send() {
     addMessage(m, true);
     scrollDown(true);
     markSeen();
+    // Said to me only: e.g. `@nobody …` reaches no bot and no person.
+    if (m.notice) toast(m.notice, "warning");
   } catch (e) {
     toast("Not sent: " + e.message);
   } finally {
