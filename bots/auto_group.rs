@@ -31,6 +31,7 @@ use super::*;
 use crate::action::{ChatSpec, MessageBody, Operation, Target};
 use crate::cards::markdown as md;
 use crate::event::EventKind;
+use rust_i18n::t;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Deserialize)]
@@ -214,41 +215,58 @@ impl AutoGroup {
         })
     }
 
-    /// Why `name` breaks the rule, if it does.
-    pub fn check_name(&self, name: &str) -> Option<String> {
+    /// Why `name` breaks the rule, if it does, in `locale`.
+    pub fn check_name(&self, name: &str, locale: &str) -> Option<String> {
         let rule = &self.config.rule;
         let explain = rule
             .description
             .as_deref()
-            .map(|d| format!(" The rule: {d}."))
+            .map(|d| t!("auto_group.the_rule", locale = locale, rule = d).into_owned())
             .unwrap_or_default();
         if name.trim().is_empty() {
-            return Some(format!("The group name is empty.{explain}"));
+            return Some(t!("auto_group.name_empty", locale = locale, rule = explain).into_owned());
         }
         if let Some(max) = rule.max_length {
             let n = name.chars().count();
             if n > max {
-                return Some(format!(
-                    "{} is {n} characters long; at most {max} are allowed.{explain}",
-                    md::code(name)
-                ));
+                return Some(
+                    t!(
+                        "auto_group.name_too_long",
+                        locale = locale,
+                        name = md::code(name),
+                        count = n,
+                        max = max,
+                        rule = explain
+                    )
+                    .into_owned(),
+                );
             }
         }
         if let Some(forbidden) = &rule.forbidden {
             let bad: String = name.chars().filter(|c| forbidden.contains(*c)).collect();
             if !bad.is_empty() {
-                return Some(format!(
-                    "{} contains characters that are not allowed: {}.{explain}",
-                    md::code(name),
-                    md::code(&bad)
-                ));
+                return Some(
+                    t!(
+                        "auto_group.name_forbidden",
+                        locale = locale,
+                        name = md::code(name),
+                        chars = md::code(&bad),
+                        rule = explain
+                    )
+                    .into_owned(),
+                );
             }
         }
         if self.pattern.as_ref().is_some_and(|p| !p.is_match(name)) {
-            return Some(format!(
-                "{} does not follow the naming rule.{explain}",
-                md::code(name)
-            ));
+            return Some(
+                t!(
+                    "auto_group.name_pattern",
+                    locale = locale,
+                    name = md::code(name),
+                    rule = explain
+                )
+                .into_owned(),
+            );
         }
         None
     }
@@ -272,11 +290,15 @@ impl AutoGroup {
                 // Written with the name the person called the bot by (`@groups` on the
                 // web chat, the app's name on Feishu).
                 let mention = cmd.addressed_to.as_deref().unwrap_or("bot");
-                return Err(BotError::User(format!(
-                    "Usage: @{mention} {} {} @member … (or members' e-mail addresses)",
-                    self.config.command,
-                    usage.join(" ")
-                )));
+                let usage = format!("@{mention} {} {}", self.config.command, usage.join(" "));
+                return Err(BotError::User(
+                    t!(
+                        "auto_group.usage",
+                        locale = ctx.locale(),
+                        usage = md::code(&usage)
+                    )
+                    .into_owned(),
+                ));
             }
             for (f, w) in self.config.fields.iter().zip(&words) {
                 fields.insert(f.clone(), serde_json::Value::String((*w).clone()));
@@ -336,7 +358,7 @@ impl Bot for AutoGroup {
     async fn handle(&self, event: &Event, ctx: &mut BotContext) -> Result<Vec<Action>, BotError> {
         let (fields, ids, emails) = self.gather(event, ctx)?;
         let name = self.templates.render("name", &fields)?;
-        if let Some(why) = self.check_name(&name) {
+        if let Some(why) = self.check_name(&name, ctx.locale()) {
             return Err(BotError::User(why));
         }
         let key = self.templates.render("key", &fields)?;
@@ -347,6 +369,7 @@ impl Bot for AutoGroup {
             .unwrap_or_else(|| event.connector.clone());
         let state_key = format!("project/{key}");
         let is_message = event.kind == EventKind::Message;
+        let locale = ctx.locale();
         let answer = |text: String| -> Vec<Action> {
             if is_message {
                 vec![Action::reply(MessageBody::markdown(text))]
@@ -479,32 +502,49 @@ impl Bot for AutoGroup {
         }
         let mut report = String::new();
         if !not_added.is_empty() {
-            report.push_str(&format!(" Could not add: {}.", not_added.join(", ")));
+            let who = not_added.iter().map(|w| md::code(w)).collect::<Vec<_>>();
+            report.push_str(&t!(
+                "auto_group.could_not_add",
+                locale = locale,
+                who = who.join(", ")
+            ));
         }
         if let Some(error) = &failure {
             let who: Vec<&String> = ids_to_add.iter().chain(&emails_to_add).collect();
-            let note = format!(
-                "Adding {} to this group failed: {error}. The next request for this project tries again.",
-                who.iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            let who = who.iter().map(|w| md::code(w)).collect::<Vec<_>>();
+            let note = t!(
+                "auto_group.adding_failed_note",
+                locale = locale,
+                who = who.join(", "),
+                error = md::escape(error)
+            )
+            .into_owned();
             actions.push(Action::Send {
                 connector: Some(connector.clone()),
                 to: Target::chat(chat_id.clone()),
                 body: MessageBody::markdown(note),
             });
-            report.push_str(&format!(
-                " Adding members failed ({error}); ask again to retry."
+            report.push_str(&t!(
+                "auto_group.adding_failed",
+                locale = locale,
+                error = md::escape(error)
             ));
         }
-        let verb = if resumed { "Finished" } else { "Created" };
-        actions.extend(answer(format!(
-            "{verb} **{}** (chat {}).{report}",
-            md::escape(&name),
-            md::code(&chat_id)
-        )));
+        let done = if resumed {
+            "auto_group.finished"
+        } else {
+            "auto_group.created"
+        };
+        actions.extend(answer(
+            t!(
+                done,
+                locale = locale,
+                name = md::escape(&name),
+                chat = md::code(&chat_id),
+                report = report
+            )
+            .into_owned(),
+        ));
         Ok(actions)
     }
 }
@@ -557,21 +597,29 @@ impl AutoGroup {
             }
             if existing.is_complete() {
                 let id = existing.chat_id.as_deref().unwrap_or_default();
-                return Ok(Claim::Answer(answer(format!(
-                    "The group for this project already exists: **{}** (chat {}).",
-                    md::escape(&existing.name),
-                    md::code(id)
-                ))));
+                return Ok(Claim::Answer(answer(
+                    t!(
+                        "auto_group.exists",
+                        locale = ctx.locale(),
+                        name = md::escape(&existing.name),
+                        chat = md::code(id)
+                    )
+                    .into_owned(),
+                )));
             }
             let fresh = existing.chat_id.is_none()
                 && existing.claimed_at.is_some_and(|at| {
                     (now - at).to_std().unwrap_or_default() < self.config.claim_timeout
                 });
             if fresh {
-                return Ok(Claim::Answer(answer(format!(
-                    "The group **{}** is being created right now.",
-                    existing.name
-                ))));
+                return Ok(Claim::Answer(answer(
+                    t!(
+                        "auto_group.being_created",
+                        locale = ctx.locale(),
+                        name = md::escape(&existing.name)
+                    )
+                    .into_owned(),
+                )));
             }
             // A stale claim, or a group whose members are pending: take it over and
             // finish it.
@@ -586,9 +634,14 @@ impl AutoGroup {
                 return Ok(Claim::Held(taken, raw, false));
             }
         }
-        Ok(Claim::Answer(answer(format!(
-            "The group **{name}** is being created right now."
-        ))))
+        Ok(Claim::Answer(answer(
+            t!(
+                "auto_group.being_created",
+                locale = ctx.locale(),
+                name = md::escape(name)
+            )
+            .into_owned(),
+        )))
     }
 
     /// Record `group` in place of `raw` (the record this event holds); the new bytes.
@@ -631,7 +684,10 @@ impl AutoGroup {
             "fields": fields,
             "members": ids.iter().chain(emails).collect::<Vec<_>>(),
             "requester": requester,
-            "source": event.topic.clone().unwrap_or_else(|| "a chat command".to_string()),
+            "source": event
+                .topic
+                .clone()
+                .unwrap_or_else(|| t!("auto_group.a_chat_command", locale = ctx.locale()).into_owned()),
         });
         for f in ["customer", "code"] {
             if let Some(v) = fields.get(f) {
@@ -640,7 +696,14 @@ impl AutoGroup {
         }
         Ok(match &self.config.welcome_template {
             Some(t) => ctx.card(t, &data)?,
-            None => MessageBody::markdown(format!("Welcome to **{name}**!")),
+            None => MessageBody::markdown(
+                t!(
+                    "auto_group.welcome",
+                    locale = ctx.locale(),
+                    name = md::escape(name)
+                )
+                .into_owned(),
+            ),
         })
     }
 }

@@ -26,7 +26,10 @@ use super::schedule_date;
 use super::text_template::{Escape, TextTemplates};
 use super::*;
 use crate::action::{MessageBody, Target};
+use crate::cards::helpers::{format_change, format_number};
+use crate::cards::markdown as md;
 use crate::connectors::DataRequest;
+use rust_i18n::t;
 
 fn default_offset() -> i64 {
     -1
@@ -65,13 +68,9 @@ pub struct DailyPushConfig {
     /// Card template; without one, a markdown message.
     #[serde(default)]
     pub template: Option<String>,
-    /// Title of the push.
-    #[serde(default = "default_title")]
-    pub title: String,
-}
-
-fn default_title() -> String {
-    "Daily figures".to_string()
+    /// Title of the push (default: "Daily figures" in the bot's language).
+    #[serde(default)]
+    pub title: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone, Serialize)]
@@ -179,6 +178,16 @@ pub fn change_pct(value: Option<f64>, previous: Option<f64>) -> Option<f64> {
     }
 }
 
+impl DailyPush {
+    /// The push's title: the configured one, else "Daily figures" in the bot's language.
+    fn title(&self, ctx: &BotContext) -> String {
+        self.config
+            .title
+            .clone()
+            .unwrap_or_else(|| t!("daily_push.title", locale = ctx.locale()).into_owned())
+    }
+}
+
 #[async_trait]
 impl Bot for DailyPush {
     async fn handle(&self, event: &Event, ctx: &mut BotContext) -> Result<Vec<Action>, BotError> {
@@ -191,10 +200,14 @@ impl Bot for DailyPush {
             Ok(a) => a,
             Err(BotError::Source(e)) => {
                 // The people waiting for the push learn why it is not there.
-                return Ok(self.send_all(
-                    &date,
-                    MessageBody::text(format!("{}: no push for {date}: {e}.", self.config.title)),
-                ));
+                let text = t!(
+                    "daily_push.no_push",
+                    locale = ctx.locale(),
+                    title = self.title(ctx),
+                    date = date,
+                    error = e.to_string()
+                );
+                return Ok(self.send_all(&date, MessageBody::text(text)));
             }
             Err(e) => return Err(e),
         };
@@ -217,13 +230,13 @@ impl Bot for DailyPush {
             })
             .collect();
         if values.is_empty() {
-            return Ok(self.send_all(
-                &date,
-                MessageBody::text(format!(
-                    "{}: the source has no figures for {date} yet, so there is no push today.",
-                    self.config.title
-                )),
-            ));
+            let text = t!(
+                "daily_push.no_figures",
+                locale = ctx.locale(),
+                title = self.title(ctx),
+                date = date
+            );
+            return Ok(self.send_all(&date, MessageBody::text(text)));
         }
         // Keep today's figures; compare with the latest earlier day we pushed.
         ctx.state_put(&format!("figures/{date}"), &values).await?;
@@ -286,7 +299,7 @@ impl Bot for DailyPush {
             .map(|r| serde_json::json!({ "name": r["label"], "value": r["value"], "previous": r["previous"] }))
             .collect();
         let mut data = serde_json::json!({
-            "title": self.config.title,
+            "title": self.title(ctx),
             "date": date,
             "tz": self.config.timezone,
             "generated_at": ctx.clock.now().to_rfc3339(),
@@ -301,17 +314,17 @@ impl Bot for DailyPush {
         let body = match &self.config.template {
             Some(t) => ctx.card(t, &data)?,
             None => {
-                let mut text = format!("**{} — {date}**\n", self.config.title);
+                let mut text = format!("**{} — {date}**\n", md::escape(&self.title(ctx)));
                 for r in &rows {
+                    // Formatted as the card's `number` and `percent_change` helpers do.
                     let value = r["value"]
                         .as_f64()
-                        .map(|v| format!("{v}"))
+                        .map(|v| format_number(v, if v.fract() == 0.0 { 0 } else { 2 }))
                         .unwrap_or_else(|| "—".into());
-                    let change = match r["change_pct"].as_f64() {
-                        Some(c) if c >= 0.0 => format!(" ▲ {c:.1}%"),
-                        Some(c) => format!(" ▼ {:.1}%", c.abs()),
-                        None => String::new(),
-                    };
+                    let change = r["change_pct"]
+                        .as_f64()
+                        .map(|c| format!(" {}", format_change(c, 1)))
+                        .unwrap_or_default();
                     text.push_str(&format!(
                         "- {}: {value}{change}\n",
                         r["label"].as_str().unwrap_or("")

@@ -13,6 +13,7 @@ use super::*;
 use crate::action::{MessageBody, Target};
 use crate::connectors::DataRequest;
 use chrono::{Datelike, NaiveDate};
+use rust_i18n::t;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -156,8 +157,23 @@ impl Bot for Greetings {
                 let body = match &self.config.template {
                     Some(t) => ctx.card(t, &data)?,
                     None => MessageBody::text(match years {
-                        Some(y) => format!("🎉 {}, {name}! ({y} years)", occasion.title),
-                        None => format!("🎉 {}, {name}!", occasion.title),
+                        Some(y) => t!(
+                            if y == 1 {
+                                "greetings.with_years.one"
+                            } else {
+                                "greetings.with_years.other"
+                            },
+                            locale = ctx.locale(),
+                            occasion = occasion.title,
+                            name = name,
+                            count = y
+                        ),
+                        None => t!(
+                            "greetings.plain",
+                            locale = ctx.locale(),
+                            occasion = occasion.title,
+                            name = name
+                        ),
                     }),
                 };
                 let mut to: Vec<Target> = self

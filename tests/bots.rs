@@ -337,7 +337,7 @@ async fn auto_group_creates_a_group_once_and_explains_the_rule() {
     j.accept(vec![say("@bot 建群 Acme", "g4")]).await.unwrap();
     let o = wait_ops(&w, 7).await;
     assert!(
-        text(&o[6]).starts_with("Usage: @bot 建群 <customer> <code>"),
+        text(&o[6]).starts_with("Usage: `@bot 建群 <customer> <code>` @member"),
         "{}",
         text(&o[6])
     );
@@ -429,7 +429,7 @@ async fn daily_push_fans_out_once_per_slot_compares_and_skips_empty_days() {
         .unwrap();
     let o = wait_ops(&w, 4).await;
     let day2 = to_sales(&o[2..4]);
-    assert!(day2.contains("GMV: 1100 ▲ 10.0%"), "{day2}");
+    assert!(day2.contains("GMV: 1,100 ▲ 10.0%"), "{day2}");
     assert!(day2.contains("Orders: 8 ▼ 20.0%"), "{day2}");
     // A day without data: a note, no zeros.
     j.accept(vec![tick("push.daily", "2026-11-22T09:00:00+08:00")])
@@ -970,7 +970,7 @@ async fn daily_push_compares_with_the_sources_day_before() {
     let o = wait_ops(&w, 2).await;
     // Two targets, two lanes: either may arrive first; both carry the same text.
     let first = text(&o[0]);
-    assert!(first.contains("GMV: 1100 ▲ 10.0%"), "{first}");
+    assert!(first.contains("GMV: 1,100 ▲ 10.0%"), "{first}");
     assert!(first.contains("Orders: 8 ▼ 20.0%"), "{first}");
 }
 

@@ -66,6 +66,64 @@ fn snapshots_every_template_on_every_platform() {
 }
 
 /// Every element of a Feishu 2.0 card, recursively (through column sets, columns, forms).
+/// With `_locale = "zh-CN"` (what `BotContext::card` sets for a Chinese bot or chat),
+/// no shipped template keeps an English fixed text: every label of `locales/en.toml`'s
+/// `[card]` table that a template uses is shown in Chinese.
+#[test]
+fn every_template_speaks_chinese_where_the_card_is_chinese() {
+    let en: toml::Table =
+        toml::from_str(&std::fs::read_to_string("locales/en.toml").unwrap()).unwrap();
+    let english: Vec<String> = en["card"]
+        .as_table()
+        .unwrap()
+        .values()
+        .filter_map(|v| v.as_str())
+        .flat_map(|t| {
+            t.split("%{")
+                .map(|part| part.split('}').next_back().unwrap_or(part))
+        })
+        .chain([
+            "Change against",
+            "Source",
+            "generated",
+            "Welcome",
+            "answered in",
+        ])
+        .map(|t| t.trim_matches(|c: char| !c.is_alphanumeric()).to_string())
+        .filter(|t| t.chars().filter(|c| c.is_ascii_alphabetic()).count() >= 3 && !t.contains('%'))
+        .collect();
+    let mut translated = 0;
+    for t in TEMPLATES {
+        let mut data = sample(t);
+        data["_locale"] = json!("zh-CN");
+        let card = engine()
+            .render_for(t, &data, "text")
+            .unwrap_or_else(|e| panic!("{t}: {e}"));
+        let shown = card.to_string();
+        // The sample's own values (names, titles) are data, not fixed texts.
+        let values = sample(t).to_string();
+        for word in &english {
+            assert!(
+                !shown.contains(word.as_str()) || values.contains(word.as_str()),
+                "{t} in Chinese still says {word:?}: {shown}"
+            );
+        }
+        let en_card = engine()
+            .render_for(t, &sample(t), "text")
+            .unwrap()
+            .to_string();
+        translated += english
+            .iter()
+            .filter(|w| en_card.contains(w.as_str()) && !values.contains(w.as_str()))
+            .count();
+    }
+    // The check above must have had English fixed texts to look for.
+    assert!(
+        translated >= 15,
+        "only {translated} English fixed texts seen in the samples"
+    );
+}
+
 fn walk<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
     match v {
         Value::Object(o) => {
