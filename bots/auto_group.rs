@@ -348,10 +348,11 @@ impl Bot for AutoGroup {
             .iter()
             .map(|f| format!("<{f}>"))
             .collect();
-        vec![CommandSpec::new(
+        vec![CommandSpec::built_in(
             &self.config.command,
             &format!("{} {} @member …", self.config.command, fields.join(" ")),
-            "creates the project group, named by the rule, with these members",
+            "summary.auto_group",
+            &[],
         )]
     }
 

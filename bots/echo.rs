@@ -26,10 +26,11 @@ impl Echo {
 #[async_trait]
 impl Bot for Echo {
     fn commands(&self) -> Vec<CommandSpec> {
-        vec![CommandSpec::new(
+        vec![CommandSpec::built_in(
             "<anything>",
             "<text>",
-            "repeats the text back",
+            "summary.echo",
+            &[],
         )]
     }
 

@@ -1,6 +1,7 @@
 //! `help`: lists the commands of the bots reachable from the chat's connector.
 
 use super::*;
+use crate::cards::markdown as md;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -25,11 +26,7 @@ impl Help {
 #[async_trait]
 impl Bot for Help {
     fn commands(&self) -> Vec<CommandSpec> {
-        vec![CommandSpec::new(
-            "help",
-            "help",
-            "lists what the bots here can do",
-        )]
+        vec![CommandSpec::built_in("help", "help", "summary.help", &[])]
     }
 
     async fn handle(&self, event: &Event, ctx: &mut BotContext) -> Result<Vec<Action>, BotError> {
@@ -44,13 +41,28 @@ impl Bot for Help {
             rust_i18n::t!("help.commands_here", locale = locale)
         ));
         let mut any = false;
-        for bot in ctx.services().directory.reachable_from(&event.connector) {
+        let directory = &ctx.services().directory;
+        // What the person types: on the web chat each bot is someone to @mention by its
+        // name; on Feishu, Slack or Matrix one app account stands for every bot, so every
+        // command is written with the name this person just used for it.
+        let one_account = ctx
+            .command
+            .as_ref()
+            .and_then(|c| c.addressed_to.clone())
+            .filter(|name| !directory.bots.iter().any(|b| &b.name == name));
+        for bot in directory.reachable_from(&event.connector) {
             if bot.name == ctx.bot {
                 continue;
             }
+            let handle = one_account.as_deref().unwrap_or(&bot.name);
             for c in &bot.commands {
                 any = true;
-                text.push_str(&format!("- `@{} {}` — {}\n", bot.name, c.usage, c.summary));
+                let typed = format!("@{handle} {}", c.usage);
+                text.push_str(&format!(
+                    "- {} — {}\n",
+                    md::code(&typed),
+                    c.summary_in(locale)
+                ));
             }
             if bot.commands.is_empty() {
                 any = true;

@@ -1305,31 +1305,33 @@ impl Bot for Reminders {
         let noun = &self.config.noun;
         let mut out = Vec::new();
         if self.config.remind_command {
-            out.push(CommandSpec::new(
+            out.push(CommandSpec::built_in(
                 "remind",
                 "remind @someone <when> <what>",
-                "reminds them at that time (tomorrow 17:00, 2026-12-01, in 3 days, 周五)",
+                "summary.remind",
+                &[],
             ));
         }
-        out.push(CommandSpec::new(
-            &self.config.list_command,
-            &self.config.list_command,
-            &format!("lists the open {noun}s"),
-        ));
-        out.push(CommandSpec::new(
+        let noun = &[("noun", noun.as_str())];
+        let list = &self.config.list_command;
+        out.push(CommandSpec::built_in(list, list, "summary.list", noun));
+        out.push(CommandSpec::built_in(
             "done",
             "done <id>",
-            &format!("closes a {noun}"),
+            "summary.done",
+            noun,
         ));
-        out.push(CommandSpec::new(
+        out.push(CommandSpec::built_in(
             "snooze",
             "snooze <id> [days]",
-            &format!("puts a {noun} off (1 day by default)"),
+            "summary.snooze",
+            noun,
         ));
-        out.push(CommandSpec::new(
+        out.push(CommandSpec::built_in(
             "reassign",
             "reassign <id> @person",
-            &format!("hands a {noun} to someone else"),
+            "summary.reassign",
+            noun,
         ));
         out
     }

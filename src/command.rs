@@ -34,6 +34,10 @@ pub struct CommandSpec {
     pub usage: String,
     /// What it does.
     pub summary: String,
+    /// For built-in bots: the summary as a built-in text (`locales/`), with the values of
+    /// its `%{name}`s, so `help` can say it in the reader's language.
+    #[serde(skip)]
+    pub summary_text: Option<(&'static str, Vec<(&'static str, String)>)>,
 }
 
 impl CommandSpec {
@@ -42,6 +46,36 @@ impl CommandSpec {
             name: name.to_string(),
             usage: usage.to_string(),
             summary: summary.to_string(),
+            summary_text: None,
+        }
+    }
+
+    /// A command whose summary is the built-in text `key` (English in `summary`).
+    pub fn built_in(
+        name: &str,
+        usage: &str,
+        key: &'static str,
+        values: &[(&'static str, &str)],
+    ) -> Self {
+        let values: Vec<(&'static str, String)> =
+            values.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        let mut spec = CommandSpec::new(name, usage, "");
+        spec.summary_text = Some((key, values));
+        spec.summary = spec.summary_in("en");
+        spec
+    }
+
+    /// The summary in `locale` (a bot's own summary stays as written).
+    pub fn summary_in(&self, locale: &str) -> String {
+        match &self.summary_text {
+            Some((key, values)) => {
+                let mut text = rust_i18n::t!(*key, locale = locale).into_owned();
+                for (name, value) in values {
+                    text = text.replace(&format!("%{{{name}}}"), value);
+                }
+                text
+            }
+            None => self.summary.clone(),
         }
     }
 }

@@ -175,6 +175,39 @@ async fn signed_encrypted_mention_is_answered_in_the_chat() {
     assert!(!events[0].to_string().contains(TOKEN));
 }
 
+/// On Feishu one app bot stands for every command: `help` writes each command with the
+/// app's name as the person typed it (`@Perch_Bot 建群 …`), not perch's bot names.
+#[tokio::test]
+async fn help_names_the_app_bot_as_the_person_typed_it() {
+    let extra = format!(
+        r#"{GROUPS}
+[bots.help]
+kind = "help"
+
+[[routes]]
+connector = "feishu"
+mention = "*"
+command = "help"
+stop = true
+bots = ["help"]
+"#
+    );
+    let (fake, _t, sender) = setup_with(&extra).await;
+    let doc = sender.text_message(&fake, "ev-help-1", "om_user_h", "oc_team", "help", true);
+    assert_eq!(sender.send(&doc).await.0, 200);
+    let msgs = messages(&fake, 1).await;
+    let content = msgs[0].content().to_string();
+    assert!(
+        content.contains("@Perch_Bot 建群 <customer> <code> @member …"),
+        "{content}"
+    );
+    assert!(content.contains("@Perch_Bot <text>"), "{content}");
+    assert!(
+        !content.contains("@groups") && !content.contains("@echo"),
+        "{content}"
+    );
+}
+
 #[tokio::test]
 async fn a_message_without_a_bot_mention_is_journaled_but_not_answered() {
     let (fake, t, sender) = setup().await;

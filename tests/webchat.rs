@@ -214,12 +214,34 @@ async fn help_lists_the_commands() {
     let reply = reply_from(&t, "general", "help").await;
     assert_eq!(reply["body"]["type"], "markdown");
     let text = reply["body"]["text"].as_str().unwrap();
-    assert!(text.contains("@echo"), "{text}");
+    assert!(
+        text.contains("- `@echo <text>` — repeats the text back\n"),
+        "{text}"
+    );
     let html = reply["html"].as_str().unwrap();
     assert!(
         html.contains("<strong>Commands here</strong>") && html.contains("<li>"),
         "{html}"
     );
+}
+
+/// Where the web chat speaks Chinese, `help` says what each built-in command does in
+/// Chinese (a bot's own `summary` stays as its config wrote it).
+#[tokio::test]
+async fn help_lists_built_in_commands_in_the_chats_language() {
+    let config = CONFIG.replace(
+        "title = \"Acme <chat>\"",
+        "title = \"Acme <chat>\"\nlocale = \"zh-CN\"",
+    );
+    let t = TestPerch::start(&config).await;
+    say(&t, "general", "ann", "@help", "c-help-zh").await;
+    let reply = reply_from(&t, "general", "help").await;
+    let text = reply["body"]["text"].as_str().unwrap();
+    assert!(
+        text.contains("- `@echo <text>` — 把文字原样发回\n"),
+        "{text}"
+    );
+    assert!(!text.contains("repeats"), "{text}");
 }
 
 /// A reply that quotes what a person typed shows it as code, whole, whatever it holds:
