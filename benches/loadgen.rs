@@ -28,7 +28,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use clap::Parser;
-use perch::connectors::webhook::sign;
+use perch::testing::sign;
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -318,7 +318,7 @@ impl Load {
         let t = unix_micros();
         let chat = n % self.chats;
         let body = format!(r#"{{"n":{n},"t":{t},"c":"{chat}","pad":"{}"}}"#, self.pad);
-        let sig = sign(SECRET.as_bytes(), body.as_bytes());
+        let sig = sign(SECRET, body.as_bytes());
         let request = hyper::Request::post(self.path.as_str())
             .header(hyper::header::HOST, self.host.as_str())
             .header(hyper::header::CONTENT_TYPE, "application/json")

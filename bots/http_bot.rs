@@ -339,6 +339,7 @@ struct LateActionsRequest {
     actions: Vec<KeyedAction>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// The JSON Schemas of the http_bot wire format, by file name (`schemas/<name>`). A
 /// message `body` in an answer may also name a card template, which `MessageBody`
 /// itself (what perch stores) does not have: that variant is added here, and `once`

@@ -4,25 +4,25 @@
 //!
 //! Flow: connector (in) → journal → router → **bots** → outbox → connector (out).
 
-pub mod auto_group;
-pub mod daily_push;
-pub mod echo;
-pub mod greetings;
-pub mod help;
-pub mod http_bot;
-pub mod notify;
-pub mod query;
-pub mod registry;
-pub mod reminders;
-pub mod schedule_date;
-pub mod text_template;
-pub mod when;
+pub(crate) mod auto_group;
+pub(crate) mod daily_push;
+pub(crate) mod echo;
+pub(crate) mod greetings;
+pub(crate) mod help;
+pub(crate) mod http_bot;
+pub(crate) mod notify;
+pub(crate) mod query;
+pub(crate) mod registry;
+pub(crate) mod reminders;
+pub(crate) mod schedule_date;
+pub(crate) mod text_template;
+pub(crate) mod when;
 
+pub use crate::command::{Command, CommandSpec};
 pub use registry::{BotKind, BotKinds, BotSpec};
 
 use crate::action::{Action, Delivered, Operation};
 use crate::clock::SharedClock;
-use crate::command::{Command, CommandSpec};
 use crate::config::{Config, Issues};
 use crate::connectors::{SendError, SharedConnector};
 use crate::event::{Event, EventId};
@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 /// Every built-in kind, one line each: the kind's name in `config.toml` and its type.
 /// A user's own kinds register the same way (`Hub::builder().bot_kind::<T>("name")`).
-pub fn register_builtin(kinds: &mut BotKinds) {
+pub(crate) fn register_builtin(kinds: &mut BotKinds) {
     kinds
         .add::<help::Help>("help")
         .add::<echo::Echo>("echo")

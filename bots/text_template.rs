@@ -69,10 +69,6 @@ impl TextTemplates {
             })
     }
 
-    pub fn has(&self, name: &str) -> bool {
-        self.hb.has_template(name)
-    }
-
     /// Render `name` over `data`.
     pub fn render<T: serde::Serialize>(&self, name: &str, data: &T) -> Result<String, BotError> {
         self.render_in(name, &self.context(data)?)

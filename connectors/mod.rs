@@ -10,14 +10,14 @@
 //!
 //! Flow: **connector (in)** → journal → router → bots → outbox → **connector (out)**.
 
-pub mod feishu;
-pub mod file;
-pub mod http;
-pub mod local;
-pub mod matrix;
-pub mod registry;
-pub mod slack;
-pub mod webhook;
+pub(crate) mod feishu;
+pub(crate) mod file;
+pub(crate) mod http;
+pub(crate) mod local;
+pub(crate) mod matrix;
+pub(crate) mod registry;
+pub(crate) mod slack;
+pub(crate) mod webhook;
 
 use crate::action::{ClickAnswer, Delivered, Operation};
 use crate::clock::SharedClock;
@@ -489,7 +489,7 @@ pub struct ConnectorEnv {
 /// Build the connector `name` from its loaded config, behind its rate limits
 /// (`crate::throttle`), so that every outbound call waits on them. `Err`: the config was
 /// not read with a registry that knows its kind (the config check says why).
-pub fn build(
+pub(crate) fn build(
     name: &str,
     config: ConnectorConfig,
     env: &ConnectorEnv,

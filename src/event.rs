@@ -21,10 +21,10 @@ pub const MAX_JSON_DEPTH: usize = 64;
 
 /// Levels a stored record may add around an event's JSON. The depth limit plus this
 /// stays below serde_json's recursion limit (a compile-time check below).
-pub const STORED_DEPTH_HEADROOM: usize = 32;
+pub(crate) const STORED_DEPTH_HEADROOM: usize = 32;
 
 /// serde_json's recursion limit: it reads at most this many levels minus one.
-pub const SERDE_JSON_DEPTH_LIMIT: usize = 128;
+pub(crate) const SERDE_JSON_DEPTH_LIMIT: usize = 128;
 
 const _: () = assert!(MAX_JSON_DEPTH + STORED_DEPTH_HEADROOM < SERDE_JSON_DEPTH_LIMIT);
 
@@ -43,7 +43,7 @@ pub enum Unstorable {
 
 /// How deep `v` nests, counting each array or object as one level, up to `limit + 1`
 /// (it stops looking there, so a hostile value cannot make it recurse far).
-pub fn json_depth(v: &serde_json::Value, limit: usize) -> usize {
+pub(crate) fn json_depth(v: &serde_json::Value, limit: usize) -> usize {
     fn walk(v: &serde_json::Value, here: usize, limit: usize) -> usize {
         if here > limit {
             return here;

@@ -227,6 +227,7 @@ where
     K: Clone + Eq + Hash + Send + 'static,
     T: Send + 'static,
 {
+    #[cfg(test)]
     /// `handler` processes one item; it must call `Lanes::complete` with the item's key
     /// when the item no longer needs to be in flight (done, or handed back to the store).
     /// `door` is how producers reach these lanes from now on.
@@ -316,6 +317,7 @@ where
         }
     }
 
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.in_flight
             .lock()

@@ -51,51 +51,62 @@
 //! ```
 //!
 //! Tests of such a bot use `perch::testing` (feature `testing`). Bots in other languages
-//! are `kind = "http_bot"` ([`bots::http_bot`]).
+//! are `kind = "http_bot"`: perch POSTs each event to the bot's URL and reads actions
+//! back (the JSON Schemas are in `schemas/`, small bots in `examples/`).
 //!
-//! The modules below stay public because perch's integration tests and benches reach
-//! into them (the journal, the store's records, the scheduler); only `clicks`,
-//! `health`, `router` and `telemetry` are internal so far.
+//! Beside those names, a few modules hold the parts of the same surface: [`action`]
+//! (targets, bodies, operations), [`event`] (chats, people, mentions, clicks), [`cards`]
+//! (the neutral card and its templates), [`bots`] and [`connectors`] (what a bot or a
+//! connector sees of perch), [`store`] (the records a storage backend keeps),
+//! [`config`] (checking a kind's own settings) and [`clock`]. Everything else (the
+//! journal, the outbox, the scheduler, the server) is internal.
 
 // The built-in texts, `locales/*.toml`, compiled in (see `i18n`).
 rust_i18n::i18n!("locales", fallback = "en");
 
+// The public modules: the data a bot or connector author handles, each holding only the
+// parts an author needs (their internals are `pub(crate)`).
 pub mod action;
-pub mod auth;
 pub mod cards;
-mod cli;
-pub(crate) mod clicks;
 pub mod clock;
-pub mod command;
 pub mod config;
 pub mod event;
-pub(crate) mod health;
-pub mod hub;
-pub mod i18n;
-pub mod journal;
-pub mod lanes;
-pub mod live;
-pub mod outbox;
-pub mod permissions;
-pub(crate) mod router;
-pub mod runtime;
-pub mod scheduler;
-pub mod server;
-pub mod store;
-pub(crate) mod telemetry;
-#[cfg(feature = "testing")]
-pub mod testing;
-pub mod throttle;
 
 #[path = "../bots/mod.rs"]
 pub mod bots;
 #[path = "../connectors/mod.rs"]
 pub mod connectors;
+pub mod store;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+// perch's own machinery: reachable only inside the crate (and, for perch's own tests,
+// through the few kit functions of `testing`).
+pub(crate) mod auth;
+mod cli;
+pub(crate) mod clicks;
+pub(crate) mod command;
+pub(crate) mod health;
+pub(crate) mod hub;
+pub(crate) mod i18n;
+pub(crate) mod journal;
+pub(crate) mod lanes;
+pub(crate) mod live;
+pub(crate) mod outbox;
+pub(crate) mod permissions;
+pub(crate) mod router;
+pub(crate) mod runtime;
+pub(crate) mod scheduler;
+pub(crate) mod server;
+pub(crate) mod telemetry;
+pub(crate) mod throttle;
 
 pub use action::Action;
 pub use bots::{Bot, BotContext, BotError, BotKind};
-pub use cards::model::Card;
-pub use connectors::{Connector, ConnectorKind};
+pub use cards::Card;
+pub use connectors::{Connector, ConnectorKind, SendError};
 pub use event::Event;
 pub use hub::{Hub, HubBuilder};
+pub use runtime::{Perch, StartError};
 pub use store::Store;

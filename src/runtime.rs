@@ -90,7 +90,7 @@ pub struct SharedParts {
 
 /// A running perch.
 pub struct Perch {
-    pub shared: Shared,
+    pub(crate) shared: Shared,
     event_lanes: Arc<Lanes<EventId, crate::router::PendingEvent>>,
     outbox_lanes: Arc<Lanes<String, crate::outbox::Queued>>,
     cancel: CancellationToken,

@@ -395,6 +395,7 @@ impl Schedules {
         Ok(Schedules { jobs })
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn get(&self, name: &str) -> Option<&Job> {
         self.jobs.iter().find(|j| j.name == name)
     }
@@ -674,10 +675,6 @@ impl Scheduler {
         })
     }
 
-    pub fn schedules(&self) -> &Arc<Schedules> {
-        &self.schedules
-    }
-
     /// The earliest slot any job is waiting for.
     pub fn next_due(&self) -> Option<DateTime<Utc>> {
         self.cursors.iter().filter_map(|c| c.next).min()
@@ -697,6 +694,7 @@ impl Scheduler {
     }
 
     /// Pure: the slots that fire at `now`, as `(job, slot)`.
+    #[cfg(any(test, feature = "testing"))]
     pub fn due(&self, now: DateTime<Utc>) -> Vec<(String, DateTime<Utc>)> {
         self.plan(now)
             .into_iter()
@@ -862,6 +860,7 @@ impl Scheduler {
     }
 
     /// How many fired ticks still wait for the router.
+    #[cfg(any(test, feature = "testing"))]
     pub fn unresolved(&self) -> usize {
         self.unresolved.len()
     }

@@ -197,13 +197,6 @@ impl Throttled {
             }
         }
     }
-
-    /// How long calls to this connector are paused from now (for status pages).
-    pub fn paused_for(&self) -> Option<Duration> {
-        let p = self.pauses.lock().unwrap_or_else(|e| e.into_inner());
-        p.connector
-            .and_then(|t| t.checked_duration_since(Instant::now()))
-    }
 }
 
 #[async_trait]

@@ -3,9 +3,8 @@
 //! without the token, a session after sign-out, a proxy header from a stranger, and
 //! the roles on `/api` and `/metrics`.
 
-mod common;
-use common::*;
 use perch::action::{MessageBody, Operation, Target};
+use perch::testing::*;
 use serde_json::{Value, json};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -18,8 +17,8 @@ fn hashes() -> &'static (String, String) {
     static H: OnceLock<(String, String)> = OnceLock::new();
     H.get_or_init(|| {
         (
-            perch::auth::hash_password(ANN_PASSWORD).unwrap(),
-            perch::auth::hash_password(BOB_PASSWORD).unwrap(),
+            perch::testing::hash_password(ANN_PASSWORD).unwrap(),
+            perch::testing::hash_password(BOB_PASSWORD).unwrap(),
         )
     })
 }
@@ -151,7 +150,7 @@ async fn history(t: &TestPerch, s: &Session, room: &str) -> Vec<Value> {
 }
 
 fn web(t: &TestPerch) -> perch::connectors::SharedConnector {
-    t.perch().shared.connectors.get("web").unwrap().clone()
+    t.connector("web")
 }
 
 const TOKEN: &str = r#"admin_token = "test-admin-token""#;

@@ -3,12 +3,11 @@
 //! Ticks are injected as the scheduler makes them: `kind = tick`, `payload.slot`, and an
 //! external id per slot. Tests that need only the chat platform and the `bi` source run
 //! on the test kit (`kit`: `perch::testing::TestHub`, whose platform records every
-//! operation); the rest still use wiremock as the platform (see `tests/common`).
+//! operation); the rest still use wiremock as the platform (see `perch::testing`).
 
-mod common;
-use common::*;
 use perch::event::{Chat, ChatType, Event, EventKind, Mention, Person};
 use perch::testing::TestHub;
+use perch::testing::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 use wiremock::matchers::{body_partial_json, method, path};
@@ -182,7 +181,7 @@ async fn query_answers_and_explains_bad_arguments_and_failures() {
         .mount(&w.api)
         .await;
     let t = TestPerch::start(&config(&w, QUERY)).await;
-    let j = &t.perch().shared.journal;
+    let j = t.journal();
 
     j.accept(vec![say("@bot gmv", "q1")]).await.unwrap();
     let o = wait_ops(&w, 1).await;
@@ -262,7 +261,7 @@ bots = ["groups"]
 async fn auto_group_creates_a_group_once_and_explains_the_rule() {
     let w = world().await;
     let t = TestPerch::start(&config(&w, GROUPS)).await;
-    let j = &t.perch().shared.journal;
+    let j = t.journal();
 
     j.accept(vec![say(
         "@bot 建群 Acme P12 @bob @carol dan@corp.com",
@@ -393,7 +392,7 @@ async fn daily_push_fans_out_once_per_slot_compares_and_skips_empty_days() {
         .mount(&w.api)
         .await;
     let t = TestPerch::start(&config(&w, DAILY)).await;
-    let j = &t.perch().shared.journal;
+    let j = t.journal();
 
     // 09:00 Shanghai on the 20th reports the 19th.
     j.accept(vec![tick("push.daily", "2026-11-20T09:00:00+08:00")])
@@ -478,9 +477,7 @@ bots = ["greet"]
         dir = dir.path().display()
     );
     let t = TestPerch::start(&config(&w, &bots)).await;
-    t.perch()
-        .shared
-        .journal
+    t.journal()
         .accept(vec![tick("greetings", "2026-11-21T08:00:00+08:00")])
         .await
         .unwrap();
@@ -501,9 +498,7 @@ bots = ["greet"]
             .any(|x| x["to"] == json!({"type": "person", "id": "ou_a"}))
     );
     // The schedule fires again the same day (another slot): nobody is greeted twice.
-    t.perch()
-        .shared
-        .journal
+    t.journal()
         .accept(vec![tick("greetings", "2026-11-21T12:00:00+08:00")])
         .await
         .unwrap();
@@ -553,11 +548,8 @@ fn click(bot: &str, action: &str, item: &str, who: &str, message_id: &str, n: u3
 
 /// Accept a click and wait for the bot's answer to it.
 async fn press(t: &TestPerch, e: Event) -> perch::action::ClickAnswer {
-    let shared = &t.perch().shared;
-    let id = shared.journal.accept(vec![e]).await.unwrap()[0].id();
-    shared
-        .clicks
-        .answer(id, Duration::from_secs(10))
+    let id = t.journal().accept(vec![e]).await.unwrap()[0].id();
+    t.click_answer(id, Duration::from_secs(10))
         .await
         .expect("the click is answered")
 }
@@ -610,9 +602,7 @@ fn task(id: &str, due: &str) -> Value {
 
 async fn ticks(t: &TestPerch, slots: &[&str]) {
     for slot in slots {
-        t.perch()
-            .shared
-            .journal
+        t.journal()
             .accept(vec![tick("reminders", slot)])
             .await
             .unwrap();
@@ -623,7 +613,7 @@ async fn ticks(t: &TestPerch, slots: &[&str]) {
 async fn a_reminder_card_until_its_owner_presses_done() {
     let w = world().await;
     let t = TestPerch::start(&config(&w, TASKS)).await;
-    let j = &t.perch().shared.journal;
+    let j = t.journal();
     j.accept(vec![system(
         "task.due_set",
         "ev-1",
@@ -696,7 +686,7 @@ async fn a_reminder_card_until_its_owner_presses_done() {
 async fn overdue_reminders_daily_and_escalation_on_day_n() {
     let w = world().await;
     let t = TestPerch::start(&config(&w, TASKS)).await;
-    let j = &t.perch().shared.journal;
+    let j = t.journal();
     j.accept(vec![system(
         "task.due_set",
         "ev-2",
@@ -787,7 +777,7 @@ bots = ["loans"]
 async fn a_loan_reminder_goes_to_the_borrower_until_returned() {
     let w = world().await;
     let t = TestPerch::start(&config(&w, LOANS)).await;
-    let j = &t.perch().shared.journal;
+    let j = t.journal();
     j.accept(vec![system(
         "item.borrowed",
         "scan-1",
@@ -860,7 +850,7 @@ async fn a_loan_reminder_goes_to_the_borrower_until_returned() {
 async fn remind_command_reads_natural_dates_and_lists_what_is_open() {
     let w = world().await;
     let t = TestPerch::start(&config(&w, TASKS)).await;
-    let j = &t.perch().shared.journal;
+    let j = t.journal();
     // Saturday 21 November 2026, 10:00: 周五 is the 27th.
     let mut ask = say("@bot remind @bob 周五 17:00 submit the budget", "m-1");
     ask.received_at = sh("2026-11-21 10:00");
@@ -961,9 +951,7 @@ async fn daily_push_compares_with_the_sources_day_before() {
         "pointer = \"/data\"\nprevious_pointer = \"/previous\"",
     );
     let t = TestPerch::start(&config(&w, &bots)).await;
-    t.perch()
-        .shared
-        .journal
+    t.journal()
         .accept(vec![tick("push.daily", "2026-11-20T09:00:00+08:00")])
         .await
         .unwrap();
@@ -1040,7 +1028,7 @@ mention = "*"
 bots = ["data"]
 "#;
     let t = TestPerch::start(&config(&w, bots)).await;
-    let j = &t.perch().shared.journal;
+    let j = t.journal();
     j.accept(vec![say("@bot gmv", "f1")]).await.unwrap();
     let o = wait_ops(&w, 1).await;
     let card = o[0]["body"]["card"].to_string();

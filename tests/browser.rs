@@ -6,10 +6,9 @@
 //! deliveries, replays its dead letter and previews a card; bob (member) signs in in a
 //! second browser and can neither read ann's direct room nor press its button.
 
-mod common;
-use common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use perch::action::{MessageBody, Operation, Target};
+use perch::testing::*;
 use serde_json::{Value, json};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -146,8 +145,8 @@ async fn sign_in(c: &Client, t: &TestPerch, name: &str, password: &str, next: &s
 }
 
 fn config(sink: &str) -> String {
-    let ann = perch::auth::hash_password(ANN_PASSWORD).unwrap();
-    let bob = perch::auth::hash_password(BOB_PASSWORD).unwrap();
+    let ann = perch::testing::hash_password(ANN_PASSWORD).unwrap();
+    let bob = perch::testing::hash_password(BOB_PASSWORD).unwrap();
     format!(
         r#"
 [server]
@@ -346,7 +345,8 @@ async fn console_and_chat_in_a_real_browser() {
             { "label": "Done", "action": { "bot": "echo", "action": "done", "args": { "id": 1 } } }
         ] }
     ] });
-    let dm = t.perch().shared.connectors["web"]
+    let dm = t
+        .connector("web")
         .execute(
             &Operation::Send {
                 to: Target::Person {

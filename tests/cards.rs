@@ -3,14 +3,16 @@
 //! hostile data (proptest), strict-mode errors, broken templates stopping `Perch::start`
 //! and `perch check`, the `card render` command and the `/api/cards` endpoints.
 
-mod common;
-use common::*;
+use perch::testing::*;
 
 use perch::cards::{self, CardEngine, CardError};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::OnceLock;
+
+/// The `perch` command line these tests run as a process.
+const PERCH: &str = env!("CARGO_BIN_EXE_perch");
 
 const TEMPLATES: &[&str] = &[
     "daily_metrics",
@@ -478,9 +480,7 @@ async fn perch_start_fails_on_a_broken_template() {
     );
     let config = perch::config::Config::from_str(&toml, Path::new("test.toml")).unwrap();
     let err =
-        match perch::runtime::Perch::start(config, std::sync::Arc::new(perch::clock::SystemClock))
-            .await
-        {
+        match perch::Perch::start(config, std::sync::Arc::new(perch::clock::SystemClock)).await {
             Ok(_) => panic!("started with a broken template"),
             Err(e) => e.to_string(),
         };
@@ -499,7 +499,8 @@ fn perch_check_reports_a_broken_template() {
         ),
     )
     .unwrap();
-    let out = common::perch_command(&["--config", config.to_str().unwrap(), "check"]);
+    let out =
+        perch::testing::perch_command(PERCH, &["--config", config.to_str().unwrap(), "check"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("broken.hbs:2:"), "{stderr}");
@@ -512,7 +513,7 @@ fn perch_check_reports_a_broken_template() {
         format!("[server]\ncards_dir = {:?}\n", cards.display().to_string()),
     )
     .unwrap();
-    let out = common::perch_command(&["--config", good.to_str().unwrap(), "check"]);
+    let out = perch::testing::perch_command(PERCH, &["--config", good.to_str().unwrap(), "check"]);
     assert!(
         out.status.success(),
         "{}",
@@ -525,19 +526,22 @@ fn perch_check_reports_a_broken_template() {
 fn card_render_command_prints_platform_json() {
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("card.json");
-    let out = common::perch_command(&[
-        "--config",
-        "/nonexistent/perch.toml",
-        "card",
-        "render",
-        "daily_metrics",
-        "--data",
-        "cards/daily_metrics.sample.json",
-        "--platform",
-        "feishu",
-        "--out",
-        out_file.to_str().unwrap(),
-    ]);
+    let out = perch::testing::perch_command(
+        PERCH,
+        &[
+            "--config",
+            "/nonexistent/perch.toml",
+            "card",
+            "render",
+            "daily_metrics",
+            "--data",
+            "cards/daily_metrics.sample.json",
+            "--platform",
+            "feishu",
+            "--out",
+            out_file.to_str().unwrap(),
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -555,7 +559,7 @@ fn card_render_command_prints_platform_json() {
             "render",
             "reminder",
         ];
-        common::perch_command(&[&args[..], &["--platform", platform]].concat())
+        perch::testing::perch_command(PERCH, &[&args[..], &["--platform", platform]].concat())
     };
     let out = render_reminder("text");
     assert!(out.status.success());

@@ -1,13 +1,14 @@
 //! `perch check`: a valid config prints a summary and exits 0; a bad one prints every
 //! problem with file:line:column and exits 1.
 
-mod common;
+/// The `perch` command line these tests run as a process.
+const PERCH: &str = env!("CARGO_BIN_EXE_perch");
 
 fn check(config: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("perch.toml");
     std::fs::write(&path, config).unwrap();
-    let out = common::perch_command(&["--config", path.to_str().unwrap(), "check"]);
+    let out = perch::testing::perch_command(PERCH, &["--config", path.to_str().unwrap(), "check"]);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -22,7 +23,7 @@ fn check(config: &str) -> (i32, String) {
 #[test]
 fn the_shipped_config_is_valid() {
     // In place: its relative paths (`demo/`, `cards/`) are relative to its folder.
-    let out = common::perch_command(&["--config", "config.toml", "check"]);
+    let out = perch::testing::perch_command(PERCH, &["--config", "config.toml", "check"]);
     let code = out.status.code().unwrap_or(-1);
     let out = format!(
         "{}{}",
@@ -261,7 +262,8 @@ fn relative_paths_are_relative_to_the_config_file() {
     )
     .unwrap();
     // Run from elsewhere (the package root): `mycards` is found beside the config.
-    let out = common::perch_command(&["--config", config.to_str().unwrap(), "check"]);
+    let out =
+        perch::testing::perch_command(PERCH, &["--config", config.to_str().unwrap(), "check"]);
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{text}");

@@ -15,13 +15,12 @@
 //! Synapse (tests/matrix.rs with tests/synapse), not signed webhooks, and starting
 //! Synapse per check would cost minutes per test; tests/matrix.rs covers its checks.
 
-mod common;
 mod fake_feishu;
 mod fake_slack;
 
-use common::*;
 use perch::action::{ChatSpec, MessageBody, Operation, Target};
 use perch::connectors::{SendError, SharedConnector};
+use perch::testing::*;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -132,7 +131,7 @@ fn now() -> i64 {
 }
 
 fn connector<P: Platform>(p: &P) -> SharedConnector {
-    p.perch().perch().shared.connectors[P::CONNECTOR].clone()
+    p.perch().connector(P::CONNECTOR)
 }
 
 // ---------------------------------------------------------------------------------
@@ -535,7 +534,8 @@ impl Platform for WebChat {
         let card = json!({ "header": { "title": "Reminder" }, "elements": [
             { "type": "buttons", "buttons": [{ "label": "Done", "action": { "bot": "echo", "action": "done", "args": {} } }] }
         ] });
-        let sent = t.perch().shared.connectors["web"]
+        let sent = t
+            .connector("web")
             .execute(
                 &send("general".into(), MessageBody::Card { card }, None),
                 "k-setup-card",
@@ -545,7 +545,7 @@ impl Platform for WebChat {
         let card_id = sent.id.expect("a message id");
         // A person's direct room exists once perch has written to them (created on
         // demand); people then write there.
-        t.perch().shared.connectors["web"]
+        t.connector("web")
             .execute(
                 &Operation::Send {
                     to: Target::person("ann"),
@@ -690,7 +690,7 @@ impl Platform for Feishu {
             fake_feishu::app_connector("feishu", &fake.base, true)
         );
         let t = TestPerch::start(&config).await;
-        let c = t.perch().shared.connectors["feishu"].clone();
+        let c = t.connector("feishu");
         eventually(10, "bot open_id fetched", || {
             let c = c.clone();
             async move { c.describe().get("bot_open_id").cloned() }
@@ -1193,7 +1193,7 @@ async fn a_receive_only_webhook_refuses_operations_as_unsupported() {
         "[server]\nlisten = \"127.0.0.1:0\"\n\n[connectors.hooks]\nkind = \"webhook\"\nsecret = \"{WEBHOOK_SECRET}\"\n"
     ))
     .await;
-    let hooks = t.perch().shared.connectors["hooks"].clone();
+    let hooks = t.connector("hooks");
     let ops = [
         send("ops".into(), MessageBody::text("x"), None),
         Operation::CreateChat {

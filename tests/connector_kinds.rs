@@ -5,8 +5,6 @@
 //! Also: `perch check`-style errors for connector kinds (an unknown kind with a
 //! did-you-mean, a misspelled setting at its own line) come from the same registry.
 
-mod common;
-use common::{eventually, serve_fake};
 use perch::action::{Delivered, MessageBody, Operation, Target};
 use perch::connectors::{
     ConnectorEnv, ConnectorKind, Inbound, InboundError, InboundRequest, Reply, SendError,
@@ -14,6 +12,7 @@ use perch::connectors::{
 };
 use perch::event::{Chat, ChatType, Event, EventKind, Person};
 use perch::testing::TestHub;
+use perch::testing::{eventually, serve_fake};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 

@@ -8,15 +8,19 @@
 //! restart, under the same idempotency key: that is what the key is for (Feishu's `uuid`,
 //! Slack's dedupe), and the endpoint counts it once. The test prints how often it happened.
 
-mod common;
 use axum::routing::post;
-use common::relay::{Acked, all_events, check_delivered_once, load, start_sink, wait_settled};
-use common::{RelayConfig, free_port, sign, spawn_perch, wait_healthy};
+use perch::testing::relay::{
+    Acked, all_events, check_delivered_once, load, start_sink, wait_settled,
+};
+use perch::testing::{RelayConfig, free_port, sign, spawn_perch, wait_healthy};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The `perch` command line these tests run as a process.
+const PERCH: &str = env!("CARGO_BIN_EXE_perch");
 
 const SECRET: &str = "crash-secret";
 
@@ -55,7 +59,7 @@ async fn sigkill_loses_nothing_acknowledged_and_sends_nothing_twice() {
     let mut acked_all: Vec<Acked> = Vec::new();
     let mut killed_at = Vec::new();
     for round in 0..kills {
-        let child = spawn_perch(&config);
+        let child = spawn_perch(PERCH, &config);
         wait_healthy(&base).await;
         let stop = tokio_util::sync::CancellationToken::new();
         let loader = tokio::spawn(load(
@@ -79,7 +83,7 @@ async fn sigkill_loses_nothing_acknowledged_and_sends_nothing_twice() {
     }
 
     // A last, clean start: it must finish everything that was queued.
-    let _child = spawn_perch(&config);
+    let _child = spawn_perch(PERCH, &config);
     wait_healthy(&base).await;
     wait_settled(&base).await;
     let events = all_events(&base).await;
@@ -122,18 +126,26 @@ async fn an_undecodable_record_first_in_a_segment_loses_nothing_after_it() {
     }
     poison["payload"] = deep;
     let mut segment = Vec::new();
-    perch::store::ingest_log::encode(&mut segment, until, &serde_json::to_vec(&poison).unwrap());
+    perch::testing::internals::ingest_log_encode(
+        &mut segment,
+        until,
+        &serde_json::to_vec(&poison).unwrap(),
+    );
     let mut ids = HashSet::new();
     for n in 0..50 {
         let mut e = Event::new("in", EventKind::System, now);
         e.topic = Some("crash.test".into());
         e.external_id = Some(format!("good-{n}"));
         ids.insert(e.id.to_string());
-        perch::store::ingest_log::encode(&mut segment, until, &serde_json::to_vec(&e).unwrap());
+        perch::testing::internals::ingest_log_encode(
+            &mut segment,
+            until,
+            &serde_json::to_vec(&e).unwrap(),
+        );
     }
     std::fs::write(log.join(format!("{:020}.log", 1)), &segment).unwrap();
 
-    let _child = spawn_perch(&config);
+    let _child = spawn_perch(PERCH, &config);
     wait_healthy(&base).await;
     let events = all_events(&base).await;
     let journal: HashSet<String> = events
@@ -228,7 +240,7 @@ async fn switchable_sink(
             }
         }),
     );
-    let url = common::serve_fake(app).await;
+    let url = perch::testing::serve_fake(app).await;
     (url, answer, count)
 }
 
@@ -240,7 +252,7 @@ async fn a_replay_answered_is_a_replay_kept_across_a_kill() {
     // 400: a permanent refusal, so the item dead-letters at once.
     let (sink_url, answer, count) = switchable_sink(400).await;
     let (base, config) = perch_with_failing_sink(dir.path(), "", &sink_url).await;
-    let child = spawn_perch(&config);
+    let child = spawn_perch(PERCH, &config);
     wait_healthy(&base).await;
     post_one(&base, "r-1").await;
     let mut letters = Vec::new();
@@ -264,7 +276,7 @@ async fn a_replay_answered_is_a_replay_kept_across_a_kill() {
     assert_eq!(r.status(), 200);
     drop(child); // SIGKILL right after the answer
     answer.store(200, std::sync::atomic::Ordering::SeqCst);
-    let _child = spawn_perch(&config);
+    let _child = spawn_perch(PERCH, &config);
     wait_healthy(&base).await;
     for _ in 0..250 {
         if *count.lock().unwrap() == 1 {
@@ -297,7 +309,7 @@ async fn sigterm_stops_within_the_grace_and_keeps_the_queue() {
         .unwrap()
         .replace("max_attempts = 2", "max_attempts = 1000");
     std::fs::write(&config, text).unwrap();
-    let mut child = spawn_perch(&config);
+    let mut child = spawn_perch(PERCH, &config);
     wait_healthy(&base).await;
     for i in 0..30 {
         post_one(&base, &format!("t-{i}")).await;
@@ -328,7 +340,7 @@ async fn sigterm_stops_within_the_grace_and_keeps_the_queue() {
         "stopped in {took:?}"
     );
     answer.store(200, std::sync::atomic::Ordering::SeqCst);
-    let _child = spawn_perch(&config);
+    let _child = spawn_perch(PERCH, &config);
     wait_healthy(&base).await;
     for _ in 0..500 {
         if *count.lock().unwrap() == 30 {

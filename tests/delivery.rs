@@ -6,9 +6,8 @@
 //! operation arrives as JSON with its `to` and idempotency `key`); events are put in
 //! the journal directly, each in its own chat, and the echo bot answers in that chat.
 
-mod common;
-use common::*;
 use perch::event::{Chat, ChatType, Event, EventKind, Mention, Person};
+use perch::testing::*;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use wiremock::matchers::{body_partial_json, method};
@@ -95,7 +94,7 @@ async fn chats_that_keep_failing_never_block_a_healthy_one() {
         "concurrency = 8\nmax_attempts = 50\nmin_backoff = \"2s\"\nmax_backoff = \"10s\"",
     ))
     .await;
-    let j = &t.perch().shared.journal;
+    let j = t.journal();
     let failing: Vec<Event> = (0..100)
         .map(|i| say(&format!("failing{i:03}"), "hi"))
         .collect();
@@ -134,7 +133,7 @@ async fn order_within_each_chat_holds_under_a_backlog() {
         .mount(&sink)
         .await;
     let t = TestPerch::start(&config(&sink.uri(), "concurrency = 4")).await;
-    let j = &t.perch().shared.journal;
+    let j = t.journal();
     let (chats, per_chat) = (8, 150);
     for n in 0..per_chat {
         let batch: Vec<Event> = (0..chats)

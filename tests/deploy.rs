@@ -7,8 +7,7 @@
 //! `systemd-analyze` and `hadolint` are outside tools: where one is missing a test says
 //! so and passes, except under `CI`, where it fails (`.ci/run` installs both).
 
-mod common;
-use common::{ChildPerch, free_port, wait_healthy};
+use perch::testing::{ChildPerch, free_port, wait_healthy};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 

@@ -7,17 +7,19 @@
 //! Mounting needs root (and a kernel that allows it). Where it cannot mount, the test
 //! says so and passes, except under `CI`, where it fails: CI runs as root.
 
-mod common;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
-use common::{RelayConfig, free_port, sign, spawn_perch, wait_healthy};
+use perch::testing::{RelayConfig, free_port, sign, spawn_perch, wait_healthy};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The `perch` command line these tests run as a process.
+const PERCH: &str = env!("CARGO_BIN_EXE_perch");
 
 const SECRET: &str = "disk-full-secret";
 
@@ -66,7 +68,7 @@ async fn start_sink() -> (String, Arc<Mutex<HashMap<String, usize>>>) {
             ),
         )
         .with_state(keys.clone());
-    let url = common::serve_fake(app).await;
+    let url = perch::testing::serve_fake(app).await;
     (url, keys)
 }
 
@@ -138,7 +140,7 @@ async fn a_full_disk_refuses_events_pauses_deliveries_and_recovers_by_itself() {
         inbound: "",
     };
     std::fs::write(&config, relay.text()).unwrap();
-    let _perch = spawn_perch(&config);
+    let _perch = spawn_perch(PERCH, &config);
     wait_healthy(&base).await;
     let client = reqwest::Client::new();
     let mut acked = Vec::new();

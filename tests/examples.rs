@@ -4,9 +4,8 @@
 //! sent once although the example's answer is posted twice. Without the interpreter the
 //! test fails under `CI` and is skipped (with the reason) elsewhere.
 
-mod common;
-use common::*;
 use perch::event::{Chat, ChatType, Event, EventKind, Mention, Person};
+use perch::testing::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 use wiremock::matchers::method;
@@ -131,7 +130,7 @@ bots = ["example"]
         .unwrap();
     assert_eq!(forged.status(), 401, "{script} refuses a bad signature");
 
-    let j = &t.perch().shared.journal;
+    let j = t.journal();
     j.accept(vec![mention("@bot hello", "e1")]).await.unwrap();
     let ops = wait_received(&platform, 1).await;
     assert_eq!(ops[0]["reply_to"], "om_e1");

@@ -1,13 +1,12 @@
-//! The Feishu connector end to end: a real perch (tests/common) whose `base_url` points
+//! The Feishu connector end to end: a real perch (`perch::testing::TestPerch`) whose `base_url` points
 //! at a fake Feishu (tests/fake_feishu) that speaks the real envelopes.
 
-mod common;
 mod fake_feishu;
 
-use common::*;
 use fake_feishu::*;
 use perch::action::{ChatSpec, MessageBody, Operation, Target};
 use perch::connectors::SendError;
+use perch::testing::*;
 use serde_json::{Value, json};
 
 fn config(fake: &FakeFeishu) -> String {
@@ -70,7 +69,7 @@ async fn setup_with(extra: &str) -> (FakeFeishu, TestPerch, EventSender) {
 }
 
 async fn wait_for_identity(t: &TestPerch) {
-    let c = t.perch().shared.connectors["feishu"].clone();
+    let c = t.connector("feishu");
     eventually(10, "bot open_id fetched", || {
         let c = c.clone();
         async move { c.describe().get("bot_open_id").cloned() }
@@ -92,7 +91,7 @@ async fn journal(t: &TestPerch) -> Vec<Value> {
 /// fake's sender computes them independently for everything else).
 fn signed_headers(body: &[u8]) -> Vec<(String, String)> {
     let ts = chrono::Utc::now().timestamp().to_string();
-    let sig = perch::connectors::feishu::crypto::event_signature(&ts, "nonce-1", KEY, body);
+    let sig = perch::testing::internals::feishu_event_signature(&ts, "nonce-1", KEY, body);
     vec![
         ("X-Lark-Request-Timestamp".into(), ts),
         ("X-Lark-Request-Nonce".into(), "nonce-1".into()),
@@ -619,7 +618,7 @@ async fn group_creation_with_120_members_by_email() {
             owner: None,
         },
     };
-    let feishu = t.perch().shared.connectors["feishu"].clone();
+    let feishu = t.connector("feishu");
     let delivered = feishu
         .execute(&op, "ev-1/auto_group/0000")
         .await
@@ -804,9 +803,7 @@ async fn a_project_claim_never_sticks() {
     let stale = json!({ "name": "【项目】Gamma-R1", "chat_id": null, "connector": "feishu",
                         "event": "00000000-0000-0000-0000-000000000000",
                         "claimed_at": (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339() });
-    t.perch()
-        .shared
-        .store
+    t.store()
         .kv_put("bot/groups", "project/R1", stale.to_string().as_bytes())
         .await
         .unwrap();
@@ -847,7 +844,7 @@ async fn awaited_calls_honour_the_connector_rate_limit() {
 #[tokio::test]
 async fn direct_messages_cards_updates_and_errors() {
     let (fake, t, _sender) = setup().await;
-    let feishu = t.perch().shared.connectors["feishu"].clone();
+    let feishu = t.connector("feishu");
     // A DM by e-mail, as markdown → post with an md element.
     let dm = Operation::Send {
         to: Target::Person {
@@ -942,7 +939,7 @@ async fn direct_messages_cards_updates_and_errors() {
 async fn concurrent_callers_share_one_token_fetch() {
     let (fake, t, _sender) = setup().await;
     fake.expire_tokens();
-    let feishu = t.perch().shared.connectors["feishu"].clone();
+    let feishu = t.connector("feishu");
     let before = fake.lock().token_fetches;
     let mut tasks = Vec::new();
     for i in 0..10 {
@@ -990,7 +987,7 @@ secret = "bot-secret"
 "#
     );
     let t = TestPerch::start(&cfg).await;
-    let group = t.perch().shared.connectors["group"].clone();
+    let group = t.connector("group");
     let text = Operation::Send {
         to: Target::chat("ignored"),
         body: MessageBody::text("build failed"),
@@ -1015,7 +1012,7 @@ secret = "bot-secret"
     assert!(got[1]["card"].is_object());
 
     // The wrong secret: the fake answers 19021, perch reports it clearly and gives up.
-    let wrong = t.perch().shared.connectors["wrong"].clone();
+    let wrong = t.connector("wrong");
     let e = wrong.execute(&text, "k3").await.unwrap_err();
     assert!(
         matches!(&e, SendError::Permanent(m) if m.contains("19021")),
@@ -1075,7 +1072,7 @@ webhook_url = "not a url"
 async fn rate_limits_follow_feishu_quotas() {
     let fake = FakeFeishu::start().await;
     let t = TestPerch::start(&config(&fake)).await;
-    let limits = t.perch().shared.connectors["feishu"].rate_limits();
+    let limits = t.connector("feishu").rate_limits();
     assert_eq!(
         (
             limits.per_second,
@@ -1089,7 +1086,7 @@ async fn rate_limits_follow_feishu_quotas() {
         "[connectors.g]\nkind = \"feishu_webhook\"\nwebhook_url = \"{url}\"\n"
     ))
     .await;
-    let limits = t2.perch().shared.connectors["g"].rate_limits();
+    let limits = t2.connector("g").rate_limits();
     assert_eq!((limits.per_second, limits.per_minute), (Some(5), Some(100)));
 }
 
@@ -1137,9 +1134,7 @@ bots = ["tasks"]
     let item = ok.content.rsplit('`').nth(1).unwrap().to_string();
 
     let slot = chrono::Utc::now() + chrono::Duration::minutes(121);
-    t.perch()
-        .shared
-        .journal
+    t.journal()
         .accept(vec![tick("reminders", &slot.to_rfc3339())])
         .await
         .unwrap();

@@ -3,12 +3,11 @@
 //! hands out the fake long-connection server (tests/fake_feishu/ws.rs). Events and
 //! clicks go over the socket; replies go through the Open API fake as usual.
 
-mod common;
 mod fake_feishu;
 
-use common::*;
 use fake_feishu::ws::FakeLongConnection;
 use fake_feishu::*;
+use perch::testing::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -54,7 +53,7 @@ async fn setup() -> (FakeFeishu, FakeLongConnection, TestPerch, EventSender) {
     let lc = FakeLongConnection::start().await;
     fake.lock().ws_url = Some(lc.url.clone());
     let t = TestPerch::start(&config(&fake, APP_SECRET)).await;
-    let c = t.perch().shared.connectors["feishu"].clone();
+    let c = t.connector("feishu");
     eventually(10, "bot open_id fetched and connected", || {
         let c = c.clone();
         async move {
@@ -214,7 +213,7 @@ async fn a_redelivered_event_is_handled_once() {
 #[tokio::test]
 async fn a_dropped_connection_reconnects_and_nothing_acknowledged_is_lost() {
     let (fake, lc, t, sender) = setup().await;
-    let c = t.perch().shared.connectors["feishu"].clone();
+    let c = t.connector("feishu");
     let a = sender.text_message(&fake, "ev-a", "om_a", "oc_team", "before", true);
     let id_a = lc.send("event", a.to_string().as_bytes(), 1);
     assert_eq!(answer(&lc, &id_a).await.code, 200);
@@ -292,7 +291,7 @@ async fn a_wrong_app_secret_is_a_clear_error_retried_with_backoff() {
     let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1].0 - w[0].0).collect();
     assert!(gaps[2] > gaps[0], "{gaps:?}");
     assert!(gaps[0] >= Duration::from_millis(45), "{gaps:?}");
-    let state = t.perch().shared.connectors["feishu"].describe()["connection"].clone();
+    let state = t.connector("feishu").describe()["connection"].clone();
     assert!(
         state.contains("refused") && state.contains("app_secret") && state.contains("10014"),
         "{state}"

@@ -10,12 +10,11 @@
 //! The case count is modest so that `cargo test` stays fast; raise it for a long run
 //! with `PERCH_FUZZ_CASES=2000 cargo test --test fuzz_inbound`.
 
-mod common;
 mod fake_feishu;
 
-use common::*;
 use fake_feishu::*;
 use perch::action::{MessageBody, Operation, Target};
+use perch::testing::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 use serde_json::{Value, json};
@@ -329,7 +328,7 @@ fn replayable(data_dir: &std::path::Path) -> (HashSet<String>, usize, usize) {
     for entry in std::fs::read_dir(data_dir.join("ingest-log")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "log") {
-            let d = perch::store::ingest_log::decode(&std::fs::read(&path).unwrap());
+            let d = perch::testing::internals::ingest_log_decode(&std::fs::read(&path).unwrap());
             unreadable += d.unreadable.len();
             torn += d.torn;
             ids.extend(d.records.iter().map(|r| r.event.id.to_string()));
@@ -352,7 +351,7 @@ fn every_inbound_decoder_survives_hostile_input_and_what_it_acks_replays() {
     let (fake, mut t, target) = rt.block_on(async {
         let fake = FakeFeishu::start().await;
         let t = TestPerch::start(&config(&fake)).await;
-        let web = t.perch().shared.connectors["web"].clone();
+        let web = t.connector("web");
         let card = json!({ "header": { "title": "Fuzz" }, "elements": [{ "text": "x" }] });
         let sent = web
             .execute(

@@ -2,13 +2,12 @@
 //! read back and replayed, secrets never reach the journal, and every refusal is one
 //! line of JSON.
 
-mod common;
 mod fake_feishu;
 
-use common::*;
 use fake_feishu::*;
 use perch::action::{MessageBody, Operation, Target};
 use perch::event::MAX_JSON_DEPTH;
+use perch::testing::*;
 use serde_json::{Value, json};
 
 const SECRET: &str = "webhook-secret-for-hostile-tests";
@@ -174,7 +173,7 @@ async fn json_at_the_depth_limit_is_stored_and_one_past_is_refused_everywhere() 
 
     // Web chat: a card click's arguments. A click must name one of the card's own
     // buttons, so the card carries both depths.
-    let web = t.perch().shared.connectors["web"].clone();
+    let web = t.connector("web");
     let button = |depth: usize| json!({ "label": depth.to_string(), "action": { "bot": "echo", "action": "x", "args": nested(depth) } });
     let card = json!({ "elements": [
         { "type": "buttons", "buttons": [button(limit), button(limit + 1)] }

@@ -3,13 +3,15 @@
 //! perch from the test kit (`perch::testing`), whose fake platform records every
 //! operation with its idempotency key.
 
-mod common;
-use common::*;
 use perch::event::{Event, EventKind, Mention, Person};
 use perch::testing::TestHub;
+use perch::testing::*;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The `perch` command line these tests run as a process.
+const PERCH: &str = env!("CARGO_BIN_EXE_perch");
 
 const SECRET: &str = "bot-secret";
 
@@ -327,7 +329,7 @@ bots = ["ext"]
         ),
     )
     .unwrap();
-    let child = spawn_perch(&config);
+    let child = spawn_perch(PERCH, &config);
     wait_healthy(&base).await;
     let body = r#"{"service":"api"}"#;
     let r = reqwest::Client::new()
@@ -347,7 +349,7 @@ bots = ["ext"]
     })
     .await;
     drop(child); // SIGKILL while the bot is still answering
-    let _child = spawn_perch(&config);
+    let _child = spawn_perch(PERCH, &config);
     wait_healthy(&base).await;
     eventually(10, "the answer is sent", || async {
         (!sends.lock().unwrap().is_empty()).then_some(())
@@ -365,7 +367,7 @@ bots = ["ext"]
 #[test]
 fn the_published_schemas_match_the_types() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
-    for (name, schema) in perch::bots::http_bot::schemas() {
+    for (name, schema) in perch::testing::http_bot_schemas() {
         let text = format!("{}\n", serde_json::to_string_pretty(&schema).unwrap());
         let path = dir.join(name);
         if std::env::var_os("PERCH_UPDATE_SCHEMAS").is_some() {
@@ -380,7 +382,7 @@ fn the_published_schemas_match_the_types() {
         );
     }
     // A template answer validates against what the schema says a body may be.
-    let answer = &perch::bots::http_bot::schemas()[1].1;
+    let answer = &perch::testing::http_bot_schemas()[1].1;
     assert!(
         answer.to_string().contains("\"const\":\"template\""),
         "{answer}"

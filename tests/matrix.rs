@@ -3,12 +3,11 @@
 //! restarts in the middle of a conversation. Messages are counted in the room itself,
 //! so a lost or repeated message fails the test.
 
-mod common;
 mod synapse;
 
-use common::*;
 use perch::action::{ChatSpec, MessageBody, Operation, Target};
 use perch::connectors::SendError;
+use perch::testing::*;
 use serde_json::Value;
 use std::time::Duration;
 use synapse::*;
@@ -202,9 +201,7 @@ bots = ["tasks"]
         .await;
     wait_bot_messages(&person, &room, &bot.user_id, 1).await;
     let slot = chrono::Utc::now() + chrono::Duration::minutes(121);
-    t.perch()
-        .shared
-        .journal
+    t.journal()
         .accept(vec![tick("reminders", &slot.to_rfc3339())])
         .await
         .unwrap();
@@ -389,7 +386,7 @@ async fn operations_send_once_per_key_create_rooms_invite_and_open_direct_chats(
     let (person, bot) = setup(s).await;
     let t = TestPerch::start(&config(s, &bot, "")).await;
     let room = room_with_bot(&person, &bot).await;
-    let matrix = t.perch().shared.connectors["matrix"].clone();
+    let matrix = t.connector("matrix");
 
     // The same outbox key twice (a retry after a lost answer or a crash): one event.
     let hello = format!("hello {}", person.user_id);
@@ -494,7 +491,7 @@ async fn the_homeservers_rate_limit_answer_is_honoured() {
     let room = room_with_bot(&person, &bot).await;
     // One message a second, no burst: the second at once is refused with M_LIMIT_EXCEEDED.
     admin.override_ratelimit(&bot.user_id, 1, 1).await;
-    let matrix = t.perch().shared.connectors["matrix"].clone();
+    let matrix = t.connector("matrix");
     let send = |text: &str| Operation::Send {
         to: Target::chat(&room),
         body: MessageBody::text(text),

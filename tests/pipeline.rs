@@ -4,10 +4,9 @@
 //! Tests that only need a chat platform and the journal (routing, a failing bot) use
 //! the test kit (`perch::testing::TestHub`) and its recording platform instead.
 
-mod common;
-use common::*;
 use perch::event::{Event, EventKind, Mention, Person};
 use perch::store::Fate;
+use perch::testing::*;
 use perch::testing::{ROOM, TestHub};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -577,7 +576,7 @@ bots = ["strict", "fine"]
     let (id, got) = hub.post(tick).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].text(), "fine 7");
-    let entry = hub.perch().shared.store.event(id).await.unwrap().unwrap();
+    let entry = hub.perch().store().event(id).await.unwrap().unwrap();
     let Fate::Routed { failures, .. } = entry.fate else {
         panic!("not routed: {:?}", entry.fate);
     };
@@ -592,7 +591,7 @@ bots = ["strict", "fine"]
 
 #[tokio::test]
 async fn transient_failures_are_retried_and_delivered_once() {
-    let s = common::fails_then(
+    let s = perch::testing::fails_then(
         "POST",
         ResponseTemplate::new(503),
         2,
@@ -626,7 +625,7 @@ async fn transient_failures_are_retried_and_delivered_once() {
 
 #[tokio::test]
 async fn retry_after_is_honoured() {
-    let s = common::fails_then(
+    let s = perch::testing::fails_then(
         "POST",
         ResponseTemplate::new(429).insert_header("retry-after", "1"),
         1,
@@ -645,7 +644,7 @@ async fn retry_after_is_honoured() {
 
 #[tokio::test]
 async fn permanent_failures_go_to_dead_letters_and_replay_delivers() {
-    let s = common::fails_then(
+    let s = perch::testing::fails_then(
         "POST",
         ResponseTemplate::new(400).set_body_string("bad chat"),
         1,
@@ -697,7 +696,7 @@ async fn permanent_failures_go_to_dead_letters_and_replay_delivers() {
 /// a replay), and "replay all" for a connector, which queues each dead letter once.
 #[tokio::test]
 async fn an_event_shows_its_deliveries_and_replay_all_is_idempotent() {
-    let s = common::fails_then(
+    let s = perch::testing::fails_then(
         "POST",
         ResponseTemplate::new(400).set_body_string("bad chat"),
         2,
@@ -931,7 +930,7 @@ async fn a_waiting_delivery_says_why_and_until_when() {
         ),
     ];
     for (answer, want, (least, most)) in cases {
-        let s = common::fails_then("POST", answer, 1, ResponseTemplate::new(200)).await;
+        let s = perch::testing::fails_then("POST", answer, 1, ResponseTemplate::new(200)).await;
         // A long backoff, so the item is still waiting when we look.
         let cfg = config(&s.uri(), NOTIFY).replace(
             "min_backoff = \"50ms\"\nmax_backoff = \"200ms\"",
@@ -1043,7 +1042,7 @@ fn url_escape(s: &str) -> String {
 /// process.
 #[tokio::test]
 async fn status_shows_each_connectors_last_success_and_failure() {
-    let s = common::fails_then(
+    let s = perch::testing::fails_then(
         "POST",
         ResponseTemplate::new(502).set_body_string("upstream\n down"),
         1,

@@ -2,8 +2,6 @@
 //! does not define, is a config `perch check` accepts (keys, kinds, routes, templates),
 //! and the notification card example renders with the event the README describes.
 
-mod common;
-
 /// The README's ```toml blocks, in order.
 fn toml_blocks() -> Vec<String> {
     let readme = std::fs::read_to_string("README.md").expect("README.md");
@@ -90,13 +88,13 @@ async fn the_readme_notification_card_renders_from_its_event() {
         )
         .mount(&sink)
         .await;
-    let t = common::TestPerch::start(&config.replace("{SINK}", &sink.uri())).await;
+    let t = perch::testing::TestPerch::start(&config.replace("{SINK}", &sink.uri())).await;
     let mut e =
         perch::event::Event::new("chat", perch::event::EventKind::System, chrono::Utc::now());
     e.topic = Some("task.changed".into());
     e.payload = serde_json::json!({"assignee": {"email": "ann@corp.com"}, "task": {"title": "Ship 1.0", "state": "done"}});
-    t.perch().shared.journal.accept(vec![e]).await.unwrap();
-    let sent = common::wait_received(&sink, 1).await;
+    t.journal().accept(vec![e]).await.unwrap();
+    let sent = perch::testing::wait_received(&sink, 1).await;
     assert_eq!(sent[0]["to"]["id"], "ann@corp.com");
     let card = sent[0]["body"]["card"].to_string();
     assert!(

@@ -4,20 +4,22 @@
 //! with replicas killed (-9) at random moments and restarted.
 //!
 //! The database is a fresh one on the server of `PERCH_TEST_DATABASE_URL`
-//! (`perch::store::postgres::test_database`): missing, these tests fail under `CI` and
+//! (`perch::testing::test_database`): missing, these tests fail under `CI` and
 //! are skipped with a printed reason otherwise.
 
-mod common;
-use common::relay::{
+use perch::testing::relay::{
     Acked, Sink, all_events, check_delivered_once, load, start_sink, wait_settled,
 };
-use common::{ChildPerch, RelayConfig, free_port, spawn_perch, wait_healthy};
+use perch::testing::{ChildPerch, RelayConfig, free_port, spawn_perch, wait_healthy};
 use rand::Rng;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The `perch` command line these tests run as a process.
+const PERCH: &str = env!("CARGO_BIN_EXE_perch");
 
 const SECRET: &str = "replica-secret";
 
@@ -28,7 +30,7 @@ const REPEAT_BOUND: Duration = Duration::from_millis(50);
 
 /// A fresh database's URL, or `None` (skip) outside CI without a server.
 async fn database_url() -> Option<String> {
-    let config = perch::store::postgres::test_database().await?;
+    let config = perch::testing::test_database().await?;
     let host = match &config.get_hosts()[0] {
         tokio_postgres::config::Host::Tcp(h) => h.clone(),
         tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
@@ -144,7 +146,7 @@ async fn three_replicas_deliver_each_event_once_in_order() {
     let replicas = replicas(dir.path(), 3, &url, &sink_url);
     let mut children: Vec<ChildPerch> = Vec::new();
     for r in &replicas {
-        children.push(spawn_perch(&r.config));
+        children.push(spawn_perch(PERCH, &r.config));
         wait_healthy(&r.base).await;
     }
     let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
@@ -177,7 +179,7 @@ async fn replicas_killed_at_random_moments_lose_and_repeat_nothing() {
     let replicas = replicas(dir.path(), 3, &url, &sink_url);
     let mut children: Vec<Option<ChildPerch>> = Vec::new();
     for r in &replicas {
-        children.push(Some(spawn_perch(&r.config)));
+        children.push(Some(spawn_perch(PERCH, &r.config)));
         wait_healthy(&r.base).await;
     }
     let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
@@ -201,7 +203,7 @@ async fn replicas_killed_at_random_moments_lose_and_repeat_nothing() {
         let acked = loader.await.unwrap();
         assert!(!acked.is_empty(), "round {round}: events were acknowledged");
         acked_all.extend(acked);
-        children[victim] = Some(spawn_perch(&replicas[victim].config));
+        children[victim] = Some(spawn_perch(PERCH, &replicas[victim].config));
         wait_healthy(&replicas[victim].base).await;
     }
     // Lanes of killed replicas pass to the others when their leases expire.
@@ -235,7 +237,7 @@ async fn replicas_share_a_connector_rate_limit() {
     }
     let mut children: Vec<ChildPerch> = Vec::new();
     for r in &replicas {
-        children.push(spawn_perch(&r.config));
+        children.push(spawn_perch(PERCH, &r.config));
         wait_healthy(&r.base).await;
     }
     // 45 events in 9 chats, posted round-robin to the replicas, so each replica has
@@ -245,7 +247,7 @@ async fn replicas_share_a_connector_rate_limit() {
     for n in 0..EVENTS {
         let chat = format!("chat{}", n % 9);
         let body = format!(r#"{{"chat":"{chat}","n":"{chat} {n}"}}"#);
-        let sig = common::sign(SECRET, body.as_bytes());
+        let sig = perch::testing::sign(SECRET, body.as_bytes());
         let resp = client
             .post(format!("{}/hooks/in", replicas[n % 3].base))
             .header("X-Topic", "rate.test")
@@ -301,7 +303,7 @@ async fn replicas_share_a_connector_rate_limit() {
 fn perch_on(config: &Path, args: &[&str]) -> (i32, String) {
     let mut all = vec!["--config", config.to_str().unwrap()];
     all.extend_from_slice(args);
-    let out = common::perch_command(&all);
+    let out = perch::testing::perch_command(PERCH, &all);
     (
         out.status.code().unwrap_or(-1),
         format!(
@@ -328,7 +330,7 @@ async fn a_sled_deployment_moves_to_postgres_with_export_and_import() {
     let sled_config = dir.path().join("sled.toml");
     std::fs::write(&sled_config, &text[..text.find("[store]").unwrap()]).unwrap();
 
-    let child = spawn_perch(&sled_config);
+    let child = spawn_perch(PERCH, &sled_config);
     wait_healthy(&on_pg.base).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let loader = tokio::spawn(load(vec![on_pg.base.clone()], SECRET, 3, stop.clone(), 1));
@@ -359,7 +361,7 @@ async fn a_sled_deployment_moves_to_postgres_with_export_and_import() {
     assert_eq!(out.lines().count(), 1, "one line: {out}");
     assert!(out.contains("the target store is not empty"), "{out}");
 
-    let _child = spawn_perch(&on_pg.config);
+    let _child = spawn_perch(PERCH, &on_pg.config);
     wait_healthy(&on_pg.base).await;
     let after = all_events(&on_pg.base).await;
     let ids = |events: &[Value]| {
@@ -384,7 +386,7 @@ async fn a_sled_deployment_moves_to_postgres_with_export_and_import() {
         .header("X-Delivery", format!("{chat}-{seq}"))
         .header(
             "X-Signature",
-            format!("sha256={}", common::sign(SECRET, body.as_bytes())),
+            format!("sha256={}", perch::testing::sign(SECRET, body.as_bytes())),
         )
         .body(body)
         .send()

@@ -3,22 +3,25 @@
 //! the CLI. Most tests drive `Scheduler::fire_due` with a `ManualClock` (no sleeping);
 //! the end-to-end ones run a real perch.
 
-mod common;
-use common::*;
+use perch::testing::*;
 
 use chrono::{DateTime, Utc};
 use perch::clock::{Clock, ManualClock, SharedClock};
 use perch::config::Config;
-use perch::journal::{Accepted, Journal};
-use perch::lanes::Doorbell;
-use perch::scheduler::{Fired, Scheduler, Schedules};
-use perch::store::{Fate, SledStore, Store};
+use perch::store::{Fate, Store};
+use perch::testing::Accepted;
+use perch::testing::internals::Doorbell;
+use perch::testing::internals::Journal;
+use perch::testing::internals::{Fired, Scheduler, Schedules};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The `perch` command line these tests run as a process.
+const PERCH: &str = env!("CARGO_BIN_EXE_perch");
 
 fn utc(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
@@ -44,12 +47,12 @@ struct Rig {
     clock: ManualClock,
     journal: Journal,
     schedules: Arc<Schedules>,
-    outbox: Arc<perch::outbox::OutboxDoor>,
+    outbox: Arc<perch::testing::internals::OutboxDoor>,
 }
 
 impl Rig {
     fn new(toml: &str, start: DateTime<Utc>, dedupe: Duration) -> Rig {
-        let store: Arc<dyn Store> = Arc::new(SledStore::temporary().expect("temp store"));
+        let store: Arc<dyn Store> = perch::testing::temporary_store();
         let clock = ManualClock::new(start);
         let shared: SharedClock = Arc::new(clock.clone());
         // The committer ends with the test's runtime; no cancellation needed.
@@ -434,14 +437,14 @@ async fn a_simulated_year_with_random_restarts_keeps_every_slot_to_the_policy() 
                 expected.insert((job.name.clone(), x), false);
             }
             let late: Vec<_> = match job.misfire {
-                perch::scheduler::Misfire::Skip => vec![],
-                perch::scheduler::Misfire::Once => missed
+                perch::testing::internals::Misfire::Skip => vec![],
+                perch::testing::internals::Misfire::Once => missed
                     .last()
                     .copied()
                     .filter(|&x| up - x <= job.catch_up_within)
                     .into_iter()
                     .collect(),
-                perch::scheduler::Misfire::All => missed,
+                perch::testing::internals::Misfire::All => missed,
             };
             for x in late {
                 expected.insert((job.name.clone(), x), true);
@@ -565,9 +568,10 @@ async fn skip_fires_nothing_missed_and_alerts_once() {
         "{text}"
     );
     // The API view shows them as missed.
-    let status = perch::scheduler::status(&rig.schedules, rig.store.as_ref(), rig.clock.now(), 2)
-        .await
-        .unwrap();
+    let status =
+        perch::testing::internals::status(&rig.schedules, rig.store.as_ref(), rig.clock.now(), 2)
+            .await
+            .unwrap();
     assert_eq!(status[0].missed.len(), 3, "{:?}", status[0].missed);
     assert_eq!(
         status[0].last_fired.as_deref(),
@@ -723,9 +727,10 @@ async fn the_ledger_records_outcomes_and_alerts_on_failed_bots() {
             .contains("BI API timed out")
     );
 
-    let status = perch::scheduler::status(&rig.schedules, rig.store.as_ref(), rig.clock.now(), 3)
-        .await
-        .unwrap();
+    let status =
+        perch::testing::internals::status(&rig.schedules, rig.store.as_ref(), rig.clock.now(), 3)
+            .await
+            .unwrap();
     let job = &status[0];
     assert_eq!(job.runs.len(), 2);
     assert_eq!(job.failed.len(), 1);
@@ -757,7 +762,7 @@ async fn the_ledger_keeps_the_last_runs_per_job() {
         .kv_scan("scheduler-runs", "hourly/")
         .await
         .unwrap();
-    assert_eq!(runs.len(), perch::scheduler::KEEP_RUNS);
+    assert_eq!(runs.len(), perch::testing::internals::KEEP_RUNS);
     assert!(
         runs.last()
             .unwrap()
@@ -877,7 +882,7 @@ bots = ["heartbeat"]
 #[tokio::test]
 async fn a_tick_reaches_the_chat_through_the_router_and_shows_in_the_api() {
     let mut t = TestPerch::start(LIVE).await;
-    let store = t.perch().shared.store.clone();
+    let store = t.store();
     let msgs = eventually(15, "a tick message in #general", || {
         let store = store.clone();
         async move {
@@ -924,7 +929,7 @@ async fn a_tick_reaches_the_chat_through_the_router_and_shows_in_the_api() {
 
     // Each slot's tick is in the journal once. (Restarts are covered by the simulation
     // above: `TestPerch::restart` cannot reopen the store in-process yet, see the report.)
-    let store = t.perch().shared.store.clone();
+    let store = t.store();
     let mut seen = HashMap::new();
     for e in store.recent_events(None, 10_000).await.unwrap() {
         *seen
@@ -940,16 +945,12 @@ async fn a_tick_reaches_the_chat_through_the_router_and_shows_in_the_api() {
 /// in the journal exactly once, with no gap across the restart.
 #[tokio::test]
 async fn a_restarted_perch_neither_repeats_nor_drops_a_slot() {
-    let store: Arc<dyn Store> = Arc::new(SledStore::temporary().expect("temp store"));
+    let store: Arc<dyn Store> = perch::testing::temporary_store();
     let boot = || async {
         let config = Config::from_str(LIVE, Path::new("test.toml")).unwrap();
-        perch::runtime::Perch::start_with_store(
-            config,
-            store.clone(),
-            Arc::new(perch::clock::SystemClock),
-        )
-        .await
-        .expect("perch starts")
+        perch::Perch::start_with_store(config, store.clone(), Arc::new(perch::clock::SystemClock))
+            .await
+            .expect("perch starts")
     };
     let ticks = || async {
         let mut slots: Vec<i64> = Vec::new();
@@ -993,13 +994,16 @@ fn perch_schedule_prints_next_fire_times_in_each_zone() {
         "[schedules.daily_push]\ncron = \"0 0 9 * * MON-FRI\"\ntimezone = \"Asia/Shanghai\"\ntopic = \"push.daily\"\n",
     )
     .unwrap();
-    let out = common::perch_command(&[
-        "schedule",
-        "--count",
-        "3",
-        "--config",
-        path.to_str().unwrap(),
-    ]);
+    let out = perch::testing::perch_command(
+        PERCH,
+        &[
+            "schedule",
+            "--count",
+            "3",
+            "--config",
+            path.to_str().unwrap(),
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -1024,7 +1028,8 @@ fn perch_schedule_prints_next_fire_times_in_each_zone() {
         "[schedules.bad]\ncron = \"nope\"\ntimezone = \"UTC\"\n",
     )
     .unwrap();
-    let out = common::perch_command(&["schedule", "--config", path.to_str().unwrap()]);
+    let out =
+        perch::testing::perch_command(PERCH, &["schedule", "--config", path.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("perch.toml:2:8"),

@@ -1,14 +1,13 @@
-//! The Slack connector end to end: a real perch (tests/common) whose `base_url` points
+//! The Slack connector end to end: a real perch (`perch::testing::TestPerch`) whose `base_url` points
 //! at a fake Slack (tests/fake_slack) that speaks the real wire format and refuses
 //! malformed requests, and an event sender that signs like Slack.
 
-mod common;
 mod fake_slack;
 
-use common::*;
 use fake_slack::*;
 use perch::action::{ChatSpec, MessageBody, Operation, Target};
 use perch::connectors::SendError;
+use perch::testing::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -366,9 +365,7 @@ bots = ["tasks"]
         .await;
     messages(&fake, 1).await;
     let slot = chrono::Utc::now() + chrono::Duration::minutes(121);
-    t.perch()
-        .shared
-        .journal
+    t.journal()
         .accept(vec![tick("reminders", &slot.to_rfc3339())])
         .await
         .unwrap();
@@ -444,7 +441,7 @@ bots = ["tasks"]
 #[tokio::test]
 async fn web_api_operations_send_update_create_and_invite() {
     let (fake, t, _sender) = setup().await;
-    let slack = t.perch().shared.connectors["slack"].clone();
+    let slack = t.connector("slack");
     let send = |to: Target, body: MessageBody, reply_to: Option<&str>| Operation::Send {
         to,
         body,
@@ -669,7 +666,7 @@ async fn a_wrong_bot_token_is_a_permanent_error_naming_the_fix() {
     fake.add_channel("C_TEAM", &[]);
     let text = config(&fake, "").replace(BOT_TOKEN, "xoxb-wrong");
     let t = TestPerch::start(&text).await;
-    let slack = t.perch().shared.connectors["slack"].clone();
+    let slack = t.connector("slack");
     let e = slack
         .execute(
             &Operation::Send {

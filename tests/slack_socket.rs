@@ -3,12 +3,11 @@
 //! (tests/fake_slack/socket.rs); events and clicks arrive as envelopes, answers go out
 //! over the Web API as in HTTP mode.
 
-mod common;
 mod fake_slack;
 
-use common::*;
 use fake_slack::socket::FakeSocket;
 use fake_slack::*;
+use perch::testing::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 

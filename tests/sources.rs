@@ -1,8 +1,8 @@
 //! Data sources (`kind = "http"`) against a wiremock internal API: JSON back, retries on
 //! 5xx, errors worded for the person who asked, secrets in headers never in messages.
 
-use perch::connectors::http::{HttpSource, HttpSourceConfig};
 use perch::connectors::{DataRequest, DataSource, SourceError};
+use perch::testing::internals::{HttpSource, HttpSourceConfig};
 use std::time::Duration;
 use wiremock::matchers::{header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};

@@ -1,9 +1,8 @@
 //! The built-in web chat (`kind = "local"`) end to end, on a real server: the page, the
 //! API, the journal, the bots' answers through the outbox, SSE, and restarts.
 
-mod common;
-use common::*;
 use perch::action::{ChatSpec, MessageBody, Operation, Target};
+use perch::testing::*;
 use serde_json::{Value, json};
 
 const CONFIG: &str = r#"
@@ -128,12 +127,7 @@ async fn events(t: &TestPerch) -> Vec<Value> {
 }
 
 fn web(t: &TestPerch) -> perch::connectors::SharedConnector {
-    t.perch()
-        .shared
-        .connectors
-        .get("web")
-        .expect("web connector")
-        .clone()
+    t.connector("web")
 }
 
 /// The web chat's live stream, read until its `hello`.
@@ -845,9 +839,7 @@ async fn a_click_on_a_reminder_card_updates_it_in_place() {
     );
     // The scheduler's tick, just after the due time.
     let slot = chrono::Utc::now() + chrono::Duration::minutes(121);
-    t.perch()
-        .shared
-        .journal
+    t.journal()
         .accept(vec![tick("reminders", &slot.to_rfc3339())])
         .await
         .unwrap();
@@ -934,9 +926,7 @@ async fn done_updates_every_copy_of_the_card() {
         .expect("the item id in backticks")
         .to_string();
     let slot = chrono::Utc::now() + chrono::Duration::days(3);
-    t.perch()
-        .shared
-        .journal
+    t.journal()
         .accept(vec![tick("reminders", &slot.to_rfc3339())])
         .await
         .unwrap();

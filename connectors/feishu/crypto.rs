@@ -7,8 +7,10 @@
 //! `../shared/refs/chat-platforms.md` §0, §1.4, §1.5 and §3, and the §7 test vectors are
 //! the unit tests below.
 
+#[cfg(test)]
+use aes::cipher::BlockModeEncrypt;
 use aes::cipher::block_padding::Pkcs7;
-use aes::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
+use aes::cipher::{BlockModeDecrypt, KeyIvInit};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, KeyInit, Mac};
@@ -17,6 +19,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
+#[cfg(test)]
 type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
 
 /// Why an `{"encrypt": …}` body could not be opened. The messages never include key
@@ -59,6 +62,7 @@ pub fn decrypt(encrypt_key: &str, encrypted_b64: &str) -> Result<String, Decrypt
     String::from_utf8(plain.to_vec()).map_err(|_| DecryptError::Utf8)
 }
 
+#[cfg(test)]
 /// The inverse of `decrypt` with a caller-chosen IV: `b64(iv ‖ AES-256-CBC(PKCS#7(plain)))`.
 /// perch never encrypts on the wire; this exists for fixtures and round-trip tests.
 pub fn encrypt(encrypt_key: &str, plaintext: &[u8], iv: [u8; 16]) -> String {

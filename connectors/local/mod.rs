@@ -257,21 +257,6 @@ impl Local {
             }),
         }
     }
-
-    /// Messages of a room, oldest first.
-    pub async fn history(&self, room: &str) -> Result<Vec<ChatMessage>, StoreError> {
-        self.inner.history(room, None, usize::MAX).await
-    }
-
-    /// Rooms, general first, then by name.
-    pub async fn rooms(&self) -> Result<Vec<Room>, StoreError> {
-        self.inner.rooms().await
-    }
-
-    /// Listen to what the browsers get live.
-    pub fn subscribe(&self) -> broadcast::Receiver<Live> {
-        self.inner.live.subscribe()
-    }
 }
 
 /// The bot that sent an outbox item (its key names it: `crate::store::key_bot`); the

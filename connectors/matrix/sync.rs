@@ -56,10 +56,6 @@ impl SyncStatus {
             (false, None) => "starting".to_string(),
         }
     }
-    /// How many polls succeeded.
-    pub fn polls(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).2
-    }
 }
 
 /// The filter every poll uses: room messages and reactions, the bot's own membership;

@@ -190,6 +190,7 @@ const TIMESTAMP: &str = "X-Slack-Request-Timestamp";
 const RETRY_NUM: &str = "X-Slack-Retry-Num";
 const RETRY_REASON: &str = "X-Slack-Retry-Reason";
 
+#[cfg(test)]
 /// `v0=` + hex HMAC-SHA256 over `v0:<ts>:<body>` (refs §0.9, §7 vector C).
 pub fn signature(secret: &str, ts: &str, body: &[u8]) -> String {
     let mut base = format!("v0:{ts}:").into_bytes();

@@ -62,10 +62,6 @@ impl LinkStatus {
             (false, None) => "connecting".to_string(),
         }
     }
-    /// How many connections were established (`hello` received).
-    pub fn connects(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).2
-    }
 }
 
 /// Why a connection attempt or a connection ended.

@@ -16,11 +16,11 @@
 //! Connectors call `render(platform, card)` and `text_fallback(card)`; both parse the
 //! card first, so a bad card is a `CardError::Invalid` with a one-line reason.
 
-pub mod engine;
-pub mod helpers;
-pub mod markdown;
-pub mod model;
-pub mod render;
+pub(crate) mod engine;
+pub(crate) mod helpers;
+pub(crate) mod markdown;
+pub(crate) mod model;
+pub(crate) mod render;
 
 pub use engine::{CardEngine, TemplateInfo};
 pub use model::Card;

@@ -454,6 +454,7 @@ pub fn truncate_chars(s: &str, max: usize) -> String {
     out
 }
 
+#[cfg(test)]
 /// Cut `s` to at most `max` UTF-8 bytes on a character boundary, ending with `…` when cut.
 pub fn truncate_bytes(s: &str, max: usize) -> String {
     if s.len() <= max {

@@ -9,7 +9,7 @@
 //!
 //! Every field has a doc comment: this file is the config reference.
 
-pub mod env;
+pub(crate) mod env;
 mod problems;
 
 use crate::bots::{BotKinds, BotSpec};
@@ -113,20 +113,20 @@ impl ConfigSource {
 }
 
 /// The longest `server.click_answer_window`: Feishu's 3 s minus time for the network.
-pub const MAX_CLICK_ANSWER_WINDOW: Duration = Duration::from_millis(2900);
+pub(crate) const MAX_CLICK_ANSWER_WINDOW: Duration = Duration::from_millis(2900);
 
 /// A token a person can send in an `Authorization: Bearer` header: printable ASCII,
 /// no spaces (a header value cannot carry control characters, and surrounding spaces
 /// are stripped on the way).
-pub fn sendable_token(t: &str) -> bool {
+pub(crate) fn sendable_token(t: &str) -> bool {
     !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Bounds on `server.header_read_timeout`, `body_read_timeout` and `idle_timeout`.
-pub const MIN_CONNECTION_TIMEOUT: Duration = Duration::from_millis(10);
-pub const MAX_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
+pub(crate) const MIN_CONNECTION_TIMEOUT: Duration = Duration::from_millis(10);
+pub(crate) const MAX_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Upper bound on `server.max_connections`.
-pub const MAX_CONNECTIONS: usize = 1 << 20;
+pub(crate) const MAX_CONNECTIONS: usize = 1 << 20;
 
 /// `[server]`
 #[derive(Debug, Deserialize)]

@@ -13,13 +13,14 @@
 //! `postgres::PostgresStore` lets several replicas share one PostgreSQL. `conformance`
 //! is the test suite every backend must pass.
 
-pub mod conformance;
-pub mod ingest_log;
-pub mod postgres;
-pub mod reopening;
-pub mod sled_families;
-pub mod sled_store;
-pub mod transfer;
+#[cfg(test)]
+mod conformance;
+pub(crate) mod ingest_log;
+pub(crate) mod postgres;
+pub(crate) mod reopening;
+pub(crate) mod sled_families;
+pub(crate) mod sled_store;
+pub(crate) mod transfer;
 
 use crate::action::{Delivered, Operation};
 use crate::event::{Event, EventId};
@@ -27,8 +28,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use postgres::PostgresStore;
-pub use sled_store::SledStore;
+pub(crate) use postgres::PostgresStore;
+pub(crate) use sled_store::SledStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -90,7 +91,7 @@ pub struct JournalEntry {
 
 /// The bot whose action an outbox key belongs to (`None` for the router's own hints and
 /// keys of other shapes).
-pub fn key_bot(key: &str) -> Option<&str> {
+pub(crate) fn key_bot(key: &str) -> Option<&str> {
     let parts: Vec<&str> = key.splitn(3, '/').collect();
     match parts.as_slice() {
         ["once", bot, _] if !bot.is_empty() => Some(bot),

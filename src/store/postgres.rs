@@ -1104,6 +1104,7 @@ async fn upsert_sent(
     Ok(())
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// For tests: a fresh, empty database on the server named by `PERCH_TEST_DATABASE_URL`
 /// (a role that may `CREATE DATABASE`), as a driver config. Without that variable:
 /// under `CI` a panic (a missing server must fail the suite), otherwise `None` with the
@@ -1136,6 +1137,7 @@ pub async fn test_database() -> Option<tokio_postgres::Config> {
     Some(config)
 }
 
+#[cfg(test)]
 /// For tests: a store on a fresh database (`test_database`).
 pub async fn test_store() -> Option<PostgresStore> {
     let config = test_database().await?;

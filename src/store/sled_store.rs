@@ -84,9 +84,6 @@ const KV: &[u8] = b"kv/";
 /// so two ingests of different dedupe keys rarely share one.
 const INGEST_STRIPES: usize = 64;
 
-/// sled's default cache is 1 GiB; perch needs far less (STACK.md §1b).
-pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
-
 pub struct SledStore {
     db: sled::Db,
     /// Every record, by its key's family (the calls of one `sled::Tree`).
@@ -244,6 +241,7 @@ impl SledStore {
     }
 
     /// A throw-away store that lives in a temporary directory. For tests.
+    #[cfg(any(test, feature = "testing"))]
     pub fn temporary() -> StoreResult<Self> {
         let db = sled::Config::new()
             .temporary(true)

@@ -12,7 +12,7 @@
 //! `Retry-After` when rate limited (`fail_next`).
 //!
 //! **Strict like a real gateway**: a repeated singleton header or a body without a JSON
-//! Content-Type is refused with 400 before any method runs (`crate::common::malformed`),
+//! Content-Type is refused with 400 before any method runs (`perch::testing::malformed`),
 //! and recorded in `refused`; a missing or wrong bearer token gets `not_authed` /
 //! `invalid_auth`. Every call is recorded. `apps.connections.open` takes the app-level
 //! token and hands out the Socket Mode server's URL (`socket.rs`).
@@ -114,7 +114,7 @@ impl FakeSlack {
             .route("/api/{method}", any(method))
             .layer(axum::middleware::from_fn_with_state(state.clone(), gateway))
             .with_state(state.clone());
-        let base = format!("{}/api", crate::common::serve_fake(app).await);
+        let base = format!("{}/api", perch::testing::serve_fake(app).await);
         FakeSlack { base, state }
     }
 
@@ -149,11 +149,11 @@ impl FakeSlack {
 
     /// Calls inside an earlier 429's `Retry-After` window (`calls_inside_waits`).
     pub fn calls_inside_rate_limit_windows(&self) -> Vec<(String, String)> {
-        let seen: Vec<crate::common::Seen> = self
+        let seen: Vec<perch::testing::Seen> = self
             .lock()
             .calls
             .iter()
-            .map(|c| crate::common::Seen {
+            .map(|c| perch::testing::Seen {
                 at: c.at,
                 ordered_wait: match c.fault {
                     Some(Fault::RateLimited { retry_after_secs }) => {
@@ -165,7 +165,7 @@ impl FakeSlack {
                 name: c.method.clone(),
             })
             .collect();
-        crate::common::calls_inside_waits(&seen)
+        perch::testing::calls_inside_waits(&seen)
     }
 
     /// A channel people already use (for sends to it).
@@ -189,7 +189,7 @@ async fn gateway(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match crate::common::gateway_admits(req).await {
+    match perch::testing::gateway_admits(req).await {
         Ok(req) => next.run(req).await,
         Err((why, refusal)) => {
             s.lock().unwrap().refused.push(why);

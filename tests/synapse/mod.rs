@@ -181,7 +181,7 @@ pub struct Client {
 }
 
 fn seg(s: &str) -> String {
-    perch::connectors::matrix::api::seg(s)
+    perch::testing::internals::matrix_path_segment(s)
 }
 
 impl Synapse {

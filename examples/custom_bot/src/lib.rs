@@ -6,8 +6,8 @@
 //! `[bots.<name>] kind = "standup"`, validated by `perch check` like a built-in kind.
 
 use perch::action::Action;
+use perch::bots::CommandSpec;
 use perch::bots::{Bot, BotContext, BotError, BotKind};
-use perch::command::CommandSpec;
 use perch::config::{Config, Issues};
 use perch::event::Event;
 use serde::{Deserialize, Serialize};

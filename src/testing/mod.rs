@@ -26,14 +26,62 @@
 //! The platform is the connector `chat` (a webhook connector whose `send_url` is the
 //! fake); the kit adds it, and `[server] data_dir` (a fresh temporary directory), to the
 //! config. Events from the helpers come from chat `oc_room`, sender `ou_alice`.
+//!
+//! perch's own tests use the same kit; beside `TestHub` it has:
+//! - [`TestPerch`]: perch in-process on any config, restartable on the same data
+//!   (`TestHub` is one of these with the recording platform and a manual clock);
+//! - the process side ([`spawn_perch`], [`ChildPerch`], [`wait_healthy`],
+//!   [`perch_command`]): perch's binary, or a user's own binary built on `perch::Hub`,
+//!   killed with SIGKILL mid-answer;
+//! - fakes ([`serve_fake`], the strict [`gateway_admits`], wiremock helpers, [`Sse`])
+//!   and waits ([`eventually`], [`at_least`]);
+//! - [`relay`]: a relay under load with a sink that counts deliveries per idempotency key;
+//! - [`internals`]: the few internals perch's white-box tests drive.
+
+mod fakes;
+mod perch;
+mod process;
+pub mod relay;
+
+pub use fakes::*;
+pub use perch::{JournalDoor, TestPerch};
+pub use process::*;
+
+/// A local account's password hash, for configs with `[auth] mode = "local"` users.
+pub use crate::auth::hash_password;
+/// The JSON Schemas of the `http_bot` wire format (the request and the answer).
+pub use crate::bots::http_bot::schemas as http_bot_schemas;
+/// What the journal answered for an accepted event (`JournalDoor::accept`).
+pub use crate::journal::Accepted;
+/// A fresh PostgreSQL database for a test, from `PERCH_TEST_DATABASE_URL`.
+pub use crate::store::postgres::test_database;
+
+/// A store in a throw-away temporary directory (the embedded backend), for tests that
+/// start perch on a store of their own (`perch::Perch::start_with_store`) or check a
+/// store directly.
+pub fn temporary_store() -> Arc<dyn crate::Store> {
+    Arc::new(crate::store::SledStore::temporary().expect("a temporary sled store"))
+}
+
+/// perch's own white-box tests reach a few internals through here: the scheduler on a
+/// manual clock, the ingest log's record format, a connector's signature scheme. They
+/// are not an author's API and may change with perch.
+pub mod internals {
+    pub use crate::connectors::feishu::crypto::event_signature as feishu_event_signature;
+    pub use crate::connectors::http::{HttpSource, HttpSourceConfig};
+    pub use crate::connectors::matrix::api::seg as matrix_path_segment;
+    pub use crate::journal::Journal;
+    pub use crate::lanes::Doorbell;
+    pub use crate::outbox::OutboxDoor;
+    pub use crate::scheduler::{Fired, KEEP_RUNS, Misfire, Scheduler, Schedules, status};
+    pub use crate::store::ingest_log::{decode as ingest_log_decode, encode as ingest_log_encode};
+}
 
 use crate::action::ClickAnswer;
 use crate::clock::{Clock, ManualClock, SharedClock};
 use crate::event::{CardAction, Chat, ChatType, Event, EventId, EventKind, Mention, Person};
-use crate::runtime::Perch;
 use crate::store::Fate;
 use serde_json::{Value, json};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -163,14 +211,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A perch running in this process: see the module docs.
+/// A perch running in this process with a recording platform and a manual clock: see
+/// the module docs.
 pub struct TestHub {
-    perch: Option<Perch>,
+    perch: TestPerch,
     platform: FakePlatform,
     clock: ManualClock,
-    base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    data_dir: PathBuf,
 }
 
 impl TestHub {
@@ -178,57 +224,33 @@ impl TestHub {
     /// Panics with the config's problems if it is invalid.
     pub async fn start(hub: crate::HubBuilder, config: &str) -> TestHub {
         let platform = FakePlatform::start().await;
-        let data_dir = std::env::temp_dir().join(format!("perch-test-{}", uuid::Uuid::now_v7()));
-        let text = Self::config_text(config, &data_dir, platform.url());
-        let config = hub
-            .parse(&text, std::path::Path::new("test.toml"))
-            .unwrap_or_else(|e| panic!("test config: {e}"));
         let clock = ManualClock::new(chrono::Utc::now());
         let shared: SharedClock = Arc::new(clock.clone());
-        let perch = hub.start(config, shared).await.expect("perch starts");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind perch on 127.0.0.1");
-        let base = format!("http://{}", listener.local_addr().expect("bound"));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (app, limits) = (perch.app(), perch.shared.connection_limits);
-        tokio::spawn(async move {
-            let _ = crate::server::serve(listener, app, limits, async {
-                let _ = rx.await;
-            })
-            .await;
-        });
+        let text = Self::config_text(config, platform.url());
+        let mut perch = TestPerch::start_in_with(hub, &text, &perch::fresh_dir(), shared).await;
+        perch.owns_dir = true;
         TestHub {
-            perch: Some(perch),
+            perch,
             platform,
             clock,
-            base,
-            stop: Some(tx),
-            data_dir,
         }
     }
 
-    /// `config` with the fake platform's connector and a `data_dir` added.
-    fn config_text(config: &str, data_dir: &std::path::Path, platform: &str) -> String {
-        let dir_line = format!("data_dir = {:?}\n", data_dir.display().to_string());
-        let body = if config.contains("[server]\n") {
-            config.replacen("[server]\n", &format!("[server]\n{dir_line}"), 1)
-        } else {
-            format!("[server]\n{dir_line}\n{config}")
-        };
+    /// `config` with the fake platform's connector added.
+    fn config_text(config: &str, platform: &str) -> String {
         format!(
-            "{body}\n\n[connectors.{PLATFORM}]\nkind = \"webhook\"\ninsecure = true\nsend_url = \"{platform}/send\"\n"
+            "{config}\n\n[connectors.{PLATFORM}]\nkind = \"webhook\"\ninsecure = true\nsend_url = \"{platform}/send\"\n"
         )
     }
 
-    /// The running perch (its journal, store, ...).
-    pub fn perch(&self) -> &Perch {
-        self.perch.as_ref().expect("running")
+    /// The running perch (its connectors, journal, store).
+    pub fn perch(&self) -> &TestPerch {
+        &self.perch
     }
 
     /// perch's base URL (`http://127.0.0.1:<port>`), for HTTP bots' late actions.
     pub fn url(&self) -> &str {
-        &self.base
+        &self.perch.base
     }
 
     /// The fake platform.
@@ -291,10 +313,9 @@ impl TestHub {
             message_id: Some(message_id.to_string()),
         });
         let (id, ops) = self.post(e).await;
-        let shared = &self.perch().shared;
-        let answer = shared
-            .clicks
-            .answer(id, Duration::from_secs(1))
+        let answer = self
+            .perch
+            .click_answer(id, Duration::from_secs(1))
             .await
             .unwrap_or_default();
         (answer, ops)
@@ -318,17 +339,18 @@ impl TestHub {
     /// Journal `event`, wait until it is handled and its operations are delivered; its
     /// id and those operations.
     pub async fn post(&self, event: Event) -> (EventId, Vec<RecordedOp>) {
-        let shared = &self.perch().shared;
+        let store = self.perch.store();
         let before = self.platform.ops().len();
-        let id = shared
-            .journal
+        let id = self
+            .perch
+            .journal()
             .accept(vec![event])
             .await
             .expect("the journal accepts the event")[0]
             .id();
         let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
         loop {
-            let entry = shared.store.event(id).await.expect("store readable");
+            let entry = store.event(id).await.expect("store readable");
             if entry.is_some_and(|e| e.fate != Fate::Pending) {
                 break;
             }
@@ -341,7 +363,7 @@ impl TestHub {
         // Handled: what it queued is in the outbox (an action whose key was used before
         // is not queued again). Wait until the outbox has delivered everything.
         loop {
-            let queued = shared.store.outbox_count().await.expect("store readable");
+            let queued = store.outbox_count().await.expect("store readable");
             if queued == 0 {
                 break;
             }
@@ -356,27 +378,6 @@ impl TestHub {
 
     /// Stop: HTTP first, then drain and flush.
     pub async fn stop(mut self) {
-        self.shutdown().await;
-    }
-
-    async fn shutdown(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(p) = self.perch.take() {
-            p.shutdown().await;
-        }
-        let _ = std::fs::remove_dir_all(&self.data_dir);
-    }
-}
-
-impl Drop for TestHub {
-    /// A test that ends without `stop()` still leaves no temporary directory behind (the
-    /// store is being torn down with the runtime; its files are not needed).
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+        self.perch.stop().await;
     }
 }

@@ -38,7 +38,7 @@ pub async fn start_sink() -> (String, Arc<Mutex<Sink>>) {
                     |State(s): State<Arc<Mutex<Sink>>>,
                      headers: HeaderMap,
                      body: axum::body::Bytes| async move {
-                        if let Some(why) = super::malformed(&headers, body.len()) {
+                        if let Some(why) = crate::testing::malformed(&headers, body.len()) {
                             panic!("malformed delivery: {why}");
                         }
                         let key = headers
@@ -63,7 +63,7 @@ pub async fn start_sink() -> (String, Arc<Mutex<Sink>>) {
                 ),
             )
             .with_state(sink.clone());
-    let url = super::serve_fake(app).await;
+    let url = crate::testing::serve_fake(app).await;
     (url, sink)
 }
 
@@ -95,7 +95,7 @@ pub async fn load(
                 n += 1;
                 let seq = round as u64 * 1_000_000 + n;
                 let body = format!(r#"{{"chat":"{chat}","n":"{chat} {seq}"}}"#);
-                let sig = super::sign(secret, body.as_bytes());
+                let sig = crate::testing::sign(secret, body.as_bytes());
                 for attempt in 0..bases.len() {
                     let base = &bases[(w + n as usize + attempt) % bases.len()];
                     let resp = client
