@@ -71,7 +71,59 @@ pub enum BotError {
     Other(String),
 }
 
-/// A bot.
+/// A bot: it gets one event and a [`BotContext`] and returns the [`Action`]s perch
+/// should take (journaled, keyed and sent by the outbox, so none is taken twice). Give it
+/// a config and register it with [`BotKind`]; test it with `perch::testing::TestHub`:
+///
+/// ```
+/// use perch::{Action, Bot, BotContext, BotError, BotKind, Event};
+/// use perch::bots::CommandSpec;
+///
+/// /// `@bot ping` answers `pong`, with the bot's configured suffix.
+/// struct Ping { suffix: String }
+///
+/// #[async_trait::async_trait]
+/// impl Bot for Ping {
+///     fn commands(&self) -> Vec<CommandSpec> {
+///         vec![CommandSpec::new("ping", "ping", "Answers pong")]
+///     }
+///     async fn handle(&self, _event: &Event, ctx: &mut BotContext) -> Result<Vec<Action>, BotError> {
+///         match ctx.command.as_ref().map(|c| c.name.as_str()) {
+///             Some("ping") => Ok(vec![Action::reply_text(format!("pong{}", self.suffix))]),
+///             _ => Ok(vec![]),
+///         }
+///     }
+/// }
+///
+/// #[derive(serde::Deserialize)]
+/// #[serde(deny_unknown_fields)]
+/// struct PingConfig { suffix: String }
+///
+/// impl BotKind for Ping {
+///     type Config = PingConfig;
+///     fn build(_name: &str, config: PingConfig) -> Result<Self, BotError> {
+///         Ok(Ping { suffix: config.suffix })
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() {
+/// let config = r#"
+/// [bots.ping]
+/// kind = "ping"
+/// suffix = "!"
+///
+/// [[routes]]
+/// mention = "*"
+/// bots = ["ping"]
+/// "#;
+/// let hub = perch::testing::TestHub::start(perch::Hub::builder().bot_kind::<Ping>("ping"), config).await;
+/// let sent = hub.mention("@bot ping").await;
+/// assert_eq!(sent.len(), 1);
+/// assert_eq!(sent[0].text(), "pong!");
+/// hub.stop().await;
+/// # }
+/// ```
 #[async_trait]
 pub trait Bot: Send + Sync + 'static {
     /// The commands it answers, for `help` and unknown-command hints.

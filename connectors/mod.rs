@@ -32,6 +32,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::i18n::Locale;
 pub use registry::{ConnectorConfig, ConnectorKind, ConnectorKinds};
 
 /// An inbound HTTP request addressed to a connector (`POST /hooks/<name>[/<sub>]`).
@@ -193,9 +194,51 @@ pub struct RateLimits {
     pub per_minute: Option<u32>,
 }
 
-/// A configured connector instance. (Every connector is wrapped in
-/// `crate::throttle::Throttled`, which must pass each of these methods through: a method
-/// added here is added there too.)
+/// A configured connector instance: it turns a platform's inbound requests into
+/// [`Event`]s and carries out [`Operation`]s (send, reply, update a card, create a chat)
+/// on the platform, passing perch's idempotency key along. Register it with
+/// [`ConnectorKind`]. (perch wraps every connector in its rate limiter, which passes
+/// each of these methods through: a method added here is added there too.)
+///
+/// A connector that writes each message to a log (a stand-in for a platform's API):
+///
+/// ```
+/// use perch::action::{Delivered, MessageBody, Operation, Target};
+/// use perch::connectors::{Connector, SendError};
+/// use std::sync::Mutex;
+///
+/// struct Log { name: String, lines: Mutex<Vec<String>> }
+///
+/// #[async_trait::async_trait]
+/// impl Connector for Log {
+///     fn name(&self) -> &str { &self.name }
+///     fn kind(&self) -> &'static str { "log" }
+///     async fn execute(&self, op: &Operation, key: &str) -> Result<Delivered, SendError> {
+///         let Operation::Send { to: Target::Chat { id }, body, .. } = op else {
+///             return Err(SendError::Unsupported("only messages to a chat"));
+///         };
+///         // A real platform call would pass `key` so the platform drops a repeat.
+///         let mut lines = self.lines.lock().unwrap();
+///         lines.push(format!("{key} {id}: {}", body.plain_text()));
+///         Ok(Delivered { id: Some(format!("m{}", lines.len())), ..Default::default() })
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let log = Log { name: "log".into(), lines: Mutex::new(vec![]) };
+/// let hello = Operation::Send {
+///     to: Target::chat("room"),
+///     body: MessageBody::text("hello"),
+///     reply_to: None,
+/// };
+/// let sent = log.execute(&hello, "e1/greeter/0").await.unwrap();
+/// assert_eq!(sent.id.as_deref(), Some("m1"));
+/// assert_eq!(log.lines.lock().unwrap()[0], "e1/greeter/0 room: hello");
+/// let create = Operation::CreateChat { spec: Default::default() };
+/// assert!(matches!(log.execute(&create, "e1/greeter/1").await, Err(SendError::Unsupported(_))));
+/// # }
+/// ```
 #[async_trait]
 pub trait Connector: Send + Sync + 'static {
     /// The configured name (`web`, `github`, `feishu`).

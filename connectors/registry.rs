@@ -21,7 +21,60 @@ use std::path::Path;
 use std::time::Duration;
 
 /// A connector kind: how to read its config and build it. Implement it on your
-/// `Connector` type (or on any marker type).
+/// `Connector` type (or on any marker type), and register it with
+/// `perch::Hub::builder().connector_kind::<T>("kind")`:
+///
+/// ```
+/// use perch::action::{Delivered, Operation};
+/// use perch::config::Issues;
+/// use perch::connectors::{Connector, ConnectorEnv, ConnectorKind, SendError, SharedConnector};
+/// use std::sync::Arc;
+///
+/// /// `[connectors.<name>] kind = "pager"`: where pages go.
+/// #[derive(serde::Deserialize)]
+/// #[serde(deny_unknown_fields)]
+/// struct PagerConfig { send_url: String }
+///
+/// struct Pager { name: String, send_url: String, http: reqwest::Client }
+///
+/// #[async_trait::async_trait]
+/// impl Connector for Pager {
+///     fn name(&self) -> &str { &self.name }
+///     fn kind(&self) -> &'static str { "pager" }
+///     async fn execute(&self, op: &Operation, key: &str) -> Result<Delivered, SendError> {
+///         let response = self.http.post(&self.send_url)
+///             .header("Idempotency-Key", key)
+///             .json(op)
+///             .send()
+///             .await
+///             .map_err(|e| SendError::retry(e.to_string()))?;
+///         if !response.status().is_success() {
+///             return Err(SendError::Permanent(format!("HTTP {}", response.status())));
+///         }
+///         Ok(Delivered::default())
+///     }
+/// }
+///
+/// impl ConnectorKind for Pager {
+///     type Config = PagerConfig;
+///     fn build(name: &str, config: PagerConfig, env: &ConnectorEnv) -> SharedConnector {
+///         Arc::new(Pager { name: name.into(), send_url: config.send_url, http: env.http.clone() })
+///     }
+///     fn validate(name: &str, config: &PagerConfig, at: usize, issues: &mut Issues) {
+///         if !config.send_url.starts_with("https://") {
+///             issues.at(at, format!("connector `{name}`: send_url must be https"));
+///         }
+///     }
+/// }
+///
+/// let hub = perch::Hub::builder().connector_kind::<Pager>("pager");
+/// let ok = "[connectors.ops]\nkind = \"pager\"\nsend_url = \"https://pager.example/send\"\n";
+/// assert!(hub.parse(ok, "perch.toml".as_ref()).is_ok());
+/// let typo = "[connectors.ops]\nkind = \"pager\"\nsend_ulr = \"https://pager.example/send\"\n";
+/// assert!(hub.parse(typo, "perch.toml".as_ref()).unwrap_err().to_string().contains("send_ulr"));
+/// let plain = "[connectors.ops]\nkind = \"pager\"\nsend_url = \"http://pager.example/send\"\n";
+/// assert!(hub.parse(plain, "perch.toml".as_ref()).unwrap_err().to_string().contains("must be https"));
+/// ```
 pub trait ConnectorKind: 'static {
     /// The settings of a `[connectors.<name>]` table, without `kind`. Use
     /// `#[serde(deny_unknown_fields)]` so a typo is refused with its line.

@@ -202,6 +202,31 @@ pub struct SweepStats {
 /// Queues (pending events, the outbox) are readable **by lane** (one lane per chat):
 /// the router and the outbox take the first few items of each lane, and skip a busy
 /// chat with one seek instead of reading its whole backlog.
+///
+/// A backend of your own runs perch with `perch::Perch::start_with_store(config,
+/// Arc::new(MyStore::open(..)?), clock)`; it must keep the promises each method states
+/// (perch's own backends are checked against one conformance suite). Bots reach the
+/// key-value part through their context. The promises, seen through the embedded
+/// backend:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use perch::Store;
+/// let store = perch::testing::temporary_store();
+/// store.kv_put("bot/standup", "ou_alice", b"release notes").await.unwrap();
+/// store.flush().await.unwrap(); // durable from here on
+/// let got = store.kv_get("bot/standup", "ou_alice").await.unwrap();
+/// assert_eq!(got.as_deref(), Some(&b"release notes"[..]));
+///
+/// // Compare-and-swap is exact: a stale expectation changes nothing.
+/// let stale = store.kv_compare_and_swap("bot/standup", "ou_alice", Some(b"old"), Some(b"x"));
+/// assert!(!stale.await.unwrap());
+/// let fresh = store.kv_compare_and_swap("bot/standup", "ou_alice", Some(b"release notes"), None);
+/// assert!(fresh.await.unwrap());
+/// assert_eq!(store.kv_get("bot/standup", "ou_alice").await.unwrap(), None);
+/// # }
+/// ```
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // ---- journal ----------------------------------------------------------------
