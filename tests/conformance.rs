@@ -15,7 +15,7 @@
 //! Synapse (tests/matrix.rs with tests/synapse), not signed webhooks, and starting
 //! Synapse per check would cost minutes per test; tests/matrix.rs covers its checks.
 
-mod fake_feishu;
+use perch::testing::fake_feishu;
 mod fake_slack;
 
 use perch::action::{ChatSpec, MessageBody, Operation, Target};

@@ -13,6 +13,9 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const SECRET: &str = "example-secret";
 
+/// The `perch` command line, run as a process by the kill tests.
+const PERCH: &str = env!("CARGO_BIN_EXE_perch");
+
 /// The example's process, killed when dropped.
 struct Example(std::process::Child);
 
@@ -168,6 +171,67 @@ bots = ["example"]
     tokio::time::sleep(Duration::from_millis(500)).await;
     let all: Vec<Value> = received_json(&platform).await;
     assert_eq!(all.len(), 2, "the late answer went out once: {all:?}");
+}
+
+/// The example bot in front of the `perch` binary, killed with SIGKILL while the bot's
+/// card is on its way to Feishu (the kit's `answers_once_across_a_kill`): one card.
+async fn example_survives_a_kill(program: &str, script: &str) {
+    if !interpreter(program) {
+        return;
+    }
+    let port = free_port();
+    let _example = Example(
+        std::process::Command::new(program)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/").to_string() + script)
+            .env("PORT", port.to_string())
+            .env("PERCH_BOT_SECRET", SECRET)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("the example starts"),
+    );
+    eventually(10, "the example listens", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+    })
+    .await;
+    let config = format!(
+        r#"
+[server]
+cards_dir = "{cards}"
+
+[bots.example]
+kind = "http_bot"
+url = "http://127.0.0.1:{port}/"
+secret = "{SECRET}"
+timeout = "5s"
+
+[[routes]]
+mention = "*"
+bots = ["example"]
+"#,
+        cards = concat!(env!("CARGO_MANIFEST_DIR"), "/cards"),
+    );
+    let card = answers_once_across_a_kill(PERCH, &config, "hello").await;
+    assert_eq!(
+        card.msg_type, "interactive",
+        "{script} answers with a card: {card:?}"
+    );
+    let content = card.content().to_string();
+    assert!(
+        content.contains("You said:") && content.contains("hello"),
+        "{content}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_example_bot_survives_a_kill_mid_answer() {
+    example_survives_a_kill("python3", "http_bot_python/bot.py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_example_bot_survives_a_kill_mid_answer() {
+    example_survives_a_kill("node", "http_bot_node/bot.js").await;
 }
 
 #[tokio::test]

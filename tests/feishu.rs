@@ -1,7 +1,7 @@
 //! The Feishu connector end to end: a real perch (`perch::testing::TestPerch`) whose `base_url` points
 //! at a fake Feishu (tests/fake_feishu) that speaks the real envelopes.
 
-mod fake_feishu;
+use perch::testing::fake_feishu;
 
 use fake_feishu::*;
 use perch::action::{ChatSpec, MessageBody, Operation, Target};

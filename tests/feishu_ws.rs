@@ -3,7 +3,7 @@
 //! hands out the fake long-connection server (tests/fake_feishu/ws.rs). Events and
 //! clicks go over the socket; replies go through the Open API fake as usual.
 
-mod fake_feishu;
+use perch::testing::fake_feishu;
 
 use fake_feishu::ws::FakeLongConnection;
 use fake_feishu::*;

@@ -10,7 +10,7 @@
 //! The case count is modest so that `cargo test` stays fast; raise it for a long run
 //! with `PERCH_FUZZ_CASES=2000 cargo test --test fuzz_inbound`.
 
-mod fake_feishu;
+use perch::testing::fake_feishu;
 
 use fake_feishu::*;
 use perch::action::{MessageBody, Operation, Target};

@@ -2,7 +2,7 @@
 //! read back and replayed, secrets never reach the journal, and every refusal is one
 //! line of JSON.
 
-mod fake_feishu;
+use perch::testing::fake_feishu;
 
 use fake_feishu::*;
 use perch::action::{MessageBody, Operation, Target};

@@ -38,11 +38,14 @@
 //! - [`relay`]: a relay under load with a sink that counts deliveries per idempotency key;
 //! - [`internals`]: the few internals perch's white-box tests drive.
 
+mod crash;
+pub mod fake_feishu;
 mod fakes;
 mod perch;
 mod process;
 pub mod relay;
 
+pub use crash::answers_once_across_a_kill;
 pub use fakes::*;
 pub use perch::{JournalDoor, TestPerch};
 pub use process::*;
@@ -119,59 +122,108 @@ impl RecordedOp {
 }
 
 /// A chat platform that records every operation. As strict as a real one: a request
-/// that is not JSON with an `op` and a `key` is refused (400) and counted in `refused`.
+/// a production gateway would refuse (`malformed` headers), or that is not JSON with an
+/// `op` and a `key` matching its `Idempotency-Key` header, is refused (400) and counted
+/// in `refused`. `fail_next(n)` makes it answer the next `n` requests 503 (counted in
+/// `failed`, not recorded), so a test can hold an answer in perch's outbox.
 #[derive(Clone)]
 pub struct FakePlatform {
     url: String,
-    ops: Arc<Mutex<Vec<RecordedOp>>>,
-    refused: Arc<Mutex<usize>>,
+    state: Arc<Mutex<PlatformState>>,
+}
+
+#[derive(Default)]
+struct PlatformState {
+    ops: Vec<RecordedOp>,
+    refused: usize,
+    fail_next: usize,
+    failed: usize,
 }
 
 impl FakePlatform {
     pub async fn start() -> FakePlatform {
-        let ops = Arc::new(Mutex::new(Vec::<RecordedOp>::new()));
-        let refused = Arc::new(Mutex::new(0usize));
-        let (o, r) = (ops.clone(), refused.clone());
+        let state = Arc::new(Mutex::new(PlatformState::default()));
+        let shared = state.clone();
         let app = axum::Router::new().route(
             "/send",
-            axum::routing::post(move |body: bytes::Bytes| {
-                let (ops, refused) = (o.clone(), r.clone());
-                async move {
-                    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
-                    let (Some(json), true) = (
-                        parsed.clone(),
-                        parsed.as_ref().is_some_and(|v| {
-                            v["op"].is_string() && v["key"].as_str().is_some_and(|k| !k.is_empty())
-                        }),
-                    ) else {
-                        *lock(&refused) += 1;
-                        return (axum::http::StatusCode::BAD_REQUEST, "{}".to_string());
-                    };
-                    let mut ops = lock(&ops);
-                    let n = ops.len() + 1;
-                    let op = json["op"].as_str().unwrap_or_default().to_string();
-                    let id = if op == "create_chat" {
-                        format!("oc_{n}")
-                    } else {
-                        format!("om_{n}")
-                    };
-                    ops.push(RecordedOp {
-                        key: json["key"].as_str().unwrap_or_default().to_string(),
-                        op,
-                        json,
-                    });
-                    (axum::http::StatusCode::OK, json!({ "id": id }).to_string())
-                }
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
+                let state = shared.clone();
+                async move { Self::receive(&state, &headers, &body) }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the fake platform on 127.0.0.1");
-        let url = format!("http://{}", listener.local_addr().expect("bound"));
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+        let url = serve_fake(app).await;
+        FakePlatform { url, state }
+    }
+
+    fn receive(
+        state: &Mutex<PlatformState>,
+        headers: &axum::http::HeaderMap,
+        body: &[u8],
+    ) -> (axum::http::StatusCode, String) {
+        let mut state = lock(state);
+        let header_key = headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let json = serde_json::from_slice::<Value>(body).ok().filter(|v| {
+            v["op"].is_string()
+                && v["key"]
+                    .as_str()
+                    .is_some_and(|k| k == header_key && !k.is_empty())
         });
-        FakePlatform { url, ops, refused }
+        let (Some(json), None) = (json, malformed(headers, body.len())) else {
+            state.refused += 1;
+            return (axum::http::StatusCode::BAD_REQUEST, "{}".to_string());
+        };
+        if state.fail_next > 0 {
+            state.fail_next -= 1;
+            state.failed += 1;
+            return (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "{\"error\":\"unavailable\"}".to_string(),
+            );
+        }
+        let n = state.ops.len() + 1;
+        let op = json["op"].as_str().unwrap_or_default().to_string();
+        let id = if op == "create_chat" {
+            format!("oc_{n}")
+        } else {
+            format!("om_{n}")
+        };
+        state.ops.push(RecordedOp {
+            key: header_key.to_string(),
+            op,
+            json,
+        });
+        (axum::http::StatusCode::OK, json!({ "id": id }).to_string())
+    }
+
+    /// The config table of a perch connector `name` that sends to this platform (a
+    /// webhook connector), for configs written by hand (process tests).
+    pub fn connector_toml(&self, name: &str) -> String {
+        format!(
+            "[connectors.{name}]\nkind = \"webhook\"\ninsecure = true\nsend_url = \"{}/send\"\n",
+            self.url
+        )
+    }
+
+    /// Answer the next `n` well-formed requests with 503 (perch retries them later).
+    pub fn fail_next(&self, n: usize) {
+        lock(&self.state).fail_next = n;
+    }
+
+    /// How many requests were answered 503 by `fail_next`.
+    pub fn failed(&self) -> usize {
+        lock(&self.state).failed
+    }
+
+    /// The idempotency keys of the operations so far, each with how often it arrived.
+    pub fn keys(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut keys = std::collections::BTreeMap::new();
+        for op in &lock(&self.state).ops {
+            *keys.entry(op.key.clone()).or_insert(0) += 1;
+        }
+        keys
     }
 
     /// Its base URL.
@@ -181,12 +233,12 @@ impl FakePlatform {
 
     /// Every operation so far, in arrival order (repeats included: a double send shows).
     pub fn ops(&self) -> Vec<RecordedOp> {
-        lock(&self.ops).clone()
+        lock(&self.state).ops.clone()
     }
 
     /// How many malformed requests it refused.
     pub fn refused(&self) -> usize {
-        *lock(&self.refused)
+        lock(&self.state).refused
     }
 
     /// Wait until at least `n` operations arrived; all of them.
@@ -226,7 +278,7 @@ impl TestHub {
         let platform = FakePlatform::start().await;
         let clock = ManualClock::new(chrono::Utc::now());
         let shared: SharedClock = Arc::new(clock.clone());
-        let text = Self::config_text(config, platform.url());
+        let text = Self::config_text(config, &platform);
         let mut perch = TestPerch::start_in_with(hub, &text, &perch::fresh_dir(), shared).await;
         perch.owns_dir = true;
         TestHub {
@@ -237,10 +289,8 @@ impl TestHub {
     }
 
     /// `config` with the fake platform's connector added.
-    fn config_text(config: &str, platform: &str) -> String {
-        format!(
-            "{config}\n\n[connectors.{PLATFORM}]\nkind = \"webhook\"\ninsecure = true\nsend_url = \"{platform}/send\"\n"
-        )
+    fn config_text(config: &str, platform: &FakePlatform) -> String {
+        format!("{config}\n\n{}", platform.connector_toml(PLATFORM))
     }
 
     /// The running perch (its connectors, journal, store).

@@ -1,75 +1,67 @@
-//! The standup bot's binary (perch with the `standup` kind) killed with SIGKILL right
-//! after each mention is acknowledged, mid-answer: after each restart every mention has
-//! exactly one answer in the web chat (none lost, none twice).
+//! The standup bot's binary (perch with the `standup` kind) killed with SIGKILL
+//! mid-answer, through the test kit: while its card is on the way to Feishu (the kit's
+//! `answers_once_across_a_kill`), and right after each mention in the web chat is
+//! acknowledged (every mention answered once after the restarts).
 
+use perch::testing::{ChildPerch, eventually, free_port, spawn_perch, wait_healthy};
 use std::time::Duration;
 
-/// The process, SIGKILLed when dropped.
-struct Child(std::process::Child);
+/// This crate's binary: perch's command line with the `standup` kind.
+const BINARY: &str = env!("CARGO_BIN_EXE_custom_bot");
+const CARDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/cards");
 
-impl Drop for Child {
-    fn drop(&mut self) {
-        self.0.kill().ok(); // SIGKILL on Unix
-        self.0.wait().ok();
-    }
-}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_while_the_card_is_on_the_way_sends_it_once() {
+    let config = format!(
+        r#"
+[server]
+cards_dir = "{CARDS}"
 
-fn spawn(config: &std::path::Path) -> Child {
-    Child(
-        std::process::Command::new(env!("CARGO_BIN_EXE_custom_bot"))
-            .args(["--config", config.to_str().unwrap(), "serve"])
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("custom_bot starts"),
-    )
-}
+[bots.standup]
+kind = "standup"
+title = "Today's standup"
 
-async fn healthy(base: &str) {
-    for _ in 0..500 {
-        if get_json(&format!("{base}/healthz")).await.is_some() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("custom_bot did not start answering");
-}
-
-/// GET `url` as JSON over a plain HTTP/1.1 connection (the example needs no client crate).
-async fn get_json(url: &str) -> Option<serde_json::Value> {
-    http("GET", url, None).await
-}
-
-async fn http(method: &str, url: &str, body: Option<&str>) -> Option<serde_json::Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://")?;
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}")))?;
-    let mut s = tokio::net::TcpStream::connect(host).await.ok()?;
-    let body = body.unwrap_or("");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+[[routes]]
+mention = "*"
+command = "standup"
+bots = ["standup"]
+"#
     );
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.ok()?;
-    let text = String::from_utf8_lossy(&out);
-    let (head, payload) = text.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
+    let card = perch::testing::answers_once_across_a_kill(
+        BINARY,
+        &config,
+        "standup write the release notes",
+    )
+    .await;
+    assert_eq!(card.msg_type, "interactive", "a card: {card:?}");
+    assert_eq!(
+        card.reply_to.as_deref(),
+        Some("om_user_1"),
+        "a reply to the mention"
+    );
+    let content = card.content().to_string();
+    assert!(content.contains("Today's standup"), "{content}");
+    assert!(content.contains("write the release notes"), "{content}");
+}
+
+fn spawn(config: &std::path::Path) -> ChildPerch {
+    spawn_perch(BINARY, config)
+}
+
+/// GET `url` as JSON; `None` unless it answers 200.
+async fn get_json(url: &str) -> Option<serde_json::Value> {
+    let response = reqwest::get(url).await.ok()?;
+    if response.status() != 200 {
         return None;
     }
-    Some(serde_json::from_str(payload).unwrap_or(serde_json::Value::Null))
+    response.json().await.ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_mid_answer_loses_no_mention_and_answers_none_twice() {
     let dir = std::env::temp_dir().join(format!("custom-bot-crash-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let config = dir.join("perch.toml");
     std::fs::write(
@@ -94,48 +86,43 @@ command = "standup"
 bots = ["standup"]
 "#,
             data = dir.join("data").display(),
-            cards = concat!(env!("CARGO_MANIFEST_DIR"), "/cards"),
+            cards = CARDS,
         ),
     )
     .unwrap();
     let rounds = 5;
     for round in 0..rounds {
         let child = spawn(&config);
-        healthy(&base).await;
+        wait_healthy(&base).await;
         let body = serde_json::json!({
             "author": format!("person{round}"),
             "text": format!("@standup standup task {round}"),
             "client_id": format!("c{round}"),
         })
         .to_string();
-        http(
-            "POST",
-            &format!("{base}/chat/api/rooms/general/messages"),
-            Some(&body),
-        )
-        .await
-        .expect("the mention is accepted");
+        let accepted = reqwest::Client::new()
+            .post(format!("{base}/chat/api/rooms/general/messages"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("perch answers");
+        assert_eq!(accepted.status(), 200, "the mention is accepted");
         drop(child); // SIGKILL right after the acknowledgement
     }
     let _child = spawn(&config);
-    healthy(&base).await;
-    let mut answers = Vec::new();
-    for _ in 0..500 {
-        let msgs = get_json(&format!("{base}/chat/api/rooms/general/messages"))
-            .await
-            .unwrap_or_default();
-        answers = msgs["messages"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
+    wait_healthy(&base).await;
+    let answers = eventually(10, "an answer to every mention", || async {
+        let msgs = get_json(&format!("{base}/chat/api/rooms/general/messages")).await?;
+        let answers: Vec<serde_json::Value> = msgs["messages"]
+            .as_array()?
+            .iter()
             .filter(|m| m["author"] == "standup")
+            .cloned()
             .collect();
-        if answers.len() >= rounds {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (answers.len() >= rounds).then_some(answers)
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let msgs = get_json(&format!("{base}/chat/api/rooms/general/messages"))
         .await

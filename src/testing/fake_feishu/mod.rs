@@ -12,13 +12,12 @@
 //!
 //! **Strict like the real gateway**: a request with a repeated singleton header or a
 //! body without a JSON Content-Type is refused with 400 before any handler runs
-//! (`perch::testing::malformed`), and recorded in `refused`. **It counts every call**:
+//! (`crate::testing::malformed`), and recorded in `refused`. **It counts every call**:
 //! a repeated `uuid` gets the first message back, as Feishu does, but the call is still
 //! in `calls`, so a test can see a double send (`posts_with_uuid`).
 //!
 //! Its crypto is written here again on purpose (not imported from perch), so a mistake
 //! in perch's cannot hide behind the same mistake in the fake.
-#![allow(dead_code)]
 
 pub mod ws;
 
@@ -187,7 +186,7 @@ impl FakeFeishu {
             .route("/callback/ws/endpoint", post(ws_endpoint))
             .layer(axum::middleware::from_fn_with_state(state.clone(), gateway))
             .with_state(state.clone());
-        let base = perch::testing::serve_fake(app).await;
+        let base = crate::testing::serve_fake(app).await;
         FakeFeishu { base, state }
     }
 
@@ -261,11 +260,11 @@ impl FakeFeishu {
 
     /// Calls to the IM API inside an earlier 429's reset window (`calls_inside_waits`).
     pub fn calls_inside_rate_limit_windows(&self) -> Vec<(String, String)> {
-        let seen: Vec<perch::testing::Seen> = self
+        let seen: Vec<crate::testing::Seen> = self
             .lock()
             .calls
             .iter()
-            .map(|c| perch::testing::Seen {
+            .map(|c| crate::testing::Seen {
                 at: c.at,
                 ordered_wait: match c.fault {
                     Some(Fault::RateLimited { reset_secs }) => {
@@ -277,7 +276,7 @@ impl FakeFeishu {
                 name: c.path.clone(),
             })
             .collect();
-        perch::testing::calls_inside_waits(&seen)
+        crate::testing::calls_inside_waits(&seen)
     }
 
     /// Requests the strict gateway refused; a test that expects none asserts it empty.
@@ -325,7 +324,7 @@ async fn gateway(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match perch::testing::gateway_admits(req).await {
+    match crate::testing::gateway_admits(req).await {
         Ok(req) => next.run(req).await,
         Err((why, refusal)) => {
             s.lock().unwrap().refused.push(why);
