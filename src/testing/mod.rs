@@ -431,3 +431,54 @@ impl TestHub {
         self.perch.stop().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// POST `body` with `headers` to the fake platform; the status.
+    async fn post(platform: &FakePlatform, headers: &[(&str, &str)], body: &str) -> u16 {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}/send", platform.url()))
+            .body(body.to_string());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request
+            .send()
+            .await
+            .expect("the fake answers")
+            .status()
+            .as_u16()
+    }
+
+    #[tokio::test]
+    async fn the_fake_platform_refuses_what_a_real_one_would_and_records_the_rest() {
+        let platform = FakePlatform::start().await;
+        let json = ("content-type", "application/json");
+        let op = r#"{"op":"send","key":"e1/bot/0","to":{"type":"chat","id":"c"}}"#;
+        // No JSON content type; a key that differs from the header; no key at all.
+        assert_eq!(
+            post(&platform, &[("idempotency-key", "e1/bot/0")], op).await,
+            400
+        );
+        assert_eq!(
+            post(&platform, &[json, ("idempotency-key", "other")], op).await,
+            400
+        );
+        assert_eq!(post(&platform, &[json], r#"{"op":"send"}"#).await, 400);
+        assert_eq!(platform.refused(), 3);
+        assert!(platform.ops().is_empty(), "nothing refused is recorded");
+
+        // Unavailable for one request: answered 503, not recorded, then taken.
+        platform.fail_next(1);
+        let good = [json, ("idempotency-key", "e1/bot/0")];
+        assert_eq!(post(&platform, &good, op).await, 503);
+        assert_eq!(post(&platform, &good, op).await, 200);
+        assert_eq!(post(&platform, &good, op).await, 200);
+        assert_eq!(platform.failed(), 1);
+        // A repeat is recorded as such: a double send shows.
+        assert_eq!(platform.ops().len(), 2);
+        assert_eq!(platform.keys().get("e1/bot/0"), Some(&2));
+    }
+}
