@@ -3,19 +3,26 @@
 //!
 //! Each platform is a `Platform` implementation: how to start its fake (the same strict
 //! fakes the per-platform tests use) and a real perch pointed at it, and how to produce
-//! each input as the platform would send it. The generic checks below take any
-//! `Platform`; the `conformance!` macro turns each (check, platform) pair into its own
-//! `#[tokio::test] fn <check>_<platform>()`, so a failure names both.
+//! each input as the platform would deliver it. The generic checks below take any
+//! `Platform`; the `all_checks!` macro turns each (check, platform) pair into its own
+//! `#[tokio::test]` `<platform>::<check>`, so a failure names both.
+//!
+//! An input reaches perch one of two ways (`Inbound`): **posted** (a signed webhook
+//! request, the web chat's API) or **synced** (Matrix: perch long-polls the
+//! homeserver's `/sync`, and the fake puts the event in its next batch; the input is
+//! delivered once perch syncs from a later token, which it stores only after the
+//! journal write). For a synced platform, "bad requests" are a damaged `/sync` answer
+//! (cut short, no `next_batch`: perch reports why and stores nothing) and malformed
+//! timeline events (dropped).
 //!
 //! Where a platform has no such thing (the web chat has no request signature, a webhook
-//! has no handshake or mentions), the platform says so with a reason (`Na`) and the
-//! check asserts exactly that, so a capability can neither appear nor vanish unnoticed.
-//!
-//! Matrix is not in the suite: its inbound side is `/sync` long-polling against a real
-//! Synapse (tests/matrix.rs with tests/synapse), not signed webhooks, and starting
-//! Synapse per check would cost minutes per test; tests/matrix.rs covers its checks.
+//! has no handshake or mentions, Matrix has no inbound request to sign), the platform
+//! says so with a reason (`Na`) and the check asserts exactly that, so a capability can
+//! neither appear nor vanish unnoticed. Matrix runs against `tests/fake_matrix`;
+//! tests/matrix.rs runs the same connector against a real Synapse.
 
 use perch::testing::fake_feishu;
+mod fake_matrix;
 mod fake_slack;
 
 use perch::action::{ChatSpec, MessageBody, Operation, Target};
@@ -35,6 +42,24 @@ struct Wire {
     path: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+}
+
+/// How an input reaches perch.
+#[derive(Debug, Clone)]
+enum Inbound {
+    /// The platform POSTs it to perch.
+    Posted(Wire),
+    /// perch fetches it: the fake's next `/sync` batch carries `event` in `room`.
+    Synced { room: String, event: Value },
+}
+
+/// A damaged answer to perch's long poll.
+#[derive(Debug, Clone, Copy)]
+enum SyncFault {
+    /// Valid JSON cut in the middle.
+    Truncated,
+    /// A JSON object without `next_batch`.
+    NoNextBatch,
 }
 
 /// The inputs every chat platform can send.
@@ -78,7 +103,19 @@ trait Platform: Sized {
     fn perch(&self) -> &TestPerch;
 
     /// `input`, correctly signed, stamped `ts` (Unix seconds), with delivery id `id`.
-    fn inbound(&self, input: Input, id: &str, ts: i64) -> Result<Wire, Na>;
+    fn inbound(&self, input: Input, id: &str, ts: i64) -> Result<Inbound, Na>;
+    /// Put `event` in the fake's next `/sync` batch for `room`, and return once perch
+    /// has acknowledged the batch (synced from a later token). Na: inputs are posted.
+    async fn push_by_sync(&self, room: &str, event: &Value) -> Result<(), Na> {
+        let _ = (room, event);
+        Err("this platform posts its inputs to perch")
+    }
+    /// Damage the next `/sync` answer; return what perch then reports (its sync status).
+    async fn break_next_sync(&self, fault: SyncFault) -> Result<String, Na> {
+        let _ = fault;
+        Err("this platform posts its inputs to perch")
+    }
+    fn perch_mut(&mut self) -> &mut TestPerch;
     /// The signature headers of a request (removed to make it unsigned).
     fn signature_headers(&self) -> Result<&'static [&'static str], Na>;
     /// Whether a request stamped a day ago is refused (Na: the platform has no stamp).
@@ -98,6 +135,22 @@ trait Platform: Sized {
     fn idempotency(&self) -> Result<(), Na>;
     /// Members that exist on the platform, for chat creation and invitations.
     fn members(&self) -> Vec<String>;
+}
+
+impl Inbound {
+    /// Deliver the input to perch: POST it, or hand it out in a `/sync` batch (then
+    /// 200 means perch acknowledged the batch).
+    async fn deliver<P: Platform>(&self, p: &P) -> (u16, String) {
+        match self {
+            Inbound::Posted(wire) => wire.post(p).await,
+            Inbound::Synced { room, event } => {
+                p.push_by_sync(room, event)
+                    .await
+                    .unwrap_or_else(|na| panic!("a synced input on a posting platform: {na}"));
+                (200, String::new())
+            }
+        }
+    }
 }
 
 impl Wire {
@@ -126,6 +179,14 @@ async fn journal(t: &TestPerch) -> Vec<Value> {
     v["events"].as_array().cloned().unwrap_or_default()
 }
 
+/// The journal once it holds at least `n` events (at most 10 s).
+async fn journaled(t: &TestPerch, n: usize) -> Vec<Value> {
+    eventually(10, &format!("{n} events journaled"), || async move {
+        Some(journal(t).await).filter(|v| v.len() >= n)
+    })
+    .await
+}
+
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -139,14 +200,31 @@ fn connector<P: Platform>(p: &P) -> SharedConnector {
 
 /// A truncated, an unsigned, a tampered and a stale request each get a 4xx with a reason
 /// and store nothing (unsigned and tampered where the platform signs, stale where it
-/// stamps); the
-/// same request, correctly signed and fresh, is then accepted (so the refusals were
-/// about the signature, not something else).
+/// stamps); the same request, correctly signed and fresh, is then accepted (so the
+/// refusals were about the signature, not something else). On a synced platform: a
+/// damaged `/sync` answer is reported with a reason and malformed timeline events are
+/// dropped, storing nothing; the good event is then taken.
 async fn refuses_bad_requests<P: Platform>() {
     let p = P::setup().await;
     let good = p
         .inbound(Input::Mention, "ev-bad-1", now())
         .expect("every platform has an input");
+    match &good {
+        Inbound::Posted(wire) => refuses_bad_posts(&p, wire).await,
+        Inbound::Synced { room, event } => refuses_bad_syncs(&p, room, event).await,
+    }
+    assert!(journal(p.perch()).await.is_empty(), "nothing stored");
+    let (status, body) = good.deliver(&p).await;
+    assert_eq!(status, 200, "the good request: {body}");
+    let events = eventually(10, "the good input journaled", || {
+        let t = p.perch();
+        async move { Some(journal(t).await).filter(|v| !v.is_empty()) }
+    })
+    .await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+}
+
+async fn refuses_bad_posts<P: Platform>(p: &P, good: &Wire) {
     // A body cut short: refused everywhere, signed or not.
     let mut truncated = good.clone();
     truncated.body.truncate(good.body.len() / 2);
@@ -171,23 +249,52 @@ async fn refuses_bad_requests<P: Platform>() {
         Err(na) => assert!(!na.is_empty()),
     }
     if p.stamps_requests().is_ok() {
-        let stale = p
-            .inbound(Input::Mention, "ev-bad-1", now() - 86_400)
-            .expect("a stamped input");
+        let Ok(Inbound::Posted(stale)) = p.inbound(Input::Mention, "ev-bad-1", now() - 86_400)
+        else {
+            panic!("a stamped, posted input");
+        };
         refused.push(("stale", stale));
     }
     for (what, wire) in &refused {
-        let (status, body) = wire.post(&p).await;
+        let (status, body) = wire.post(p).await;
         assert!(
             (400..500).contains(&status),
             "{what} request answered {status}: {body}"
         );
         assert!(!body.is_empty(), "{what}: a reason is given");
     }
-    assert!(journal(p.perch()).await.is_empty(), "nothing stored");
-    let (status, body) = good.post(&p).await;
-    assert_eq!(status, 200, "the good request: {body}");
-    assert_eq!(journal(p.perch()).await.len(), 1);
+}
+
+async fn refuses_bad_syncs<P: Platform>(p: &P, room: &str, good: &Value) {
+    // Nothing to sign: perch calls the homeserver with its own token.
+    assert!(p.signature_headers().is_err_and(|na| !na.is_empty()));
+    for fault in [SyncFault::Truncated, SyncFault::NoNextBatch] {
+        let why = p
+            .break_next_sync(fault)
+            .await
+            .expect("a synced platform can damage its answer");
+        assert!(!why.is_empty(), "{fault:?}: a reason is given");
+    }
+    // Timeline events missing what every event has: dropped, the batch goes on.
+    let mut broken = Vec::new();
+    for (i, field) in ["sender", "event_id", "type", "content"].iter().enumerate() {
+        let mut e = good.clone();
+        e["event_id"] = json!(format!(
+            "{}-broken-{i}",
+            good["event_id"].as_str().unwrap_or("$x")
+        ));
+        if let Some(o) = e.as_object_mut() {
+            o.remove(*field);
+        }
+        broken.push(e);
+    }
+    let mut not_an_object = good.clone();
+    not_an_object["event_id"] = json!("$broken-content");
+    not_an_object["content"] = json!("hello");
+    broken.push(not_an_object);
+    for e in &broken {
+        p.push_by_sync(room, e).await.expect("a synced platform");
+    }
 }
 
 async fn answers_the_handshake<P: Platform>() {
@@ -214,10 +321,10 @@ async fn decodes<P: Platform>(input: Input) {
             return;
         }
     };
-    let wire = p
+    let input = p
         .inbound(input, "ev-decode-1", now())
         .expect("a signed input");
-    let (status, body) = wire.post(&p).await;
+    let (status, body) = input.deliver(&p).await;
     assert_eq!(status, 200, "{body}");
     let events = eventually(10, "the event journaled", || {
         let t = p.perch();
@@ -249,25 +356,41 @@ async fn decodes<P: Platform>(input: Input) {
     }
 }
 
+/// The same delivery id twice is one event, also when the second comes after a restart
+/// (perch resumes from what it stored), and a new input after the restart is taken.
 async fn dedupes_redelivery<P: Platform>() {
-    let p = P::setup().await;
+    let mut p = P::setup().await;
     let Ok(first) = p.inbound(Input::Mention, "ev-twice", now()) else {
         return;
     };
     // A redelivery is signed afresh (new timestamp, Feishu: new IV), same delivery id.
-    let again = p
-        .inbound(Input::Mention, "ev-twice", now())
-        .expect("signed input");
-    assert_eq!(first.post(&p).await.0, 200);
-    assert_eq!(again.post(&p).await.0, 200);
+    let again = |p: &P| {
+        p.inbound(Input::Mention, "ev-twice", now())
+            .expect("signed input")
+    };
+    assert_eq!(first.deliver(&p).await.0, 200);
+    assert_eq!(again(&p).deliver(&p).await.0, 200);
     let other = p
         .inbound(Input::Mention, "ev-other", now())
         .expect("signed input");
-    assert_eq!(other.post(&p).await.0, 200);
+    assert_eq!(other.deliver(&p).await.0, 200);
     assert_eq!(
-        journal(p.perch()).await.len(),
+        journaled(p.perch(), 2).await.len(),
         2,
         "the redelivery is one event"
+    );
+
+    p.perch_mut().restart().await;
+    assert_eq!(again(&p).deliver(&p).await.0, 200);
+    let after = p
+        .inbound(Input::Mention, "ev-after-restart", now())
+        .expect("signed input");
+    assert_eq!(after.deliver(&p).await.0, 200);
+    let events = journaled(p.perch(), 3).await;
+    assert_eq!(
+        events.len(),
+        3,
+        "after a restart the redelivery is still one event: {events:#?}"
     );
 }
 
@@ -429,9 +552,13 @@ async fn sends_the_idempotency_key<P: Platform>() {
     match p.idempotency() {
         Ok(()) => {
             let key = calls[0].key.clone().expect("a key on the call");
-            // A retry (same outbox key) carries the same platform key.
+            // A retry (same outbox key) carries the same platform key, and the platform
+            // creates nothing new for it: nothing is sent twice.
             connector(&p).execute(&op, "k-idem-1").await.expect("send");
-            assert_eq!(p.out_calls().await.last().unwrap().key, Some(key));
+            let after = p.out_calls().await;
+            assert_eq!(after.last().unwrap().key, Some(key));
+            let created = |c: &[OutCall]| c.iter().filter(|c| c.creates_message).count();
+            assert_eq!(created(&after), created(&calls), "{after:?}");
         }
         Err(why) => {
             assert!(!why.is_empty());
@@ -502,6 +629,7 @@ all_checks!(web_chat, WebChat);
 all_checks!(feishu, Feishu);
 all_checks!(slack, Slack);
 all_checks!(webhook, Webhook);
+all_checks!(matrix, Matrix);
 
 // ---------------------------------------------------------------------------------
 // The web chat (`kind = "local"`): perch is the platform. People post through its own
@@ -563,8 +691,12 @@ impl Platform for WebChat {
         &self.t
     }
 
-    fn inbound(&self, input: Input, id: &str, _ts: i64) -> Result<Wire, Na> {
-        Ok(match input {
+    fn perch_mut(&mut self) -> &mut TestPerch {
+        &mut self.t
+    }
+
+    fn inbound(&self, input: Input, id: &str, _ts: i64) -> Result<Inbound, Na> {
+        Ok(Inbound::Posted(match input {
             Input::Mention => Self::post(
                 "/chat/api/rooms/general/messages",
                 json!({ "author": "ann", "text": "@echo hello", "client_id": id }),
@@ -578,7 +710,7 @@ impl Platform for WebChat {
                 json!({ "message_id": self.card_id, "author": "ann", "client_id": id,
                         "action": { "bot": "echo", "action": "done", "args": {} } }),
             ),
-        })
+        }))
     }
 
     fn signature_headers(&self) -> Result<&'static [&'static str], Na> {
@@ -711,7 +843,11 @@ impl Platform for Feishu {
         &self.t
     }
 
-    fn inbound(&self, input: Input, id: &str, ts: i64) -> Result<Wire, Na> {
+    fn perch_mut(&mut self) -> &mut TestPerch {
+        &mut self.t
+    }
+
+    fn inbound(&self, input: Input, id: &str, ts: i64) -> Result<Inbound, Na> {
         let doc = match input {
             Input::Mention => {
                 self.sender
@@ -736,11 +872,11 @@ impl Platform for Feishu {
             ),
         };
         let sealed = self.sender.seal_at(&doc, ts);
-        Ok(Wire {
+        Ok(Inbound::Posted(Wire {
             path: "/hooks/feishu".into(),
             headers: sealed.headers,
             body: sealed.body,
-        })
+        }))
     }
 
     fn signature_headers(&self) -> Result<&'static [&'static str], Na> {
@@ -802,20 +938,26 @@ impl Platform for Feishu {
     }
 
     async fn out_calls(&self) -> Vec<OutCall> {
+        // A repeated `uuid` gets the first message back: only a new one creates.
+        let mut keys = std::collections::HashSet::new();
         self.fake
             .lock()
             .calls
             .iter()
             .filter(|c| c.path.starts_with("/open-apis/im/"))
-            .map(|c| OutCall {
-                at: c.at,
-                key: c.body["uuid"]
+            .map(|c| {
+                let key = c.body["uuid"]
                     .as_str()
                     .map(str::to_string)
-                    .or_else(|| c.query.get("uuid").cloned()),
-                creates_message: c.method == "POST"
+                    .or_else(|| c.query.get("uuid").cloned());
+                let creates = c.method == "POST"
                     && c.path.starts_with("/open-apis/im/v1/messages")
-                    && c.fault.is_none(),
+                    && c.fault.is_none();
+                OutCall {
+                    at: c.at,
+                    creates_message: creates && key.clone().is_none_or(|k| keys.insert(k)),
+                    key,
+                }
             })
             .collect()
     }
@@ -870,7 +1012,11 @@ impl Platform for Slack {
         &self.t
     }
 
-    fn inbound(&self, input: Input, id: &str, ts: i64) -> Result<Wire, Na> {
+    fn perch_mut(&mut self) -> &mut TestPerch {
+        &mut self.t
+    }
+
+    fn inbound(&self, input: Input, id: &str, ts: i64) -> Result<Inbound, Na> {
         use fake_slack::EventSender as E;
         let (sub, d) = match input {
             Input::Mention => {
@@ -902,11 +1048,11 @@ impl Platform for Slack {
                 )
             }
         };
-        Ok(Wire {
+        Ok(Inbound::Posted(Wire {
             path: format!("/hooks/slack{sub}"),
             headers: d.headers,
             body: d.body,
-        })
+        }))
     }
 
     fn signature_headers(&self) -> Result<&'static [&'static str], Na> {
@@ -1105,7 +1251,11 @@ impl Platform for Webhook {
         &self.t
     }
 
-    fn inbound(&self, input: Input, id: &str, ts: i64) -> Result<Wire, Na> {
+    fn perch_mut(&mut self) -> &mut TestPerch {
+        &mut self.t
+    }
+
+    fn inbound(&self, input: Input, id: &str, ts: i64) -> Result<Inbound, Na> {
         if !matches!(input, Input::Mention) {
             return Err("a webhook carries system events: no direct messages or buttons");
         }
@@ -1115,7 +1265,7 @@ impl Platform for Webhook {
             .into_bytes();
         let ts = ts.to_string();
         let signed = [ts.as_bytes(), &b"."[..], body.as_slice()].concat();
-        Ok(Wire {
+        Ok(Inbound::Posted(Wire {
             path: "/hooks/hooks".into(),
             headers: vec![
                 ("Content-Type".into(), "application/json".into()),
@@ -1127,7 +1277,7 @@ impl Platform for Webhook {
                 ),
             ],
             body,
-        })
+        }))
     }
 
     fn signature_headers(&self) -> Result<&'static [&'static str], Na> {
@@ -1158,6 +1308,7 @@ impl Platform for Webhook {
     }
 
     async fn out_calls(&self) -> Vec<OutCall> {
+        let mut keys = std::collections::HashSet::new();
         self.sink
             .calls
             .lock()
@@ -1166,7 +1317,10 @@ impl Platform for Webhook {
             .map(|(at, doc, key, status)| OutCall {
                 at: *at,
                 key: key.clone(),
-                creates_message: *status == 200 && doc["op"] == "send",
+                // The receiver keeps one delivery per Idempotency-Key.
+                creates_message: *status == 200
+                    && doc["op"] == "send"
+                    && key.clone().is_none_or(|k| keys.insert(k)),
             })
             .collect()
     }
@@ -1208,5 +1362,255 @@ async fn a_receive_only_webhook_refuses_operations_as_unsupported() {
             Err(SendError::Unsupported(what)) => assert!(what.contains("send_url"), "{what}"),
             other => panic!("{}: expected Unsupported, got {other:?}", op.name()),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Matrix: perch long-polls the homeserver's `/sync` with the bot's access token and
+// sends with `PUT /rooms/{room}/send/{type}/{txnId}` (tests/fake_matrix).
+
+struct Matrix {
+    fake: fake_matrix::FakeMatrix,
+    t: TestPerch,
+    /// A card perch sent to the team room with an `echo` button (reacting with its
+    /// label is the click).
+    card_id: String,
+    /// Calls the fake saw during setup, which the checks do not count.
+    setup_calls: usize,
+}
+
+const MATRIX_TEAM: &str = "!team:fake.test";
+const MATRIX_DM: &str = "!dm-alice:fake.test";
+/// Alice's message in the team room, from before perch ran (to reply to).
+const MATRIX_USER_MESSAGE: &str = "$alice-1:fake.test";
+
+impl Matrix {
+    fn message(id: &str, ts: i64, content: Value) -> Value {
+        json!({ "type": "m.room.message", "event_id": format!("${id}:fake.test"),
+                "sender": fake_matrix::ALICE, "origin_server_ts": ts * 1000, "content": content })
+    }
+
+    /// perch's sync status (`syncing`, `failing: <why>`).
+    fn sync_status(&self) -> String {
+        connector(self)
+            .describe()
+            .get("sync")
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Platform for Matrix {
+    const CONNECTOR: &'static str = "matrix";
+
+    async fn setup() -> Self {
+        let fake = fake_matrix::FakeMatrix::start().await;
+        fake.add_room(MATRIX_TEAM, &[fake_matrix::ALICE, fake_matrix::BOT_USER]);
+        fake.add_history(MATRIX_TEAM, MATRIX_USER_MESSAGE, fake_matrix::ALICE);
+        // Alice opens a direct chat with the bot; perch accepts it on its first sync.
+        fake.invite_bot(MATRIX_DM, fake_matrix::ALICE, true);
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[connectors.matrix]\nkind = \"matrix\"\nhomeserver = \"{}\"\nuser_id = \"{}\"\naccess_token = \"{}\"\nsync_timeout = \"1s\"\nrate_per_second = 20\n\n[bots.echo]\nkind = \"echo\"\n",
+            fake.base,
+            fake_matrix::BOT_USER,
+            fake_matrix::ACCESS_TOKEN
+        );
+        let t = TestPerch::start(&config).await;
+        // perch's first sync accepted the invitation and stored its token: inputs
+        // pushed from now on are news to it.
+        eventually(
+            10,
+            "the direct room joined and a sync from a stored token",
+            || {
+                let fake = fake.clone();
+                async move {
+                    let s = fake.lock();
+                    let joined = s.rooms[MATRIX_DM].members[fake_matrix::BOT_USER] == "join";
+                    let resumed = s
+                        .calls
+                        .iter()
+                        .any(|c| c.is_sync() && c.query.contains_key("since"));
+                    (joined && resumed).then_some(())
+                }
+            },
+        )
+        .await;
+        let card = json!({ "header": { "title": "Reminder" }, "elements": [
+            { "type": "buttons", "buttons": [{ "label": "Done", "action": { "bot": "echo", "action": "done", "args": {} } }] }
+        ] });
+        let sent = t.connector("matrix")
+            .execute(
+                &send(MATRIX_TEAM.into(), MessageBody::Card { card }, None),
+                "k-setup-card",
+            )
+            .await
+            .expect("the setup card");
+        let card_id = sent.id.expect("the card's event id");
+        let setup_calls = fake.lock().calls.len();
+        Matrix {
+            fake,
+            t,
+            card_id,
+            setup_calls,
+        }
+    }
+
+    fn perch(&self) -> &TestPerch {
+        &self.t
+    }
+
+    fn perch_mut(&mut self) -> &mut TestPerch {
+        &mut self.t
+    }
+
+    fn inbound(&self, input: Input, id: &str, ts: i64) -> Result<Inbound, Na> {
+        let bot = fake_matrix::BOT_USER;
+        let (room, event) = match input {
+            // Element's mention: a pill in the HTML body and the bot in `m.mentions`.
+            Input::Mention => (
+                MATRIX_TEAM,
+                Self::message(
+                    id,
+                    ts,
+                    json!({ "msgtype": "m.text", "body": "perch: hello",
+                            "format": "org.matrix.custom.html",
+                            "formatted_body": format!("<a href=\"https://matrix.to/#/{bot}\">perch</a>: hello"),
+                            "m.mentions": { "user_ids": [bot] } }),
+                ),
+            ),
+            Input::Direct => (
+                MATRIX_DM,
+                Self::message(id, ts, json!({ "msgtype": "m.text", "body": "hello" })),
+            ),
+            // Clicking the card's `Done` chip: a reaction with the button's label.
+            Input::Click => (
+                MATRIX_TEAM,
+                json!({ "type": "m.reaction", "event_id": format!("${id}:fake.test"),
+                        "sender": fake_matrix::ALICE, "origin_server_ts": ts * 1000,
+                        "content": { "m.relates_to": { "rel_type": "m.annotation",
+                                                       "event_id": self.card_id, "key": "Done" } } }),
+            ),
+        };
+        Ok(Inbound::Synced {
+            room: room.into(),
+            event,
+        })
+    }
+
+    async fn push_by_sync(&self, room: &str, event: &Value) -> Result<(), Na> {
+        let pos = self.fake.push_timeline(room, event.clone());
+        let fake = self.fake.clone();
+        eventually(10, "perch acknowledges the sync batch", || {
+            let fake = fake.clone();
+            async move { fake.acknowledged(pos).then_some(()) }
+        })
+        .await;
+        Ok(())
+    }
+
+    async fn break_next_sync(&self, fault: SyncFault) -> Result<String, Na> {
+        let (damage, words) = match fault {
+            SyncFault::Truncated => (
+                fake_matrix::SyncFault::Truncated,
+                "HTTP 200 without a Matrix answer",
+            ),
+            SyncFault::NoNextBatch => (fake_matrix::SyncFault::NoNextBatch, "no next_batch"),
+        };
+        self.fake.break_next_sync(damage);
+        Ok(eventually(10, &format!("perch reports {words:?}"), || {
+            let status = self.sync_status();
+            async move { status.contains(words).then_some(status) }
+        })
+        .await)
+    }
+
+    fn signature_headers(&self) -> Result<&'static [&'static str], Na> {
+        Err(
+            "perch polls the homeserver's /sync with its own access token: there is no \
+             inbound request to sign (the fake refuses a missing or wrong token)",
+        )
+    }
+
+    fn stamps_requests(&self) -> Result<(), Na> {
+        Err(
+            "events come over perch's own authenticated /sync; an old origin_server_ts \
+             (a late federated event) is no reason to refuse, and history before the first \
+             sync is skipped instead",
+        )
+    }
+
+    fn handshake(&self) -> Result<(Wire, Value), Na> {
+        Err("Matrix has no URL handshake: perch calls out, nothing calls in")
+    }
+
+    fn expected(&self, input: Input) -> Result<Expected, Na> {
+        Ok(match input {
+            Input::Mention => Expected {
+                kind: "message",
+                chat: MATRIX_TEAM,
+                chat_type: "group",
+                sender: fake_matrix::ALICE,
+                text: Some("hello"),
+                mention: Some(fake_matrix::BOT_USER),
+            },
+            Input::Direct => Expected {
+                kind: "message",
+                chat: MATRIX_DM,
+                chat_type: "direct",
+                sender: fake_matrix::ALICE,
+                text: Some("hello"),
+                mention: None,
+            },
+            Input::Click => Expected {
+                kind: "card_action",
+                chat: MATRIX_TEAM,
+                chat_type: "group",
+                sender: fake_matrix::ALICE,
+                text: None,
+                mention: None,
+            },
+        })
+    }
+
+    fn chat(&self) -> String {
+        MATRIX_TEAM.into()
+    }
+
+    fn message_to_reply_to(&self) -> String {
+        MATRIX_USER_MESSAGE.into()
+    }
+
+    async fn out_calls(&self) -> Vec<OutCall> {
+        self.fake.lock().calls[self.setup_calls..]
+            .iter()
+            .filter(|c| !c.is_sync() && !c.path.starts_with("/join/"))
+            .map(|c| OutCall {
+                at: c.at,
+                key: c.txn.clone(),
+                // A repeated txnId is answered with the first event: it creates nothing.
+                creates_message: c.event_type.as_deref() == Some("m.room.message")
+                    && c.body.pointer("/m.relates_to/rel_type") != Some(&json!("m.replace"))
+                    && c.fault.is_none()
+                    && !c.repeated_txn,
+            })
+            .collect()
+    }
+
+    fn rate_limit_next(&self, secs: u64) -> Result<(), Na> {
+        self.fake.fail_next(
+            1,
+            fake_matrix::Fault::RateLimited {
+                retry_after_ms: secs * 1000,
+            },
+        );
+        Ok(())
+    }
+
+    fn idempotency(&self) -> Result<(), Na> {
+        Ok(())
+    }
+
+    fn members(&self) -> Vec<String> {
+        vec![fake_matrix::ALICE.into(), fake_matrix::BOB.into()]
     }
 }
