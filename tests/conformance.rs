@@ -93,6 +93,11 @@ struct OutCall {
     key: Option<String>,
     /// The call was a message creation (send or reply), not an update or chat call.
     creates_message: bool,
+    /// The message a creation answers (Feishu's reply path, Slack `thread_ts`, Matrix
+    /// `m.in_reply_to`).
+    replies_to: Option<String>,
+    /// The message an update changes in place.
+    edits: Option<String>,
 }
 
 #[allow(async_fn_in_trait)]
@@ -451,8 +456,14 @@ async fn sends_text_markdown_and_card<P: Platform>() {
 async fn replies_in_thread<P: Platform>() {
     let p = P::setup().await;
     let to = p.message_to_reply_to();
-    let op = send(p.chat(), MessageBody::text("in thread"), Some(to));
+    let op = send(p.chat(), MessageBody::text("in thread"), Some(to.clone()));
     sends_one(&p, op, "k-reply").await;
+    let calls = p.out_calls().await;
+    let reply = calls
+        .iter()
+        .rfind(|c| c.creates_message)
+        .expect("the reply");
+    assert_eq!(reply.replies_to, Some(to), "{calls:?}");
 }
 
 async fn updates_a_card_in_place<P: Platform>() {
@@ -471,7 +482,7 @@ async fn updates_a_card_in_place<P: Platform>() {
         .count();
     let update = Operation::Update {
         chat_id: Some(p.chat()),
-        message_id: id,
+        message_id: id.clone(),
         body: card("after"),
     };
     connector(&p)
@@ -483,6 +494,12 @@ async fn updates_a_card_in_place<P: Platform>() {
         calls.iter().filter(|c| c.creates_message).count(),
         creations,
         "an update creates no new message"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.edits.as_deref() == Some(id.as_str())),
+        "the update changes the sent card: {calls:?}"
     );
 }
 
@@ -777,10 +794,14 @@ impl Platform for WebChat {
             .as_array()
             .map(|m| {
                 m.iter()
-                    .map(|_| OutCall {
+                    .map(|m| OutCall {
                         at: Instant::now(),
                         key: None,
                         creates_message: true,
+                        replies_to: m["reply_to"].as_str().map(str::to_string),
+                        edits: m["edited_at"]
+                            .is_string()
+                            .then(|| m["id"].as_str().unwrap_or_default().to_string()),
                     })
                     .collect()
             })
@@ -953,10 +974,18 @@ impl Platform for Feishu {
                 let creates = c.method == "POST"
                     && c.path.starts_with("/open-apis/im/v1/messages")
                     && c.fault.is_none();
+                // `/open-apis/im/v1/messages/{id}/reply` (POST), `…/messages/{id}`
+                // (PATCH, PUT: an update).
+                let target = c
+                    .path
+                    .strip_prefix("/open-apis/im/v1/messages/")
+                    .map(|rest| rest.trim_end_matches("/reply").to_string());
                 OutCall {
                     at: c.at,
                     creates_message: creates && key.clone().is_none_or(|k| keys.insert(k)),
                     key,
+                    replies_to: target.clone().filter(|_| c.path.ends_with("/reply")),
+                    edits: target.filter(|_| c.method == "PATCH" || c.method == "PUT"),
                 }
             })
             .collect()
@@ -1126,6 +1155,10 @@ impl Platform for Slack {
                     .iter()
                     .find_map(|k| c.body[*k].as_str().map(str::to_string)),
                 creates_message: c.method == "chat.postMessage" && c.fault.is_none(),
+                replies_to: c.body["thread_ts"].as_str().map(str::to_string),
+                edits: (c.method == "chat.update")
+                    .then(|| c.body["ts"].as_str().map(str::to_string))
+                    .flatten(),
             })
             .collect()
     }
@@ -1321,6 +1354,10 @@ impl Platform for Webhook {
                 creates_message: *status == 200
                     && doc["op"] == "send"
                     && key.clone().is_none_or(|k| keys.insert(k)),
+                replies_to: doc["reply_to"].as_str().map(str::to_string),
+                edits: (doc["op"] == "update")
+                    .then(|| doc["message_id"].as_str().map(str::to_string))
+                    .flatten(),
             })
             .collect()
     }
@@ -1581,6 +1618,13 @@ impl Platform for Matrix {
     }
 
     async fn out_calls(&self) -> Vec<OutCall> {
+        // Every request perch made was one a homeserver takes, and none came inside a
+        // rate-limit window.
+        assert_eq!(self.fake.refused(), Vec::<String>::new());
+        assert_eq!(
+            self.fake.calls_inside_rate_limit_windows(),
+            Vec::<(String, String)>::new()
+        );
         self.fake.lock().calls[self.setup_calls..]
             .iter()
             .filter(|c| !c.is_sync() && !c.path.starts_with("/join/"))
@@ -1592,6 +1636,19 @@ impl Platform for Matrix {
                     && c.body.pointer("/m.relates_to/rel_type") != Some(&json!("m.replace"))
                     && c.fault.is_none()
                     && !c.repeated_txn,
+                replies_to: c
+                    .body
+                    .pointer("/m.relates_to/m.in_reply_to/event_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                edits: (c.body.pointer("/m.relates_to/rel_type") == Some(&json!("m.replace")))
+                    .then(|| {
+                        c.body
+                            .pointer("/m.relates_to/event_id")?
+                            .as_str()
+                            .map(str::to_string)
+                    })
+                    .flatten(),
             })
             .collect()
     }
