@@ -200,12 +200,14 @@ impl FakeMatrix {
         );
     }
 
-    /// An event already in a room's history (before perch ran): not in any sync.
-    pub fn add_history(&self, room: &str, event_id: &str, sender: &str) {
-        if let Some(r) = self.lock().rooms.get_mut(room) {
-            r.events
-                .insert(event_id.into(), (sender.into(), "m.room.message".into()));
-        }
+    /// A person's message already in a room's history (before perch ran): an initial
+    /// sync carries it in the room's timeline, as Synapse's does.
+    pub fn add_history(&self, room: &str, event_id: &str, sender: &str, body: &str) {
+        self.push_timeline(
+            room,
+            json!({ "type": "m.room.message", "event_id": event_id, "sender": sender,
+                    "content": { "msgtype": "m.text", "body": body } }),
+        );
     }
 
     /// `inviter` invites the bot to `room` (a direct chat if `is_direct`): the next
@@ -565,7 +567,7 @@ async fn sync(
 }
 
 /// The `/sync` answer from log position `since` (None: an initial sync, which carries
-/// the pending invitations and no timelines perch would read).
+/// the pending invitations and each joined room's latest timeline events, history).
 fn sync_answer(
     st: &FakeState,
     since: Option<usize>,
@@ -574,7 +576,7 @@ fn sync_answer(
 ) -> Value {
     let mut join: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     let mut invite: BTreeMap<String, String> = BTreeMap::new();
-    let from = since.unwrap_or(st.log.len());
+    let from = since.unwrap_or(0);
     if since.is_none() {
         for (id, r) in &st.rooms {
             if r.members.get(BOT_USER).is_some_and(|m| m == "invite") {
