@@ -1703,3 +1703,110 @@ impl Platform for Matrix {
         vec![fake_matrix::ALICE.into(), fake_matrix::BOB.into()]
     }
 }
+
+/// The fake homeserver is as strict as the checks assume: it refuses a missing or wrong
+/// token, a body that is not a JSON object, a wrong content type and a repeated header;
+/// it answers a repeated txnId with the first event and creates nothing; it answers
+/// `M_LIMIT_EXCEEDED` when told to.
+#[tokio::test]
+async fn the_fake_homeserver_refuses_what_a_homeserver_refuses() {
+    let fake = fake_matrix::FakeMatrix::start().await;
+    fake.add_room(MATRIX_TEAM, &[fake_matrix::ALICE, fake_matrix::BOT_USER]);
+    let url = format!(
+        "{}/_matrix/client/v3/rooms/%21team%3Afake.test/send/m.room.message/t1",
+        fake.base
+    );
+    let bearer = format!("Bearer {}", fake_matrix::ACCESS_TOKEN);
+    let body = json!({ "msgtype": "m.text", "body": "hi" }).to_string();
+    let http = reqwest::Client::new();
+    let put = |auth: Option<&str>, ct: &str, body: &str| {
+        let mut r = http
+            .put(&url)
+            .header("content-type", ct)
+            .body(body.to_string());
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r
+    };
+    let answer = |r: reqwest::RequestBuilder| async move {
+        let resp = r.send().await.expect("the fake answers");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    };
+    let (s, b) = answer(put(None, "application/json", &body)).await;
+    assert_eq!((s, b.contains("M_MISSING_TOKEN")), (401, true), "{b}");
+    let (s, b) = answer(put(Some("Bearer nope"), "application/json", &body)).await;
+    assert_eq!((s, b.contains("M_UNKNOWN_TOKEN")), (401, true), "{b}");
+    let (s, b) = answer(put(Some(&bearer), "application/json", "[1]")).await;
+    assert_eq!((s, b.contains("M_NOT_JSON")), (400, true), "{b}");
+    let (s, _) = answer(put(Some(&bearer), "text/plain", &body)).await;
+    assert_eq!(s, 400, "a body without a JSON content type");
+    let (s, _) = answer(
+        put(Some(&bearer), "application/json", &body).header("authorization", bearer.as_str()),
+    )
+    .await;
+    assert_eq!(s, 400, "a repeated Authorization header");
+    let (s, b) = answer(put(
+        Some(&bearer),
+        "application/json",
+        &json!({ "msgtype": "m.text" }).to_string(),
+    ))
+    .await;
+    assert_eq!((s, b.contains("M_BAD_JSON")), (400, true), "no body: {b}");
+    assert_eq!(fake.refused().len(), 2, "{:?}", fake.refused());
+
+    let (s, first) = answer(put(Some(&bearer), "application/json", &body)).await;
+    assert_eq!(s, 200, "{first}");
+    let (s, again) = answer(put(Some(&bearer), "application/json", &body)).await;
+    assert_eq!(
+        (s, &again),
+        (200, &first),
+        "a repeated txnId: the first event"
+    );
+    assert_eq!(fake.sent().len(), 1, "one event created");
+
+    fake.fail_next(
+        1,
+        fake_matrix::Fault::RateLimited {
+            retry_after_ms: 1500,
+        },
+    );
+    let (s, b) = answer(put(Some(&bearer), "application/json", &body)).await;
+    let doc: Value = serde_json::from_str(&b).expect("a JSON error");
+    assert_eq!(s, 429);
+    assert_eq!(
+        doc,
+        json!({ "errcode": "M_LIMIT_EXCEEDED", "error": "Too Many Requests", "retry_after_ms": 1500 })
+    );
+}
+
+/// perch polls with its own access token: a token the homeserver refuses stops nothing
+/// but the sync, which reports why (with the fix) without printing the token, and
+/// stores nothing.
+#[tokio::test]
+async fn a_refused_matrix_token_is_reported_without_the_token() {
+    let fake = fake_matrix::FakeMatrix::start().await;
+    let token = "syt_wrong_token_that_must_not_leak";
+    let t = TestPerch::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[connectors.matrix]\nkind = \"matrix\"\nhomeserver = \"{}\"\nuser_id = \"{}\"\naccess_token = \"{token}\"\nsync_timeout = \"1s\"\n",
+        fake.base,
+        fake_matrix::BOT_USER
+    ))
+    .await;
+    let matrix = t.perch().shared.connectors["matrix"].clone();
+    let status = eventually(10, "the sync reports the refused token", || {
+        let s = matrix.describe().get("sync").cloned().unwrap_or_default();
+        async move { s.contains("M_UNKNOWN_TOKEN").then_some(s) }
+    })
+    .await;
+    assert!(status.contains("access token"), "a hint: {status}");
+    assert!(!status.contains(token), "{status}");
+    assert!(journal(&t).await.is_empty());
+    assert!(
+        fake.calls()
+            .iter()
+            .all(|c| c.is_sync() && !c.query.contains_key("since")),
+        "no token was stored, nothing else was called"
+    );
+}
