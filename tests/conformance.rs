@@ -1810,3 +1810,51 @@ async fn a_refused_matrix_token_is_reported_without_the_token() {
         "no token was stored, nothing else was called"
     );
 }
+
+/// A card whose button chips fail half-way (the card and its first chip are posted, the
+/// second chip gets a 500) resumes on the retry with the same key: the same card, each chip once, no
+/// second card and no duplicate reaction.
+#[tokio::test]
+async fn a_matrix_card_failing_half_way_resumes_without_a_second_card() {
+    let p = Matrix::setup().await;
+    let card = json!({ "header": { "title": "Reminder" }, "elements": [
+        { "type": "buttons", "buttons": [
+            { "label": "Done", "action": { "bot": "echo", "action": "done", "args": {} } },
+            { "label": "Snooze", "action": { "bot": "echo", "action": "snooze", "args": {} } } ] }
+    ] });
+    let op = send(MATRIX_TEAM.into(), MessageBody::Card { card }, None);
+    p.fake.fail_after(2, fake_matrix::Fault::ServerError);
+    match connector(&p).execute(&op, "k-half").await {
+        Err(SendError::Retry { .. }) => {}
+        other => panic!("expected a retry after the failed chip, got {other:?}"),
+    }
+    let first = p.fake.sent();
+    let card_id = first
+        .iter()
+        .find(|s| s.txn == "k-half")
+        .expect("the card was posted before the chip failed")
+        .event_id
+        .clone();
+    let delivered = connector(&p).execute(&op, "k-half").await.expect("resumed");
+    assert_eq!(
+        delivered.id.as_deref(),
+        Some(card_id.as_str()),
+        "the same card"
+    );
+    let sent = p.fake.sent();
+    let cards = sent
+        .iter()
+        .filter(|s| s.event_type == "m.room.message" && s.txn == "k-half")
+        .count();
+    assert_eq!(cards, 1, "one card: {sent:?}");
+    let mut chips: Vec<&str> = sent
+        .iter()
+        .filter(|s| {
+            s.event_type == "m.reaction" && s.content["m.relates_to"]["event_id"] == card_id
+        })
+        .filter_map(|s| s.content["m.relates_to"]["key"].as_str())
+        .collect();
+    chips.sort();
+    assert_eq!(chips, ["Done", "Snooze"], "each chip once");
+    assert_eq!(p.fake.refused(), Vec::<String>::new());
+}

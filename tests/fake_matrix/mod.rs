@@ -23,7 +23,7 @@
 //! **It counts every call** (`calls`) and every transaction id: a repeated txnId from
 //! the same access token on the same path is answered with the first event id and
 //! creates nothing, as Synapse does (the call is still recorded, `repeated_txn`).
-//! `fail_next` makes the next non-sync calls answer `429 {"errcode":"M_LIMIT_EXCEEDED",
+//! `fail_next` (or `fail_after`) makes the next non-sync calls answer `429 {"errcode":"M_LIMIT_EXCEEDED",
 //! "retry_after_ms":N}`; `break_next_sync` damages the next `/sync` answer.
 //!
 //! **Inbound:** what people do is a log of entries (timeline events, invitations); a
@@ -135,7 +135,8 @@ pub struct FakeState {
     /// (token, path without the txnId, txnId) → event id.
     txns: HashMap<(String, String, String), String>,
     log: Vec<Entry>,
-    faults: VecDeque<Fault>,
+    /// What the next non-sync calls suffer, in order (`None`: nothing).
+    faults: VecDeque<Option<Fault>>,
     sync_faults: VecDeque<SyncFault>,
     seq: u64,
 }
@@ -267,8 +268,16 @@ impl FakeMatrix {
     pub fn fail_next(&self, n: usize, fault: Fault) {
         let mut s = self.lock();
         for _ in 0..n {
-            s.faults.push_back(fault.clone());
+            s.faults.push_back(Some(fault.clone()));
         }
+    }
+
+    /// The next `skip` non-sync calls go through, the one after suffers `fault` (a
+    /// step failing half-way through an operation).
+    pub fn fail_after(&self, skip: usize, fault: Fault) {
+        let mut s = self.lock();
+        s.faults.extend(std::iter::repeat_n(None, skip));
+        s.faults.push_back(Some(fault));
     }
 
     /// The next `/sync` answer is damaged.
@@ -376,7 +385,11 @@ fn admit(
     let parsed: Option<Value> = serde_json::from_slice(raw).ok();
     let is_sync = path == "/sync";
     let mut st = s.lock().unwrap();
-    let fault = if is_sync { None } else { st.faults.pop_front() };
+    let fault = if is_sync {
+        None
+    } else {
+        st.faults.pop_front().flatten()
+    };
     st.calls.push(Call {
         method: method.to_string(),
         path,
