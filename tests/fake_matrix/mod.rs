@@ -365,14 +365,17 @@ fn query_map(q: Option<&str>) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Record the call and check its token; `Err` is the answer to give instead.
-/// `body` must be a JSON object for PUT/POST.
+/// A call `admit` let through: its JSON body, its place in `calls`, its fault.
 struct Admitted {
     body: Value,
     index: usize,
     fault: Option<Fault>,
 }
 
+/// Record the call, apply a queued fault, check its token and body (a JSON object for
+/// PUT and POST, nothing for GET); `Err` is the answer to give instead.
+// The `Err` is the HTTP answer itself, returned at once by every endpoint.
+#[allow(clippy::result_large_err)]
 fn admit(
     s: &Shared,
     method: &Method,
@@ -1006,8 +1009,6 @@ async fn room_state(
                 return matrix_error(400, "M_BAD_JSON", "users must be an object");
             }
             r.power_levels = adm.body;
-            drop(st);
-            let mut st = s.lock().unwrap();
             st.seq += 1;
             let id = format!("$state{}-{SERVER_NAME}", st.seq);
             axum::Json(json!({ "event_id": id })).into_response()
