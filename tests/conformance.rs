@@ -1794,7 +1794,7 @@ async fn a_refused_matrix_token_is_reported_without_the_token() {
         fake_matrix::BOT_USER
     ))
     .await;
-    let matrix = t.perch().shared.connectors["matrix"].clone();
+    let matrix = t.connector("matrix");
     let status = eventually(10, "the sync reports the refused token", || {
         let s = matrix.describe().get("sync").cloned().unwrap_or_default();
         async move { s.contains("M_UNKNOWN_TOKEN").then_some(s) }
