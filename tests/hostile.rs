@@ -325,6 +325,64 @@ async fn every_refusal_is_one_line_of_json() {
         ),
         ("a missing key", http.get(t.url("/api/sent")), 400),
         (
+            "an events limit that is not a number",
+            http.get(t.url("/api/events?limit=x")),
+            400,
+        ),
+        (
+            "a `since` that is not a time",
+            http.get(t.url("/api/events?since=garbage")),
+            400,
+        ),
+        (
+            "a path id that is not an event id",
+            http.get(t.url("/api/events/not-an-id/deliveries")),
+            400,
+        ),
+        (
+            "a schedules count that is not a number",
+            http.get(t.url("/api/schedules?count=many")),
+            400,
+        ),
+        (
+            "malformed JSON to the card renderer",
+            http.post(t.url("/api/cards/render"))
+                .header("content-type", "application/json")
+                .body("{\"platform\": "),
+            400,
+        ),
+        (
+            "malformed JSON to the web chat",
+            http.post(t.url("/chat/api/rooms"))
+                .header("content-type", "application/json")
+                .body("{\"name\": "),
+            400,
+        ),
+        (
+            "a web chat body without a JSON content type",
+            http.post(t.url("/chat/api/rooms"))
+                .header("content-type", "text/plain")
+                .body("{\"name\": \"x\"}"),
+            415,
+        ),
+        (
+            "a web chat history limit that is not a number",
+            http.get(t.url("/chat/api/rooms/general/messages?limit=x")),
+            400,
+        ),
+        (
+            "a hook without its signature header",
+            http.post(t.url("/hooks/hooks"))
+                .header("X-Topic", "t")
+                .body("{}"),
+            401,
+        ),
+        (
+            "actions for a bot that does not exist",
+            http.post(t.url("/api/bots/nobody/actions")).body("{}"),
+            404,
+        ),
+        (
             "an oversized card render",
             http.post(t.url("/api/cards/render")).body(vec![b' '; 8192]),
             413,
