@@ -131,7 +131,9 @@ pub enum Action {
 }
 
 /// A pop-up answer to a card click.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, utoipa::ToSchema,
+)]
 pub struct Toast {
     #[serde(default)]
     pub kind: ToastKind,
@@ -140,7 +142,16 @@ pub struct Toast {
 
 /// Feishu's four toast types (refs §1.7); the web chat colours them.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum ToastKind {
@@ -166,7 +177,7 @@ impl ToastKind {
 /// and/or the clicked card's replacement (the neutral card of an `Update` of the clicked
 /// message; that update is also queued in the outbox, so the card changes even when the
 /// platform's answer window is missed).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClickAnswer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub toast: Option<Toast>,

@@ -93,6 +93,7 @@ impl std::io::Write for CountingWriter {
     Serialize,
     Deserialize,
     schemars::JsonSchema,
+    utoipa::ToSchema,
 )]
 #[serde(transparent)]
 pub struct EventId(pub Uuid);
@@ -119,7 +120,18 @@ impl std::fmt::Display for EventId {
 }
 
 /// What sort of thing happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A person wrote in a chat (possibly @mentioning a bot).
@@ -156,7 +168,16 @@ impl EventKind {
 
 /// Whether a chat is a group or a one-to-one conversation.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, Default,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+    Default,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum ChatType {
@@ -166,7 +187,9 @@ pub enum ChatType {
 }
 
 /// A chat on some connector's platform.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, utoipa::ToSchema,
+)]
 pub struct Chat {
     /// The platform's id (`oc_…` on Feishu, a room id in the web chat).
     pub id: String,
@@ -175,7 +198,17 @@ pub struct Chat {
 }
 
 /// A person or bot on a platform.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, Default)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+    Default,
+)]
 pub struct Person {
     /// The platform's id for them (open_id, web-chat name, e-mail …).
     pub id: String,
@@ -185,7 +218,9 @@ pub struct Person {
 }
 
 /// An @mention inside a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, utoipa::ToSchema,
+)]
 pub struct Mention {
     pub person: Person,
     /// True when the mentioned account is one of ours (a perch bot, or the platform
@@ -195,7 +230,9 @@ pub struct Mention {
 }
 
 /// A button press on a card: which bot's card, which action, with what arguments.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, utoipa::ToSchema,
+)]
 pub struct CardAction {
     /// The bot that sent the card (the button's value names it).
     pub bot: String,
@@ -210,7 +247,9 @@ pub struct CardAction {
 }
 
 /// The neutral event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, utoipa::ToSchema,
+)]
 pub struct Event {
     pub id: EventId,
     /// The configured name of the connector it came through (`web`, `github`, `feishu`).

@@ -84,7 +84,7 @@ pub struct ConnectorHealth {
 }
 
 /// One connector's record (`ConnectorHealth`).
-#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct ConnectorRecord {
     pub last_send_ok: Option<chrono::DateTime<chrono::Utc>>,
     pub last_send_failure: Option<Failure>,
@@ -99,7 +99,7 @@ pub struct ConnectorRecord {
 }
 
 /// When something failed and why (one line).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Failure {
     pub at: chrono::DateTime<chrono::Utc>,
     pub reason: String,

@@ -13,6 +13,9 @@
 //!
 //! Every refusal is a 4xx `{"error": "<one line>"}` and stores nothing.
 //!
+//! Each `/chat/api` handler's `#[utoipa::path]` is its entry in perch's OpenAPI document
+//! (`crate::server::openapi`); `routes!` mounts handler and entry together.
+//!
 //! Who is asking comes from `crate::auth` (the `Viewer` its middleware sets). Signed in
 //! (`local` or `proxy` mode), the server decides the author of every post and click:
 //! an `author` naming someone else is refused; direct rooms and private groups are
@@ -25,6 +28,7 @@ use super::{
 use crate::auth::{AuthMode, Viewer};
 use crate::event::CardAction;
 use crate::server::ApiError;
+use crate::server::openapi::ErrorBody;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -40,6 +44,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 const INDEX_HTML: &str = include_str!("static/index.html");
 const APP_JS: &str = include_str!("static/app.js");
@@ -48,22 +54,28 @@ const STYLE_CSS: &str = include_str!("static/style.css");
 type S = Arc<Inner>;
 
 pub fn routes(inner: S) -> axum::Router {
+    let (api, _) = api_routes().split_for_parts();
     axum::Router::new()
         .route("/", get(index))
         .route("/chat/app.js", get(app_js))
         .route("/chat/style.css", get(style_css))
-        .route("/chat/api/rooms", get(list_rooms).post(create_room))
-        .route(
-            "/chat/api/rooms/{room}/messages",
-            get(list_messages).post(post_message),
-        )
-        .route(
-            "/chat/api/rooms/{room}/actions",
-            axum::routing::post(post_action),
-        )
-        .route("/chat/api/bots", get(bots))
-        .route("/chat/api/stream", get(stream))
+        .merge(api)
         .with_state(inner)
+}
+
+/// The JSON API under `/chat/api`, each route with its OpenAPI entry.
+fn api_routes() -> OpenApiRouter<S> {
+    OpenApiRouter::new()
+        .routes(routes!(list_rooms, create_room))
+        .routes(routes!(list_messages, post_message))
+        .routes(routes!(post_action))
+        .routes(routes!(bots))
+        .routes(routes!(stream))
+}
+
+/// The web chat API's part of perch's OpenAPI document.
+pub(crate) fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes().into_openapi()
 }
 
 impl From<ChatError> for ApiError {
@@ -211,11 +223,25 @@ async fn style_css() -> Response {
         .into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RoomsQuery {
+    /// Dev mode: whose direct rooms to include (signed in, the person signed in).
     me: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/chat/api/rooms",
+    tag = "web chat",
+    params(RoomsQuery),
+    responses(
+        (status = 200, description = "`{\"rooms\": [...]}`: the rooms the asker may see", body = Object),
+        (status = 400, description = "a bad query", body = ErrorBody),
+        (status = 401, description = "not signed in (signed-in modes)", body = ErrorBody),
+        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+    )
+)]
 async fn list_rooms(
     State(s): State<S>,
     Extension(viewer): Extension<Viewer>,
@@ -239,7 +265,7 @@ async fn list_rooms(
     Ok(Json(json!({ "rooms": out })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewRoom {
     name: String,
@@ -252,6 +278,21 @@ struct NewRoom {
 
 /// Create a room, or answer the existing one with that id (opening `#general` twice
 /// does not make `#general-2`).
+#[utoipa::path(
+    post,
+    path = "/chat/api/rooms",
+    tag = "web chat",
+    request_body(content = NewRoom, content_type = "application/json"),
+    responses(
+        (status = 200, description = "the existing room of that name", body = Object),
+        (status = 201, description = "the new room (durable)", body = Object),
+        (status = 400, description = "malformed JSON, a missing field, a bad name", body = ErrorBody),
+        (status = 403, description = "an author other than the person signed in", body = ErrorBody),
+        (status = 415, description = "not `Content-Type: application/json`", body = ErrorBody),
+        (status = 401, description = "not signed in (signed-in modes)", body = ErrorBody),
+        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+    )
+)]
 async fn create_room(
     State(s): State<S>,
     Extension(viewer): Extension<Viewer>,
@@ -326,12 +367,28 @@ async fn create_room(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct HistoryQuery {
+    /// Only messages after this message id.
     after: Option<String>,
+    /// How many at most (clamped to 1..=1000).
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/chat/api/rooms/{room}/messages",
+    tag = "web chat",
+    params(("room" = String, Path, description = "A room id"), HistoryQuery),
+    responses(
+        (status = 200, description = "`{room, messages: [...]}`: history, oldest first", body = Object),
+        (status = 400, description = "a bad `after` or `limit`", body = ErrorBody),
+        (status = 404, description = "no such room (or not one of yours)", body = ErrorBody),
+        (status = 401, description = "not signed in (signed-in modes)", body = ErrorBody),
+        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+    )
+)]
 async fn list_messages(
     State(s): State<S>,
     Extension(viewer): Extension<Viewer>,
@@ -350,7 +407,7 @@ async fn list_messages(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewMessage {
     /// Dev mode only; signed in, the server knows who posts.
@@ -360,6 +417,22 @@ struct NewMessage {
     client_id: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/chat/api/rooms/{room}/messages",
+    tag = "web chat",
+    params(("room" = String, Path, description = "A room id")),
+    request_body(content = NewMessage, content_type = "application/json"),
+    responses(
+        (status = 200, description = "the message as stored (journaled); `duplicate` when `client_id` was posted before", body = Object),
+        (status = 400, description = "malformed JSON, a missing field, an empty or too long text", body = ErrorBody),
+        (status = 403, description = "an author other than the person signed in", body = ErrorBody),
+        (status = 404, description = "no such room (or not one of yours)", body = ErrorBody),
+        (status = 415, description = "not `Content-Type: application/json`", body = ErrorBody),
+        (status = 401, description = "not signed in (signed-in modes)", body = ErrorBody),
+        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+    )
+)]
 async fn post_message(
     State(s): State<S>,
     Extension(viewer): Extension<Viewer>,
@@ -382,7 +455,7 @@ async fn post_message(
     Ok(Json(v))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ActionValue {
     bot: String,
@@ -391,7 +464,7 @@ struct ActionValue {
     args: Value,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewAction {
     message_id: String,
@@ -403,6 +476,22 @@ struct NewAction {
     client_id: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/chat/api/rooms/{room}/actions",
+    tag = "web chat",
+    params(("room" = String, Path, description = "A room id")),
+    request_body(content = NewAction, content_type = "application/json"),
+    responses(
+        (status = 200, description = "`{event_id, duplicate, answered, toast, card_updated}`", body = Object),
+        (status = 400, description = "malformed JSON, a missing field, a button not on that card", body = ErrorBody),
+        (status = 403, description = "an author other than the person signed in", body = ErrorBody),
+        (status = 404, description = "no such room or message", body = ErrorBody),
+        (status = 415, description = "not `Content-Type: application/json`", body = ErrorBody),
+        (status = 401, description = "not signed in (signed-in modes)", body = ErrorBody),
+        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+    )
+)]
 async fn post_action(
     State(s): State<S>,
     Extension(viewer): Extension<Viewer>,
@@ -433,6 +522,16 @@ async fn post_action(
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/chat/api/bots",
+    tag = "web chat",
+    responses(
+        (status = 200, description = "`{bots: [{name}], default_room}`, for @mention autocomplete", body = Object),
+        (status = 401, description = "not signed in (signed-in modes)", body = ErrorBody),
+        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+    )
+)]
 async fn bots(
     State(s): State<S>,
     Extension(viewer): Extension<Viewer>,
@@ -454,6 +553,16 @@ const STREAM_LIFETIME: Duration = Duration::from_secs(60);
 /// The stream ends on SIGINT/SIGTERM (what `perch serve` stops on), so an open tab
 /// never holds up shutdown, and otherwise after `STREAM_LIFETIME`.
 /// Signed in, a person only hears of direct rooms and private groups they are in.
+#[utoipa::path(
+    get,
+    path = "/chat/api/stream",
+    tag = "web chat",
+    responses(
+        (status = 200, description = "Server-sent events: `hello`, then `message`, `update`, `room`, `resync`", content_type = "text/event-stream", body = String),
+        (status = 401, description = "not signed in (signed-in modes)", body = ErrorBody),
+        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+    )
+)]
 async fn stream(
     State(s): State<S>,
     Extension(viewer): Extension<Viewer>,

@@ -20,6 +20,8 @@
 mod api;
 pub mod markdown;
 
+pub(crate) use api::openapi;
+
 use super::*;
 use crate::action::{ChatSpec, ClickAnswer, MessageBody, Target};
 use crate::cards::markdown as md;

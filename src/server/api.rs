@@ -1,42 +1,52 @@
 //! The admin API under `/api`: status, events with their fate, the outbox, dead letters
 //! and replay, card templates and card previews. When `server.admin_token` is set every call needs
 //! `Authorization: Bearer <token>` (compared in constant time).
+//!
+//! Each handler's `#[utoipa::path]` is its entry in the OpenAPI document
+//! (`super::openapi`); `routes!` mounts handler and entry together.
 
 use super::ApiError;
+use super::openapi::ErrorBody;
 use crate::auth::Viewer;
 use crate::event::EventId;
 use crate::runtime::Shared;
+use axum::Json;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn routes(shared: Shared) -> Router<Shared> {
-    Router::new()
-        .route("/status", get(status))
-        .route("/events", get(events))
-        .route("/events/stream", get(event_stream))
-        .route("/events/{id}", get(event))
-        .route("/events/{id}/deliveries", get(event_deliveries))
-        .route("/outbox", get(outbox))
-        .route("/dead-letters", get(dead_letters))
-        .route("/dead-letters/replay", post(replay))
-        .route("/dead-letters/replay-all", post(replay_all))
-        .route("/sent", get(sent))
-        .route("/schedules", get(schedules))
-        .route("/bots", get(super::bots_page::bots))
-        .route("/cards", get(cards))
-        .route("/cards/render", post(render_card))
-        .layer(axum::middleware::from_fn_with_state(shared, require_token))
-        // After the layer: a bot signs with its own secret, not the admin token.
-        .route(
-            "/bots/{name}/actions",
-            post(super::bot_actions::post_actions),
-        )
+/// The routes under `/api`. With `shared`, the admin routes are behind `require_token`;
+/// without (`super::openapi::document`), the same routes only give their documentation.
+pub fn routes(shared: Option<Shared>) -> OpenApiRouter<Shared> {
+    let admin = OpenApiRouter::new()
+        .routes(routes!(status))
+        .routes(routes!(events))
+        .routes(routes!(event_stream))
+        .routes(routes!(event))
+        .routes(routes!(event_deliveries))
+        .routes(routes!(outbox))
+        .routes(routes!(dead_letters))
+        .routes(routes!(replay))
+        .routes(routes!(replay_all))
+        .routes(routes!(sent))
+        .routes(routes!(schedules))
+        .routes(routes!(super::bots_page::bots))
+        .routes(routes!(cards))
+        .routes(routes!(render_card));
+    let admin = match shared {
+        Some(shared) => admin.layer(axum::middleware::from_fn_with_state(shared, require_token)),
+        None => admin,
+    };
+    admin
+        // After the layer: a bot signs with its own secret, not the admin token; the
+        // document is public (see `openapi_json`).
+        .routes(routes!(super::bot_actions::post_actions))
+        .routes(routes!(super::openapi::openapi_json))
 }
 
 /// Who may call `/api`: a script with the admin token, or a signed-in admin (whose
@@ -74,45 +84,85 @@ fn store_err(e: crate::store::StoreError) -> ApiError {
     ApiError::internal("store error", e)
 }
 
-async fn status(State(s): State<Shared>) -> Result<Json<Value>, ApiError> {
-    let mut connectors: Vec<Value> = s
-        .connectors
-        .values()
-        // `state`: what the connector tells of itself (a long connection's health).
-        // `health`: its last success and failure, sending and taking in events.
-        .map(|c| {
-            json!({
-                "name": c.name(),
-                "kind": c.kind(),
-                "state": c.describe(),
-                "health": s.journal.connector_health().of(c.name()),
-            })
-        })
-        .collect();
-    connectors.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    Ok(Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "started_at": s.started_at,
-        "pending_events": s.store.pending_count().await.map_err(store_err)?,
-        "outbox_depth": s.store.outbox_count().await.map_err(store_err)?,
-        "dead_letters": s.store.dead_letters(10_000).await.map_err(store_err)?.len(),
-        // Empty while every write succeeds; else why events or deliveries are held.
-        "store_problems": s.journal.health().problems(),
-        "connectors": connectors,
-    })))
+/// `GET /api/status`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StatusAnswer {
+    /// perch's version.
+    version: &'static str,
+    started_at: chrono::DateTime<chrono::Utc>,
+    /// Events accepted and not yet routed.
+    pending_events: usize,
+    /// Operations waiting in the outbox.
+    outbox_depth: usize,
+    dead_letters: usize,
+    /// Empty while every write succeeds; else why events or deliveries are held.
+    store_problems: Vec<String>,
+    /// By name.
+    connectors: Vec<ConnectorStatus>,
 }
 
-#[derive(Deserialize)]
+/// One connector in `/api/status`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ConnectorStatus {
+    name: String,
+    kind: &'static str,
+    /// What the connector tells of itself (a long connection's health).
+    state: std::collections::BTreeMap<&'static str, String>,
+    /// Its last success and failure, sending and taking in events.
+    health: crate::health::ConnectorRecord,
+}
+
+#[utoipa::path(
+    get,
+    path = "/status",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "perch's state and each connector's health", body = StatusAnswer),
+        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        (status = 503, description = "the store cannot be read", body = ErrorBody),
+    )
+)]
+async fn status(State(s): State<Shared>) -> Result<Json<StatusAnswer>, ApiError> {
+    let mut connectors: Vec<ConnectorStatus> = s
+        .connectors
+        .values()
+        .map(|c| ConnectorStatus {
+            name: c.name().to_string(),
+            kind: c.kind(),
+            state: c.describe(),
+            health: s.journal.connector_health().of(c.name()),
+        })
+        .collect();
+    connectors.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(StatusAnswer {
+        version: env!("CARGO_PKG_VERSION"),
+        started_at: s.started_at,
+        pending_events: s.store.pending_count().await.map_err(store_err)?,
+        outbox_depth: s.store.outbox_count().await.map_err(store_err)?,
+        dead_letters: s.store.dead_letters(10_000).await.map_err(store_err)?.len(),
+        store_problems: s.journal.health().problems(),
+        connectors,
+    }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// Start after this entry (an event id for `/events`, an outbox key for `/outbox`).
     before: Option<String>,
+    /// How many entries at most (clamped to 1..=1000).
     limit: Option<usize>,
 }
 
 /// The console's time filter: entries received at or after `since` and at or before
 /// `until` (RFC 3339 times), either side open when absent.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct TimeRange {
+    /// Received at or after this RFC 3339 time.
     since: Option<String>,
+    /// Received at or before this RFC 3339 time.
     until: Option<String>,
 }
 
@@ -157,13 +207,33 @@ fn within(at: Time, (since, until): (Option<Time>, Option<Time>)) -> bool {
 /// window far in the past cannot make one request walk the whole journal.
 const TIME_FILTER_SCAN: usize = 20_000;
 
+/// `GET /api/events`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EventsAnswer {
+    /// Newest first.
+    events: Vec<crate::store::JournalEntry>,
+}
+
 /// `GET /api/events?before=<id>&limit=N&since=<time>&until=<time>`: journal entries,
 /// newest first.
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(Page, TimeRange),
+    responses(
+        (status = 200, description = "journal entries with their fate, newest first", body = EventsAnswer),
+        (status = 400, description = "a bad `before`, `limit`, `since` or `until`", body = ErrorBody),
+        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        (status = 503, description = "the store cannot be read", body = ErrorBody),
+    )
+)]
 async fn events(
     State(s): State<Shared>,
     Query(p): Query<Page>,
     Query(range): Query<TimeRange>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventsAnswer>, ApiError> {
     let mut before = match p.before.as_deref() {
         Some(b) => Some(EventId::parse(b).ok_or_else(|| {
             ApiError::new(
@@ -200,7 +270,7 @@ async fn events(
             break;
         }
     }
-    Ok(Json(json!({ "events": entries })))
+    Ok(Json(EventsAnswer { events: entries }))
 }
 
 /// How long one live stream lasts; the browser's `EventSource` reconnects by itself
@@ -212,6 +282,19 @@ const STREAM_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
 /// First `hello`; then an `entry` (the journal entry as `/api/events/{id}` gives it)
 /// each time an event is accepted or its fate recorded, if received at or after
 /// `since`; `resync` when this listener fell behind and must reload the list.
+#[utoipa::path(
+    get,
+    path = "/events/stream",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(TimeRange),
+    responses(
+        (status = 200, description = "Server-sent events: `hello`, then `entry` (a journal entry) as events are accepted or their fate recorded, `resync` when the listener fell behind", content_type = "text/event-stream", body = String),
+        (status = 400, description = "a bad `since` or `until`", body = ErrorBody),
+        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+    )
+)]
 async fn event_stream(
     State(s): State<Shared>,
     Query(range): Query<TimeRange>,
@@ -266,6 +349,20 @@ async fn event_stream(
     Ok(Sse::new(hello.chain(entries).take_until(end)).keep_alive(KeepAlive::default()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/events/{id}",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "An event id (UUID)")),
+    responses(
+        (status = 200, description = "the journal entry", body = crate::store::JournalEntry),
+        (status = 400, description = "not an event id", body = ErrorBody),
+        (status = 404, description = "no such event in the journal", body = ErrorBody),
+        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+    )
+)]
 async fn event(State(s): State<Shared>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = EventId::parse(&id).ok_or_else(|| {
         ApiError::new(StatusCode::BAD_REQUEST, format!("not an event id: {id:?}"))
@@ -279,6 +376,19 @@ async fn event(State(s): State<Shared>, Path(id): Path<String>) -> Result<Json<V
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/outbox",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(Page),
+    responses(
+        (status = 200, description = "`{\"items\": [...]}`: operations waiting to be delivered", body = Object),
+        (status = 400, description = "a bad `limit`", body = ErrorBody),
+        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+    )
+)]
 async fn outbox(State(s): State<Shared>, Query(p): Query<Page>) -> Result<Json<Value>, ApiError> {
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
     let items = s
@@ -289,6 +399,19 @@ async fn outbox(State(s): State<Shared>, Query(p): Query<Page>) -> Result<Json<V
     Ok(Json(json!({ "items": items })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/dead-letters",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(Page),
+    responses(
+        (status = 200, description = "`{\"dead_letters\": [...]}`: operations that will not be retried", body = Object),
+        (status = 400, description = "a bad `limit`", body = ErrorBody),
+        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+    )
+)]
 async fn dead_letters(
     State(s): State<Shared>,
     Query(p): Query<Page>,
@@ -299,14 +422,30 @@ async fn dead_letters(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct KeyQuery {
+    /// An outbox key (`<event id>/<bot>/<index>`).
     key: String,
 }
 
 /// `POST /api/dead-letters/replay?key=<outbox key>`: queue a dead letter again. Answered
 /// once the replay is durable (the store flushed), so a crash right after the answer
 /// cannot put the letter back among the dead.
+#[utoipa::path(
+    post,
+    path = "/dead-letters/replay",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(KeyQuery),
+    responses(
+        (status = 200, description = "`{\"replayed\": <outbox item>}`, durable", body = Object),
+        (status = 400, description = "`key` missing", body = ErrorBody),
+        (status = 404, description = "no dead letter with that key", body = ErrorBody),
+        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+    )
+)]
 async fn replay(
     State(s): State<Shared>,
     Query(q): Query<KeyQuery>,
@@ -329,14 +468,30 @@ async fn replay(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ConnectorQuery {
+    /// A configured connector's name.
     connector: String,
 }
 
 /// `POST /api/dead-letters/replay-all?connector=<name>`: queue every dead letter of one
 /// connector again (after a fix). Idempotent: a letter already replayed is no longer
 /// dead and is not queued twice. Answered once the replays are durable.
+#[utoipa::path(
+    post,
+    path = "/dead-letters/replay-all",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(ConnectorQuery),
+    responses(
+        (status = 200, description = "`{\"replayed\": [<outbox key>...]}`, durable", body = Object),
+        (status = 400, description = "`connector` missing", body = ErrorBody),
+        (status = 404, description = "no such connector", body = ErrorBody),
+        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+    )
+)]
 async fn replay_all(
     State(s): State<Shared>,
     Query(q): Query<ConnectorQuery>,
@@ -372,6 +527,20 @@ async fn replay_all(
 /// `GET /api/events/{id}/deliveries`: what became of the event's actions, by outbox key
 /// (`<event id>/<bot>/<index>`): still queued (with attempts, next try and last
 /// error), delivered (with what the platform answered), or dead.
+#[utoipa::path(
+    get,
+    path = "/events/{id}/deliveries",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "An event id (UUID)")),
+    responses(
+        (status = 200, description = "`{event_id, pending, sent, dead}`: what became of the event's actions, by outbox key", body = Object),
+        (status = 400, description = "not an event id", body = ErrorBody),
+        (status = 404, description = "no such event in the journal", body = ErrorBody),
+        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+    )
+)]
 async fn event_deliveries(
     State(s): State<Shared>,
     Path(id): Path<String>,
@@ -424,6 +593,20 @@ async fn event_deliveries(
 }
 
 /// `GET /api/sent?key=<outbox key>`: what a delivered operation produced.
+#[utoipa::path(
+    get,
+    path = "/sent",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(KeyQuery),
+    responses(
+        (status = 200, description = "what a delivered operation produced", body = Object),
+        (status = 400, description = "`key` missing", body = ErrorBody),
+        (status = 404, description = "nothing sent under that key", body = ErrorBody),
+        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+    )
+)]
 async fn sent(State(s): State<Shared>, Query(q): Query<KeyQuery>) -> Result<Json<Value>, ApiError> {
     match s.store.sent(&q.key).await.map_err(store_err)? {
         Some(r) => Ok(Json(serde_json::to_value(r).unwrap_or(Value::Null))),
@@ -434,13 +617,28 @@ async fn sent(State(s): State<Shared>, Query(q): Query<KeyQuery>) -> Result<Json
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct CountQuery {
+    /// How many next fire times per job (clamped to 1..=100).
     count: Option<usize>,
 }
 
 /// `GET /api/schedules?count=N`: each job's cron, zone, next N fire times in its zone,
 /// last fired slot, recent runs, missed and failed slots (`crate::scheduler::status`).
+#[utoipa::path(
+    get,
+    path = "/schedules",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(CountQuery),
+    responses(
+        (status = 200, description = "`{\"schedules\": [...]}`: each job's cron, zone, next fire times, last slot, recent runs", body = Object),
+        (status = 400, description = "a bad `count`", body = ErrorBody),
+        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+    )
+)]
 async fn schedules(
     State(s): State<Shared>,
     Query(q): Query<CountQuery>,
@@ -453,6 +651,17 @@ async fn schedules(
 }
 
 /// `GET /api/cards`: the card templates with their sample data, and the platforms.
+#[utoipa::path(
+    get,
+    path = "/cards",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{templates: [{name, file, sample}], platforms: [...]}`", body = Object),
+        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+    )
+)]
 async fn cards(State(s): State<Shared>) -> Json<Value> {
     let templates: Vec<Value> = s
         .cards
@@ -464,18 +673,38 @@ async fn cards(State(s): State<Shared>) -> Json<Value> {
     Json(json!({ "templates": templates, "platforms": crate::cards::PLATFORMS }))
 }
 
+/// The body of `POST /api/cards/render`: `template` (with optional `data`) or `card`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RenderRequest {
+    /// A card template's name (`GET /api/cards`).
+    template: Option<String>,
+    /// The template's data; its sample data when absent.
+    data: Option<Value>,
+    /// A neutral card, instead of a template.
+    card: Option<Value>,
+    /// `feishu`, `slack`, `html`, … (`GET /api/cards`).
+    platform: String,
+}
+
 /// `POST /api/cards/render {"template", "data"?, "platform"}` (or `{"card", "platform"}`
 /// for a neutral card): the neutral card and the platform's payload. Without `data` the
 /// template's sample data is used.
+#[utoipa::path(
+    post,
+    path = "/cards/render",
+    tag = "admin",
+    security(("admin_token" = [])),
+    request_body(content = RenderRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "`{platform, card, output, size}`: the neutral card and the platform's payload", body = Object),
+        (status = 400, description = "a malformed body, an unknown template or platform, an invalid card", body = ErrorBody),
+        (status = 413, description = "body larger than `server.body_limit`", body = ErrorBody),
+        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+    )
+)]
 async fn render_card(State(s): State<Shared>, body: bytes::Bytes) -> Result<Json<Value>, ApiError> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct RenderRequest {
-        template: Option<String>,
-        data: Option<Value>,
-        card: Option<Value>,
-        platform: String,
-    }
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
     let req: RenderRequest =
         serde_json::from_slice(&body).map_err(|e| bad(format!("bad request body: {e}")))?;

@@ -23,6 +23,25 @@ use sha2::Digest;
 /// Longest accepted action key: it becomes part of an outbox key.
 const MAX_KEY_LEN: usize = 200;
 
+#[utoipa::path(
+    post,
+    path = "/bots/{name}/actions",
+    tag = "admin",
+    params(("name" = String, Path, description = "An `http_bot` bot's name")),
+    request_body(
+        description = "Late actions (schemas/http_bot.late_actions.json), signed with the bot's own secret (not the admin token)",
+        content = Object,
+        content_type = "application/json",
+    ),
+    responses(
+        (status = 200, description = "the actions were queued (or were queued before, under the same key)", body = Object),
+        (status = 400, description = "a malformed body", body = super::openapi::ErrorBody),
+        (status = 401, description = "a missing or wrong signature, or a stale timestamp", body = super::openapi::ErrorBody),
+        (status = 404, description = "no such bot, or one that takes no late actions", body = super::openapi::ErrorBody),
+        (status = 413, description = "body larger than `server.body_limit`", body = super::openapi::ErrorBody),
+        (status = 503, description = "the store cannot be written", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn post_actions(
     State(s): State<Shared>,
     Path(name): Path<String>,

@@ -63,6 +63,16 @@ fn mask(value: &mut Value, secrets: &[&str]) {
 }
 
 /// `GET /api/bots`: every bot, by name, with its activity since start.
+#[utoipa::path(
+    get,
+    path = "/bots",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{\"bots\": [...]}`: every bot with its kind, routes and activity since start", body = Object),
+        (status = 401, description = "no admin token and no admin signed in", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn bots(State(s): State<Shared>) -> Json<Value> {
     let bots: Vec<Value> = s
         .bot_overviews

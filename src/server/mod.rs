@@ -9,6 +9,7 @@ mod bot_actions;
 pub mod bots_page;
 mod conn;
 mod console;
+pub mod openapi;
 
 pub use conn::{ConnectionLimits, serve};
 
@@ -19,7 +20,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::json;
@@ -50,7 +51,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.reason }))).into_response()
+        (self.status, Json(openapi::ErrorBody { error: self.reason })).into_response()
     }
 }
 
@@ -72,12 +73,11 @@ impl From<BytesRejection> for ApiError {
 /// The whole HTTP application.
 pub fn app(shared: Shared) -> Router {
     let body_limit = shared.body_limit;
+    let (documented, _) = api_routes(Some(shared.clone())).split_for_parts();
     let mut app: Router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/hooks/{connector}", post(hook_root))
-        .route("/hooks/{connector}/{*sub}", post(hook_sub))
-        .nest("/api", api::routes(shared.clone()))
+        .merge(documented)
         .merge(console::routes())
         .with_state(shared.clone());
     for connector in shared.connectors.values() {
@@ -104,6 +104,20 @@ pub fn app(shared: Shared) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         // Outermost, so it also sees what the layers inside answer (a caught panic).
         .layer(axum::middleware::map_response(json_errors))
+}
+
+/// `/hooks` and `/api`: the routes in the OpenAPI document (`openapi::document`). With
+/// `shared`, the admin routes check the admin token; without, they are only documented.
+fn api_routes(shared: Option<Shared>) -> utoipa_axum::router::OpenApiRouter<Shared> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(hook_root))
+        .routes(utoipa_axum::routes!(hook_sub))
+        .nest("/api", api::routes(shared))
+}
+
+/// The documented routes, for `openapi::document`.
+fn documented_routes() -> utoipa_axum::router::OpenApiRouter<Shared> {
+    api_routes(None)
 }
 
 /// Longest reason kept from a plain-text refusal.
@@ -206,6 +220,41 @@ async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Result<Response
         .into_response())
 }
 
+/// The answers of `POST /hooks/{connector}[/{sub}]`.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Only documents: `hook` builds these answers.
+enum HookAnswers {
+    /// The event is durable (or was already, under the same delivery id); the body is
+    /// the connector's acknowledgement (or empty, for Slack), or the platform's
+    /// challenge answer.
+    #[response(status = 200)]
+    Accepted(#[to_schema] serde_json::Value),
+    /// Malformed body, or an event that cannot be stored as it is.
+    #[response(status = 400)]
+    BadRequest(#[to_schema] openapi::ErrorBody),
+    /// A missing or wrong signature or token, or a stale timestamp.
+    #[response(status = 401)]
+    Unauthorized(#[to_schema] openapi::ErrorBody),
+    /// No connector of that name.
+    #[response(status = 404)]
+    UnknownConnector(#[to_schema] openapi::ErrorBody),
+    /// Body larger than `server.body_limit`.
+    #[response(status = 413)]
+    TooLarge(#[to_schema] openapi::ErrorBody),
+    /// The store cannot take it now (a full disk); the sender should retry.
+    #[response(status = 503)]
+    Unavailable(#[to_schema] openapi::ErrorBody),
+}
+
+/// `POST /hooks/{connector}`: an inbound event, verified and decoded by the connector.
+#[utoipa::path(
+    post,
+    path = "/hooks/{connector}",
+    tag = "hooks",
+    params(("connector" = String, Path, description = "A configured connector's name")),
+    request_body(description = "The platform's or sender's payload, as the connector expects it", content = Object),
+    responses(HookAnswers)
+)]
 async fn hook_root(
     State(s): State<Shared>,
     Path(connector): Path<String>,
@@ -215,6 +264,19 @@ async fn hook_root(
     hook(s, connector, String::new(), headers, body).await
 }
 
+/// `POST /hooks/{connector}/{sub}`: the same, with a sub-path the connector reads
+/// (Slack's `/interactivity`, a webhook's topic).
+#[utoipa::path(
+    post,
+    path = "/hooks/{connector}/{*sub}",
+    tag = "hooks",
+    params(
+        ("connector" = String, Path, description = "A configured connector's name"),
+        ("sub" = String, Path, description = "The rest of the path (may hold slashes)"),
+    ),
+    request_body(description = "The platform's or sender's payload, as the connector expects it", content = Object),
+    responses(HookAnswers)
+)]
 async fn hook_sub(
     State(s): State<Shared>,
     Path((connector, sub)): Path<(String, String)>,

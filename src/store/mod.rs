@@ -53,7 +53,7 @@ pub enum Ingested {
 }
 
 /// What became of an event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Fate {
     /// Accepted, not yet handled by the router.
@@ -76,14 +76,14 @@ pub enum Fate {
 }
 
 /// One bot's error while handling an event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BotFailure {
     pub bot: String,
     pub error: String,
 }
 
 /// An event with its fate, as the journal keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JournalEntry {
     pub event: Event,
     pub fate: Fate,
