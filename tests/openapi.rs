@@ -110,6 +110,25 @@ async fn the_document_lists_exactly_the_routes_served() {
     .into_iter()
     .collect();
     assert_eq!(listed, expected);
+    // Code generators name methods by operationId: each one unique.
+    let mut ids = BTreeSet::new();
+    for (method, path) in &ops {
+        let id = doc["paths"][path][method.to_lowercase()]["operationId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+        assert!(ids.insert(id.to_string()), "operationId {id} twice");
+        // Every operation documents its refusals in perch's one error shape.
+        let responses = doc["paths"][path][method.to_lowercase()]["responses"]
+            .as_object()
+            .unwrap();
+        assert!(
+            responses.iter().any(|(code, r)| code.starts_with('4')
+                && r["content"]["application/json"]["schema"]["$ref"]
+                    == "#/components/schemas/ErrorBody")
+                || path == "/api/openapi.json",
+            "{method} {path} documents no error answer: {responses:?}"
+        );
+    }
 
     let http = reqwest::Client::new();
     let paths: BTreeSet<&str> = ops.iter().map(|(_, p)| p.as_str()).collect();
@@ -234,19 +253,28 @@ async fn real_answers_match_their_documented_schemas() {
     assert_valid(&entry_schema, &entry, "GET /api/events/{id}");
 
     // Errors: each as its route documents it.
-    for (path, doc_path, status) in [
-        ("/api/events?limit=x", "/api/events", 400),
-        ("/api/events?since=garbage", "/api/events", 400),
-        ("/api/events/not-an-id", "/api/events/{id}", 400),
+    // Each reason names what was wrong.
+    for (path, doc_path, status, names) in [
+        ("/api/events?limit=x", "/api/events", 400, "limit"),
+        ("/api/events?since=garbage", "/api/events", 400, "since"),
+        (
+            "/api/events/not-an-id",
+            "/api/events/{id}",
+            400,
+            "not-an-id",
+        ),
         (
             "/api/events/0190c7e2-7d8a-7000-8000-000000000000",
             "/api/events/{id}",
             404,
+            "0190c7e2-7d8a-7000-8000-000000000000",
         ),
     ] {
         let resp = get(path).await.unwrap();
         assert_eq!(resp.status().as_u16(), status, "{path}");
         let body: Value = resp.json().await.unwrap();
+        let reason = body["error"].as_str().unwrap_or_default();
+        assert!(reason.contains(names), "{path}: {reason:?}");
         let schema = validator(&doc, "get", doc_path, &status.to_string());
         assert_valid(&schema, &body, path);
         assert!(

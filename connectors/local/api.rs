@@ -384,7 +384,8 @@ struct HistoryQuery {
     responses(
         (status = 200, description = "`{room, messages: [...]}`: history, oldest first", body = Object),
         (status = 400, description = "a bad `after` or `limit`", body = ErrorBody),
-        (status = 404, description = "no such room (or not one of yours)", body = ErrorBody),
+        (status = 403, description = "a direct room or private group you are not a member of", body = ErrorBody),
+        (status = 404, description = "no such room", body = ErrorBody),
         (status = 401, description = "not signed in (signed-in modes)", body = ErrorBody),
         (status = 503, description = "the store cannot be read or written", body = ErrorBody),
     )
@@ -426,8 +427,8 @@ struct NewMessage {
     responses(
         (status = 200, description = "the message as stored (journaled); `duplicate` when `client_id` was posted before", body = Object),
         (status = 400, description = "malformed JSON, a missing field, an empty or too long text", body = ErrorBody),
-        (status = 403, description = "an author other than the person signed in", body = ErrorBody),
-        (status = 404, description = "no such room (or not one of yours)", body = ErrorBody),
+        (status = 403, description = "an author other than the person signed in, or a room you are not a member of", body = ErrorBody),
+        (status = 404, description = "no such room", body = ErrorBody),
         (status = 415, description = "not `Content-Type: application/json`", body = ErrorBody),
         (status = 401, description = "not signed in (signed-in modes)", body = ErrorBody),
         (status = 503, description = "the store cannot be read or written", body = ErrorBody),
@@ -485,7 +486,7 @@ struct NewAction {
     responses(
         (status = 200, description = "`{event_id, duplicate, answered, toast, card_updated}`", body = Object),
         (status = 400, description = "malformed JSON, a missing field, a button not on that card", body = ErrorBody),
-        (status = 403, description = "an author other than the person signed in", body = ErrorBody),
+        (status = 403, description = "an author other than the person signed in, or a room you are not a member of", body = ErrorBody),
         (status = 404, description = "no such room or message", body = ErrorBody),
         (status = 415, description = "not `Content-Type: application/json`", body = ErrorBody),
         (status = 401, description = "not signed in (signed-in modes)", body = ErrorBody),
@@ -526,6 +527,7 @@ async fn post_action(
     get,
     path = "/chat/api/bots",
     tag = "web chat",
+    operation_id = "chat_bots",
     responses(
         (status = 200, description = "`{bots: [{name}], default_room}`, for @mention autocomplete", body = Object),
         (status = 401, description = "not signed in (signed-in modes)", body = ErrorBody),
@@ -557,6 +559,7 @@ const STREAM_LIFETIME: Duration = Duration::from_secs(60);
     get,
     path = "/chat/api/stream",
     tag = "web chat",
+    operation_id = "chat_stream",
     responses(
         (status = 200, description = "Server-sent events: `hello`, then `message`, `update`, `room`, `resync`", content_type = "text/event-stream", body = String),
         (status = 401, description = "not signed in (signed-in modes)", body = ErrorBody),

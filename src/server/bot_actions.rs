@@ -34,11 +34,14 @@ const MAX_KEY_LEN: usize = 200;
         content_type = "application/json",
     ),
     responses(
-        (status = 200, description = "the actions were queued (or were queued before, under the same key)", body = Object),
+        (status = 202, description = "`{event_id, duplicate}`: the batch is journaled (durable); the same batch posted again is a duplicate, queued once", body = Object),
         (status = 400, description = "a malformed body", body = super::openapi::ErrorBody),
         (status = 401, description = "a missing or wrong signature, or a stale timestamp", body = super::openapi::ErrorBody),
+        (status = 403, description = "the event was not routed to this bot", body = super::openapi::ErrorBody),
         (status = 404, description = "no such bot, or one that takes no late actions", body = super::openapi::ErrorBody),
+        (status = 409, description = "the event is still being handled; post again in a moment", body = super::openapi::ErrorBody),
         (status = 413, description = "body larger than `server.body_limit`", body = super::openapi::ErrorBody),
+        (status = 422, description = "an unknown event, an action without a `key` or with a key used twice, an invalid action", body = super::openapi::ErrorBody),
         (status = 503, description = "the store cannot be written", body = super::openapi::ErrorBody),
     )
 )]

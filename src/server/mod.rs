@@ -220,32 +220,6 @@ async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Result<Response
         .into_response())
 }
 
-/// The answers of `POST /hooks/{connector}[/{sub}]`.
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code)] // Only documents: `hook` builds these answers.
-enum HookAnswers {
-    /// The event is durable (or was already, under the same delivery id); the body is
-    /// the connector's acknowledgement (or empty, for Slack), or the platform's
-    /// challenge answer.
-    #[response(status = 200)]
-    Accepted(#[to_schema] serde_json::Value),
-    /// Malformed body, or an event that cannot be stored as it is.
-    #[response(status = 400)]
-    BadRequest(#[to_schema] openapi::ErrorBody),
-    /// A missing or wrong signature or token, or a stale timestamp.
-    #[response(status = 401)]
-    Unauthorized(#[to_schema] openapi::ErrorBody),
-    /// No connector of that name.
-    #[response(status = 404)]
-    UnknownConnector(#[to_schema] openapi::ErrorBody),
-    /// Body larger than `server.body_limit`.
-    #[response(status = 413)]
-    TooLarge(#[to_schema] openapi::ErrorBody),
-    /// The store cannot take it now (a full disk); the sender should retry.
-    #[response(status = 503)]
-    Unavailable(#[to_schema] openapi::ErrorBody),
-}
-
 /// `POST /hooks/{connector}`: an inbound event, verified and decoded by the connector.
 #[utoipa::path(
     post,
@@ -253,7 +227,14 @@ enum HookAnswers {
     tag = "hooks",
     params(("connector" = String, Path, description = "A configured connector's name")),
     request_body(description = "The platform's or sender's payload, as the connector expects it", content = Object),
-    responses(HookAnswers)
+    responses(
+        (status = 200, description = "The event is durable (or was already, under the same delivery id); the body is the connector's acknowledgement (empty for Slack), or the platform's challenge answer", body = Object),
+        (status = 400, description = "a malformed body, or an event that cannot be stored as it is", body = openapi::ErrorBody),
+        (status = 401, description = "a missing or wrong signature or token, or a stale timestamp", body = openapi::ErrorBody),
+        (status = 404, description = "no connector of that name", body = openapi::ErrorBody),
+        (status = 413, description = "body larger than `server.body_limit`", body = openapi::ErrorBody),
+        (status = 503, description = "the store cannot take it now (a full disk); the sender retries", body = openapi::ErrorBody),
+    )
 )]
 async fn hook_root(
     State(s): State<Shared>,
@@ -275,7 +256,14 @@ async fn hook_root(
         ("sub" = String, Path, description = "The rest of the path (may hold slashes)"),
     ),
     request_body(description = "The platform's or sender's payload, as the connector expects it", content = Object),
-    responses(HookAnswers)
+    responses(
+        (status = 200, description = "The event is durable (or was already, under the same delivery id); the body is the connector's acknowledgement (empty for Slack), or the platform's challenge answer", body = Object),
+        (status = 400, description = "a malformed body, or an event that cannot be stored as it is", body = openapi::ErrorBody),
+        (status = 401, description = "a missing or wrong signature or token, or a stale timestamp", body = openapi::ErrorBody),
+        (status = 404, description = "no connector of that name", body = openapi::ErrorBody),
+        (status = 413, description = "body larger than `server.body_limit`", body = openapi::ErrorBody),
+        (status = 503, description = "the store cannot take it now (a full disk); the sender retries", body = openapi::ErrorBody),
+    )
 )]
 async fn hook_sub(
     State(s): State<Shared>,
