@@ -161,8 +161,10 @@ struct Page {
 #[into_params(parameter_in = Query)]
 struct TimeRange {
     /// Received at or after this RFC 3339 time.
+    #[param(format = DateTime)]
     since: Option<String>,
     /// Received at or before this RFC 3339 time.
+    #[param(format = DateTime)]
     until: Option<String>,
 }
 
