@@ -288,7 +288,7 @@ impl Operation {
 }
 
 /// What a connector reports after carrying out an operation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct Delivered {
     /// The platform's id for the message or chat that was created, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]

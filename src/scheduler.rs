@@ -74,7 +74,7 @@ const RESERVED_KEYS: [&str; 3] = ["job", "slot", "caught_up"];
 // ---- config ---------------------------------------------------------------------
 
 /// What to do with slots missed while perch was down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Misfire {
     /// Fire none of them.
@@ -464,7 +464,7 @@ pub struct JobState {
 }
 
 /// What happened to a slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Fired on time.
@@ -476,7 +476,7 @@ pub enum RunStatus {
 }
 
 /// What the routed bots did with a tick, read back from the journal.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum RunOutcome {
     /// Every bot succeeded.
@@ -526,7 +526,7 @@ impl RunOutcome {
 }
 
 /// One slot in the run ledger (namespace `scheduler-runs`, key `<job>/<slot ms>`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Run {
     pub job: String,
     /// The slot, RFC 3339 in the job's zone.
@@ -1084,7 +1084,7 @@ fn plan_job(
 // ---- status for the API ---------------------------------------------------------
 
 /// One job as `GET /api/schedules` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobStatus {
     pub name: String,
     pub cron: String,
@@ -1104,7 +1104,7 @@ pub struct JobStatus {
     pub failed: Vec<Run>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MissedSlot {
     pub slot: String,
     pub why: String,

@@ -24,6 +24,11 @@ topic = "openapi.test"
 
 [connectors.web]
 kind = "local"
+
+[schedules.nightly]
+cron = "0 0 3 * * *"
+timezone = "Asia/Shanghai"
+topic = "nightly"
 "#
     )
 }
@@ -255,6 +260,30 @@ async fn real_answers_match_their_documented_schemas() {
         .await
         .unwrap();
     assert_valid(&entry_schema, &entry, "GET /api/events/{id}");
+
+    // The other listings, as they are documented.
+    for (path, doc_path) in [
+        (
+            format!("/api/events/{id}/deliveries"),
+            "/api/events/{id}/deliveries",
+        ),
+        ("/api/outbox".to_string(), "/api/outbox"),
+        ("/api/dead-letters".to_string(), "/api/dead-letters"),
+        ("/api/schedules".to_string(), "/api/schedules"),
+    ] {
+        let resp = get(&path).await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let body: Value = resp.json().await.unwrap();
+        assert_valid(&validator(&doc, "get", doc_path, "200"), &body, &path);
+    }
+    let schedules: Value = get("/api/schedules").await.unwrap().json().await.unwrap();
+    assert_eq!(schedules["schedules"][0]["name"], "nightly");
+    let mut wrong = schedules.clone();
+    wrong["schedules"][0]["misfire"] = json!("sometimes");
+    assert!(
+        !validator(&doc, "get", "/api/schedules", "200").is_valid(&wrong),
+        "an unknown misfire policy passed"
+    );
 
     // Errors: each as its route documents it.
     // Each reason names what was wrong.

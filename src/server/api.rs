@@ -365,12 +365,15 @@ async fn event_stream(
         (status = 503, description = "the store cannot be read or written", body = ErrorBody),
     )
 )]
-async fn event(State(s): State<Shared>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn event(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::store::JournalEntry>, ApiError> {
     let id = EventId::parse(&id).ok_or_else(|| {
         ApiError::new(StatusCode::BAD_REQUEST, format!("not an event id: {id:?}"))
     })?;
     match s.store.event(id).await.map_err(store_err)? {
-        Some(e) => Ok(Json(serde_json::to_value(e).unwrap_or(Value::Null))),
+        Some(e) => Ok(Json(e)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no event {id} in the journal"),
@@ -385,20 +388,23 @@ async fn event(State(s): State<Shared>, Path(id): Path<String>) -> Result<Json<V
     security(("admin_token" = [])),
     params(Page),
     responses(
-        (status = 200, description = "`{\"items\": [...]}`: operations waiting to be delivered", body = Object),
+        (status = 200, description = "operations waiting to be delivered", body = OutboxAnswer),
         (status = 400, description = "a bad `limit`", body = ErrorBody),
         (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
         (status = 503, description = "the store cannot be read or written", body = ErrorBody),
     )
 )]
-async fn outbox(State(s): State<Shared>, Query(p): Query<Page>) -> Result<Json<Value>, ApiError> {
+async fn outbox(
+    State(s): State<Shared>,
+    Query(p): Query<Page>,
+) -> Result<Json<OutboxAnswer>, ApiError> {
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
     let items = s
         .store
         .outbox_after(p.before.as_deref(), limit)
         .await
         .map_err(store_err)?;
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(OutboxAnswer { items }))
 }
 
 #[utoipa::path(
@@ -408,7 +414,7 @@ async fn outbox(State(s): State<Shared>, Query(p): Query<Page>) -> Result<Json<V
     security(("admin_token" = [])),
     params(Page),
     responses(
-        (status = 200, description = "`{\"dead_letters\": [...]}`: operations that will not be retried", body = Object),
+        (status = 200, description = "operations that will not be retried", body = DeadLettersAnswer),
         (status = 400, description = "a bad `limit`", body = ErrorBody),
         (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
         (status = 503, description = "the store cannot be read or written", body = ErrorBody),
@@ -417,11 +423,55 @@ async fn outbox(State(s): State<Shared>, Query(p): Query<Page>) -> Result<Json<V
 async fn dead_letters(
     State(s): State<Shared>,
     Query(p): Query<Page>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeadLettersAnswer>, ApiError> {
     let limit = p.limit.unwrap_or(100).clamp(1, 10_000);
-    Ok(Json(
-        json!({ "dead_letters": s.store.dead_letters(limit).await.map_err(store_err)? }),
-    ))
+    Ok(Json(DeadLettersAnswer {
+        dead_letters: s.store.dead_letters(limit).await.map_err(store_err)?,
+    }))
+}
+
+/// `GET /api/outbox`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OutboxAnswer {
+    /// Oldest key first.
+    items: Vec<crate::store::OutboxItem>,
+}
+
+/// `GET /api/dead-letters`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DeadLettersAnswer {
+    dead_letters: Vec<crate::store::DeadLetter>,
+}
+
+/// `POST /api/dead-letters/replay`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReplayAnswer {
+    /// The letter, queued again.
+    replayed: crate::store::OutboxItem,
+}
+
+/// `POST /api/dead-letters/replay-all`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReplayAllAnswer {
+    /// The outbox keys queued again.
+    replayed: Vec<String>,
+}
+
+/// `GET /api/events/{id}/deliveries`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DeliveriesAnswer {
+    event_id: String,
+    /// Still queued, with attempts, next try and last error.
+    pending: Vec<crate::store::OutboxItem>,
+    /// Delivered, with what the platform answered.
+    sent: Vec<crate::store::SentRecord>,
+    dead: Vec<crate::store::DeadLetter>,
+}
+
+/// `GET /api/schedules`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SchedulesAnswer {
+    schedules: Vec<crate::scheduler::JobStatus>,
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -441,7 +491,7 @@ struct KeyQuery {
     security(("admin_token" = [])),
     params(KeyQuery),
     responses(
-        (status = 200, description = "`{\"replayed\": <outbox item>}`, durable", body = Object),
+        (status = 200, description = "the letter is queued again (durable)", body = ReplayAnswer),
         (status = 400, description = "`key` missing", body = ErrorBody),
         (status = 404, description = "no dead letter with that key", body = ErrorBody),
         (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
@@ -451,7 +501,7 @@ struct KeyQuery {
 async fn replay(
     State(s): State<Shared>,
     Query(q): Query<KeyQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ReplayAnswer>, ApiError> {
     match s
         .store
         .replay_dead(&q.key, s.clock.now())
@@ -461,7 +511,7 @@ async fn replay(
         Some(item) => {
             s.store.flush().await.map_err(store_err)?;
             s.outbox.ring();
-            Ok(Json(json!({ "replayed": item })))
+            Ok(Json(ReplayAnswer { replayed: item }))
         }
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -487,7 +537,7 @@ struct ConnectorQuery {
     security(("admin_token" = [])),
     params(ConnectorQuery),
     responses(
-        (status = 200, description = "`{\"replayed\": [<outbox key>...]}`, durable", body = Object),
+        (status = 200, description = "the connector's dead letters are queued again (durable)", body = ReplayAllAnswer),
         (status = 400, description = "`connector` missing", body = ErrorBody),
         (status = 404, description = "no such connector", body = ErrorBody),
         (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
@@ -497,7 +547,7 @@ struct ConnectorQuery {
 async fn replay_all(
     State(s): State<Shared>,
     Query(q): Query<ConnectorQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ReplayAllAnswer>, ApiError> {
     if !s.connectors.contains_key(&q.connector) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -523,7 +573,7 @@ async fn replay_all(
         s.store.flush().await.map_err(store_err)?;
         s.outbox.ring();
     }
-    Ok(Json(json!({ "replayed": replayed })))
+    Ok(Json(ReplayAllAnswer { replayed }))
 }
 
 /// `GET /api/events/{id}/deliveries`: what became of the event's actions, by outbox key
@@ -536,7 +586,7 @@ async fn replay_all(
     security(("admin_token" = [])),
     params(("id" = String, Path, description = "An event id (UUID)")),
     responses(
-        (status = 200, description = "`{event_id, pending, sent, dead}`: what became of the event's actions, by outbox key", body = Object),
+        (status = 200, description = "what became of the event's actions, by outbox key", body = DeliveriesAnswer),
         (status = 400, description = "not an event id", body = ErrorBody),
         (status = 404, description = "no such event in the journal", body = ErrorBody),
         (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
@@ -546,7 +596,7 @@ async fn replay_all(
 async fn event_deliveries(
     State(s): State<Shared>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeliveriesAnswer>, ApiError> {
     let event_id = EventId::parse(&id).ok_or_else(|| {
         ApiError::new(StatusCode::BAD_REQUEST, format!("not an event id: {id:?}"))
     })?;
@@ -586,12 +636,12 @@ async fn event_deliveries(
             }
         }
     }
-    Ok(Json(json!({
-        "event_id": event_id.to_string(),
-        "pending": pending,
-        "sent": sent,
-        "dead": dead,
-    })))
+    Ok(Json(DeliveriesAnswer {
+        event_id: event_id.to_string(),
+        pending,
+        sent,
+        dead,
+    }))
 }
 
 /// `GET /api/sent?key=<outbox key>`: what a delivered operation produced.
@@ -602,16 +652,19 @@ async fn event_deliveries(
     security(("admin_token" = [])),
     params(KeyQuery),
     responses(
-        (status = 200, description = "what a delivered operation produced", body = Object),
+        (status = 200, description = "what a delivered operation produced", body = crate::store::SentRecord),
         (status = 400, description = "`key` missing", body = ErrorBody),
         (status = 404, description = "nothing sent under that key", body = ErrorBody),
         (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
         (status = 503, description = "the store cannot be read or written", body = ErrorBody),
     )
 )]
-async fn sent(State(s): State<Shared>, Query(q): Query<KeyQuery>) -> Result<Json<Value>, ApiError> {
+async fn sent(
+    State(s): State<Shared>,
+    Query(q): Query<KeyQuery>,
+) -> Result<Json<crate::store::SentRecord>, ApiError> {
     match s.store.sent(&q.key).await.map_err(store_err)? {
-        Some(r) => Ok(Json(serde_json::to_value(r).unwrap_or(Value::Null))),
+        Some(r) => Ok(Json(r)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("nothing sent under key {:?}", q.key),
@@ -635,7 +688,7 @@ struct CountQuery {
     security(("admin_token" = [])),
     params(CountQuery),
     responses(
-        (status = 200, description = "`{\"schedules\": [...]}`: each job's cron, zone, next fire times, last slot, recent runs", body = Object),
+        (status = 200, description = "each job's cron, zone, next fire times, last slot, recent runs, missed and failed slots", body = SchedulesAnswer),
         (status = 400, description = "a bad `count`", body = ErrorBody),
         (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
         (status = 503, description = "the store cannot be read or written", body = ErrorBody),
@@ -644,12 +697,12 @@ struct CountQuery {
 async fn schedules(
     State(s): State<Shared>,
     Query(q): Query<CountQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SchedulesAnswer>, ApiError> {
     let count = q.count.unwrap_or(5).clamp(1, 100);
     let jobs = crate::scheduler::status(&s.schedules, s.store.as_ref(), s.clock.now(), count)
         .await
         .map_err(store_err)?;
-    Ok(Json(json!({ "schedules": jobs })))
+    Ok(Json(SchedulesAnswer { schedules: jobs }))
 }
 
 /// `GET /api/cards`: the card templates with their sample data, and the platforms.

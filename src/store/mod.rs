@@ -101,7 +101,7 @@ pub(crate) fn key_bot(key: &str) -> Option<&str> {
 }
 
 /// One operation waiting in the outbox.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OutboxItem {
     /// Unique and deterministic: `<event id>/<bot>/<action index>` for bot actions, so
     /// re-running a bot after a crash queues nothing new, or `once/<bot>/<key>` for
@@ -109,6 +109,8 @@ pub struct OutboxItem {
     /// `key_bot` reads the bot back.
     pub key: String,
     pub connector: String,
+    /// The operation (`send`, `update`, `create_chat`, `add_members`), tagged by `op`.
+    #[schema(value_type = Object)]
     pub op: Operation,
     pub attempts: u32,
     /// Not to be tried before this time (backoff, Retry-After).
@@ -123,7 +125,7 @@ pub struct OutboxItem {
 }
 
 /// Why a queued operation is not tried before its `next_at`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum Waiting {
     /// The platform said "too many requests"; `platform_wait_ms` is the wait it asked
@@ -158,7 +160,7 @@ impl OutboxItem {
 }
 
 /// A delivered operation, kept for the dedupe window so it is never sent again.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SentRecord {
     pub key: String,
     pub connector: String,
@@ -167,7 +169,7 @@ pub struct SentRecord {
 }
 
 /// An operation that failed for good, kept for inspection and replay.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub item: OutboxItem,
     pub error: String,
