@@ -1505,7 +1505,8 @@ impl Platform for Matrix {
         let card = json!({ "header": { "title": "Reminder" }, "elements": [
             { "type": "buttons", "buttons": [{ "label": "Done", "action": { "bot": "echo", "action": "done", "args": {} } }] }
         ] });
-        let sent = t.connector("matrix")
+        let sent = t
+            .connector("matrix")
             .execute(
                 &send(MATRIX_TEAM.into(), MessageBody::Card { card }, None),
                 "k-setup-card",

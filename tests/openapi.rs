@@ -2,9 +2,7 @@
 //! every documented operation is served (and no other method at its path), and real
 //! answers validate against the schemas the document gives them.
 
-mod common;
-
-use common::TestPerch;
+use perch::testing::TestPerch;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 
@@ -238,7 +236,7 @@ async fn real_answers_match_their_documented_schemas() {
     assert!(!status_schema.is_valid(&missing), "a missing field passed");
 
     let events_schema = validator(&doc, "get", "/api/events", "200");
-    let events: Value = common::eventually(10, "the event is listed", || async {
+    let events: Value = perch::testing::eventually(10, "the event is listed", || async {
         let v: Value = get("/api/events").await.unwrap().json().await.unwrap();
         (!v["events"].as_array().unwrap().is_empty()).then_some(v)
     })
