@@ -148,6 +148,49 @@ pub trait Bot: Send + Sync + 'static {
     ) -> Option<Result<(), crate::connectors::InboundError>> {
         None
     }
+
+    /// For bots that keep items people act on (`reminders`): the open ones as of `now`,
+    /// read from the bot's state in `store`, for the console's Bots page. `None`, the
+    /// default: this bot keeps no such items.
+    async fn open_items(
+        &self,
+        _store: &dyn Store,
+        _now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<Result<Vec<OpenItem>, BotError>> {
+        None
+    }
+}
+
+/// An item a person can act on from the console's Bots page (`Bot::open_items`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OpenItem {
+    pub id: String,
+    pub title: String,
+    /// The owner's person id (the platform's, or a web-chat sign-in name).
+    pub owner: String,
+    pub owner_name: Option<String>,
+    pub due: chrono::DateTime<chrono::Utc>,
+    /// The chat its reminders go to; `None`: directly to the owner.
+    pub chat: Option<String>,
+    pub connector: String,
+    pub snoozed_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// The next reminder the bot will send: which step and when. `None`: nothing more.
+    pub next_step: Option<NextStep>,
+    /// The card's buttons that can be pressed from the page (`done`, `snooze`): each
+    /// becomes a card click from the signed-in person.
+    pub actions: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NextStep {
+    /// `lead-1d`, `due`, `overdue-2`, `snoozed` …
+    pub step: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The store namespace of bot `bot`'s persistent state (`BotContext::state_get`…).
+pub fn state_namespace(bot: &str) -> String {
+    format!("bot/{bot}")
 }
 
 /// Renders a named card template (`cards/<name>.hbs`) over data into perch's neutral
@@ -252,7 +295,7 @@ impl BotContext {
     }
 
     fn state_ns(&self) -> String {
-        format!("bot/{}", self.bot)
+        state_namespace(&self.bot)
     }
 
     /// Read this bot's persistent state at `key`.

@@ -667,6 +667,28 @@ impl Reminders {
         Ok(out)
     }
 
+    /// The next reminder step the ticks will decide for `item` as of `now`: the snooze's
+    /// end while snoozed, else the first step after what was already dealt with.
+    fn next_step(&self, item: &Item, now: DateTime<Utc>) -> Option<NextStep> {
+        if let Some(until) = item.snoozed_until.filter(|u| *u > now) {
+            return Some(NextStep {
+                step: "snoozed".into(),
+                at: self.rules.next_allowed(until),
+            });
+        }
+        // Every step lies before the due time or on the days after it; a week covers
+        // quiet hours and weekends pushing the next allowed moment out.
+        let horizon = now.max(item.due) + chrono::Duration::days(8);
+        self.rules
+            .steps(item.due, item.handled_through, horizon)
+            .into_iter()
+            .next()
+            .map(|s| NextStep {
+                step: s.key,
+                at: s.at,
+            })
+    }
+
     fn may_press(&self, item: &Item, who: &str) -> bool {
         item.owner == who || self.config.admins.iter().any(|a| a == who)
     }
@@ -1334,6 +1356,37 @@ impl Bot for Reminders {
             noun,
         ));
         out
+    }
+
+    async fn open_items(
+        &self,
+        store: &dyn Store,
+        now: DateTime<Utc>,
+    ) -> Option<Result<Vec<OpenItem>, BotError>> {
+        let read = async {
+            let mut out = Vec::new();
+            for (_, raw) in store.kv_scan(&state_namespace(&self.name), "item/").await? {
+                let item: Item = serde_json::from_slice(&raw).map_err(StoreError::from)?;
+                if !item.is_open() {
+                    continue;
+                }
+                out.push(OpenItem {
+                    next_step: self.next_step(&item, now),
+                    id: item.id,
+                    title: item.title,
+                    owner: item.owner,
+                    owner_name: item.owner_name,
+                    due: item.due,
+                    chat: item.chat,
+                    connector: item.connector,
+                    snoozed_until: item.snoozed_until.filter(|u| *u > now),
+                    actions: vec!["done".into(), "snooze".into()],
+                });
+            }
+            out.sort_by(|a, b| (a.due, &a.id).cmp(&(b.due, &b.id)));
+            Ok(out)
+        };
+        Some(read.await)
     }
 
     async fn handle(&self, event: &Event, ctx: &mut BotContext) -> Result<Vec<Action>, BotError> {

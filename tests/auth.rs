@@ -749,3 +749,133 @@ fn dev_mode_is_refused_off_loopback() {
     .to_string();
     assert!(err.contains("not a PHC string"), "{err}");
 }
+
+/// A `reminders` bot `tasks` on the web chat, and carol: an admin who does not own
+/// ann's items (her password is bob's).
+fn tasks_config() -> String {
+    let (_, bob_hash) = hashes();
+    format!(
+        r#"{}
+[auth.users.carol]
+password_hash = "{bob_hash}"
+role = "admin"
+
+[bots.tasks]
+kind = "reminders"
+timezone = "UTC"
+
+[[routes]]
+connector = "web"
+mention = "tasks"
+bots = ["tasks"]
+"#,
+        local_config(TOKEN)
+    )
+}
+
+/// The open items of `tasks` as the console reads them, as `s`.
+async fn open_items(t: &TestPerch, s: &Session) -> Vec<Value> {
+    let (status, body) = s.get(t, "/api/bots/tasks/items").await;
+    assert_eq!(status, 200, "{body}");
+    body["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// The Bots page's Done goes the way a card click goes: as the signed-in person, past
+/// the owner rule, with CSRF, journaled once however often it is pressed.
+#[tokio::test]
+async fn done_from_the_bots_page_is_a_click_by_the_signed_in_owner_only() {
+    let t = TestPerch::start(&tasks_config()).await;
+    let ann = sign_in(&t, "ann", ANN_PASSWORD).await;
+    let bob = sign_in(&t, "bob", BOB_PASSWORD).await;
+    let carol = sign_in(&t, "carol", BOB_PASSWORD).await;
+    say(
+        &t,
+        &ann,
+        "@tasks remind me in 2 hours call the supplier",
+        "a-1",
+    )
+    .await;
+    let items = eventually(10, "ann's item on the Bots page", || async {
+        let items = open_items(&t, &ann).await;
+        (!items.is_empty()).then_some(items)
+    })
+    .await;
+    assert_eq!(items.len(), 1, "{items:?}");
+    let item = &items[0];
+    assert_eq!(item["owner"], "ann");
+    assert_eq!(item["title"], "call the supplier");
+    assert_eq!(item["actions"], json!(["done", "snooze"]));
+    assert!(
+        item["due"].is_string() && item["next_step"]["at"].is_string(),
+        "{item}"
+    );
+    let id = item["id"].as_str().unwrap().to_string();
+    let press_path = format!("/api/bots/tasks/items/{id}/press");
+    let done = |client_id: &str| json!({ "action": "done", "client_id": client_id });
+
+    // A member cannot reach the page's calls at all.
+    assert_eq!(bob.get(&t, "/api/bots/tasks/items").await.0, 403);
+    assert_eq!(bob.post(&t, &press_path, &done("b-1")).await.0, 403);
+    // Without the CSRF token, nothing happens.
+    let before = journal_len(&t).await;
+    let (status, _) = ann.post_with(&t, &press_path, &done("a-x"), None).await;
+    assert_eq!(status, 403);
+    // Pressing as someone else, a button the item has not, an item that is not there.
+    let mut forged = done("a-y");
+    forged["as"] = json!("carol");
+    let (status, body) = ann.post(&t, &press_path, &forged).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = ann
+        .post(
+            &t,
+            &press_path,
+            &json!({ "action": "delete", "client_id": "a-z" }),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["error"],
+        format!("item `{id}` has no `delete` button (it has: done, snooze)")
+    );
+    let (status, _) = ann
+        .post(&t, "/api/bots/tasks/items/nope/press", &done("a-w"))
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(journal_len(&t).await, before, "no refused press journaled");
+
+    // carol is an admin but not the owner: the bot's owner rule refuses her, as on a card.
+    let (status, body) = carol.post(&t, &press_path, &done("c-1")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["toast"]["text"],
+        "Sorry, only ann (the owner) can do that."
+    );
+    assert_eq!(open_items(&t, &ann).await.len(), 1, "still open");
+
+    // ann presses Done twice (a double click): one event, one Done.
+    let (status, first) = ann.post(&t, &press_path, &done("a-1")).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["toast"]["text"], "Done. No more reminders.");
+    assert_eq!(first["duplicate"], false);
+    let (_, again) = ann.post(&t, &press_path, &done("a-1")).await;
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["event_id"], first["event_id"]);
+    assert_eq!(
+        journal_len(&t).await,
+        before + 2,
+        "carol's press and ann's one"
+    );
+    assert!(open_items(&t, &ann).await.is_empty());
+    let (_, entry) = ann
+        .get(
+            &t,
+            &format!("/api/events/{}", first["event_id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(entry["event"]["sender"]["id"], "ann");
+    assert_eq!(entry["event"]["connector"], "console");
+    assert_eq!(entry["event"]["kind"], "card_action");
+    // Done is done: a later press finds no open item and changes nothing.
+    let (status, _) = ann.post(&t, &press_path, &done("a-2")).await;
+    assert_eq!(status, 404);
+}

@@ -187,10 +187,19 @@ text = "Build failed: {{{{payload.repo}}}}"
 [bots.echo]
 kind = "echo"
 
+[bots.tasks]
+kind = "reminders"
+timezone = "UTC"
+
 [[routes]]
 connector = "events"
 topic = "build.*"
 bots = ["builds"]
+
+[[routes]]
+connector = "web"
+mention = "tasks"
+bots = ["tasks"]
 "#
     )
 }
@@ -336,6 +345,65 @@ async fn console_and_chat_in_a_real_browser() {
         &ann,
         "a Feishu preview",
         "document.querySelector('.render[data-platform=\"feishu\"] pre')",
+    )
+    .await;
+
+    // ann asks for a reminder in the chat; the console's Bots page lists it, and its
+    // Done there is a click by ann: the bot answers, and the item is no longer open.
+    let said = ann
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/chat/api/rooms/general/messages', { method: 'POST',
+               headers: { 'content-type': 'application/json', 'x-csrf-token': state.csrf },
+               body: JSON.stringify({ text: '@tasks remind me in 2 hours call the supplier', client_id: 'ann-remind' }) })
+             .then(r => done(r.status));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(said, json!(200));
+    eventually(10, "the reminder item is open", || async {
+        let n = ann
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 fetch('/api/bots/tasks/items').then(r => r.json()).then(d => done(d.items.length));",
+                vec![],
+            )
+            .await
+            .ok()?;
+        (n == json!(1)).then_some(())
+    })
+    .await;
+    ann.goto(&t.url("/console#bots")).await.unwrap();
+    let done_button = "#bot-list [data-bot=\"tasks\"] tr[data-item] button[data-action=\"done\"]";
+    until(
+        &ann,
+        "the item's Done button",
+        &format!("document.querySelector('{done_button}')"),
+    )
+    .await;
+    let row = js(&ann, "return document.querySelector('#bot-list [data-bot=\"tasks\"] tr[data-item]').textContent;").await;
+    assert!(
+        row.as_str().unwrap().contains("call the supplier")
+            && row.as_str().unwrap().contains("ann"),
+        "{row}"
+    );
+    ann.find(Locator::Css(done_button))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &ann,
+        "the bot's answer as a toast",
+        "document.getElementById('toast').textContent === 'Done. No more reminders.'",
+    )
+    .await;
+    until(
+        &ann,
+        "nothing open any more",
+        "document.querySelector('#bot-list [data-bot=\"tasks\"]') && document.querySelector('#bot-list [data-bot=\"tasks\"]').textContent.includes('Nothing open.')",
     )
     .await;
 

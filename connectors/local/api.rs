@@ -25,6 +25,7 @@
 use super::{
     ChatError, DEFAULT_ROOM, Inner, MAX_ROOM_NAME_CHARS, Room, check_author, message_view,
 };
+use crate::auth::routes::{author_of, not_signed_in};
 use crate::auth::{AuthMode, Viewer};
 use crate::event::CardAction;
 use crate::server::ApiError;
@@ -115,35 +116,6 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         };
         ApiError::new(status, reason)
     })
-}
-
-/// Who posts or clicks. Dev mode: the name the browser sends. Signed in: the person
-/// signed in; an `author` that names anyone else is refused (a forged author).
-fn author_of(viewer: &Viewer, sent: Option<&str>) -> Result<String, ApiError> {
-    match viewer {
-        Viewer::Dev => sent.map(str::to_string).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, "author is missing: pick a name")
-        }),
-        Viewer::User(me) => match sent {
-            Some(a) if a.trim() != me.name => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "author is decided by your sign-in: you are `{}`, not `{}`",
-                    me.name,
-                    a.trim()
-                ),
-            )),
-            _ => Ok(me.name.clone()),
-        },
-        Viewer::Anonymous => Err(not_signed_in()),
-    }
-}
-
-fn not_signed_in() -> ApiError {
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "not signed in (sign in at /login)",
-    )
 }
 
 /// Refuse a viewer who may not read the web chat at all (signed-in modes, nobody signed in).

@@ -155,3 +155,32 @@ pub fn require_admin(viewer: &Viewer) -> Result<(), ApiError> {
         )),
     }
 }
+
+/// Who posts or clicks (the web chat) or presses a button (the console's Bots page). Dev mode: the name the browser sends. Signed in: the person
+/// signed in; an `author` that names anyone else is refused (a forged author).
+pub fn author_of(viewer: &Viewer, sent: Option<&str>) -> Result<String, ApiError> {
+    match viewer {
+        Viewer::Dev => sent.map(str::to_string).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "author is missing: pick a name")
+        }),
+        Viewer::User(me) => match sent {
+            Some(a) if a.trim() != me.name => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "author is decided by your sign-in: you are `{}`, not `{}`",
+                    me.name,
+                    a.trim()
+                ),
+            )),
+            _ => Ok(me.name.clone()),
+        },
+        Viewer::Anonymous => Err(not_signed_in()),
+    }
+}
+
+pub fn not_signed_in() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "not signed in (sign in at /login)",
+    )
+}

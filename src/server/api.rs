@@ -36,6 +36,8 @@ pub fn routes(shared: Option<Shared>) -> OpenApiRouter<Shared> {
         .routes(routes!(sent))
         .routes(routes!(schedules))
         .routes(routes!(super::bots_page::bots))
+        .routes(routes!(super::bots_page::items))
+        .routes(routes!(super::bots_page::press))
         .routes(routes!(cards))
         .routes(routes!(render_card));
     let admin = match shared {

@@ -300,11 +300,52 @@ async function loadBots() {
     box.append(el("h3", b.name + " (" + b.kind + ")"));
     box.append(el("p", a.events_handled + " events handled, " + a.failures + " failed"));
     if (a.last_error) box.append(el("p", "last error " + when(a.last_error.at) + ": " + a.last_error.reason, "error"));
+    if (b.kind === "reminders") box.append(await openItems(b.name));
     box.append(el("h4", "Config"), pre(b.config));
     box.append(el("h4", "Routes (" + b.routes.length + ")"));
     for (const r of b.routes) box.append(pre(r));
     list.append(box);
   }
+}
+
+// A reminders bot's open items, each with Done / Snooze. A press is a card click by the
+// signed-in person (the server decides who; the bot's owner rule applies). Each button
+// keeps one client id, so a double click or a retry is one press.
+async function openItems(bot) {
+  const part = el("div", null, "items");
+  part.append(el("h4", "Open items"));
+  const data = await api("GET", "/api/bots/" + encodeURIComponent(bot) + "/items");
+  if (!data.items.length) { part.append(el("p", "Nothing open.", "muted")); return part; }
+  const table = el("table", null, "list");
+  table.append(row(["id", "title", "owner", "due", "next step", ""]));
+  for (const it of data.items) {
+    const next = it.next_step ? it.next_step.step + " at " + when(it.next_step.at) : "none";
+    const buttons = el("span", null, "actions");
+    for (const action of it.actions) {
+      const b = el("button", action === "done" ? "Done" : "Snooze 1 day");
+      b.dataset.action = action;
+      const clientId = "console-" + action + "-" + it.id + "-" + Date.now() + "-" + Math.random().toString(36).slice(2);
+      b.addEventListener("click", async () => {
+        b.disabled = true;
+        const body = { action, client_id: clientId };
+        if (state.devName !== undefined) {
+          state.devName = state.devName || prompt("Press as (dev mode: say who you are)") || "";
+          body.as = state.devName;
+        }
+        try {
+          const r = await api("POST", "/api/bots/" + encodeURIComponent(bot) + "/items/" + encodeURIComponent(it.id) + "/press", body);
+          toast(r.toast ? r.toast.text : (r.answered ? "Pressed." : "Pressed; the bot is still working on it."));
+          loadBots().catch((e) => toast(e.message));
+        } catch (e) { toast(e.message); b.disabled = false; }
+      });
+      buttons.append(b);
+    }
+    const tr = row([it.id, it.title, it.owner_name || it.owner, when(it.due), next + (it.snoozed_until ? " (snoozed)" : ""), buttons]);
+    tr.dataset.item = it.id;
+    table.append(tr);
+  }
+  part.append(table);
+  return part;
 }
 
 // ---- card studio ---------------------------------------------------------------
@@ -372,6 +413,7 @@ async function renderCards() {
   if (me.mode === "dev") {
     $("banner").hidden = false;
     $("banner").textContent = "Dev mode: " + me.warning;
+    state.devName = ""; // asked for on the first button press
   } else {
     state.csrf = me.csrf;
     $("who").textContent = me.user + " (" + me.role + ")";
