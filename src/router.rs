@@ -291,6 +291,35 @@ impl Processor {
         let clicked = event.card_action.as_ref().map(|a| a.message_id.clone());
         let mut answer = ClickAnswer::default();
 
+        // A card studio test render: one send, keyed like a bot's first action.
+        if let Some((connector, op)) = crate::server::console::test_render_operation(event) {
+            let sender = crate::server::console::TEST_RENDER_SENDER;
+            if self.services.connectors.contains_key(&connector) {
+                items.push(OutboxItem::new(
+                    format!("{id}/{sender}/0000"),
+                    connector,
+                    op,
+                    now,
+                ));
+            } else {
+                failures.push(BotFailure {
+                    bot: sender.into(),
+                    error: format!("connector `{connector}` is not configured any more"),
+                });
+            }
+            let fate = Fate::Routed {
+                bots: vec![sender.into()],
+                actions: items.len(),
+                failures,
+                answer: None,
+            };
+            store.complete_event(event, &fate, &items).await?;
+            self.feed.changed(id);
+            telemetry::event_handled(&event.connector, "routed");
+            self.offer_to_outbox(&items).await;
+            return Ok(());
+        }
+
         if names.is_empty() {
             if let Some((author, body)) = self.unknown_command_hint(event)
                 && let Some(op) = reply_op(event, body)

@@ -878,4 +878,24 @@ async fn done_from_the_bots_page_is_a_click_by_the_signed_in_owner_only() {
     // Done is done: a later press finds no open item and changes nothing.
     let (status, _) = ann.post(&t, &press_path, &done("a-2")).await;
     assert_eq!(status, 404);
+
+    // The card studio's test render is an admin's, with CSRF, too.
+    let before = journal_len(&t).await;
+    let send =
+        json!({ "template": "welcome", "connector": "web", "chat": "general", "client_id": "s-1" });
+    assert_eq!(
+        ann.post_with(&t, "/api/cards/send", &send, None).await.0,
+        403
+    );
+    assert_eq!(bob.post(&t, "/api/cards/send", &send).await.0, 403);
+    assert_eq!(journal_len(&t).await, before);
+    let (status, body) = ann.post(&t, "/api/cards/send", &send).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, entry) = ann
+        .get(
+            &t,
+            &format!("/api/events/{}", body["event_id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(entry["event"]["sender"]["id"], "ann", "{entry}");
 }

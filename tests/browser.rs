@@ -347,6 +347,50 @@ async fn console_and_chat_in_a_real_browser() {
         "document.querySelector('.render[data-platform=\"feishu\"] pre')",
     )
     .await;
+    // A broken edit is pointed at by line and column; nothing is saved.
+    js(
+        &ann,
+        "const src = document.getElementById('card-source');
+         src.value = '{\\n  \"x\": {{{oops}}}\\n}';
+         src.dispatchEvent(new Event('input'));",
+    )
+    .await;
+    until(
+        &ann,
+        "the template error with its place",
+        "document.getElementById('card-error').textContent.includes('(template line 2, column 8)')",
+    )
+    .await;
+    // The file's template again, sent to the web chat as a test render.
+    js(
+        &ann,
+        "document.getElementById('template').dispatchEvent(new Event('change'));",
+    )
+    .await;
+    until(
+        &ann,
+        "the connectors to send through",
+        "document.querySelector('#send-connector option[value=\"web\"]')",
+    )
+    .await;
+    js(
+        &ann,
+        "document.getElementById('send-connector').value = 'web';
+         document.getElementById('send-chat').value = 'general';",
+    )
+    .await;
+    ann.find(Locator::Id("send-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &ann,
+        "the test render is confirmed",
+        "document.getElementById('toast').textContent.startsWith('Sent as event')",
+    )
+    .await;
 
     // ann asks for a reminder in the chat; the console's Bots page lists it, and its
     // Done there is a click by ann: the bot answers, and the item is no longer open.

@@ -753,3 +753,177 @@ proptest! {
         }
     }
 }
+
+/// The card studio: an edited template's errors (compile and render) come with line and
+/// column, the edit is never saved, and a test render goes to a chat through the
+/// journal and the outbox, once however often it is sent.
+#[tokio::test]
+async fn the_studio_points_at_template_errors_and_sends_a_test_render_once() {
+    let t = TestPerch::start(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[connectors.web]\nkind = \"local\"\n",
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let post = |path: &'static str, body: Value| {
+        let req = http.post(t.url(path)).json(&body);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let render =
+        |source: &str| json!({ "template": "welcome", "source": source, "platform": "text" });
+    // An unclosed block, a `{{{`, a variable the data lacks: each with where it is.
+    let unclosed = "{\n  \"header\": {\"title\": \"x\"},\n  {{#if group}}\n  \"elements\": []\n}";
+    let (status, e) = post("/api/cards/render", render(unclosed)).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["line"].as_u64().is_some() && e["column"].as_u64().is_some(),
+        "{e}"
+    );
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("cards/welcome.hbs:")
+            || e["error"].as_str().unwrap().contains("welcome.hbs:"),
+        "{e}"
+    );
+    let (status, e) = post("/api/cards/render", render("{\n  \"x\": {{{group}}}\n}")).await;
+    assert_eq!(status, 400, "{e}");
+    assert_eq!(
+        (e["line"].clone(), e["column"].clone()),
+        (json!(2), json!(8)),
+        "{e}"
+    );
+    let missing = "{\n  \"header\": {\"title\": \"{{group}}\"},\n  \"elements\": [{\"type\": \"markdown\", \"text\": \"{{nope}}\"}]\n}";
+    let (status, e) = post("/api/cards/render", render(missing)).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("variable `nope` is missing"),
+        "{e}"
+    );
+    assert_eq!(e["line"], 3, "{e}");
+    // A good edit renders; the template itself is unchanged.
+    let good = "{\n  \"header\": {\"title\": \"Edited {{group}}\"},\n  \"elements\": [{\"type\": \"markdown\", \"text\": \"hi\"}]\n}";
+    let (status, v) = post("/api/cards/render", render(good)).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["output"]
+            .as_str()
+            .unwrap()
+            .contains("Edited 【项目】Acme-P123"),
+        "{v}"
+    );
+    let (_, v) = post(
+        "/api/cards/render",
+        json!({ "template": "welcome", "platform": "text" }),
+    )
+    .await;
+    assert!(
+        v["output"]
+            .as_str()
+            .unwrap()
+            .contains("Welcome to 【项目】Acme-P123"),
+        "{v}"
+    );
+
+    // Refused sends change nothing.
+    let events_before = t
+        .perch()
+        .shared
+        .store
+        .recent_events(None, 1000)
+        .await
+        .unwrap()
+        .len();
+    let send = |extra: Value| {
+        let mut body = json!({ "template": "welcome", "connector": "web", "chat": "general", "client_id": "s-1" });
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    for (body, needle) in [
+        (
+            send(json!({ "connector": "nope" })),
+            "no connector `nope` (connectors: web)",
+        ),
+        (send(json!({ "chat": " " })), "`chat` must be a chat id"),
+        (send(json!({ "source": unclosed })), "welcome.hbs:"),
+        (send(json!({ "data": {} })), "is missing"),
+    ] {
+        let (status, e) = post("/api/cards/send", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(needle), "{e}");
+    }
+    assert_eq!(
+        t.perch()
+            .shared
+            .store
+            .recent_events(None, 1000)
+            .await
+            .unwrap()
+            .len(),
+        events_before
+    );
+
+    // The real one, sent twice (a double click): one event, one message in the room.
+    let (status, first) = post("/api/cards/send", send(json!({ "source": good }))).await;
+    assert_eq!(status, 200, "{first}");
+    let event_id = first["event_id"].as_str().unwrap().to_string();
+    assert_eq!(first["outbox_key"], format!("{event_id}/console/0000"));
+    let (_, again) = post("/api/cards/send", send(json!({ "source": good }))).await;
+    assert_eq!(
+        (again["duplicate"].clone(), again["event_id"].clone()),
+        (json!(true), json!(event_id))
+    );
+    let deliveries = eventually(10, "the test render delivered", || async {
+        let v: Value = http
+            .get(t.url(&format!("/api/events/{event_id}/deliveries")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (v["sent"].as_array().is_some_and(|s| s.len() == 1)).then_some(v)
+    })
+    .await;
+    assert_eq!(
+        deliveries["sent"][0]["key"],
+        format!("{event_id}/console/0000")
+    );
+    let history: Value = http
+        .get(t.url("/chat/api/rooms/general/messages"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cards: Vec<&Value> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["from_bot"] == true)
+        .collect();
+    assert_eq!(cards.len(), 1, "{history}");
+    assert!(cards[0].to_string().contains("Edited"), "{}", cards[0]);
+
+    // No connector may take the console's name: it could forge its events.
+    let err = perch::config::Config::from_str(
+        "[connectors.console]\nkind = \"local\"\n",
+        Path::new("perch.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("connector name `console` is reserved"),
+        "{err}"
+    );
+}

@@ -29,9 +29,12 @@ pub struct TemplateInfo {
     pub path: PathBuf,
     /// The sample data beside it, if any.
     pub sample: Option<Value>,
+    /// The template text as compiled (the card studio edits a copy of it).
+    pub source: String,
 }
 
 /// Compiled card templates.
+#[derive(Clone)]
 pub struct CardEngine {
     hb: Handlebars<'static>,
     templates: BTreeMap<String, TemplateInfo>,
@@ -205,9 +208,23 @@ impl CardEngine {
                 name: name.to_string(),
                 path: path.to_path_buf(),
                 sample,
+                source: source.to_string(),
             },
         );
         Ok(())
+    }
+
+    /// A copy of this engine with template `name` compiled from `source` instead (the
+    /// card studio's edit, never saved): its errors carry the line and column in
+    /// `source`. The other templates stay, so partials still resolve.
+    pub fn with_edited(&self, name: &str, source: &str) -> Result<CardEngine, CardError> {
+        let (path, sample) = match self.templates.get(name) {
+            Some(t) => (t.path.clone(), t.sample.clone()),
+            None => (PathBuf::from(format!("{name}.hbs")), None),
+        };
+        let mut edited = self.clone();
+        edited.add(name, source, &path, sample)?;
+        Ok(edited)
     }
 
     /// Template names, sorted.

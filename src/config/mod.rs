@@ -622,6 +622,17 @@ impl Config {
             );
         }
         for (name, connector) in &self.connectors {
+            // The console's presses and test renders come from this name; a connector
+            // taking it could forge them. (`scheduler` is checked by the scheduler.)
+            if name == crate::server::console::CONSOLE_CONNECTOR {
+                issues.at(
+                    connector.span().start,
+                    format!(
+                        "connector name `{name}` is reserved for the console's own events: pick another name"
+                    ),
+                );
+                continue;
+            }
             if let Some(problem) = connector.get_ref().read_error(name) {
                 let offset = problem.at_kind.unwrap_or_else(|| {
                     refine_offset(&self.source.text, connector.span(), &problem.detail)

@@ -14,7 +14,7 @@ use axum::Json;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
@@ -39,7 +39,8 @@ pub fn routes(shared: Option<Shared>) -> OpenApiRouter<Shared> {
         .routes(routes!(super::bots_page::items))
         .routes(routes!(super::bots_page::press))
         .routes(routes!(cards))
-        .routes(routes!(render_card));
+        .routes(routes!(render_card))
+        .routes(routes!(super::console::send_test_render));
     let admin = match shared {
         Some(shared) => admin.layer(axum::middleware::from_fn_with_state(shared, require_token)),
         None => admin,
@@ -724,13 +725,14 @@ async fn cards(State(s): State<Shared>) -> Json<Value> {
         .cards
         .templates()
         .map(
-            |t| json!({ "name": t.name, "file": t.path.display().to_string(), "sample": t.sample }),
+            |t| json!({ "name": t.name, "file": t.path.display().to_string(), "sample": t.sample, "source": t.source }),
         )
         .collect();
     Json(json!({ "templates": templates, "platforms": crate::cards::PLATFORMS }))
 }
 
-/// The body of `POST /api/cards/render`: `template` (with optional `data`) or `card`.
+/// The body of `POST /api/cards/render`: `template` (with optional `data` and `source`)
+/// or `card`.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RenderRequest {
@@ -738,15 +740,20 @@ struct RenderRequest {
     template: Option<String>,
     /// The template's data; its sample data when absent.
     data: Option<Value>,
+    /// The template's text to compile instead of its file (the card studio's edit, never
+    /// saved).
+    source: Option<String>,
     /// A neutral card, instead of a template.
     card: Option<Value>,
     /// `feishu`, `slack`, `html`, … (`GET /api/cards`).
     platform: String,
 }
 
-/// `POST /api/cards/render {"template", "data"?, "platform"}` (or `{"card", "platform"}`
-/// for a neutral card): the neutral card and the platform's payload. Without `data` the
-/// template's sample data is used.
+/// `POST /api/cards/render {"template", "data"?, "source"?, "platform"}` (or `{"card",
+/// "platform"}` for a neutral card): the neutral card and the platform's payload. Without
+/// `data` the template's sample data is used; with `source` the template is compiled from
+/// that text instead of its file (the card studio's edit, never saved). A template error
+/// answers 400 with `line` and `column` beside the one-line `error`.
 #[utoipa::path(
     post,
     path = "/cards/render",
@@ -755,47 +762,37 @@ struct RenderRequest {
     request_body(content = RenderRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "`{platform, card, output, size}`: the neutral card and the platform's payload", body = Object),
-        (status = 400, description = "a malformed body, an unknown template or platform, an invalid card", body = ErrorBody),
+        (status = 400, description = "a malformed body, an unknown template or platform, an invalid card; a template error adds `line` and `column`", body = ErrorBody),
         (status = 413, description = "body larger than `server.body_limit`", body = ErrorBody),
         (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
         (status = 503, description = "the store cannot be read or written", body = ErrorBody),
     )
 )]
-async fn render_card(State(s): State<Shared>, body: bytes::Bytes) -> Result<Json<Value>, ApiError> {
-    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
-    let req: RenderRequest =
-        serde_json::from_slice(&body).map_err(|e| bad(format!("bad request body: {e}")))?;
+async fn render_card(State(s): State<Shared>, body: bytes::Bytes) -> Response {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m).into_response();
+    let req: RenderRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad(format!("bad request body: {e}")),
+    };
     let card = match (req.template, req.card) {
         (Some(name), None) => {
-            let data = match req.data {
-                Some(d) => d,
-                None => s
-                    .cards
-                    .template(&name)
-                    .and_then(|t| t.sample.clone())
-                    .ok_or_else(|| {
-                        bad(format!(
-                            "no `data` given and no sample data for template `{name}`"
-                        ))
-                    })?,
-            };
-            s.cards
-                .card(&name, &data)
-                .map_err(|e| bad(crate::cards::model::one_line(&e.to_string())))?
+            match super::console::studio_card(&s.cards, &name, req.source.as_deref(), req.data) {
+                Ok(card) => card,
+                Err(answer) => return answer,
+            }
         }
-        (None, Some(card)) => {
-            crate::cards::Card::parse(&card).map_err(|m| bad(format!("invalid card: {m}")))?
-        }
-        _ => {
-            return Err(bad(
-                "give either `template` (with optional `data`) or `card`".into(),
-            ));
-        }
+        (None, Some(card)) => match crate::cards::Card::parse(&card) {
+            Ok(card) => card,
+            Err(m) => return bad(format!("invalid card: {m}")),
+        },
+        _ => return bad("give either `template` (with optional `data`) or `card`".into()),
     };
-    let output = crate::cards::render_card(&req.platform, &card).map_err(|e| bad(e.to_string()))?;
+    let output = match crate::cards::render_card(&req.platform, &card) {
+        Ok(o) => o,
+        Err(e) => return bad(e.to_string()),
+    };
     // Beside the render: how much of the platform's limit it takes.
     let size = crate::cards::render::size_use(&req.platform, &output);
-    Ok(Json(
-        json!({ "platform": req.platform, "card": card, "output": output, "size": size }),
-    ))
+    Json(json!({ "platform": req.platform, "card": card, "output": output, "size": size }))
+        .into_response()
 }

@@ -11,6 +11,7 @@
 //! `client_id`, so pressing twice (a double click, a retried request) does one thing.
 
 use super::ApiError;
+use super::console::CONSOLE_CONNECTOR;
 use crate::auth::Viewer;
 use crate::bots::OpenItem;
 use crate::config::RouteConfig;
@@ -22,9 +23,6 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-
-/// The connector name of events made on the console (button presses on the Bots page).
-pub const CONSOLE_CONNECTOR: &str = "console";
 
 /// What the page shows of one bot's config, fixed at start.
 #[derive(Debug, Clone, Serialize)]

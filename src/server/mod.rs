@@ -8,7 +8,7 @@ mod api;
 mod bot_actions;
 pub mod bots_page;
 mod conn;
-mod console;
+pub(crate) mod console;
 pub mod openapi;
 
 pub use conn::{ConnectionLimits, serve};

@@ -358,23 +358,82 @@ async function loadCards() {
     const sel = $("template");
     sel.replaceChildren();
     for (const t of data.templates) { const o = el("option", t.name); o.value = t.name; sel.append(o); }
+    // Where a test render can go: the configured connectors.
+    const conns = await api("GET", "/api/status").catch(() => null);
+    const names = conns && conns.connectors ? conns.connectors.map((c) => c.name) : [];
+    $("send-connector").replaceChildren(...names.map((n) => { const o = el("option", n); o.value = n; return o; }));
     pickTemplate();
   }
 }
 
 function pickTemplate() {
   const t = state.templates.find((t) => t.name === $("template").value);
+  $("card-source").value = (t && t.source) || "";
   $("card-data").value = JSON.stringify((t && t.sample) || {}, null, 2);
   renderCards();
 }
 $("template").addEventListener("change", pickTemplate);
-$("card-data").addEventListener("input", () => { clearTimeout(renderCards.timer); renderCards.timer = setTimeout(renderCards, 400); });
+for (const id of ["card-data", "card-source"]) {
+  $(id).addEventListener("input", () => { clearTimeout(renderCards.timer); renderCards.timer = setTimeout(renderCards, 400); });
+}
+
+// The template as edited, when it differs from the file's.
+function editedSource() {
+  const t = state.templates.find((t) => t.name === $("template").value);
+  const text = $("card-source").value;
+  return t && text === t.source ? undefined : text;
+}
+
+// A template error points into the template: put the cursor there.
+function showCardError(e) {
+  const err = $("card-error");
+  err.textContent = e.message;
+  if (e.line) {
+    err.textContent += " (template line " + e.line + (e.column ? ", column " + e.column : "") + ")";
+    const lines = $("card-source").value.split("\n");
+    let at = 0;
+    for (let i = 0; i < e.line - 1 && i < lines.length; i++) at += lines[i].length + 1;
+    at += Math.max(0, (e.column || 1) - 1);
+    $("card-source").setSelectionRange(at, at);
+  }
+}
+
+// The studio's POSTs answer template errors with `line` and `column`.
+async function studioPost(path, body) {
+  const resp = await fetch(path, { method: "POST", headers: { "content-type": "application/json", "x-csrf-token": state.csrf }, body: JSON.stringify(body) });
+  const data = await resp.json().catch(() => null);
+  if (!resp.ok) {
+    const e = new Error((data && data.error) || resp.status + " " + resp.statusText);
+    e.line = data && data.line;
+    e.column = data && data.column;
+    throw e;
+  }
+  return data;
+}
+
+$("send-test").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  let data;
+  try { data = JSON.parse($("card-data").value); } catch (e) { $("card-error").textContent = "data is not JSON: " + e.message; return; }
+  const body = { template: $("template").value, data, connector: $("send-connector").value, chat: $("send-chat").value,
+    client_id: "studio-" + Date.now() + "-" + Math.random().toString(36).slice(2) };
+  const source = editedSource();
+  if (source !== undefined) body.source = source;
+  $("send-button").disabled = true;
+  try {
+    const r = await studioPost("/api/cards/send", body);
+    toast("Sent as event " + r.event_id + ": see Deliveries");
+    state.scopeEvent = r.event_id;
+  } catch (e) { showCardError(e); }
+  $("send-button").disabled = false;
+});
 
 async function renderCards() {
   const err = $("card-error");
   err.textContent = "";
   let data;
   try { data = JSON.parse($("card-data").value); } catch (e) { err.textContent = "data is not JSON: " + e.message; return; }
+  const source = editedSource();
   const box = $("renders");
   box.replaceChildren();
   for (const platform of state.platforms) {
@@ -383,7 +442,9 @@ async function renderCards() {
     card.append(el("h3", platform));
     box.append(card);
     try {
-      const r = await api("POST", "/api/cards/render", { template: $("template").value, data, platform });
+      const body = { template: $("template").value, data, platform };
+      if (source !== undefined) body.source = source;
+      const r = await studioPost("/api/cards/render", body);
       const text = typeof r.output === "string" ? r.output : JSON.stringify(r.output, null, 2);
       // The platform's limit, measured as the renderer measures it (it cuts the card to fit).
       const z = r.size;
@@ -398,7 +459,7 @@ async function renderCards() {
         card.append(el("pre", text));
       }
     } catch (e) {
-      err.textContent = e.message;
+      showCardError(e);
       card.append(el("div", e.message, "error"));
     }
   }
