@@ -333,6 +333,23 @@ async fn console_and_chat_in_a_real_browser() {
     )
     .await;
 
+    // Charts: the event, the dead letter and the replayed delivery are bars this minute.
+    ann.goto(&t.url("/console#charts")).await.unwrap();
+    until(
+        &ann,
+        "four charts of sixty minutes",
+        "document.querySelectorAll('#chart-list svg.chart').length === 4 && [...document.querySelectorAll('#chart-list svg.chart')].every(s => s.querySelectorAll('rect').length === 60)",
+    )
+    .await;
+    for chart in ["events_in", "deliveries_out", "dead_letters", "latency"] {
+        until(
+            &ann,
+            &format!("a bar in {chart}"),
+            &format!("[...document.querySelectorAll('svg[data-chart=\"{chart}\"] rect')].some(r => Number(r.dataset.value) > 0 && Number(r.getAttribute('height')) > 0)"),
+        )
+        .await;
+    }
+
     // Card studio: the first template with its sample data, for every platform.
     ann.goto(&t.url("/console#cards")).await.unwrap();
     until(

@@ -36,6 +36,7 @@ pub fn routes(shared: Option<Shared>) -> OpenApiRouter<Shared> {
         .routes(routes!(sent))
         .routes(routes!(schedules))
         .routes(routes!(super::bots_page::bots))
+        .routes(routes!(charts))
         .routes(routes!(super::bots_page::items))
         .routes(routes!(super::bots_page::press))
         .routes(routes!(cards))
@@ -795,4 +796,22 @@ async fn render_card(State(s): State<Shared>, body: bytes::Bytes) -> Response {
     let size = crate::cards::render::size_use(&req.platform, &output);
     Json(json!({ "platform": req.platform, "card": card, "output": output, "size": size }))
         .into_response()
+}
+
+/// `GET /api/charts`: the last hour per minute, oldest first (`telemetry::recent`, fed by
+/// the calls that feed `/metrics`): events in, deliveries out, dead letters, and
+/// delivery latency (count, sum and maximum in milliseconds).
+#[utoipa::path(
+    get,
+    path = "/charts",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{\"minutes\": [...]}`: per minute of the last hour, oldest first: events in, deliveries out, dead letters, delivery latency (count, sum, max ms)", body = Object),
+        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+    )
+)]
+async fn charts() -> Json<Value> {
+    let minutes = crate::telemetry::recent().last_hour(crate::telemetry::now_minute());
+    Json(json!({ "minutes": minutes }))
 }

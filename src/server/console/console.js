@@ -55,7 +55,7 @@ function showTab() {
   const tab = (location.hash.slice(1).split("/")[0]) || "events";
   for (const s of document.querySelectorAll(".tab")) s.hidden = s.id !== tab;
   for (const a of document.querySelectorAll("#tabs a")) a.classList.toggle("on", a.dataset.tab === tab);
-  const load = { events: loadEvents, deliveries: loadDeliveries, schedules: loadSchedules, connectors: loadConnectors, bots: loadBots, cards: loadCards }[tab];
+  const load = { events: loadEvents, deliveries: loadDeliveries, schedules: loadSchedules, connectors: loadConnectors, bots: loadBots, cards: loadCards, charts: loadCharts }[tab];
   if (load) load().catch((e) => toast(e.message));
   // The live stream is open only while the Events tab shows.
   if ((tab === "events") !== Boolean(state.stream)) liveEvents();
@@ -346,6 +346,64 @@ async function openItems(bot) {
   }
   part.append(table);
   return part;
+}
+
+// ---- charts --------------------------------------------------------------------
+
+// One bar per minute, drawn as inline SVG (no library, works offline).
+const CHARTS = [
+  { key: "events_in", title: "Events in per minute", value: (m) => m.events_in, unit: "" },
+  { key: "deliveries_out", title: "Deliveries out per minute", value: (m) => m.deliveries_out, unit: "" },
+  { key: "latency", title: "Delivery latency (average per minute)", value: (m) => (m.latency_count ? m.latency_sum_ms / m.latency_count : 0), unit: " ms" },
+  { key: "dead_letters", title: "Dead letters per minute", value: (m) => m.dead_letters, unit: "" },
+];
+
+function barChart(chart, minutes) {
+  const ns = "http://www.w3.org/2000/svg";
+  const w = 600, h = 100, bar = w / minutes.length;
+  const values = minutes.map(chart.value);
+  const max = Math.max(1, ...values);
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "0 0 " + w + " " + (h + 14));
+  svg.setAttribute("class", "chart");
+  svg.dataset.chart = chart.key;
+  values.forEach((v, i) => {
+    const r = document.createElementNS(ns, "rect");
+    const bh = Math.round((v / max) * h);
+    r.setAttribute("x", String(i * bar + 1));
+    r.setAttribute("width", String(Math.max(1, bar - 2)));
+    r.setAttribute("y", String(h - bh));
+    r.setAttribute("height", String(bh));
+    r.dataset.value = String(v);
+    const tip = document.createElementNS(ns, "title");
+    tip.textContent = new Date(minutes[i].minute * 60000).toLocaleTimeString() + ": " + Math.round(v) + chart.unit;
+    r.append(tip);
+    svg.append(r);
+  });
+  const axis = document.createElementNS(ns, "text");
+  axis.setAttribute("x", "0");
+  axis.setAttribute("y", String(h + 12));
+  axis.textContent = "60 min ago";
+  const now = document.createElementNS(ns, "text");
+  now.setAttribute("x", String(w));
+  now.setAttribute("y", String(h + 12));
+  now.setAttribute("text-anchor", "end");
+  now.textContent = "now";
+  svg.append(axis, now);
+  const total = values.reduce((a, b) => a + b, 0);
+  const box = el("div", null, "job");
+  const summary = chart.key === "latency"
+    ? "max " + Math.max(0, ...minutes.map((m) => m.latency_max_ms)) + " ms"
+    : total + " in the hour, at most " + max + " a minute";
+  box.append(el("h3", chart.title), el("p", summary, "muted"), svg);
+  return box;
+}
+
+async function loadCharts() {
+  const data = await api("GET", "/api/charts");
+  $("chart-list").replaceChildren(...CHARTS.map((c) => barChart(c, data.minutes)));
+  clearTimeout(loadCharts.timer);
+  loadCharts.timer = setTimeout(() => { if (!$("charts").hidden) loadCharts().catch((e) => toast(e.message)); }, 10000);
 }
 
 // ---- card studio ---------------------------------------------------------------
