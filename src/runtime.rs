@@ -302,6 +302,7 @@ impl Perch {
             store.clone(),
             clock.clone(),
         ));
+        let sweeper_task = tokio::spawn(auth.clone().run_sweeper(cancel.clone()));
         let shared = Shared(Arc::new(SharedParts {
             auth,
             store,
@@ -335,6 +336,7 @@ impl Perch {
                 upkeep_task,
                 committer_task,
                 scheduler_task,
+                sweeper_task,
             ],
         })
     }

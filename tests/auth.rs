@@ -899,3 +899,97 @@ async fn done_from_the_bots_page_is_a_click_by_the_signed_in_owner_only() {
         .await;
     assert_eq!(entry["event"]["sender"]["id"], "ann", "{entry}");
 }
+
+/// One sign-in attempt; the status, the `Retry-After` header and the body.
+async fn attempt(t: &TestPerch, name: &str, password: &str) -> (u16, Option<String>, Value) {
+    let resp = client()
+        .post(t.url("/auth/login"))
+        .json(&json!({ "name": name, "password": password }))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (
+        status,
+        retry_after,
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn repeated_failed_sign_ins_are_refused_per_account_and_per_address() {
+    let t = TestPerch::start(&local_config("")).await;
+    // Five wrong passwords for ann: refused as wrong…
+    for _ in 0..5 {
+        assert_eq!(attempt(&t, "ann", "guess").await.0, 401);
+    }
+    // …then even the right one waits, with when to come back; no session is made.
+    let (status, retry_after, body) = attempt(&t, "ann", ANN_PASSWORD).await;
+    assert_eq!(status, 429, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("too many sign-in attempts for this account; try again in "),
+        "{error}"
+    );
+    let wait: u64 = retry_after.unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    // Another account from the same address is not locked by ann's.
+    sign_in(&t, "bob", BOB_PASSWORD).await;
+
+    // One address trying many names is stopped by the per-address allowance.
+    let t = TestPerch::start(&local_config("").replace(
+        "mode = \"local\"",
+        "mode = \"local\"\nsign_in_attempts_per_address = 3",
+    ))
+    .await;
+    for name in ["x1", "x2", "x3"] {
+        assert_eq!(attempt(&t, name, "guess").await.0, 401);
+    }
+    let (status, _, body) = attempt(&t, "bob", BOB_PASSWORD).await;
+    assert_eq!(status, 429);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("too many sign-in attempts from this address"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn expired_sessions_are_refused_and_swept_from_the_store() {
+    let clock = perch::clock::ManualClock::new(chrono::Utc::now());
+    let config = local_config("").replace(
+        "mode = \"local\"",
+        "mode = \"local\"\nsession_ttl = \"1m\"\nsweep_every = \"1s\"",
+    );
+    let dir = tempfile::tempdir().unwrap().keep();
+    let t = TestPerch::start_in(&config, &dir, std::sync::Arc::new(clock.clone())).await;
+    let ann = sign_in(&t, "ann", ANN_PASSWORD).await;
+    let bob = sign_in(&t, "bob", BOB_PASSWORD).await;
+    let sessions = || async {
+        t.perch()
+            .shared
+            .store
+            .kv_scan("auth", "session/")
+            .await
+            .unwrap()
+            .len()
+    };
+    assert_eq!(sessions().await, 2);
+    assert_eq!(bob.get(&t, "/auth/session").await.0, 200);
+    clock.advance(chrono::Duration::minutes(2));
+    // Expired: refused at once…
+    assert_eq!(bob.get(&t, "/auth/session").await.0, 401);
+    // …and ann's, never used again, is deleted by the sweeper.
+    eventually(10, "the sweeper deletes expired sessions", || async {
+        (sessions().await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(ann.get(&t, "/auth/session").await.0, 401);
+}

@@ -18,6 +18,12 @@
 //! (`Authorization: Bearer`), which needs no CSRF token: browsers never send it by
 //! themselves.
 //!
+//! Sign-in is throttled (governor's keyed limiters, in memory): every password attempt
+//! takes one from its account's allowance and one from its client address's
+//! (`sign_in_attempts_per_account` / `_per_address` per minute); past either, 429 with
+//! when to try again, and the password is not even checked. Expired sessions are never
+//! accepted (`session`) and a sweeper (`sweep_every`) deletes them from the store.
+//!
 //! `server::app` runs `middleware` before every route: it works out the `Viewer` and
 //! puts it in the request's extensions for the handlers (the web chat, `/api`).
 
@@ -69,6 +75,14 @@ pub struct AuthConfig {
     /// Add `Secure` to the session cookie: set it when people reach perch over HTTPS
     /// (through a proxy), so the cookie never travels in clear.
     pub secure_cookie: bool,
+    /// Sign-in attempts allowed per account per minute (as a burst, refilled evenly).
+    pub sign_in_attempts_per_account: u32,
+    /// Sign-in attempts allowed per client address per minute. Higher than per account:
+    /// several people may share an address (an office behind NAT).
+    pub sign_in_attempts_per_address: u32,
+    /// How often expired sessions are deleted from the store.
+    #[serde(deserialize_with = "crate::config::de_duration")]
+    pub sweep_every: Duration,
 }
 
 impl Default for AuthConfig {
@@ -81,6 +95,9 @@ impl Default for AuthConfig {
             proxy_header: "X-Forwarded-User".into(),
             groups: BTreeMap::new(),
             secure_cookie: false,
+            sign_in_attempts_per_account: 5,
+            sign_in_attempts_per_address: 20,
+            sweep_every: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -136,6 +153,16 @@ impl AuthConfig {
                 "mode = \"proxy\" needs proxy_addresses: the reverse proxies whose header is trusted".into(),
             )),
             _ => {}
+        }
+        if self.sign_in_attempts_per_account == 0 || self.sign_in_attempts_per_address == 0 {
+            out.push((
+                "sign_in_attempts_per_account",
+                "sign_in_attempts_per_account and sign_in_attempts_per_address must be at least 1"
+                    .into(),
+            ));
+        }
+        if self.sweep_every < Duration::from_secs(1) {
+            out.push(("sweep_every", "sweep_every must be at least 1s".into()));
         }
         if self.session_ttl < Duration::from_secs(60) {
             out.push(("session_ttl", "session_ttl must be at least 1m".into()));
@@ -223,6 +250,12 @@ pub enum AuthError {
     BadCredentials,
     #[error("sign-in with a password is off (auth mode is `{0:?}`)")]
     WrongMode(AuthMode),
+    #[error("too many sign-in attempts {by}; try again in {} s", .retry_after.as_secs().max(1))]
+    Throttled {
+        /// `for this account` or `from this address`.
+        by: &'static str,
+        retry_after: Duration,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -235,6 +268,14 @@ pub struct Auth {
     /// A hash to verify against for unknown names, so that "no such user" takes as long
     /// as "wrong password" and names cannot be probed by timing.
     decoy_hash: String,
+    /// Sign-in attempts per account name (known or not) and per client address.
+    attempts_by_account: governor::DefaultKeyedRateLimiter<String>,
+    attempts_by_address: governor::DefaultKeyedRateLimiter<IpAddr>,
+}
+
+/// A per-minute quota of `n` (at least 1).
+fn per_minute(n: u32) -> governor::Quota {
+    governor::Quota::per_minute(std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN))
 }
 
 impl Auth {
@@ -246,9 +287,80 @@ impl Auth {
             } else {
                 String::new()
             },
+            attempts_by_account: governor::RateLimiter::keyed(per_minute(
+                config.sign_in_attempts_per_account,
+            )),
+            attempts_by_address: governor::RateLimiter::keyed(per_minute(
+                config.sign_in_attempts_per_address,
+            )),
             config,
             store,
             clock,
+        }
+    }
+
+    /// Take one attempt from the address's and the account's allowance, or say how long
+    /// to wait. The address is checked first, so one client guessing many names is
+    /// stopped without locking those accounts.
+    fn take_attempt(&self, name: &str, peer: Option<IpAddr>) -> Result<(), AuthError> {
+        use governor::clock::{Clock, DefaultClock};
+        let wait = |e: governor::NotUntil<_>| e.wait_time_from(DefaultClock::default().now());
+        if let Some(ip) = peer {
+            self.attempts_by_address
+                .check_key(&ip)
+                .map_err(|e| AuthError::Throttled {
+                    by: "from this address",
+                    retry_after: wait(e),
+                })?;
+        }
+        self.attempts_by_account
+            .check_key(&name.to_string())
+            .map_err(|e| AuthError::Throttled {
+                by: "for this account",
+                retry_after: wait(e),
+            })
+    }
+
+    /// Delete every expired session from the store, and forget the attempt counts
+    /// that have refilled. Returns how many sessions were deleted.
+    pub async fn sweep_expired(&self) -> Result<usize, StoreError> {
+        self.attempts_by_account.retain_recent();
+        self.attempts_by_address.retain_recent();
+        let now = self.clock.now();
+        let mut deleted = 0;
+        for (key, raw) in self.store.kv_scan(NS, "session/").await? {
+            let expired = match serde_json::from_slice::<SessionRecord>(&raw) {
+                Ok(r) => r.expires_at <= now,
+                // Unreadable: never accepted (`session`), so nothing to keep.
+                Err(_) => true,
+            };
+            if expired {
+                self.store.kv_delete(NS, &key).await?;
+                deleted += 1;
+            }
+        }
+        if deleted > 0 {
+            self.store.flush().await?;
+        }
+        Ok(deleted)
+    }
+
+    /// Run `sweep_expired` every `sweep_every` until `cancel`.
+    pub async fn run_sweeper(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.sweep_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = cancel.cancelled() => return,
+            }
+            match self.sweep_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(sessions = n, "expired sessions deleted"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot sweep expired sessions; trying again later")
+                }
+            }
         }
     }
 
@@ -266,10 +378,17 @@ impl Auth {
 
     /// Check a name and password (`local` mode); on success a new session: its cookie
     /// value and CSRF token.
-    pub async fn sign_in(&self, name: &str, password: &str) -> Result<(String, String), AuthError> {
+    /// `peer` is the client's address, for the per-address throttle.
+    pub async fn sign_in(
+        &self,
+        name: &str,
+        password: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<(String, String), AuthError> {
         if self.config.mode != AuthMode::Local {
             return Err(AuthError::WrongMode(self.config.mode));
         }
+        self.take_attempt(name, peer)?;
         let hash = self
             .config
             .users

@@ -11,14 +11,15 @@
 
 use super::{Auth, AuthError, AuthMode, Role, SessionInfo, Viewer};
 use crate::server::ApiError;
-use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 const LOGIN_HTML: &str = include_str!("static/login.html");
@@ -45,6 +46,7 @@ struct Login {
 
 async fn login(
     State(auth): State<Arc<Auth>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     body: Result<Json<Login>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(b) = body.map_err(|r| {
@@ -57,14 +59,24 @@ async fn login(
                 .to_string(),
         )
     })?;
-    let (cookie, csrf) = auth
-        .sign_in(&b.name, &b.password)
-        .await
-        .map_err(|e| match e {
-            AuthError::BadCredentials => ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()),
-            AuthError::WrongMode(_) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
-            AuthError::Store(e) => ApiError::internal("sign-in: store error", e),
-        })?;
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    let signed_in = auth.sign_in(&b.name, &b.password, peer).await;
+    let (cookie, csrf) = match signed_in {
+        Ok(session) => session,
+        Err(e @ AuthError::Throttled { retry_after, .. }) => {
+            tracing::info!(user = %crate::telemetry::escape(&b.name), reason = %e, "sign-in refused");
+            let seconds = retry_after.as_secs().max(1).to_string();
+            let refusal = ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string());
+            return Ok(([(header::RETRY_AFTER, seconds)], refusal).into_response());
+        }
+        Err(e) => {
+            return Err(match e {
+                AuthError::Store(e) => ApiError::internal("sign-in: store error", e),
+                AuthError::WrongMode(_) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
+                _ => ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()),
+            });
+        }
+    };
     tracing::info!(user = %crate::telemetry::escape(&b.name), "signed in");
     let role = auth.role_of(&b.name);
     Ok((
