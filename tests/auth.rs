@@ -1,8 +1,10 @@
 //! Who is who (`crate::auth`) on a real server, by trying to break it: forged authors,
 //! forged button values, reading someone else's direct room (API and SSE), CSRF
 //! without the token, a session after sign-out, a proxy header from a stranger, and
-//! the roles on `/api` and `/metrics`.
+//! the roles on `/api` and `/metrics`, throttled sign-ins, swept sessions, and Feishu
+//! login against a strict fake (a wrong `state`, a replayed code, a wrong secret).
 
+use perch::testing::fake_feishu;
 use perch::action::{MessageBody, Operation, Target};
 use perch::testing::*;
 use serde_json::{Value, json};
@@ -993,3 +995,210 @@ async fn expired_sessions_are_refused_and_swept_from_the_store() {
     .await;
     assert_eq!(ann.get(&t, "/auth/session").await.0, 401);
 }
+
+/// perch in `feishu` mode on a known port, signing in against the fake.
+async fn feishu_perch(
+    fake: &fake_feishu::FakeFeishu,
+    secret: &str,
+    tenant: Option<&str>,
+) -> TestPerch {
+    let base = "https://perch.example.com";
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{TOKEN}\n{}\n[auth.users.ou_ann]\nrole = \"admin\"\n[connectors.web]\nkind = \"local\"\n",
+        fake_feishu::login_config(&fake.base, secret, base, tenant)
+    );
+    TestPerch::start(&config).await
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn location(resp: &reqwest::Response) -> String {
+    resp.headers()["location"].to_str().unwrap().to_string()
+}
+
+/// The `name=value` of the cookie `name` among a response's `Set-Cookie`s.
+fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").to_string())
+        .find(|c| c.starts_with(&format!("{name}=")) && c.len() > name.len() + 1)
+}
+
+/// Start a sign-in at perch and let the fake's authorize page answer: the state cookie
+/// and the callback URL Feishu sends the browser to.
+async fn feishu_round(t: &TestPerch) -> (String, String) {
+    let http = no_redirects();
+    let resp = http
+        .get(t.url("/auth/feishu/start?next=/console"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let state_cookie = set_cookie(&resp, "perch_oauth_state").expect("a state cookie");
+    let authorize = location(&resp);
+    let resp = http.get(&authorize).send().await.unwrap();
+    assert_eq!(resp.status(), 302, "the fake's authorize page");
+    // The configured redirect URI names perch's public address; the test server
+    // listens on its own port, so the browser's next hop is re-aimed there.
+    let back = location(&resp);
+    let path = &back[back.find("/auth/feishu/callback").unwrap()..];
+    (state_cookie, t.url(path))
+}
+
+#[tokio::test]
+async fn feishu_login_makes_the_open_id_the_person_and_refuses_forged_callbacks() {
+    let fake = fake_feishu::FakeFeishu::start().await;
+    fake.lock().oauth_person = Some(("ou_ann".into(), "Ann Li".into(), "tenant-1".into()));
+    let t = feishu_perch(&fake, fake_feishu::APP_SECRET, Some("tenant-1")).await;
+    let http = no_redirects();
+
+    // The console sends a stranger to Feishu.
+    let resp = http.get(t.url("/console")).send().await.unwrap();
+    assert_eq!(location(&resp), "/login?next=/console");
+    let resp = http
+        .get(t.url("/login?next=/console"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(location(&resp), "/auth/feishu/start?next=%2Fconsole");
+
+    // The real round: signed in as ann's open_id, an admin by config, back to /console.
+    let (state_cookie, callback) = feishu_round(&t).await;
+    assert!(
+        callback.contains("code=") && callback.contains("state="),
+        "{callback}"
+    );
+    let resp = http
+        .get(&callback)
+        .header("cookie", &state_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(location(&resp), "/console");
+    let session = set_cookie(&resp, SESSION).expect("a session cookie");
+    let me: Value = client()
+        .get(t.url("/auth/session"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (me["user"].clone(), me["role"].clone()),
+        (json!("ou_ann"), json!("admin"))
+    );
+
+    // The same callback again (a replay): the state is used up; Feishu is not asked.
+    let exchanges = fake.lock().oauth_exchanges.len();
+    let resp = http
+        .get(&callback)
+        .header("cookie", &state_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        "this sign-in link is unknown, used or expired (state); start again at /login"
+    );
+    // A wrong state, and a right state from another browser (no cookie): refused the
+    // same way, and the code is not spent.
+    let (state_cookie2, callback2) = feishu_round(&t).await;
+    let forged = callback2.replace("state=", "state=x");
+    assert_eq!(
+        http.get(&forged)
+            .header("cookie", &state_cookie2)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    let (_, callback3) = feishu_round(&t).await;
+    assert_eq!(http.get(&callback3).send().await.unwrap().status(), 400);
+    assert_eq!(
+        fake.lock().oauth_exchanges.len(),
+        exchanges,
+        "no code exchanged"
+    );
+
+    // A fresh state with a code used before: Feishu refuses it, no session.
+    let (state_cookie4, callback4) = feishu_round(&t).await;
+    let old_code = callback
+        .split("code=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let new_code = callback4
+        .split("code=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let replayed = callback4.replace(new_code, old_code);
+    let resp = http
+        .get(&replayed)
+        .header("cookie", &state_cookie4)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(set_cookie(&resp, SESSION).is_none());
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        "Feishu refused the sign-in: the code is invalid, used or expired (code 20003)"
+    );
+
+    // Someone of another tenant is refused.
+    fake.lock().oauth_person = Some(("ou_eve".into(), "Eve".into(), "tenant-2".into()));
+    let (state_cookie5, callback5) = feishu_round(&t).await;
+    let resp = http
+        .get(&callback5)
+        .header("cookie", &state_cookie5)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+
+    // A perch with the wrong app secret gets no session either, and says why.
+    fake.lock().oauth_person = Some(("ou_ann".into(), "Ann Li".into(), "tenant-1".into()));
+    let wrong = feishu_perch(&fake, "not-the-secret", None).await;
+    let (state_cookie6, callback6) = feishu_round(&wrong).await;
+    let resp = http
+        .get(&callback6)
+        .header("cookie", &state_cookie6)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("client_id or client_secret is wrong"),
+        "{body}"
+    );
+    assert!(
+        fake.lock().refused.is_empty(),
+        "perch's calls were well-formed: {:?}",
+        fake.lock().refused
+    );
+}
+
+const SESSION: &str = "perch_session";

@@ -161,7 +161,9 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 
 /// The page. Signed-in modes send a stranger to sign in first.
 async fn index(State(s): State<S>, Extension(viewer): Extension<Viewer>) -> Response {
-    if matches!(viewer, Viewer::Anonymous) && s.env.auth_mode == AuthMode::Local {
+    if matches!(viewer, Viewer::Anonymous)
+        && matches!(s.env.auth_mode, AuthMode::Local | AuthMode::Feishu)
+    {
         return axum::response::Redirect::to("/login?next=/").into_response();
     }
     Html(INDEX_HTML.replace("{{TITLE}}", &crate::cards::markdown::escape_html(&s.title)))

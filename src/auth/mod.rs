@@ -9,6 +9,8 @@
 //!   strings made by `perch user add`), signed in at `/login`.
 //! - `proxy`: a reverse proxy that did the sign-in (OIDC…) names the person in
 //!   `X-Forwarded-User`; honoured only from `proxy_addresses`.
+//! - `feishu`: Feishu login (OAuth) for a tenant's own people (`feishu.rs`); the
+//!   session's person is their `open_id`.
 //!
 //! Sessions live in the store (namespace `auth`, keyed by the SHA-256 of the cookie's
 //! random id, so a store dump holds no usable cookie): signing out deletes the record
@@ -27,6 +29,7 @@
 //! `server::app` runs `middleware` before every route: it works out the `Viewer` and
 //! puts it in the request's extensions for the handlers (the web chat, `/api`).
 
+pub mod feishu;
 pub mod routes;
 
 use crate::clock::SharedClock;
@@ -49,7 +52,7 @@ use subtle::ConstantTimeEq;
 pub const SESSION_COOKIE: &str = "perch_session";
 /// The header a browser sends its CSRF token in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
-/// Store namespace of the sessions.
+/// Store namespace of the sessions (and of started Feishu sign-ins).
 const NS: &str = "auth";
 
 /// `[auth]`
@@ -83,6 +86,8 @@ pub struct AuthConfig {
     /// How often expired sessions are deleted from the store.
     #[serde(deserialize_with = "crate::config::de_duration")]
     pub sweep_every: Duration,
+    /// `[auth.feishu]`: the app people sign in with (`mode = "feishu"`).
+    pub feishu: Option<feishu::FeishuLoginConfig>,
 }
 
 impl Default for AuthConfig {
@@ -98,6 +103,7 @@ impl Default for AuthConfig {
             sign_in_attempts_per_account: 5,
             sign_in_attempts_per_address: 20,
             sweep_every: Duration::from_secs(10 * 60),
+            feishu: None,
         }
     }
 }
@@ -108,6 +114,7 @@ pub enum AuthMode {
     Dev,
     Local,
     Proxy,
+    Feishu,
 }
 
 /// `[auth.users.<name>]`
@@ -148,6 +155,10 @@ impl AuthConfig {
                 "mode",
                 "mode = \"local\" needs at least one [auth.users.<name>] with a password_hash (perch user add <name>)".into(),
             )),
+            AuthMode::Feishu if self.feishu.is_none() => out.push((
+                "mode",
+                "mode = \"feishu\" needs [auth.feishu] with app_id, app_secret and redirect_uri".into(),
+            )),
             AuthMode::Proxy if self.proxy_addresses.is_empty() => out.push((
                 "proxy_addresses",
                 "mode = \"proxy\" needs proxy_addresses: the reverse proxies whose header is trusted".into(),
@@ -163,6 +174,9 @@ impl AuthConfig {
         }
         if self.sweep_every < Duration::from_secs(1) {
             out.push(("sweep_every", "sweep_every must be at least 1s".into()));
+        }
+        if let Some(f) = &self.feishu {
+            out.extend(f.problems().into_iter().map(|p| ("feishu", p)));
         }
         if self.session_ttl < Duration::from_secs(60) {
             out.push(("session_ttl", "session_ttl must be at least 1m".into()));
@@ -239,6 +253,9 @@ impl Viewer {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SessionRecord {
     user: String,
+    /// The person's display name when the sign-in gave one (Feishu).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    display_name: Option<String>,
     csrf: String,
     created_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
@@ -271,6 +288,8 @@ pub struct Auth {
     /// Sign-in attempts per account name (known or not) and per client address.
     attempts_by_account: governor::DefaultKeyedRateLimiter<String>,
     attempts_by_address: governor::DefaultKeyedRateLimiter<IpAddr>,
+    /// For Feishu login's calls (`feishu.rs`).
+    pub(crate) http: reqwest::Client,
 }
 
 /// A per-minute quota of `n` (at least 1).
@@ -287,6 +306,11 @@ impl Auth {
             } else {
                 String::new()
             },
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
             attempts_by_account: governor::RateLimiter::keyed(per_minute(
                 config.sign_in_attempts_per_account,
             )),
@@ -410,10 +434,20 @@ impl Auth {
     /// Start a session for `name`: (cookie value, CSRF token). Durable before the answer,
     /// so a signed-in browser is not signed out by a crash.
     async fn new_session(&self, name: &str) -> Result<(String, String), StoreError> {
+        self.new_session_named(name, None).await
+    }
+
+    /// `new_session` with the display name the sign-in gave.
+    async fn new_session_named(
+        &self,
+        name: &str,
+        display_name: Option<&str>,
+    ) -> Result<(String, String), StoreError> {
         let id = random_token();
         let now = self.clock.now();
         let record = SessionRecord {
             user: name.to_string(),
+            display_name: display_name.map(str::to_string),
             csrf: random_token(),
             created_at: now,
             expires_at: now
@@ -482,7 +516,7 @@ impl Auth {
         };
         let viewer = match self.config.mode {
             AuthMode::Dev => Viewer::Dev,
-            AuthMode::Local => match &session {
+            AuthMode::Local | AuthMode::Feishu => match &session {
                 Some((_, r)) => self.identity(&r.user),
                 None => Viewer::Anonymous,
             },

@@ -6,13 +6,15 @@
 //! | `POST /auth/login {name, password}` | sign in: sets the session cookie, answers `{user, role, csrf}` |
 //! | `POST /auth/logout`    | sign out (needs the CSRF token): the session is deleted     |
 //! | `GET  /auth/session`   | who am I: `{mode, user, role, csrf}` (the pages' first call) |
+//! | `GET  /auth/feishu/start?next=` | Feishu login: to Feishu's authorize page (`feishu.rs`) |
+//! | `GET  /auth/feishu/callback?code&state` | back from Feishu: the session, then `next` |
 //!
 //! Refusals are a 4xx with a one-line reason, like the rest of perch.
 
 use super::{Auth, AuthError, AuthMode, Role, SessionInfo, Viewer};
 use crate::server::ApiError;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -30,11 +32,112 @@ pub fn routes(auth: Arc<Auth>) -> Router {
         .route("/auth/login", post(login))
         .route("/auth/logout", post(logout))
         .route("/auth/session", get(session))
+        .route("/auth/feishu/start", get(feishu_start))
+        .route("/auth/feishu/callback", get(feishu_callback))
         .with_state(auth)
 }
 
-async fn login_page() -> Html<&'static str> {
-    Html(LOGIN_HTML)
+/// The sign-in page; in `feishu` mode, straight on to Feishu.
+async fn login_page(State(auth): State<Arc<Auth>>, Query(q): Query<NextQuery>) -> Response {
+    if auth.mode() == AuthMode::Feishu {
+        let next = super::feishu::safe_next(q.next.as_deref());
+        let to = format!("/auth/feishu/start?next={}", urlencode(&next));
+        return axum::response::Redirect::to(&to).into_response();
+    }
+    Html(LOGIN_HTML).into_response()
+}
+
+#[derive(Deserialize)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+fn urlencode(s: &str) -> String {
+    let mut url = reqwest::Url::parse("http://x/").expect("a fixed URL parses");
+    url.query_pairs_mut().append_pair("v", s);
+    url.query()
+        .unwrap_or("v=")
+        .trim_start_matches("v=")
+        .to_string()
+}
+
+/// The `Set-Cookie` of the state cookie: `SameSite=Lax`, because Feishu's redirect back
+/// is a cross-site navigation that a `Strict` cookie would not come with.
+fn state_cookie(value: Option<&str>, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    let name = super::feishu::STATE_COOKIE;
+    match value {
+        Some(v) => {
+            format!("{name}={v}; Path=/auth/feishu; HttpOnly; SameSite=Lax; Max-Age=600{secure}")
+        }
+        None => format!("{name}=; Path=/auth/feishu; HttpOnly; SameSite=Lax; Max-Age=0{secure}"),
+    }
+}
+
+fn feishu_error(e: super::feishu::FeishuLoginError) -> ApiError {
+    use super::feishu::FeishuLoginError as E;
+    let status = match &e {
+        E::Off => StatusCode::NOT_FOUND,
+        E::BadState => StatusCode::BAD_REQUEST,
+        E::Refused(_) => StatusCode::UNAUTHORIZED,
+        E::OtherTenant => StatusCode::FORBIDDEN,
+        E::Unreachable(_) => StatusCode::BAD_GATEWAY,
+        E::Store(e) => return ApiError::internal("sign-in: store error", e),
+    };
+    tracing::info!(reason = %e, "Feishu sign-in refused");
+    ApiError::new(status, e.to_string())
+}
+
+/// `GET /auth/feishu/start?next=/console`: to Feishu's authorize page.
+async fn feishu_start(
+    State(auth): State<Arc<Auth>>,
+    Query(q): Query<NextQuery>,
+) -> Result<Response, ApiError> {
+    let next = super::feishu::safe_next(q.next.as_deref());
+    let (state, url) = auth.feishu_start(&next).await.map_err(feishu_error)?;
+    Ok((
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, url),
+            (
+                header::SET_COOKIE,
+                state_cookie(Some(&state), auth.config.secure_cookie),
+            ),
+        ],
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+}
+
+/// `GET /auth/feishu/callback?code&state`: the session, then on to where they started.
+async fn feishu_callback(
+    State(auth): State<Arc<Auth>>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<Callback>,
+) -> Result<Response, ApiError> {
+    let state = q.state.unwrap_or_default();
+    let code = q.code.unwrap_or_default();
+    let cookie_state = super::cookie(&headers, super::feishu::STATE_COOKIE);
+    let ((session, _csrf), next) = auth
+        .feishu_callback(&auth.http, &code, &state, cookie_state.as_deref())
+        .await
+        .map_err(feishu_error)?;
+    let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, next)]).into_response();
+    let h = resp.headers_mut();
+    for c in [
+        auth.cookie_header(Some(&session)),
+        state_cookie(None, auth.config.secure_cookie),
+    ] {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&c) {
+            h.append(header::SET_COOKIE, v);
+        }
+    }
+    Ok(resp)
 }
 
 #[derive(Deserialize)]

@@ -48,7 +48,7 @@ pub fn routes() -> Router<Shared> {
 /// The page, for admins. A stranger is sent to sign in; a member is told why not.
 async fn page(State(s): State<Shared>, Extension(viewer): Extension<Viewer>) -> Response {
     match viewer {
-        Viewer::Anonymous if s.auth.mode() == AuthMode::Local => {
+        Viewer::Anonymous if matches!(s.auth.mode(), AuthMode::Local | AuthMode::Feishu) => {
             Redirect::to("/login?next=/console").into_response()
         }
         Viewer::Dev if s.admin_token.is_some() => (

@@ -8,7 +8,10 @@
 //! message, counted once), chat creation (`?uuid=` idempotent) and member adds
 //! (`succeed_type=1`, ids starting `ou_bad` are invalid), `batch_get_id` (e-mails
 //! starting `ghost` are unknown), the custom-bot hook (checks `sign` and keyword), fault
-//! injection for the next N calls, and a record of every call.
+//! injection for the next N calls, and a record of every call. Feishu login (OAuth):
+//! the authorize page (the person in `oauth_person` consents at once and is sent back
+//! with a code), the code-for-token exchange (refuses a wrong app secret, a code used
+//! before or for another redirect URI, a non-JSON body) and the user info.
 //!
 //! **Strict like the real gateway**: a request with a repeated singleton header or a
 //! body without a JSON Content-Type is refused with 400 before any handler runs
@@ -147,6 +150,14 @@ pub struct FakeState {
     pub ws_endpoint_calls: Vec<(std::time::Instant, bool)>,
     /// Faults for the next calls whose path starts with the prefix.
     path_faults: Vec<(String, Fault)>,
+    /// Who signs in at the authorize page: (open_id, name, tenant_key).
+    pub oauth_person: Option<(String, String, String)>,
+    /// Codes handed out: code → (redirect_uri, person, used).
+    oauth_codes: HashMap<String, (String, (String, String, String), bool)>,
+    /// User access tokens handed out: token → person.
+    user_tokens: HashMap<String, (String, String, String)>,
+    /// Every code-for-token exchange: (code, accepted).
+    pub oauth_exchanges: Vec<(String, bool)>,
     seq: u64,
 }
 
@@ -184,6 +195,9 @@ impl FakeFeishu {
             )
             .route("/open-apis/bot/v2/hook/{token}", post(custom_bot))
             .route("/callback/ws/endpoint", post(ws_endpoint))
+            .route("/open-apis/authen/v1/authorize", get(oauth_authorize))
+            .route("/open-apis/authen/v2/oauth/token", post(oauth_token))
+            .route("/open-apis/authen/v1/user_info", get(oauth_user_info))
             .layer(axum::middleware::from_fn_with_state(state.clone(), gateway))
             .with_state(state.clone());
         let base = crate::testing::serve_fake(app).await;
@@ -1007,4 +1021,113 @@ pub fn encrypt(encrypt_key: &str, plain: &[u8]) -> String {
         .unwrap()
         .to_vec();
     B64.encode([iv.as_slice(), ct.as_slice()].concat())
+}
+
+/// `[auth] mode = "feishu"` pointed at the fake at `base`, with `secret` as the app
+/// secret and perch's callback at `perch_base`.
+pub fn login_config(base: &str, secret: &str, perch_base: &str, tenant: Option<&str>) -> String {
+    let tenant = tenant
+        .map(|t| format!("tenant_key = \"{t}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "[auth]\nmode = \"feishu\"\n[auth.feishu]\napp_id = \"{APP_ID}\"\napp_secret = \"{secret}\"\nredirect_uri = \"{perch_base}/auth/feishu/callback\"\nauthorize_url = \"{base}/open-apis/authen/v1/authorize\"\ntoken_url = \"{base}/open-apis/authen/v2/oauth/token\"\nuser_info_url = \"{base}/open-apis/authen/v1/user_info\"\n{tenant}"
+    )
+}
+
+/// The authorize page: checks the app and the redirect, and sends the person back at
+/// once with a fresh code (the consent screen, skipped).
+async fn oauth_authorize(
+    State(s): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let mut st = s.lock().unwrap();
+    let get = |k: &str| q.get(k).cloned().unwrap_or_default();
+    if get("client_id") != APP_ID || get("response_type") != "code" {
+        return (StatusCode::BAD_REQUEST, "unknown app or response_type").into_response();
+    }
+    let (Some(person), redirect) = (st.oauth_person.clone(), get("redirect_uri")) else {
+        return (StatusCode::FORBIDDEN, "nobody signs in").into_response();
+    };
+    if redirect.is_empty() || q.get("state").is_none() {
+        return (StatusCode::BAD_REQUEST, "redirect_uri and state are needed").into_response();
+    }
+    st.seq += 1;
+    let code = format!("code-{}", st.seq);
+    st.oauth_codes
+        .insert(code.clone(), (redirect.clone(), person, false));
+    let mut url = reqwest::Url::parse(&redirect).unwrap();
+    url.query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", &get("state"));
+    (StatusCode::FOUND, [("location", url.to_string())]).into_response()
+}
+
+/// The code-for-token exchange (JSON only: the gateway refuses other bodies).
+async fn oauth_token(State(s): State<Shared>, body: Bytes) -> Response {
+    let refuse = |code: i64, error: &str, description: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({ "code": code, "error": error, "error_description": description })),
+        )
+            .into_response()
+    };
+    let Ok(b) = serde_json::from_slice::<Value>(&body) else {
+        return refuse(20001, "invalid_request", "body is not JSON");
+    };
+    let mut st = s.lock().unwrap();
+    let code = b["code"].as_str().unwrap_or_default().to_string();
+    let accepted = |st: &mut FakeState, ok: bool| st.oauth_exchanges.push((code.clone(), ok));
+    if b["grant_type"] != "authorization_code" {
+        accepted(&mut st, false);
+        return refuse(
+            20001,
+            "unsupported_grant_type",
+            "grant_type must be authorization_code",
+        );
+    }
+    if b["client_id"] != APP_ID || b["client_secret"] != APP_SECRET {
+        accepted(&mut st, false);
+        return refuse(
+            20002,
+            "invalid_client",
+            "client_id or client_secret is wrong",
+        );
+    }
+    let redirect = b["redirect_uri"].as_str().unwrap_or_default().to_string();
+    let person = match st.oauth_codes.get_mut(&code) {
+        Some((r, person, used)) if !*used && *r == redirect => {
+            *used = true;
+            person.clone()
+        }
+        _ => {
+            accepted(&mut st, false);
+            return refuse(
+                20003,
+                "invalid_grant",
+                "the code is invalid, used or expired",
+            );
+        }
+    };
+    accepted(&mut st, true);
+    st.seq += 1;
+    let token = format!("u-{}", st.seq);
+    st.user_tokens.insert(token.clone(), person);
+    axum::Json(json!({ "code": 0, "access_token": token, "expires_in": 7200, "token_type": "Bearer", "scope": "" }))
+        .into_response()
+}
+
+async fn oauth_user_info(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let st = s.lock().unwrap();
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    match st.user_tokens.get(token) {
+        Some((open_id, name, tenant)) => ok(json!({
+            "name": name, "en_name": name, "open_id": open_id,
+            "union_id": format!("on_{open_id}"), "tenant_key": tenant,
+        })),
+        None => envelope(401, 99991668, "invalid user access token", Value::Null),
+    }
 }
