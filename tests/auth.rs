@@ -1202,3 +1202,40 @@ async fn feishu_login_makes_the_open_id_the_person_and_refuses_forged_callbacks(
 }
 
 const SESSION: &str = "perch_session";
+
+/// A group `auto_group` makes in the web chat for named people is theirs only.
+#[tokio::test]
+async fn a_group_made_for_people_is_private_to_them() {
+    let t = TestPerch::start(&local_config(TOKEN)).await;
+    let ann = sign_in(&t, "ann", ANN_PASSWORD).await;
+    let bob = sign_in(&t, "bob", BOB_PASSWORD).await;
+    let spec = perch::action::ChatSpec {
+        name: "【项目】Acme-P01".into(),
+        members: vec!["ann".into(), "cy".into()],
+        ..Default::default()
+    };
+    let made = web(&t)
+        .execute(
+            &Operation::CreateChat { spec },
+            "0190aaaa-0000-7000-8000-000000000009/auto_group/0000",
+        )
+        .await
+        .unwrap();
+    let id = made.id.unwrap();
+    let path = format!("/chat/api/rooms/{id}/messages");
+    assert_eq!(ann.get(&t, &path).await.0, 200);
+    assert_eq!(bob.get(&t, &path).await.0, 403);
+    let (_, rooms) = bob.get(&t, "/chat/api/rooms").await;
+    assert!(
+        !rooms.to_string().contains("Acme-P01"),
+        "bob does not see it listed: {rooms}"
+    );
+    let (status, _) = bob
+        .post(
+            &t,
+            &path,
+            &json!({ "text": "let me in", "client_id": "b-in" }),
+        )
+        .await;
+    assert_eq!(status, 403);
+}

@@ -615,7 +615,8 @@ async fn create_chat_update_and_add_members() {
     assert_eq!(again.id.as_deref(), Some(id.as_str()));
     sse.until("event: room").await;
 
-    let rooms = get_json(&t, "/chat/api/rooms").await;
+    // A group made for named people is theirs: listed to a member (and private).
+    let rooms = get_json(&t, "/chat/api/rooms?me=ann").await;
     let list = rooms["rooms"].as_array().unwrap();
     assert_eq!(list.len(), 2, "one room created, not two: {rooms}");
     let room = list
@@ -624,6 +625,7 @@ async fn create_chat_update_and_add_members() {
         .expect("new room listed");
     assert_eq!(room["name"], "【项目】Acme-P01");
     assert_eq!(room["members"], json!(["ann", "bob"]));
+    assert_eq!(room["private"], true);
 
     let added = web
         .execute(

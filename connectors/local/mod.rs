@@ -1010,8 +1010,12 @@ impl Inner {
                 members.push(m.clone());
             }
         }
+        // A group made for named people (auto_group's 建群 with its members and the
+        // person who asked) is theirs only, like a private group made on the page; one
+        // made for nobody in particular stays public.
+        let private = !members.is_empty();
         let room = self
-            .create_room(name, false, false, members, Some(author_from_key(key)))
+            .create_room(name, false, private, members, Some(author_from_key(key)))
             .await
             .map_err(retry)?;
         self.put_json(&keys::created(key), &room.id)
