@@ -227,6 +227,8 @@ pub struct Services {
     pub directory: Directory,
     /// The language of each bot's and connector's built-in texts.
     pub locales: crate::i18n::Locales,
+    /// `[[permissions]]`, for bots that decide an `owner` rule themselves (`reminders`).
+    pub permissions: Arc<crate::permissions::Permissions>,
 }
 
 /// Who is reachable where, with their commands.

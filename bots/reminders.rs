@@ -17,7 +17,9 @@
 //! the latest missed reminder is sent, not one per missed step.
 //!
 //! **Buttons.** Every card has Done, Snooze 1 day and Reassign. Only the item's owner (or
-//! one of `admins`) may press them; anyone else gets a polite toast. Done and Snooze update
+//! one of `admins`) may press them; anyone else gets a polite toast. That is the default
+//! rule: a `[[permissions]]` rule for this bot and the action (or command) replaces it,
+//! and may name `owner` (`allow = ["owner", "group:leads"]`; `crate::permissions`). Done and Snooze update
 //! the clicked card in place; Reassign explains the command (a button cannot ask whom).
 //! Commands do the same: `done <id>`, `snooze <id> [days]`, `reassign <id> @person`, and
 //! the list command (`reminders` by default) shows what is open.
@@ -689,8 +691,18 @@ impl Reminders {
             })
     }
 
-    fn may_press(&self, item: &Item, who: &str) -> bool {
-        item.owner == who || self.config.admins.iter().any(|a| a == who)
+    /// Whether the person behind `event` may act on `item`: by the `[[permissions]]`
+    /// rules for this bot and action (where `owner` is the item's owner); where none
+    /// matches, by the default rule: the owner and `admins`.
+    fn may_press(&self, ctx: &BotContext, event: &Event, item: &Item, who: &str) -> bool {
+        match ctx
+            .services()
+            .permissions
+            .decide(&self.name, event, &item.owner)
+        {
+            Some(allowed) => allowed,
+            None => item.owner == who || self.config.admins.iter().any(|a| a == who),
+        }
     }
 
     fn due_text(&self, due: DateTime<Utc>) -> String {
@@ -972,7 +984,7 @@ impl Reminders {
                         .into_owned(),
                     ));
                 };
-                if !self.may_press(&item, &who) {
+                if !self.may_press(ctx, event, &item, &who) {
                     return Err(BotError::User(
                         t!(
                             "reminders.only_owner",
@@ -1226,7 +1238,7 @@ impl Reminders {
             .as_ref()
             .map(|s| s.name.clone().unwrap_or_else(|| s.id.clone()))
             .unwrap_or_default();
-        if !self.may_press(&item, &who) {
+        if !self.may_press(ctx, event, &item, &who) {
             return Ok(vec![Action::toast(
                 ToastKind::Warning,
                 t!(

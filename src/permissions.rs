@@ -12,7 +12,11 @@
 //! ```
 //!
 //! A person may go ahead when every rule matching the bot and the command (or button
-//! action) allows them: by their id, a group they are in, or the chat they write in.
+//! action) allows them: by their id, a group they are in, the chat they write in, or
+//! `owner`: the owner of the item the click or command is about, which only the bot
+//! knows. The router leaves a rule naming `owner` to the bot, which asks `decide` with
+//! the owner filled in. A bot with an owner rule of its own (`reminders`: the owner and
+//! its `admins`) uses it only where no rule matches: the default a config overrides.
 //! Otherwise the bot does not run, and they get a one-line answer (a message) or a toast
 //! (a click). Events no person made (schedule ticks, internal systems) are not checked.
 
@@ -35,7 +39,8 @@ pub struct PermissionRule {
     #[serde(default)]
     pub action: Option<String>,
     /// Who may: person ids (the platform's, or web-chat sign-in names), `group:<name>`
-    /// (`[auth.groups]`), `chat:<chat id>` (anyone writing in that chat).
+    /// (`[auth.groups]`), `chat:<chat id>` (anyone writing in that chat), `owner` (the
+    /// owner of the item it is about, for bots that keep items: `reminders`).
     pub allow: Vec<String>,
 }
 
@@ -45,10 +50,14 @@ enum Principal {
     Person(String),
     Group(String),
     Chat(String),
+    Owner,
 }
 
 impl Principal {
     fn parse(s: &str) -> Principal {
+        if s == "owner" {
+            return Principal::Owner;
+        }
         if let Some(g) = s.strip_prefix("group:") {
             Principal::Group(g.to_string())
         } else if let Some(c) = s.strip_prefix("chat:") {
@@ -112,8 +121,38 @@ impl Permissions {
     }
 
     /// Why the person behind `event` may not have `bot` handle it, as the one line to
-    /// answer them with; `None` when they may (or no rule applies).
+    /// answer them with; `None` when they may (or no rule applies). An `owner` entry is
+    /// not decided here (the router does not know items): the bot decides it.
     pub fn refusal(&self, bot: &str, event: &Event) -> Option<String> {
+        let (what, rules) = self.matching(bot, event)?;
+        let person = event.sender.as_ref().map(|p| p.id.as_str());
+        let chat = event.chat.as_ref().map(|c| c.id.as_str());
+        let denied = rules
+            .iter()
+            .any(|r| !r.allow.iter().any(|a| self.admits(a, person, chat, None)));
+        denied.then(|| format!("Sorry, you may not {what}."))
+    }
+
+    /// For a bot that knows the item `event` is about and its `owner`: whether the
+    /// person may go ahead by the rules matching it, with `owner` decided; `None` when no
+    /// rule matches (the bot's own default applies).
+    pub fn decide(&self, bot: &str, event: &Event, owner: &str) -> Option<bool> {
+        let (_, rules) = self.matching(bot, event)?;
+        if rules.is_empty() {
+            return None;
+        }
+        let person = event.sender.as_ref().map(|p| p.id.as_str());
+        let chat = event.chat.as_ref().map(|c| c.id.as_str());
+        Some(rules.iter().all(|r| {
+            r.allow
+                .iter()
+                .any(|a| self.admits(a, person, chat, Some(owner)))
+        }))
+    }
+
+    /// What the person is trying (for the refusal) and the rules of `bot` that guard it;
+    /// `None` for events no person made.
+    fn matching(&self, bot: &str, event: &Event) -> Option<(String, Vec<&PermissionRule>)> {
         let (what, matches): (String, Box<dyn Fn(&PermissionRule) -> bool>) = match event.kind {
             EventKind::CardAction => {
                 let action = event.card_action.as_ref()?.action.clone();
@@ -142,18 +181,25 @@ impl Permissions {
             }
             _ => return None,
         };
-        let person = event.sender.as_ref().map(|p| p.id.as_str());
-        let chat = event.chat.as_ref().map(|c| c.id.as_str());
-        let denied = self
+        let rules = self
             .rules
             .iter()
             .filter(|r| r.bot == bot && matches(r))
-            .any(|r| !r.allow.iter().any(|a| self.admits(a, person, chat)));
-        denied.then(|| format!("Sorry, you may not {what}."))
+            .collect();
+        Some((what, rules))
     }
 
-    fn admits(&self, allow: &str, person: Option<&str>, chat: Option<&str>) -> bool {
+    /// Whether `allow` lets `person` in `chat` go ahead; `owner`: the item's owner when
+    /// the bot knows it, `None` in the router (then an `owner` entry is left to the bot).
+    fn admits(
+        &self,
+        allow: &str,
+        person: Option<&str>,
+        chat: Option<&str>,
+        owner: Option<&str>,
+    ) -> bool {
         match Principal::parse(allow) {
+            Principal::Owner => owner.is_none_or(|o| person == Some(o)),
             Principal::Person(p) => person == Some(p.as_str()),
             Principal::Group(g) => person.is_some_and(|person| {
                 self.groups
@@ -246,5 +292,36 @@ mod tests {
         // A tick has no person: not checked.
         let tick = Event::new("scheduler", EventKind::Tick, chrono::Utc::now());
         assert_eq!(p.refusal("groups", &tick), None);
+    }
+
+    #[test]
+    fn an_owner_rule_is_left_to_the_bot_which_decides_it_with_the_owner() {
+        let p = Permissions::new(
+            vec![PermissionRule {
+                bot: "tasks".into(),
+                command: None,
+                action: Some("done".into()),
+                allow: vec!["owner".into(), "group:leads".into()],
+            }],
+            BTreeMap::from([("leads".to_string(), vec!["carol".to_string()])]),
+        );
+        let mut click = message("bob", "x", "");
+        click.kind = EventKind::CardAction;
+        click.card_action = Some(CardAction {
+            bot: "tasks".into(),
+            action: "done".into(),
+            args: serde_json::json!({ "id": 1 }),
+            message_id: None,
+        });
+        // The router cannot know the owner: it lets the click through to the bot…
+        assert_eq!(p.refusal("tasks", &click), None);
+        // …which decides: bob is not ann, the owner, nor a lead; carol is a lead.
+        assert_eq!(p.decide("tasks", &click, "ann"), Some(false));
+        assert_eq!(p.decide("tasks", &click, "bob"), Some(true));
+        click.sender.as_mut().unwrap().id = "carol".into();
+        assert_eq!(p.decide("tasks", &click, "ann"), Some(true));
+        // No rule for snooze: the bot's own default applies.
+        click.card_action.as_mut().unwrap().action = "snooze".into();
+        assert_eq!(p.decide("tasks", &click, "ann"), None);
     }
 }

@@ -239,7 +239,7 @@ pub enum Processed {
 pub struct Processor {
     pub router: Router,
     /// Who may run which commands and press which buttons (`[[permissions]]`).
-    pub permissions: crate::permissions::Permissions,
+    pub permissions: Arc<crate::permissions::Permissions>,
     pub bots: HashMap<String, Arc<dyn Bot>>,
     pub services: Arc<Services>,
     pub bot_timeout: Duration,

@@ -245,6 +245,10 @@ impl Perch {
             });
             bots.insert(name, bot);
         }
+        let permissions = Arc::new(crate::permissions::Permissions::new(
+            permissions.into_iter().map(|r| r.into_inner()).collect(),
+            auth_config.groups.clone(),
+        ));
         let services = Arc::new(Services {
             store: store.clone(),
             connectors: connectors.clone(),
@@ -252,13 +256,11 @@ impl Perch {
             cards: cards.clone(),
             directory: Directory { bots: infos },
             locales,
+            permissions: permissions.clone(),
         });
         let processor = Arc::new(Processor {
             router,
-            permissions: crate::permissions::Permissions::new(
-                permissions.into_iter().map(|r| r.into_inner()).collect(),
-                auth_config.groups.clone(),
-            ),
+            permissions,
             bots: bots.clone(),
             services,
             bot_timeout: server.bot_timeout,

@@ -1239,3 +1239,70 @@ async fn a_group_made_for_people_is_private_to_them() {
         .await;
     assert_eq!(status, 403);
 }
+
+/// The reminders' owner rule is one use of `[[permissions]]`: a rule for the bot's
+/// Done replaces the default (the owner and the bot's `admins`).
+#[tokio::test]
+async fn the_owner_rule_is_a_permission_a_config_overrides() {
+    let rule = |allow: &str| {
+        format!(
+            "{}\n[auth.groups]\nleads = [\"carol\"]\n\n[[permissions]]\nbot = \"tasks\"\naction = \"done\"\nallow = {allow}\n",
+            tasks_config()
+        )
+    };
+    // `owner` or a lead: carol, a lead, may press ann's Done now.
+    let t = TestPerch::start(&rule(r#"["owner", "group:leads"]"#)).await;
+    let ann = sign_in(&t, "ann", ANN_PASSWORD).await;
+    let carol = sign_in(&t, "carol", BOB_PASSWORD).await;
+    say(
+        &t,
+        &ann,
+        "@tasks remind me in 2 hours call the supplier",
+        "a-1",
+    )
+    .await;
+    let items = eventually(10, "ann's item", || async {
+        let items = open_items(&t, &ann).await;
+        (!items.is_empty()).then_some(items)
+    })
+    .await;
+    let path = format!(
+        "/api/bots/tasks/items/{}/press",
+        items[0]["id"].as_str().unwrap()
+    );
+    let (status, body) = carol
+        .post(&t, &path, &json!({ "action": "done", "client_id": "c-1" }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["toast"]["text"], "Done. No more reminders.");
+    assert!(open_items(&t, &ann).await.is_empty());
+
+    // Only carol: the owner herself is refused, by the rule, in one line.
+    let t = TestPerch::start(&rule(r#"["carol"]"#)).await;
+    let ann = sign_in(&t, "ann", ANN_PASSWORD).await;
+    say(
+        &t,
+        &ann,
+        "@tasks remind me in 2 hours call the supplier",
+        "a-1",
+    )
+    .await;
+    let items = eventually(10, "ann's item", || async {
+        let items = open_items(&t, &ann).await;
+        (!items.is_empty()).then_some(items)
+    })
+    .await;
+    let path = format!(
+        "/api/bots/tasks/items/{}/press",
+        items[0]["id"].as_str().unwrap()
+    );
+    let (status, body) = ann
+        .post(&t, &path, &json!({ "action": "done", "client_id": "a-2" }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["toast"]["text"],
+        "Sorry, you may not press this button."
+    );
+    assert_eq!(open_items(&t, &ann).await.len(), 1, "still open");
+}
