@@ -376,7 +376,7 @@ impl Perch {
 }
 
 /// Periodic upkeep: queue-depth gauges every few seconds; expired dedupe keys, old sent
-/// records and old journal entries every ten minutes.
+/// records, old journal entries and old console presses every ten minutes.
 async fn upkeep(
     store: Arc<dyn Store>,
     clock: SharedClock,
@@ -407,6 +407,12 @@ async fn upkeep(
             match store.sweep(cut).await {
                 Ok(s) => tracing::debug!(?s, "sweep"),
                 Err(e) => tracing::error!(error = %e, "sweep failed"),
+            }
+            // Console presses are remembered as long as dedupe keys.
+            if let Err(e) =
+                crate::server::bots_page::sweep_presses(store.as_ref(), now - window).await
+            {
+                tracing::error!(error = %e, "sweeping console presses failed");
             }
         }
     }

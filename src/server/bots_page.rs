@@ -205,8 +205,8 @@ pub async fn press(
         .await
         .map_err(|e| ApiError::internal("store error", e))?;
     if let Some(id) = pressed
-        .and_then(|raw| String::from_utf8(raw).ok())
-        .and_then(|id| id.parse().ok())
+        .and_then(|raw| serde_json::from_slice::<PressRecord>(&raw).ok())
+        .and_then(|r| r.event_id.parse().ok())
         .map(crate::event::EventId)
     {
         return Ok(answer(&s, id, true).await);
@@ -251,16 +251,43 @@ pub async fn press(
     let first = accepted
         .first()
         .ok_or_else(|| ApiError::internal("journal", "the journal returned nothing"))?;
+    let record = PressRecord {
+        event_id: first.id().to_string(),
+        at: s.clock.now(),
+    };
+    let raw = serde_json::to_vec(&record).map_err(|e| ApiError::internal("encoding", e))?;
     s.store
-        .kv_put(
-            CONSOLE_CONNECTOR,
-            &press_key,
-            first.id().to_string().as_bytes(),
-        )
+        .kv_put(CONSOLE_CONNECTOR, &press_key, &raw)
         .await
         .map_err(|e| ApiError::internal("store error", e))?;
     let duplicate = matches!(first, crate::journal::Accepted::Duplicate(_));
     Ok(answer(&s, first.id(), duplicate).await)
+}
+
+/// A press remembered (store namespace `console`, `press/<bot>/<person>/<client id>`),
+/// so the same press sent again gets its first answer; kept as long as the journal's
+/// dedupe keys (`sweep_presses`).
+#[derive(Serialize, Deserialize)]
+struct PressRecord {
+    event_id: String,
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Forget presses remembered before `before` (the upkeep task calls this with the
+/// dedupe window's start). Returns how many were forgotten.
+pub async fn sweep_presses(
+    store: &dyn crate::store::Store,
+    before: chrono::DateTime<chrono::Utc>,
+) -> Result<usize, crate::store::StoreError> {
+    let mut forgotten = 0;
+    for (key, raw) in store.kv_scan(CONSOLE_CONNECTOR, "press/").await? {
+        let old = serde_json::from_slice::<PressRecord>(&raw).map_or(true, |r| r.at < before);
+        if old {
+            store.kv_delete(CONSOLE_CONNECTOR, &key).await?;
+            forgotten += 1;
+        }
+    }
+    Ok(forgotten)
 }
 
 /// The answer to a press: the bot's toast once it answered (within the click window).
@@ -277,6 +304,31 @@ async fn answer(s: &Shared, id: crate::event::EventId, duplicate: bool) -> Json<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn presses_older_than_the_cut_are_forgotten() {
+        use crate::store::Store;
+        let store = crate::store::SledStore::temporary().unwrap();
+        let now = chrono::Utc::now();
+        for (key, at) in [
+            ("press/b/ann/1", now - chrono::Duration::hours(9)),
+            ("press/b/ann/2", now),
+        ] {
+            let raw = serde_json::to_vec(&PressRecord {
+                event_id: "x".into(),
+                at,
+            })
+            .unwrap();
+            store.kv_put(CONSOLE_CONNECTOR, key, &raw).await.unwrap();
+        }
+        let n = sweep_presses(&store, now - chrono::Duration::hours(8))
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        let left = store.kv_scan(CONSOLE_CONNECTOR, "press/").await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0, "press/b/ann/2");
+    }
 
     #[test]
     fn secret_values_are_masked_wherever_they_appear() {
