@@ -4,8 +4,8 @@
 //! the roles on `/api` and `/metrics`, throttled sign-ins, swept sessions, and Feishu
 //! login against a strict fake (a wrong `state`, a replayed code, a wrong secret).
 
-use perch::testing::fake_feishu;
 use perch::action::{MessageBody, Operation, Target};
+use perch::testing::fake_feishu;
 use perch::testing::*;
 use serde_json::{Value, json};
 use std::sync::OnceLock;
@@ -974,15 +974,7 @@ async fn expired_sessions_are_refused_and_swept_from_the_store() {
     let t = TestPerch::start_in(&config, &dir, std::sync::Arc::new(clock.clone())).await;
     let ann = sign_in(&t, "ann", ANN_PASSWORD).await;
     let bob = sign_in(&t, "bob", BOB_PASSWORD).await;
-    let sessions = || async {
-        t.perch()
-            .shared
-            .store
-            .kv_scan("auth", "session/")
-            .await
-            .unwrap()
-            .len()
-    };
+    let sessions = || async { t.store().kv_scan("auth", "session/").await.unwrap().len() };
     assert_eq!(sessions().await, 2);
     assert_eq!(bob.get(&t, "/auth/session").await.0, 200);
     clock.advance(chrono::Duration::minutes(2));

@@ -830,14 +830,7 @@ async fn the_studio_points_at_template_errors_and_sends_a_test_render_once() {
     );
 
     // Refused sends change nothing.
-    let events_before = t
-        .perch()
-        .shared
-        .store
-        .recent_events(None, 1000)
-        .await
-        .unwrap()
-        .len();
+    let events_before = t.store().recent_events(None, 1000).await.unwrap().len();
     let send = |extra: Value| {
         let mut body = json!({ "template": "welcome", "connector": "web", "chat": "general", "client_id": "s-1" });
         for (k, v) in extra.as_object().unwrap() {
@@ -859,13 +852,7 @@ async fn the_studio_points_at_template_errors_and_sends_a_test_render_once() {
         assert!(e["error"].as_str().unwrap().contains(needle), "{e}");
     }
     assert_eq!(
-        t.perch()
-            .shared
-            .store
-            .recent_events(None, 1000)
-            .await
-            .unwrap()
-            .len(),
+        t.store().recent_events(None, 1000).await.unwrap().len(),
         events_before
     );
 
