@@ -191,6 +191,11 @@ kind = "echo"
 kind = "reminders"
 timezone = "UTC"
 
+[schedules.heartbeat]
+cron = "* * * * * *"
+timezone = "Asia/Shanghai"
+topic = "heartbeat"
+
 [[routes]]
 connector = "events"
 topic = "build.*"
@@ -349,6 +354,27 @@ async fn console_and_chat_in_a_real_browser() {
         )
         .await;
     }
+
+    // Schedules: the job's next times in its zone and its ledger as a table; a run's
+    // event link opens that event on the Events tab.
+    ann.goto(&t.url("/console#schedules")).await.unwrap();
+    until(
+        &ann,
+        "the heartbeat's ledger with a fired run",
+        "document.querySelector('.job[data-job=\"heartbeat\"] h4')?.textContent.includes('Asia/Shanghai') && document.querySelector('.job[data-job=\"heartbeat\"] table.ledger tr.run.fired td a')",
+    )
+    .await;
+    js(
+        &ann,
+        "document.querySelector('.job[data-job=\"heartbeat\"] table.ledger tr.run.fired td a').click()",
+    )
+    .await;
+    until(
+        &ann,
+        "the run's event, opened",
+        "!document.getElementById('events').hidden && document.getElementById('event-detail').textContent.includes('Fate: unrouted')",
+    )
+    .await;
 
     // Card studio: the first template with its sample data, for every platform.
     ann.goto(&t.url("/console#cards")).await.unwrap();

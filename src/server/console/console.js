@@ -56,7 +56,9 @@ function showTab() {
   for (const s of document.querySelectorAll(".tab")) s.hidden = s.id !== tab;
   for (const a of document.querySelectorAll("#tabs a")) a.classList.toggle("on", a.dataset.tab === tab);
   const load = { events: loadEvents, deliveries: loadDeliveries, schedules: loadSchedules, connectors: loadConnectors, bots: loadBots, cards: loadCards, charts: loadCharts }[tab];
-  if (load) load().catch((e) => toast(e.message));
+  // `#events/<id>` (a link from a schedule's ledger) opens that event.
+  const id = location.hash.slice(1).split("/")[1];
+  if (load) load().then(() => (tab === "events" && id ? openEvent(id) : null)).catch((e) => toast(e.message));
   // The live stream is open only while the Events tab shows.
   if ((tab === "events") !== Boolean(state.stream)) liveEvents();
 }
@@ -243,6 +245,26 @@ async function loadDeliveries() {
 
 // ---- schedules -----------------------------------------------------------------
 
+// What a ledger row says happened, in words, with the misfire policy that decided.
+function runStatus(run, job) {
+  if (run.status === "fired") return "fired";
+  if (run.status === "caught_up") return "caught up late (misfire = " + job.misfire + ")";
+  return "missed (misfire = " + job.misfire + ")";
+}
+
+function runOutcome(o) {
+  if (!o) return "not handled yet";
+  switch (o.result) {
+    case "ok": return "ok: " + o.bots.join(", ") + " (" + o.actions + " actions)";
+    case "bots_failed": return "failed: " + o.failures.map((f) => f.bot + ": " + f.error).join("; ");
+    case "unrouted": return "no route took it";
+    case "router_failed": return "router failed: " + o.error;
+    default: return "no longer in the journal";
+  }
+}
+
+// Each job: when it fires next (in its zone), alerts for missed and failed runs, and
+// its ledger as a table, newest first.
 async function loadSchedules() {
   const data = await api("GET", "/api/schedules?count=5");
   const box = $("schedule-list");
@@ -250,11 +272,46 @@ async function loadSchedules() {
   if (!data.schedules.length) box.append(el("p", "No schedules in the config."));
   for (const job of data.schedules) {
     const d = el("div", null, "job");
-    d.append(el("h3", job.name + " — " + (job.cron || "") + " (" + (job.timezone || "") + ")"));
-    d.append(el("h4", "Next fire times"));
-    for (const t of job.next || job.next_fire_times || []) d.append(el("div", t));
+    d.dataset.job = job.name;
+    d.append(el("h3", job.name + " — " + job.cron + " (" + job.timezone + ")"));
+    d.append(el("p", "topic " + job.topic + " · misfire = " + job.misfire + (job.misfire === "once" ? " within " + job.catch_up_within : "") + " · last fired " + (job.last_fired || "never")));
+    if (job.missed.length || job.failed.length) {
+      const alert = el("div", null, "alert");
+      if (job.missed.length) {
+        alert.append(el("strong", job.missed.length + (job.missed.length === 1 ? " missed run" : " missed runs")));
+        const ul = el("ul");
+        for (const m of job.missed) ul.append(el("li", m.slot + ": " + m.why));
+        alert.append(ul);
+      }
+      if (job.failed.length) {
+        alert.append(el("strong", job.failed.length + (job.failed.length === 1 ? " failed run" : " failed runs")));
+        const ul = el("ul");
+        for (const r of job.failed) ul.append(el("li", r.slot + ": " + runOutcome(r.outcome)));
+        alert.append(ul);
+      }
+      d.append(alert);
+    }
+    d.append(el("h4", "Next fire times (" + job.timezone + ")"));
+    const next = el("ul");
+    for (const t of job.next) next.append(el("li", t));
+    d.append(next);
     d.append(el("h4", "Ledger"));
-    d.append(pre(Object.fromEntries(Object.entries(job).filter(([k]) => !["name", "cron", "timezone", "next", "next_fire_times"].includes(k)))));
+    if (!job.runs.length) {
+      d.append(el("p", "No runs yet."));
+    } else {
+      const t = el("table", null, "ledger");
+      const head = row(["slot", "what happened", "at", "outcome", "event"]);
+      head.className = "head";
+      t.append(head);
+      for (const r of job.runs) {
+        const link = r.event_id ? el("a", r.event_id.slice(0, 8)) : el("span", "");
+        if (r.event_id) link.href = "#events/" + r.event_id;
+        const tr = row([r.slot, runStatus(r, job) + (r.note ? " — " + r.note : ""), when(r.at), runOutcome(r.outcome), link]);
+        tr.className = "run " + r.status;
+        t.append(tr);
+      }
+      d.append(t);
+    }
     box.append(d);
   }
 }
