@@ -169,6 +169,7 @@ impl Journal {
         let (tx, rx) = mpsc::channel(COMMIT_QUEUE);
         let task = tokio::spawn(run_committer(store.clone(), rx, cancel));
         let journal = Journal {
+            feed: crate::live::EventFeed::new(store.clone()),
             store,
             commits: tx,
             router,
@@ -176,7 +177,6 @@ impl Journal {
             clock,
             ingesting: Arc::default(),
             health: Arc::default(),
-            feed: Arc::default(),
             connector_health: Arc::default(),
         };
         (journal, task)

@@ -189,7 +189,7 @@ impl Perch {
                 })?;
         let cards = Arc::new(cards);
 
-        let clicks = Arc::new(crate::clicks::Clicks::new(store.clone()));
+        let clicks = crate::clicks::Clicks::new(store.clone());
         let env = ConnectorEnv {
             store: store.clone(),
             journal: journal.clone(),

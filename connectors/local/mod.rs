@@ -8,7 +8,10 @@
 //!   events the same way.
 //! - **out**: bots' answers come back through `execute` (send, update, create a room, add
 //!   members), keyed by the outbox's idempotency key so a retry never posts twice.
-//! - **live**: every new message, update and room is broadcast to the browsers over SSE.
+//! - **live**: every new message, update and room is broadcast to the browsers over SSE,
+//!   and announced to the other replicas sharing the store (`crate::live`): each relays
+//!   it to its own browsers, read back from the store with the room's audience as stored
+//!   (`Inner::relay`), so a browser on any replica hears what happened on any other.
 //!
 //! History, rooms and indexes live in the store's key-value space, namespace
 //! `web/<connector name>` (see `keys` below), and survive restarts. The UI (plain
@@ -245,7 +248,7 @@ pub struct Local {
 impl Local {
     pub fn new(name: &str, config: LocalConfig, env: &ConnectorEnv) -> Self {
         let (live, _) = broadcast::channel(1024);
-        Local {
+        let local = Local {
             inner: Arc::new(Inner {
                 name: name.to_string(),
                 title: config
@@ -257,7 +260,11 @@ impl Local {
                 env: env.clone(),
                 live,
             }),
-        }
+        };
+        crate::live::relay_notices(&*env.store, &local.inner, |inner, notice| async move {
+            inner.relay(notice).await;
+        });
+        local
     }
 }
 
@@ -460,13 +467,92 @@ impl Inner {
 
     /// Tell the open pages about `room` (a new message, an update, the room itself);
     /// only its members hear of a members-only room.
+    /// The other replicas are told the kind and id only (`relay` reads the rest).
     fn broadcast(&self, kind: &'static str, data: Value, room: &Room) {
+        if let Some(id) = data["id"].as_str() {
+            self.env.store.announce(
+                crate::live::Topic::WebChat,
+                &format!("{} {kind} {id}", self.name),
+            );
+        }
+        self.broadcast_here(kind, data, room);
+    }
+
+    /// Tell this replica's open pages only.
+    fn broadcast_here(&self, kind: &'static str, data: Value, room: &Room) {
         // No receivers is fine: nobody has the page open.
         let _ = self.live.send(Live {
             kind,
             data,
             audience: room.audience(),
         });
+    }
+
+    /// Pass news from another replica (`broadcast` there) to this replica's pages: the
+    /// message or room read from the store, to the room's audience as stored.
+    async fn relay(&self, notice: crate::live::Notice) {
+        use crate::live::{Notice, Topic};
+        let about = match notice {
+            Notice::Changed {
+                topic: Topic::WebChat,
+                about,
+            } => about,
+            Notice::Changed { .. } => return,
+            Notice::Resync => {
+                // Pages reload what they show (the browser's `catchUp`).
+                let _ = self.live.send(Live {
+                    kind: "resync",
+                    data: json!({}),
+                    audience: None,
+                });
+                return;
+            }
+        };
+        let mut parts = about.splitn(3, ' ');
+        let (Some(connector), Some(kind), Some(id)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        if connector != self.name {
+            return;
+        }
+        let read = async {
+            match kind {
+                "message" | "update" => {
+                    let Some(msg) = self.message(id).await? else {
+                        return Ok(None);
+                    };
+                    let room = self
+                        .room(&msg.room)
+                        .await?
+                        .unwrap_or_else(|| Room::gone(&msg.room));
+                    let kind = if kind == "message" {
+                        "message"
+                    } else {
+                        "update"
+                    };
+                    Ok(Some((kind, message_view(&msg), room)))
+                }
+                "room" => match self.room(id).await? {
+                    Some(room) => Ok(Some(("room", self.room_view(&room).await?, room))),
+                    None => Ok(None),
+                },
+                _ => Ok(None),
+            }
+        };
+        match read.await {
+            Ok(Some((kind, data, room))) => self.broadcast_here(kind, data, &room),
+            // Gone since (or another perch version's kind): nothing to show.
+            Ok(None) => {}
+            Err::<_, StoreError>(e) => {
+                tracing::warn!(connector = %self.name, error = %e, "could not read web-chat news from another replica; pages will reload");
+                let _ = self.live.send(Live {
+                    kind: "resync",
+                    data: json!({}),
+                    audience: None,
+                });
+            }
+        }
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(

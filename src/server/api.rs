@@ -321,7 +321,10 @@ async fn event_stream(
         let store = store.clone();
         async move {
             match change {
-                Ok(id) => match store.event(id).await {
+                Ok(crate::live::FeedItem::Resync) => Some(Ok(SseEvent::default()
+                    .event("resync")
+                    .data(json!({ "missed": "unknown" }).to_string()))),
+                Ok(crate::live::FeedItem::Changed(id)) => match store.event(id).await {
                     Ok(Some(entry)) if within(entry.event.received_at, range) => {
                         let data = serde_json::to_string(&entry).ok()?;
                         Some(Ok(SseEvent::default().event("entry").data(data)))

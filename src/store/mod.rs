@@ -16,6 +16,7 @@
 #[cfg(test)]
 mod conformance;
 pub(crate) mod ingest_log;
+pub(crate) mod pg_live;
 pub(crate) mod postgres;
 pub(crate) mod reopening;
 pub(crate) mod sled_families;
@@ -367,6 +368,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<std::time::Duration> {
         let _ = (bucket, interval, burst);
         Ok(std::time::Duration::ZERO)
+    }
+    /// Tell the other replicas sharing this store that something of `topic` changed
+    /// (`crate::live`); call it once the change is stored. Never blocks: a notice that
+    /// cannot be sent at once becomes a `Notice::Resync` later. A store that is not
+    /// `shared` has nobody to tell.
+    fn announce(&self, topic: crate::live::Topic, about: &str) {
+        let _ = (topic, about);
+    }
+    /// What the other replicas announce (never this replica's own notices); `None` for a
+    /// store that is not `shared`.
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<crate::live::Notice>> {
+        None
     }
     /// Give up `holder`'s leases of `lanes` (it has nothing left in flight there), so
     /// another replica may take them at once.

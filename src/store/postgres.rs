@@ -143,6 +143,8 @@ pub struct PostgresStore {
     pool: Pool,
     /// To the batching task (`run_ingest_batches`), which ends when this is dropped.
     ingests: mpsc::Sender<IngestRequest>,
+    /// Live notices to and from the other replicas (`LISTEN/NOTIFY`).
+    live: super::pg_live::PgLive,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -282,11 +284,16 @@ impl PostgresStore {
         config: tokio_postgres::Config,
         pool_size: usize,
     ) -> StoreResult<Self> {
-        let pool = build_pool(config, pool_size)?;
+        let pool = build_pool(config.clone(), pool_size)?;
         migrate(&pool).await?;
         let (tx, rx) = mpsc::channel(INGEST_QUEUE);
         tokio::spawn(run_ingest_batches(pool.clone(), rx));
-        Ok(PostgresStore { pool, ingests: tx })
+        let live = super::pg_live::PgLive::start(config, pool.clone()).await;
+        Ok(PostgresStore {
+            pool,
+            ingests: tx,
+            live,
+        })
     }
 
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
@@ -956,6 +963,14 @@ impl Store for PostgresStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn announce(&self, topic: crate::live::Topic, about: &str) {
+        self.live.announce(topic, about);
+    }
+
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<crate::live::Notice>> {
+        Some(self.live.subscribe())
     }
 
     async fn hold_lanes(

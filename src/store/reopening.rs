@@ -244,6 +244,16 @@ impl Store for Reopening {
         self.get().is_ok_and(|s| s.shared())
     }
 
+    fn announce(&self, topic: crate::live::Topic, about: &str) {
+        if let Ok(s) = self.get() {
+            s.announce(topic, about);
+        }
+    }
+
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<crate::live::Notice>> {
+        self.get().ok().and_then(|s| s.notices())
+    }
+
     async fn hold_lanes(
         &self,
         queue: &str,
