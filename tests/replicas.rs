@@ -404,3 +404,194 @@ async fn a_sled_deployment_moves_to_postgres_with_export_and_import() {
     );
     assert!(sink.keys.len() >= delivered);
 }
+
+/// Two replicas with the web chat, signed-in people (ann, bob) and the echo bot:
+/// `[auth] mode = "local"`, so private rooms are their members' only.
+fn web_chat_replicas(dir: &Path, url: &str) -> Vec<Replica> {
+    let ann = perch::auth::hash_password(ANN_PASSWORD).unwrap();
+    let bob = perch::auth::hash_password(BOB_PASSWORD).unwrap();
+    (0..2)
+        .map(|i| {
+            let port = free_port();
+            let data = dir.join(format!("web{i}"));
+            let text = format!(
+                r#"
+[server]
+listen = "127.0.0.1:{port}"
+data_dir = "{data}"
+admin_token = "{ADMIN_TOKEN}"
+
+[auth]
+mode = "local"
+[auth.users.ann]
+password_hash = "{ann}"
+role = "admin"
+[auth.users.bob]
+password_hash = "{bob}"
+
+[connectors.web]
+kind = "local"
+
+[bots.echo]
+kind = "echo"
+
+[[routes]]
+connector = "web"
+mention = "echo"
+bots = ["echo"]
+
+[store]
+kind = "postgres"
+url = "{url}"
+pool_size = 4
+"#,
+                data = data.display(),
+            );
+            let config = dir.join(format!("web{i}.toml"));
+            std::fs::write(&config, text).unwrap();
+            Replica {
+                config,
+                base: format!("http://127.0.0.1:{port}"),
+            }
+        })
+        .collect()
+}
+
+const ANN_PASSWORD: &str = "ann-password-1";
+const BOB_PASSWORD: &str = "bob-password-2";
+const ADMIN_TOKEN: &str = "replica-admin-token";
+
+/// A signed-in browser on one replica: its cookie and CSRF token.
+struct Browser {
+    base: String,
+    cookie: String,
+    csrf: String,
+}
+
+impl Browser {
+    async fn sign_in(base: &str, name: &str, password: &str) -> Browser {
+        let resp = reqwest::Client::new()
+            .post(format!("{base}/auth/login"))
+            .json(&serde_json::json!({ "name": name, "password": password }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "sign-in of {name}");
+        let cookie = resp
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .unwrap()
+            .to_string();
+        let body: Value = resp.json().await.unwrap();
+        Browser {
+            base: base.to_string(),
+            cookie,
+            csrf: body["csrf"].as_str().unwrap().to_string(),
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let resp = reqwest::Client::new()
+            .post(format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .header("x-csrf-token", &self.csrf)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "POST {path}: {status} {v}");
+        v
+    }
+
+    /// The web chat's live stream, as the page opens it.
+    async fn live(&self) -> common::Sse {
+        common::Sse::open(
+            reqwest::Client::new()
+                .get(format!("{}/chat/api/stream", self.base))
+                .header("cookie", &self.cookie),
+        )
+        .await
+    }
+}
+
+/// Live updates reach browsers on any replica: a message posted on A (and the bot's
+/// answer, whichever replica delivers it) shows on a page connected to B, and so does
+/// the journal entry on B's console stream; a private room's message reaches its member
+/// on B but not a non-member there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_updates_reach_browsers_on_another_replica() {
+    let Some(url) = database_url().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = web_chat_replicas(dir.path(), &url);
+    let mut children: Vec<ChildPerch> = Vec::new();
+    for r in &replicas {
+        children.push(spawn_perch(&r.config));
+        wait_healthy(&r.base).await;
+    }
+    let (a, b) = (&replicas[0].base, &replicas[1].base);
+    let ann_on_a = Browser::sign_in(a, "ann", ANN_PASSWORD).await;
+    let ann_on_b = Browser::sign_in(b, "ann", ANN_PASSWORD).await;
+    let bob_on_b = Browser::sign_in(b, "bob", BOB_PASSWORD).await;
+    let mut ann_live = ann_on_b.live().await;
+    let mut bob_live = bob_on_b.live().await;
+    let mut console_on_b = common::Sse::open(
+        reqwest::Client::new()
+            .get(format!("{b}/api/events/stream"))
+            .bearer_auth(ADMIN_TOKEN),
+    )
+    .await;
+
+    // A private group of ann's, and a message in it, both on A.
+    let board = ann_on_a
+        .post(
+            "/chat/api/rooms",
+            serde_json::json!({ "name": "Board", "private": true }),
+        )
+        .await;
+    let board = board["id"].as_str().unwrap().to_string();
+    ann_on_a
+        .post(
+            &format!("/chat/api/rooms/{board}/messages"),
+            serde_json::json!({ "text": "board-secret-figure", "client_id": "ann-board-1" }),
+        )
+        .await;
+    // Then a public one for the bot, on A.
+    let sent = std::time::Instant::now();
+    let posted = ann_on_a
+        .post(
+            "/chat/api/rooms/general/messages",
+            serde_json::json!({ "text": "@echo hello-from-a", "client_id": "ann-general-1" }),
+        )
+        .await;
+    assert!(posted["id"].is_string(), "{posted}");
+
+    let seen = bob_live.until("hello-from-a").await;
+    eprintln!(
+        "message posted on A reached a page on B after {:?}",
+        sent.elapsed()
+    );
+    bob_live.until("\"author\":\"echo\"").await;
+    // Notices keep their order: everything posted before hello-from-a has been heard.
+    assert!(
+        !seen.contains("board-secret-figure") && !seen.contains("Board"),
+        "bob, no member, heard of ann's private room on B: {seen}"
+    );
+    assert!(
+        !bob_live.seen().contains("board-secret-figure"),
+        "bob heard the private message: {}",
+        bob_live.seen()
+    );
+    // ann, a member, hears all of it on B.
+    ann_live.until("board-secret-figure").await;
+    ann_live.until("hello-from-a").await;
+    // B's console shows the event ingested on A (and then its fate).
+    let console = console_on_b.until("hello-from-a").await;
+    assert!(console.contains("event: entry"), "{console}");
+    console_on_b.until("\"state\":\"routed\"").await;
+}
