@@ -595,3 +595,61 @@ async fn live_updates_reach_browsers_on_another_replica() {
     assert!(console.contains("event: entry"), "{console}");
     console_on_b.until("\"state\":\"routed\"").await;
 }
+
+/// Send `signal` (`STOP`, `CONT`) to a perch process.
+fn signal(child: &ChildPerch, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &child.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal}");
+}
+
+/// A replica frozen (SIGSTOP) under load for longer than its lane leases, then thawed
+/// (SIGCONT): its lanes pass to the other replica meanwhile, and when it wakes it must
+/// not break a chat's order nor deliver again what the other one delivered, beyond the
+/// one delivery that was on the wire when it froze (the idempotency key's case).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_replica_thawed_after_its_leases_expired_breaks_nothing() {
+    let Some(url) = database_url().await else {
+        return;
+    };
+    let (sink_url, sink) = start_sink().await;
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = replicas(dir.path(), 2, &url, &sink_url);
+    let mut children: Vec<ChildPerch> = Vec::new();
+    for r in &replicas {
+        children.push(spawn_perch(&r.config));
+        wait_healthy(&r.base).await;
+    }
+    let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
+    let mut acked_all: Vec<Acked> = Vec::new();
+    let mut frozen_at = Vec::new();
+    let rounds = std::env::var("PERCH_FREEZES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1usize);
+    let mut rng = rand::rng();
+    for round in 0..rounds {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let loader = tokio::spawn(load(bases.clone(), SECRET, 4, stop.clone(), round + 1));
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..900))).await;
+        frozen_at.push(std::time::Instant::now());
+        signal(&children[0], "STOP");
+        // Past the lease (`perch::lanes::LEASE_TTL`), while B carries on; the loader's
+        // requests to A wait until A thaws.
+        tokio::time::sleep(perch::lanes::LEASE_TTL + Duration::from_secs(3)).await;
+        signal(&children[0], "CONT");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.cancel();
+        acked_all.extend(loader.await.unwrap());
+    }
+    let (events, sink) = settled_snapshot(&bases[1], &bases[0], &sink).await;
+    let (journaled, repeats, oldest) =
+        check_delivered_once(&events, &acked_all, &sink, &frozen_at, REPEAT_BOUND);
+    eprintln!(
+        "frozen replica: {rounds} freezes, {} acknowledged, {journaled} journaled, {} delivered keys, {repeats} repeated deliveries (oldest confirmed {oldest:?} before its freeze)",
+        acked_all.len(),
+        sink.keys.len(),
+    );
+}
