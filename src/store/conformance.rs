@@ -66,6 +66,7 @@ macro_rules! conformance_suite {
             kv_compare_and_swap_is_exact,
             sweep,
             lanes_are_leased_to_one_holder,
+            late_records_change_nothing,
         ]);
     };
 }
@@ -217,6 +218,68 @@ pub async fn pending_and_complete(s: &dyn Store) {
     );
     let older = s.recent_events(Some(ids[3]), 10).await.unwrap();
     assert_eq!(older.len(), 3);
+}
+
+/// What a replica that was frozen past its lane lease records when it wakes, after
+/// another replica finished the same work, changes nothing: the first fate stands (and
+/// its items alone are queued), and an item delivered meanwhile is not made a dead
+/// letter (a replay would send it again).
+pub async fn late_records_change_nothing(s: &dyn Store) {
+    let now = Utc::now();
+    let e = event("web", Some("late-1"), now);
+    s.ingest(&e, now + chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    let first = Fate::Routed {
+        bots: vec!["echo".into()],
+        actions: 1,
+        failures: vec![],
+        answer: None,
+    };
+    let first_item = item(&format!("{}/echo/0000", e.id), now);
+    s.complete_event(&e, &first, std::slice::from_ref(&first_item))
+        .await
+        .unwrap();
+    let late_item = item(&format!("{}/other/0000", e.id), now);
+    s.complete_event(&e, &Fate::Unrouted, std::slice::from_ref(&late_item))
+        .await
+        .unwrap();
+    assert_eq!(s.event(e.id).await.unwrap().unwrap().fate, first);
+    assert_eq!(
+        s.outbox_count().await.unwrap(),
+        1,
+        "the late items are not queued"
+    );
+    assert!(
+        s.outbox_item("web/room", &late_item.key)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Delivered by the replica that took the lane over; then the frozen one gives up.
+    s.outbox_delivered(
+        &first_item,
+        &SentRecord {
+            key: first_item.key.clone(),
+            connector: "web".into(),
+            delivered: Delivered::default(),
+            at: now,
+        },
+    )
+    .await
+    .unwrap();
+    s.outbox_dead(&DeadLetter {
+        item: first_item.clone(),
+        error: "gave up late".into(),
+        died_at: now,
+    })
+    .await
+    .unwrap();
+    assert!(s.dead_letters(10).await.unwrap().is_empty());
+    assert_eq!(s.replay_dead(&first_item.key, now).await.unwrap(), None);
+    assert_eq!(s.outbox_count().await.unwrap(), 0);
+    assert!(s.sent(&first_item.key).await.unwrap().is_some());
 }
 
 pub async fn outbox_lifecycle(s: &dyn Store) {

@@ -248,7 +248,10 @@ pub trait Store: Send + Sync + 'static {
     /// running).
     async fn event(&self, id: EventId) -> StoreResult<Option<JournalEntry>>;
     /// Atomically: record the fate of the stored `event`, drop it from pending, and
-    /// queue `items` (skipping keys already queued or already sent).
+    /// queue `items` (skipping keys already queued or already sent). Only while it is
+    /// pending: once a fate is recorded, a later call changes nothing and queues nothing
+    /// (the first fate stands against a replica that was frozen past its lane lease and
+    /// finishes late what another replica finished meanwhile).
     async fn complete_event(
         &self,
         event: &Event,
@@ -285,7 +288,9 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_delivered(&self, item: &OutboxItem, record: &SentRecord) -> StoreResult<()>;
     /// Remember an operation carried out without the queue (an awaited call) as sent.
     async fn record_sent(&self, record: &SentRecord) -> StoreResult<()>;
-    /// The item failed for good: move it to the dead letters.
+    /// The item failed for good: move it to the dead letters. Only while it is queued:
+    /// an item delivered meanwhile (by another replica, after a frozen one's lease
+    /// passed) is not made a dead letter, which a replay would send again.
     async fn outbox_dead(&self, letter: &DeadLetter) -> StoreResult<()>;
     async fn outbox_count(&self) -> StoreResult<usize>;
     async fn sent(&self, key: &str) -> StoreResult<Option<SentRecord>>;

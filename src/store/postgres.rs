@@ -592,13 +592,20 @@ impl Store for PostgresStore {
         let fate = serde_json::to_vec(fate)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
+        // The fence: the fate is recorded by whoever gets there first. The row lock
+        // makes a concurrent completer wait, and then find the fate set.
+        let recorded = tx
+            .execute(
+                "UPDATE perch_events SET fate = $2 WHERE id = $1 AND fate IS NULL",
+                &[&event.id.0.as_bytes().as_slice(), &fate],
+            )
+            .await
+            .map_err(pg)?;
+        if recorded == 0 {
+            // Handled already (or not stored): leave everything as it is.
+            return tx.rollback().await.map_err(pg);
+        }
         Self::enqueue_on(&tx, items).await?;
-        tx.execute(
-            "UPDATE perch_events SET fate = $2 WHERE id = $1",
-            &[&event.id.0.as_bytes().as_slice(), &fate],
-        )
-        .await
-        .map_err(pg)?;
         tx.commit().await.map_err(pg)
     }
 
@@ -742,16 +749,21 @@ impl Store for PostgresStore {
         let json = serde_json::to_vec(letter)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
+        // The fence: only an item still queued becomes a dead letter.
+        let dequeued = tx
+            .execute(
+                "DELETE FROM perch_outbox WHERE key = $1",
+                &[&letter.item.key],
+            )
+            .await
+            .map_err(pg)?;
+        if dequeued == 0 {
+            return tx.rollback().await.map_err(pg);
+        }
         tx.execute(
             "INSERT INTO perch_dead_letters (key, letter) VALUES ($1, $2) \
              ON CONFLICT (key) DO UPDATE SET letter = EXCLUDED.letter",
             &[&letter.item.key, &json],
-        )
-        .await
-        .map_err(pg)?;
-        tx.execute(
-            "DELETE FROM perch_outbox WHERE key = $1",
-            &[&letter.item.key],
         )
         .await
         .map_err(pg)?;

@@ -641,6 +641,12 @@ impl Store for SledStore {
         items: &[OutboxItem],
     ) -> StoreResult<()> {
         let id_bytes = event.id.0.as_bytes();
+        let pl_key = lane_key(PL, &event.lane_key(), id_bytes);
+        // Handled already: the first fate stands (one process: nothing runs between
+        // this look and the writes below for the same event, its lane runs it alone).
+        if !self.tree.contains_key(&pl_key).map_err(io)? {
+            return Ok(());
+        }
         let encoded = Self::encode_items(items)?;
         // The fate goes under its own small key: the event itself is never rewritten.
         let fate_json = serde_json::to_vec(fate)?;
@@ -648,7 +654,6 @@ impl Store for SledStore {
         // runs it again and finds them queued (or sent).
         let added = self.enqueue_encoded(&encoded)?;
         self.tree.insert(key(FA, id_bytes), fate_json).map_err(io)?;
-        let pl_key = lane_key(PL, &event.lane_key(), id_bytes);
         if self.tree.remove(pl_key).map_err(io)?.is_some() {
             self.pending.fetch_sub(1, Ordering::Relaxed);
         }
@@ -781,6 +786,14 @@ impl Store for SledStore {
     }
 
     async fn outbox_dead(&self, letter: &DeadLetter) -> StoreResult<()> {
+        // Only an item still queued becomes a dead letter.
+        if !self
+            .tree
+            .contains_key(queue_key(&letter.item))
+            .map_err(io)?
+        {
+            return Ok(());
+        }
         self.tree
             .insert(
                 key(DL, letter.item.key.as_bytes()),

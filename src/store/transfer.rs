@@ -242,6 +242,9 @@ pub async fn import(
                 counts.sent += 1;
             }
             Record::Dead { letter } => {
+                // A dead letter is made from a queued item (`Store::outbox_dead` moves
+                // only what is queued): queue it, then move it.
+                store.enqueue(std::slice::from_ref(&letter.item)).await?;
                 store.outbox_dead(&letter).await?;
                 counts.dead += 1;
             }
