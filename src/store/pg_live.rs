@@ -236,6 +236,82 @@ fn parse(payload: &str, origin: &str) -> Option<Notice> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{PostgresStore, Store};
+
+    /// The next notice on `rx` that is not a `Resync` (within 5 s).
+    async fn next_change(rx: &mut broadcast::Receiver<Notice>) -> Notice {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match rx.recv().await {
+                    Ok(Notice::Resync) => continue,
+                    Ok(n) => return n,
+                    Err(e) => panic!("notices: {e}"),
+                }
+            }
+        })
+        .await
+        .expect("a notice within 5 s")
+    }
+
+    /// B's notices reach A (not B itself); after A's listening connection is killed by
+    /// the server, A's readers are told to resync and B's notices reach A again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn notices_cross_replicas_and_survive_a_dropped_listener() {
+        let Some(db) = crate::store::postgres::test_database().await else {
+            return;
+        };
+        let a = PostgresStore::connect_with(db.clone(), 2).await.unwrap();
+        let b = PostgresStore::connect_with(db.clone(), 2).await.unwrap();
+        let mut heard_on_a = a.notices().unwrap();
+        let mut heard_on_b = b.notices().unwrap();
+        b.announce(Topic::Event, "first");
+        assert_eq!(
+            next_change(&mut heard_on_a).await,
+            Notice::Changed {
+                topic: Topic::Event,
+                about: "first".into()
+            }
+        );
+        // The server drops every listening connection of this database.
+        let (admin, connection) = db.connect(NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let killed = admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND query = 'LISTEN perch_live'",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(killed, 2, "both replicas listen on their own connection");
+        // A reconnects and says so: its readers reload from the store.
+        let resync = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Ok(Notice::Resync) = heard_on_a.recv().await {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(resync.is_ok(), "no Resync after the listener dropped");
+        b.announce(Topic::Click, "second");
+        assert_eq!(
+            next_change(&mut heard_on_a).await,
+            Notice::Changed {
+                topic: Topic::Click,
+                about: "second".into()
+            }
+        );
+        // B never hears its own notices.
+        a.announce(Topic::WebChat, "web message 3");
+        assert_eq!(
+            next_change(&mut heard_on_b).await,
+            Notice::Changed {
+                topic: Topic::WebChat,
+                about: "web message 3".into()
+            }
+        );
+    }
 
     #[test]
     fn payloads_from_others_parse_and_our_own_are_ignored() {
