@@ -513,7 +513,8 @@ impl Inner {
         else {
             return;
         };
-        if connector != self.name {
+        // Not ours, or no page open here: nothing to read.
+        if connector != self.name || self.live.receiver_count() == 0 {
             return;
         }
         let read = async {

@@ -12,6 +12,9 @@
 //!   re-established after a pause, and each time it (re)starts listening the readers
 //!   are told `Notice::Resync`, which makes them reload from the store what they show:
 //!   nothing that happened while nobody listened is missed.
+//! - **Apart from the data.** `NOTIFY` runs in its own statement, after the change's
+//!   transaction: a notice that cannot be sent (PostgreSQL's notification queue full
+//!   behind a replica that stopped reading, e.g. a frozen one) never fails a write.
 //! - **Payload** (PostgreSQL allows < 8000 bytes; ours are ids): `<origin> <topic>
 //!   <about>`, where `origin` is this store's random id, so a replica ignores its own
 //!   notices (it told its own listeners directly), and `topic` is `e` (journal entry),
