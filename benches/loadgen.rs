@@ -17,6 +17,14 @@
 //!    axum handler in a child process (this program with `--serve-noop`), so perch's
 //!    share of what loopback HTTP on this machine can do at all is visible.
 //!
+//! **Stores and replicas.** `--store sled` (the default) runs one perch on the embedded
+//! store. `--store postgres --replicas R` creates a fresh database on the server at
+//! `--database-url` (dropped after the run), starts R perch processes on it, and spreads
+//! the load over them (each keep-alive connection goes to the next replica in turn, as a
+//! balancer would); perch CPU is the sum over the replicas, and the PostgreSQL server's
+//! CPU is shown apart. Every run ends with a `summary` line that `bench/run.sh` collects
+//! into one table.
+//!
 //! It is a bench target with `harness = false` (not an example) because that is where
 //! Cargo looks for benchmarks, it builds with the release profile under `cargo bench`,
 //! and it may use the perch library itself (the HMAC `sign` helper) and its dependencies.
@@ -79,6 +87,18 @@ struct Args {
     /// Must be a real disk, not tmpfs, or "durable" means nothing.
     #[arg(long, env = "BENCH_WORKDIR", default_value = "target/bench-runs")]
     workdir: PathBuf,
+    /// The store of the perch under test.
+    #[arg(long, env = "BENCH_STORE", value_enum, default_value_t = StoreKind::Sled)]
+    store: StoreKind,
+    /// perch processes sharing the store (`--store postgres` only), the load spread over
+    /// them.
+    #[arg(long, env = "BENCH_REPLICAS", default_value_t = 1)]
+    replicas: u64,
+    /// The PostgreSQL server for `--store postgres`
+    /// (`postgres://user:password@host:port/db`): a fresh database is created on it for
+    /// the run and dropped after.
+    #[arg(long, env = "BENCH_DATABASE_URL")]
+    database_url: Option<String>,
     /// Skip the ceiling phase.
     #[arg(long)]
     skip_ceiling: bool,
@@ -95,6 +115,21 @@ struct Args {
     /// `cargo bench` passes `--bench` to harness-less benches; accepted and ignored.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreKind {
+    Sled,
+    Postgres,
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoreKind::Sled => "sled",
+            StoreKind::Postgres => "postgres",
+        })
+    }
 }
 
 fn main() {
@@ -275,26 +310,35 @@ async fn serve_noop() -> anyhow::Result<()> {
 /// CPU per request in the ceiling phase, with these 14 µs (bench/README.md, session 6).
 #[derive(Clone)]
 struct Load {
-    addr: std::net::SocketAddr,
-    /// `Host` header value.
-    host: String,
+    /// Where to send: one address per replica, with its `Host` header value. Each new
+    /// connection goes to the next one in turn.
+    targets: Arc<[(std::net::SocketAddr, String)]>,
+    next_target: Arc<AtomicU64>,
     path: String,
     run_id: String,
     chats: u64,
     pad: Arc<str>,
 }
 
-/// One keep-alive connection to the load's target.
-struct Conn(hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>);
+/// One keep-alive connection to one of the load's targets (its index in `targets`).
+struct Conn(
+    hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>,
+    usize,
+);
 
 impl Load {
-    fn new(base: &str, path: &str, chats: u64, pad: usize) -> anyhow::Result<Self> {
-        let host = base
-            .strip_prefix("http://")
-            .ok_or_else(|| anyhow::anyhow!("{base}: not an http:// address"))?;
+    fn new(bases: &[String], path: &str, chats: u64, pad: usize) -> anyhow::Result<Self> {
+        let mut targets = Vec::new();
+        for base in bases {
+            let host = base
+                .strip_prefix("http://")
+                .ok_or_else(|| anyhow::anyhow!("{base}: not an http:// address"))?;
+            targets.push((host.parse()?, host.to_string()));
+        }
+        anyhow::ensure!(!targets.is_empty(), "no target to load");
         Ok(Load {
-            addr: host.parse()?,
-            host: host.to_string(),
+            targets: targets.into(),
+            next_target: Arc::default(),
             path: path.to_string(),
             run_id: format!("r{}", unix_micros()),
             chats,
@@ -303,12 +347,14 @@ impl Load {
     }
 
     async fn connect(&self) -> anyhow::Result<Conn> {
-        let stream = tokio::net::TcpStream::connect(self.addr).await?;
+        let target =
+            (self.next_target.fetch_add(1, Ordering::Relaxed) % self.targets.len() as u64) as usize;
+        let stream = tokio::net::TcpStream::connect(self.targets[target].0).await?;
         stream.set_nodelay(true)?;
         let (sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        Ok(Conn(sender))
+        Ok(Conn(sender, target))
     }
 
     /// Build and send event `n` on `conn` (connecting first if it is `None`, and leaving
@@ -319,18 +365,18 @@ impl Load {
         let chat = n % self.chats;
         let body = format!(r#"{{"n":{n},"t":{t},"c":"{chat}","pad":"{}"}}"#, self.pad);
         let sig = sign(SECRET, body.as_bytes());
-        let request = hyper::Request::post(self.path.as_str())
-            .header(hyper::header::HOST, self.host.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header("X-Perch-Topic", TOPIC)
-            .header("X-Perch-Delivery", format!("{}-{n}", self.run_id))
-            .header("X-Perch-Signature", format!("sha256={sig}"))
-            .body(http_body_util::Full::new(Bytes::from(body)))?;
         let exchange = async {
             let mut open = match conn.take() {
                 Some(c) => c,
                 None => self.connect().await?,
             };
+            let request = hyper::Request::post(self.path.as_str())
+                .header(hyper::header::HOST, self.targets[open.1].1.as_str())
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .header("X-Perch-Topic", TOPIC)
+                .header("X-Perch-Delivery", format!("{}-{n}", self.run_id))
+                .header("X-Perch-Signature", format!("sha256={sig}"))
+                .body(http_body_util::Full::new(Bytes::from(body)))?;
             open.0.ready().await?;
             let response = open.0.send_request(request).await?;
             let ok = response.status().is_success();
@@ -563,7 +609,8 @@ bots = ["notify"]
     )
 }
 
-async fn start_perch(args: &Args, sink_port: u16) -> anyhow::Result<PerchProcess> {
+/// Start one perch; `store` is its `[store]` table (empty: the default, sled).
+async fn start_perch(args: &Args, sink_port: u16, store: &str) -> anyhow::Result<PerchProcess> {
     std::fs::create_dir_all(&args.workdir)?;
     let workdir = std::fs::canonicalize(&args.workdir)?;
     let dir = tempfile::Builder::new()
@@ -572,16 +619,14 @@ async fn start_perch(args: &Args, sink_port: u16) -> anyhow::Result<PerchProcess
         .keep();
     let port = free_port()?;
     let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        perch_config(
-            port,
-            sink_port,
-            &dir.join("data"),
-            args.chats,
-            args.ingest_only,
-        ),
-    )?;
+    let text = perch_config(
+        port,
+        sink_port,
+        &dir.join("data"),
+        args.chats,
+        args.ingest_only,
+    );
+    std::fs::write(&config, format!("{text}\n{store}"))?;
     let log = std::fs::File::create(dir.join("perch.log"))?;
     let child = Command::new(&args.perch)
         .arg("--config")
@@ -845,17 +890,55 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.n > 0 && args.c > 0 && args.chats > 0,
         "--n, --c and --chats must be at least 1"
     );
+    anyhow::ensure!(
+        args.replicas >= 1 && (args.replicas == 1 || args.store == StoreKind::Postgres),
+        "--replicas {} needs --store postgres (sled belongs to one process)",
+        args.replicas
+    );
     let load_before = load_average();
     let (sink, sink_port) = start_sink().await?;
-    let mut perch = start_perch(&args, sink_port).await?;
-    let result = measure(&args, &sink, &perch).await;
-    perch.stop();
-    if args.keep {
-        say(format_args!("kept {}", perch.dir.display()));
-    } else {
-        let _ = std::fs::remove_dir_all(&perch.dir);
+    let database = match args.store {
+        StoreKind::Sled => None,
+        StoreKind::Postgres => {
+            let url = args.database_url.as_deref().ok_or_else(|| {
+                anyhow::anyhow!("--store postgres needs --database-url (or BENCH_DATABASE_URL)")
+            })?;
+            Some(FreshDatabase::create(url).await?)
+        }
+    };
+    let store = database.as_ref().map_or(String::new(), |db| {
+        format!(
+            "[store]\nkind = \"postgres\"\nurl = \"{}\"\npool_size = 8\n",
+            db.url
+        )
+    });
+    let mut perches = Vec::new();
+    let mut started = Ok(());
+    for _ in 0..args.replicas {
+        match start_perch(&args, sink_port, &store).await {
+            Ok(p) => perches.push(p),
+            Err(e) => {
+                started = Err(e);
+                break;
+            }
+        }
     }
-    let (mut rows, perch_rate) = result?;
+    let result = match started {
+        Ok(()) => measure(&args, &sink, &perches).await,
+        Err(e) => Err(e),
+    };
+    for perch in &mut perches {
+        perch.stop();
+        if args.keep {
+            say(format_args!("kept {}", perch.dir.display()));
+        } else {
+            let _ = std::fs::remove_dir_all(&perch.dir);
+        }
+    }
+    if let Some(db) = database {
+        db.drop_it().await;
+    }
+    let (mut rows, perch_rate, summary) = result?;
 
     if !args.skip_ceiling {
         say(format_args!(
@@ -887,12 +970,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "perch pipeline benchmark{}: N={} C={} chats={} body≈{} B, {}",
+        "perch pipeline benchmark{}, store {} x{}: N={} C={} chats={} body≈{} B, {}",
         if args.ingest_only {
             " (ingest only: no bot, no delivery)"
         } else {
             ""
         },
+        args.store,
+        args.replicas,
         args.n,
         args.c,
         args.chats,
@@ -909,7 +994,117 @@ async fn run(args: Args) -> anyhow::Result<()> {
         load_average()
     );
     print_table(&rows);
+    // One tab-separated line per run, for `bench/run.sh`'s side-by-side table.
+    println!(
+        "summary\t{}\t{}\t{perch_rate:.0}\t{}\t{}\t{}\t{}",
+        args.store,
+        args.replicas,
+        summary.ack_p99,
+        summary.delivered_p99,
+        summary.cpu_per_event,
+        summary.db_cpu_per_event
+    );
     Ok(())
+}
+
+/// The figures of a run that `bench/run.sh` puts side by side.
+#[derive(Default)]
+struct Summary {
+    ack_p99: String,
+    delivered_p99: String,
+    /// perch CPU (all replicas) per event, from the throughput phase's start until
+    /// everything was delivered.
+    cpu_per_event: String,
+    /// The PostgreSQL server's CPU per event over the same time ("-" on sled).
+    db_cpu_per_event: String,
+}
+
+/// A database of its own for one run, on the server of `--database-url`.
+struct FreshDatabase {
+    /// The server's URL, to drop the database from.
+    server: String,
+    name: String,
+    /// The new database's URL, for perch's config.
+    url: String,
+}
+
+impl FreshDatabase {
+    async fn create(server: &str) -> anyhow::Result<Self> {
+        use tokio_postgres::config::Host;
+        let config: tokio_postgres::Config = server
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--database-url is not a PostgreSQL URL: {e}"))?;
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to --database-url: {e}"))?;
+        tokio::spawn(connection);
+        let name = format!("perch_bench_{}", unix_micros());
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
+        let host = match config.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            Some(Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let password = config
+            .get_password()
+            .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+            .unwrap_or_default();
+        let user = config.get_user().unwrap_or("postgres");
+        Ok(FreshDatabase {
+            server: server.to_string(),
+            url: format!("postgres://{user}{password}@{host}:{port}/{name}"),
+            name,
+        })
+    }
+
+    /// Drop the database (after every replica stopped); a failure is only reported.
+    async fn drop_it(self) {
+        let dropped = async {
+            let config: tokio_postgres::Config = self.server.parse()?;
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
+                .await?;
+            Ok::<_, anyhow::Error>(())
+        };
+        if let Err(e) = dropped.await {
+            say(format_args!("could not drop database {}: {e}", self.name));
+        }
+    }
+}
+
+/// CPU time used so far by every process of the PostgreSQL server on this machine
+/// (`postgres` processes; other users of the server count too).
+fn postgres_cpu_time() -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let is_postgres = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim() == "postgres");
+        if is_postgres && let Some(t) = cpu_time(pid) {
+            total += t;
+        }
+    }
+    Some(total)
+}
+
+/// The sum of `each` over the processes `pids` (`None` if any is unreadable).
+fn summed<T: std::iter::Sum<T>>(pids: &[u32], each: impl Fn(u32) -> Option<T>) -> Option<T> {
+    pids.iter().map(|p| each(*p)).sum()
 }
 
 /// Run the fixed-rate phase, then the throughput phase, against the running perch.
@@ -919,16 +1114,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
 async fn measure(
     args: &Args,
     sink: &SharedSink,
-    perch: &PerchProcess,
-) -> anyhow::Result<(Vec<Row>, f64)> {
-    let pid = perch.pid();
+    perches: &[PerchProcess],
+) -> anyhow::Result<(Vec<Row>, f64, Summary)> {
+    let mut summary = Summary::default();
+    let pids: Vec<u32> = perches.iter().map(PerchProcess::pid).collect();
+    // The first replica's figures where one process is meant (RSS); sums elsewhere.
+    let pid = pids[0];
+    let cpu_all_perches = || summed(&pids, cpu_time);
+    let writes_all_perches = || -> Option<(u64, u64)> {
+        let mut total = (0, 0);
+        for pid in &pids {
+            let (bytes, calls) = disk_writes(*pid)?;
+            total = (total.0 + bytes, total.1 + calls);
+        }
+        Some(total)
+    };
     let stall = Duration::from_secs(args.stall_secs);
     let cap = Duration::from_secs(args.delivery_secs);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = proc_kib(pid, "VmRSS");
     say(format_args!("perch pid {pid} up, idle RSS {}", mib(idle)));
 
-    let load = Load::new(&perch.base, "/hooks/in", args.chats, args.pad)?;
+    let bases: Vec<String> = perches.iter().map(|p| p.base.clone()).collect();
+    let load = Load::new(&bases, "/hooks/in", args.chats, args.pad)?;
 
     // Fixed rate, open loop: events 0..count.
     let mut fixed_rows = Vec::new();
@@ -993,17 +1201,18 @@ async fn measure(
         args.n, args.c
     ));
     let phase_start = unix_micros();
+    let db0 = postgres_cpu_time();
     let (cpu0, own0, io0, ticks0) = (
-        cpu_time(pid),
+        cpu_all_perches(),
         own_cpu_time(),
-        disk_writes(pid),
+        writes_all_perches(),
         machine_ticks(),
     );
     let mut tp = closed_loop(&load, from, to, args.c).await;
     let (cpu_sent, own_sent, io_sent, ticks_sent) = (
-        cpu_time(pid),
+        cpu_all_perches(),
         own_cpu_time(),
-        disk_writes(pid),
+        writes_all_perches(),
         machine_ticks(),
     );
     let rate = tp.per_second();
@@ -1011,7 +1220,7 @@ async fn measure(
         "sent in {:.2} s ({rate:.0}/s)",
         tp.wall.as_secs_f64()
     ));
-    let flush = flush_stats(&reqwest::Client::new(), &perch.base).await;
+    let flush = flush_stats(&reqwest::Client::new(), &perches[0].base).await;
     rows.push(judged(
         "accepted events/s (durable ack)",
         format!("{rate:.0}"),
@@ -1026,6 +1235,7 @@ async fn measure(
         "requests ok / failed",
         format!("{} / {}", tp.ok, tp.failed),
     ));
+    summary.ack_p99 = ms(tp.acks.pct(99.0));
     rows.push(row(
         "ack latency p50 / p99",
         format!("{} / {}", ms(tp.acks.pct(50.0)), ms(tp.acks.pct(99.0))),
@@ -1061,8 +1271,20 @@ async fn measure(
     if !args.ingest_only {
         say("waiting for deliveries");
         let (delivered, last) = await_delivery(sink, from, to, stall, cap).await;
-        let cpu_all = cpu_time(pid);
+        let cpu_all = cpu_all_perches();
+        let db_all = postgres_cpu_time();
         let mut dl = delivery_latencies(sink, from, to);
+        summary.delivered_p99 = ms(dl.pct(99.0));
+        let per_event = |d: Option<Duration>| {
+            d.map_or("n/a".into(), |d| {
+                format!("{:.0} µs", d.as_secs_f64() * 1e6 / args.n.max(1) as f64)
+            })
+        };
+        summary.cpu_per_event = per_event(delta(cpu_all, cpu0));
+        summary.db_cpu_per_event = match args.store {
+            StoreKind::Sled => "-".into(),
+            StoreKind::Postgres => per_event(delta(db_all, db0)),
+        };
         rows.push(row(
             "event->delivered p50 / p99",
             format!("{} / {}", ms(dl.pct(50.0)), ms(dl.pct(99.0))),
@@ -1079,9 +1301,15 @@ async fn measure(
             format!("{delivered} / {}", args.n),
         ));
         rows.push(row(
-            "perch CPU until then",
+            "perch CPU until then (all replicas)",
             cpu_row(delta(cpu_all, cpu0), args.n),
         ));
+        if args.store == StoreKind::Postgres {
+            rows.push(row(
+                "PostgreSQL server CPU until then (all its users)",
+                cpu_row(delta(db_all, db0), args.n),
+            ));
+        }
     }
     if let Some(e) = &tp.first_error {
         say(format_args!("first error: {e}"));
@@ -1117,7 +1345,7 @@ async fn measure(
             rows.push(row("sink POSTs not understood", s.unparsable.to_string()));
         }
     }
-    Ok((rows, rate))
+    Ok((rows, rate, summary))
 }
 
 /// The same closed-loop load against a no-op axum handler in a child process.
@@ -1142,7 +1370,7 @@ async fn ceiling(
             .map_err(|_| anyhow::anyhow!("the no-op server printed {line:?}, not a port"))?
     };
     let load = Load::new(
-        &format!("http://127.0.0.1:{port}"),
+        &[format!("http://127.0.0.1:{port}")],
         "/hooks/in",
         args.chats,
         args.pad,
