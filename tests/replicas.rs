@@ -10,7 +10,7 @@
 use perch::testing::relay::{
     Acked, Sink, all_events, check_delivered_once, load, start_sink, wait_settled,
 };
-use perch::testing::{ChildPerch, RelayConfig, free_port, spawn_perch, wait_healthy};
+use perch::testing::{ChildPerch, RelayConfig, Sse, free_port, spawn_perch, wait_healthy};
 use rand::Rng;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -408,8 +408,8 @@ async fn a_sled_deployment_moves_to_postgres_with_export_and_import() {
 /// Two replicas with the web chat, signed-in people (ann, bob) and the echo bot:
 /// `[auth] mode = "local"`, so private rooms are their members' only.
 fn web_chat_replicas(dir: &Path, url: &str) -> Vec<Replica> {
-    let ann = perch::auth::hash_password(ANN_PASSWORD).unwrap();
-    let bob = perch::auth::hash_password(BOB_PASSWORD).unwrap();
+    let ann = perch::testing::hash_password(ANN_PASSWORD).unwrap();
+    let bob = perch::testing::hash_password(BOB_PASSWORD).unwrap();
     (0..2)
         .map(|i| {
             let port = free_port();
@@ -508,8 +508,8 @@ impl Browser {
     }
 
     /// The web chat's live stream, as the page opens it.
-    async fn live(&self) -> common::Sse {
-        common::Sse::open(
+    async fn live(&self) -> Sse {
+        Sse::open(
             reqwest::Client::new()
                 .get(format!("{}/chat/api/stream", self.base))
                 .header("cookie", &self.cookie),
@@ -531,7 +531,7 @@ async fn live_updates_reach_browsers_on_another_replica() {
     let replicas = web_chat_replicas(dir.path(), &url);
     let mut children: Vec<ChildPerch> = Vec::new();
     for r in &replicas {
-        children.push(spawn_perch(&r.config));
+        children.push(spawn_perch(PERCH, &r.config));
         wait_healthy(&r.base).await;
     }
     let (a, b) = (&replicas[0].base, &replicas[1].base);
@@ -540,7 +540,7 @@ async fn live_updates_reach_browsers_on_another_replica() {
     let bob_on_b = Browser::sign_in(b, "bob", BOB_PASSWORD).await;
     let mut ann_live = ann_on_b.live().await;
     let mut bob_live = bob_on_b.live().await;
-    let mut console_on_b = common::Sse::open(
+    let mut console_on_b = Sse::open(
         reqwest::Client::new()
             .get(format!("{b}/api/events/stream"))
             .bearer_auth(ADMIN_TOKEN),
@@ -619,7 +619,7 @@ async fn a_frozen_replica_thawed_after_its_leases_expired_breaks_nothing() {
     let replicas = replicas(dir.path(), 2, &url, &sink_url);
     let mut children: Vec<ChildPerch> = Vec::new();
     for r in &replicas {
-        children.push(spawn_perch(&r.config));
+        children.push(spawn_perch(PERCH, &r.config));
         wait_healthy(&r.base).await;
     }
     let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
@@ -636,9 +636,9 @@ async fn a_frozen_replica_thawed_after_its_leases_expired_breaks_nothing() {
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..900))).await;
         frozen_at.push(std::time::Instant::now());
         signal(&children[0], "STOP");
-        // Past the lease (`perch::lanes::LEASE_TTL`), while B carries on; the loader's
+        // Past the lease (`perch::testing::internals::LEASE_TTL`), while B carries on; the loader's
         // requests to A wait until A thaws.
-        tokio::time::sleep(perch::lanes::LEASE_TTL + Duration::from_secs(3)).await;
+        tokio::time::sleep(perch::testing::internals::LEASE_TTL + Duration::from_secs(3)).await;
         signal(&children[0], "CONT");
         tokio::time::sleep(Duration::from_millis(500)).await;
         stop.cancel();

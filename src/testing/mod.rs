@@ -74,7 +74,7 @@ pub mod internals {
     pub use crate::connectors::http::{HttpSource, HttpSourceConfig};
     pub use crate::connectors::matrix::api::seg as matrix_path_segment;
     pub use crate::journal::Journal;
-    pub use crate::lanes::Doorbell;
+    pub use crate::lanes::{Doorbell, LEASE_TTL};
     pub use crate::outbox::OutboxDoor;
     pub use crate::scheduler::{Fired, KEEP_RUNS, Misfire, Scheduler, Schedules, status};
     pub use crate::store::ingest_log::{decode as ingest_log_decode, encode as ingest_log_encode};
