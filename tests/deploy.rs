@@ -2,7 +2,9 @@
 //! passes `systemd-analyze verify` and keeps its sandbox; the container's config
 //! (`deploy/perch.toml`) passes `perch check` with its secrets, is refused without them,
 //! and serves `/healthz` off loopback with `/api` behind the token; the `Dockerfile`
-//! passes hadolint and stubs every target Cargo.toml declares.
+//! passes hadolint and stubs every target Cargo.toml declares; both compose files pass
+//! `docker-compose config` and demand their secrets, and the replicas' config runs two
+//! replicas on one PostgreSQL.
 //!
 //! `systemd-analyze` and `hadolint` are outside tools: where one is missing a test says
 //! so and passes, except under `CI`, where it fails (`.ci/run` installs both).
@@ -151,16 +153,18 @@ fn the_unit_keeps_its_sandbox_and_checks_the_config_first() {
 /// checkout's cards and a temporary data dir, and `listen` on `port` (all interfaces,
 /// as in the container).
 fn container_config(dir: &Path, port: u16) -> PathBuf {
-    let text = read_repo_file("deploy/perch.toml");
+    image_config("deploy/perch.toml", dir, port)
+}
+
+/// The config file `file` as a container sees it, moved here as `container_config` does.
+fn image_config(file: &str, dir: &Path, port: u16) -> PathBuf {
+    let text = read_repo_file(file);
     for image_path in [
         "listen = \"0.0.0.0:8080\"",
         "data_dir = \"/data\"",
         "cards_dir = \"/usr/share/perch/cards\"",
     ] {
-        assert!(
-            text.contains(image_path),
-            "deploy/perch.toml has {image_path}"
-        );
+        assert!(text.contains(image_path), "{file} has {image_path}");
     }
     let text = text
         .replace("0.0.0.0:8080", &format!("0.0.0.0:{port}"))
@@ -184,6 +188,7 @@ fn perch_with_env(args: &[&str], env: &[(&str, &str)]) -> Command {
         .env_remove("PERCH_ADMIN_TOKEN")
         .env_remove("PERCH_EVENTS_SECRET")
         .env_remove("PERCH_ADMIN_PASSWORD_HASH")
+        .env_remove("DATABASE_URL")
         .env_remove("PERCH_CONFIG");
     for (name, value) in env {
         cmd.env(name, value);
@@ -273,6 +278,150 @@ async fn the_container_config_serves_healthz_and_guards_the_api() {
         .unwrap();
     assert_eq!(admin.status(), 200);
     assert!(dir.path().join("data").is_dir(), "the store is in data_dir");
+}
+
+// ---------------------------------------------------------------------------------
+// The compose files
+
+/// `docker-compose config` on `file` with `env` set: (success, what it said).
+fn compose_config(compose: &Path, file: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = Command::new(compose);
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["-f", file, "config"])
+        .env_remove("PERCH_ADMIN_TOKEN")
+        .env_remove("PERCH_EVENTS_SECRET")
+        .env_remove("PERCH_ADMIN_PASSWORD_HASH")
+        .env_remove("POSTGRES_PASSWORD");
+    for (name, value) in env {
+        cmd.env(name, value);
+    }
+    let out = cmd.output().expect("docker-compose runs");
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), said)
+}
+
+/// Both compose files are valid compose (no Docker daemon or image is needed to check
+/// that), have the services the README names, and refuse to start without each secret.
+#[test]
+fn the_compose_files_are_valid_and_demand_each_secret() {
+    let Some(compose) = outside_tool("docker-compose", "DOCKER_COMPOSE") else {
+        return;
+    };
+    let secrets = [
+        ("PERCH_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("PERCH_EVENTS_SECRET", EVENTS_SECRET),
+        ("PERCH_ADMIN_PASSWORD_HASH", ADMIN_PASSWORD_HASH),
+        ("POSTGRES_PASSWORD", "deploy-test-db-password"),
+    ];
+    for (file, services, needs) in [
+        ("compose.yaml", &["perch"][..], &secrets[..3]),
+        (
+            "deploy/compose.replicas.yaml",
+            &["db", "perch-a", "perch-b", "proxy"][..],
+            &secrets[..],
+        ),
+    ] {
+        let (ok, said) = compose_config(&compose, file, needs);
+        assert!(ok, "{file}: {said}");
+        for service in services {
+            assert!(
+                said.contains(&format!("  {service}:")),
+                "{file} has {service}: {said}"
+            );
+        }
+        for (missing, _) in needs {
+            let others: Vec<_> = needs
+                .iter()
+                .copied()
+                .filter(|(n, _)| n != missing)
+                .collect();
+            let (ok, said) = compose_config(&compose, file, &others);
+            assert!(!ok, "{file} is valid without {missing}");
+            assert!(
+                said.contains(missing),
+                "{file}: the error names {missing}: {said}"
+            );
+        }
+    }
+}
+
+/// `deploy/perch.replicas.toml` as the replicas compose file runs it, minus Docker: two
+/// perch processes from the same file, each with its own data dir, on one PostgreSQL
+/// (`DATABASE_URL`). An event acknowledged by one is the other's too, and the platform's
+/// retry that lands on the other is a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replicas_config_runs_two_replicas_on_one_database() {
+    let Some(url) = perch::testing::test_database_url().await else {
+        return;
+    };
+    let env = [
+        ("PERCH_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("PERCH_EVENTS_SECRET", EVENTS_SECRET),
+        ("PERCH_ADMIN_PASSWORD_HASH", ADMIN_PASSWORD_HASH),
+        ("DATABASE_URL", url.as_str()),
+        ("RUST_LOG", "warn"),
+    ];
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut replicas = Vec::new();
+    let mut bases = Vec::new();
+    for dir in &dirs {
+        let port = free_port();
+        let config = image_config("deploy/perch.replicas.toml", dir.path(), port);
+        replicas.push(ChildPerch(
+            perch_with_env(&["serve", "--config", config.to_str().unwrap()], &env)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("perch starts"),
+        ));
+        bases.push(format!("http://127.0.0.1:{port}"));
+    }
+    for base in &bases {
+        wait_healthy(base).await;
+    }
+
+    let client = reqwest::Client::new();
+    let body = br#"{"build":"shop#1287","state":"failed"}"#;
+    let post = |base: &str| {
+        client
+            .post(format!("{base}/hooks/events"))
+            .header("Content-Type", "application/json")
+            .header("X-Perch-Topic", "ci.build.failed")
+            .header("X-Perch-Delivery", "delivery-1")
+            .header(
+                "X-Perch-Signature",
+                format!("sha256={}", perch::testing::sign(EVENTS_SECRET, body)),
+            )
+            .body(body.to_vec())
+            .send()
+    };
+    let first: serde_json::Value = post(&bases[0]).await.unwrap().json().await.unwrap();
+    assert_eq!(first["duplicate"], false, "{first}");
+    let again: serde_json::Value = post(&bases[1]).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        again["duplicate"], true,
+        "the retry on the other replica: {again}"
+    );
+    assert_eq!(again["event_id"], first["event_id"]);
+
+    for base in &bases {
+        let listed: serde_json::Value = client
+            .get(format!("{base}/api/events?limit=10"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ids: Vec<&serde_json::Value> = listed["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["event"]["id"])
+            .collect();
+        assert_eq!(ids, [&first["event_id"]], "{base}: {listed}");
+    }
 }
 
 // ---------------------------------------------------------------------------------

@@ -28,25 +28,6 @@ const SECRET: &str = "replica-secret";
 /// longer before the kill than this must have had its sent record stored.
 const REPEAT_BOUND: Duration = Duration::from_millis(50);
 
-/// A fresh database's URL, or `None` (skip) outside CI without a server.
-async fn database_url() -> Option<String> {
-    let config = perch::testing::test_database().await?;
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let password = config
-        .get_password()
-        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
-        .unwrap_or_default();
-    Some(format!(
-        "postgres://{}{password}@{host}:{port}/{}",
-        config.get_user().unwrap_or("postgres"),
-        config.get_dbname().unwrap_or("postgres"),
-    ))
-}
-
 /// One replica: its config (own port and data dir, the shared database) and base URL.
 struct Replica {
     config: PathBuf,
@@ -138,7 +119,7 @@ fn each_slot_fired_once(events: &[Value]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_deliver_each_event_once_in_order() {
-    let Some(url) = database_url().await else {
+    let Some(url) = perch::testing::test_database_url().await else {
         return;
     };
     let (sink_url, sink) = start_sink().await;
@@ -171,7 +152,7 @@ async fn three_replicas_deliver_each_event_once_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_killed_at_random_moments_lose_and_repeat_nothing() {
-    let Some(url) = database_url().await else {
+    let Some(url) = perch::testing::test_database_url().await else {
         return;
     };
     let (sink_url, sink) = start_sink().await;
@@ -222,7 +203,7 @@ async fn replicas_killed_at_random_moments_lose_and_repeat_nothing() {
 /// connector limited to 10/s (burst 10), and the sink sees 10/s in all, not 30/s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_a_connector_rate_limit() {
-    let Some(url) = database_url().await else {
+    let Some(url) = perch::testing::test_database_url().await else {
         return;
     };
     let (sink_url, sink) = start_sink().await;
@@ -319,7 +300,7 @@ fn perch_on(config: &Path, args: &[&str]) -> (i32, String) {
 /// platform's retry of an old event is still a duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sled_deployment_moves_to_postgres_with_export_and_import() {
-    let Some(url) = database_url().await else {
+    let Some(url) = perch::testing::test_database_url().await else {
         return;
     };
     let (sink_url, sink) = start_sink().await;
@@ -524,7 +505,7 @@ impl Browser {
 /// on B but not a non-member there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_updates_reach_browsers_on_another_replica() {
-    let Some(url) = database_url().await else {
+    let Some(url) = perch::testing::test_database_url().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -611,7 +592,7 @@ fn signal(child: &ChildPerch, signal: &str) {
 /// one delivery that was on the wire when it froze (the idempotency key's case).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_replica_thawed_after_its_leases_expired_breaks_nothing() {
-    let Some(url) = database_url().await else {
+    let Some(url) = perch::testing::test_database_url().await else {
         return;
     };
     let (sink_url, sink) = start_sink().await;

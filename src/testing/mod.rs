@@ -59,6 +59,27 @@ pub use crate::journal::Accepted;
 /// A fresh PostgreSQL database for a test, from `PERCH_TEST_DATABASE_URL`.
 pub use crate::store::postgres::test_database;
 
+/// A fresh database (`test_database`) as the `postgres://` URL a perch config's `[store]
+/// url` takes, or `None` (skip) outside CI without a server.
+pub async fn test_database_url() -> Option<String> {
+    let config = test_database().await?;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "127.0.0.1".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let password = config
+        .get_password()
+        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+        .unwrap_or_default();
+    Some(format!(
+        "postgres://{}{password}@{host}:{port}/{}",
+        config.get_user().unwrap_or("postgres"),
+        config.get_dbname().unwrap_or("postgres"),
+    ))
+}
+
 /// A store in a throw-away temporary directory (the embedded backend), for tests that
 /// start perch on a store of their own (`perch::Perch::start_with_store`) or check a
 /// store directly.
