@@ -34,7 +34,7 @@ use crate::event::EventKind;
 use rust_i18n::t;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AutoGroupConfig {
     /// Connector that creates the chat. Default: the one the request came from.
@@ -70,6 +70,7 @@ pub struct AutoGroupConfig {
     /// How long a claim without a chat holds before a new request may take it over
     /// (the request that made it crashed or was given up on). Longer than
     /// `server.bot_timeout`, so a live request is never overtaken.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(
         default = "default_claim_timeout",
         deserialize_with = "crate::config::de_duration"
@@ -85,7 +86,7 @@ fn default_claim_timeout() -> std::time::Duration {
 }
 
 /// The company's naming rule for groups.
-#[derive(Debug, Deserialize, Default, Clone)]
+#[derive(Debug, Deserialize, Default, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NameRule {
     /// Regular expression the whole name must match.

@@ -35,7 +35,7 @@ fn default_offset() -> i64 {
     -1
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DailyPushConfig {
     /// The data source (an `http` or `file` connector).
@@ -73,7 +73,7 @@ pub struct DailyPushConfig {
     pub title: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Clone, Serialize)]
+#[derive(Debug, Deserialize, Clone, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Figure {
     /// Field name in the figures object.

@@ -3,7 +3,7 @@
 
 use super::*;
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EchoConfig {
     /// Put before every answer.

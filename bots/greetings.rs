@@ -15,7 +15,7 @@ use crate::connectors::DataRequest;
 use chrono::{Datelike, NaiveDate};
 use rust_i18n::t;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GreetingsConfig {
     /// The data source with the people (a list of objects).
@@ -47,7 +47,7 @@ fn default_name_field() -> String {
     "name".to_string()
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Occasion {
     /// Field holding the date.

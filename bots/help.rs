@@ -3,7 +3,7 @@
 use super::*;
 use crate::cards::markdown as md;
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HelpConfig {
     /// A line shown above the list.

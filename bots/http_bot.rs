@@ -39,7 +39,7 @@ pub const SIGNATURE_HEADER: &str = "X-Perch-Signature";
 const SIGNATURE_PREFIX: &str = "sha256=";
 
 /// `[bots.<name>] kind = "http_bot"`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpBotConfig {
     /// Where perch POSTs each event (`http://127.0.0.1:9000/perch`).
@@ -48,9 +48,11 @@ pub struct HttpBotConfig {
     pub secret: Secret,
     /// How long the bot may take to answer one event (keep it below
     /// `server.bot_timeout`); a slow bot answers 202 and posts its actions later.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(default = "default_timeout", deserialize_with = "de_duration")]
     pub timeout: Duration,
     /// Largest accepted clock difference on a late-actions request's timestamp.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(default = "default_tolerance", deserialize_with = "de_duration")]
     pub tolerance: Duration,
 }

@@ -37,15 +37,15 @@ use std::sync::Arc;
 /// A user's own kinds register the same way (`Hub::builder().bot_kind::<T>("name")`).
 pub(crate) fn register_builtin(kinds: &mut BotKinds) {
     kinds
-        .add::<help::Help>("help")
-        .add::<echo::Echo>("echo")
-        .add::<notify::Notify>("notify")
-        .add::<query::Query>("query")
-        .add::<auto_group::AutoGroup>("auto_group")
-        .add::<daily_push::DailyPush>("daily_push")
-        .add::<greetings::Greetings>("greetings")
-        .add::<reminders::Reminders>("reminders")
-        .add::<http_bot::HttpBot>("http_bot");
+        .add_with_schema::<help::Help>("help")
+        .add_with_schema::<echo::Echo>("echo")
+        .add_with_schema::<notify::Notify>("notify")
+        .add_with_schema::<query::Query>("query")
+        .add_with_schema::<auto_group::AutoGroup>("auto_group")
+        .add_with_schema::<daily_push::DailyPush>("daily_push")
+        .add_with_schema::<greetings::Greetings>("greetings")
+        .add_with_schema::<reminders::Reminders>("reminders")
+        .add_with_schema::<http_bot::HttpBot>("http_bot");
 }
 
 /// A bot failed. `User` errors are meant for the person who asked and are shown to them

@@ -9,7 +9,7 @@ use super::text_template::{Escape, TextTemplates};
 use super::*;
 use crate::action::{MessageBody, Target};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyConfig {
     /// Connector to send through. Default: the one the event came from.

@@ -26,7 +26,7 @@ use crate::connectors::DataRequest;
 use rust_i18n::t;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueryConfig {
     /// Default data source (an `http` or `file` connector) for the commands.
@@ -36,7 +36,7 @@ pub struct QueryConfig {
     pub commands: BTreeMap<String, CommandConfig>,
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandConfig {
     /// Data source for this command (overrides the bot's).
@@ -66,7 +66,7 @@ pub struct CommandConfig {
 }
 
 /// One field of a query's answer as the card shows it.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldConfig {
     /// The key in the answer object.
@@ -100,7 +100,7 @@ fn shown(v: &serde_json::Value, decimals: Option<usize>) -> String {
     }
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ArgConfig {
     pub name: String,

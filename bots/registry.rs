@@ -123,12 +123,15 @@ impl<'de> serde::Deserialize<'de> for BotSpec {
 
 type ValidateFn = fn(&str, &toml::Table, usize, &Config, &mut Issues) -> Result<(), String>;
 type BuildFn = fn(&str, toml::Table) -> Result<Arc<dyn Bot>, BotError>;
+type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
 
 /// What the registry keeps per kind: two functions made from the kind's type.
 #[derive(Clone, Copy)]
 struct Registered {
     validate: ValidateFn,
     build: BuildFn,
+    /// The JSON Schema of the kind's config, for kinds registered `add_with_schema`.
+    schema: Option<SchemaFn>,
 }
 
 /// The registry of bot kinds. Cheap to clone (a map of function pointers).
@@ -164,9 +167,34 @@ impl BotKinds {
             Registered {
                 validate: validate_as::<B>,
                 build: build_as::<B>,
+                schema: None,
             },
         );
         self
+    }
+
+    /// `add`, for a kind whose config describes itself (`schemars::JsonSchema`): its
+    /// keys then appear in `perch config-schema` and the config reference.
+    pub fn add_with_schema<B: BotKind>(&mut self, kind: &'static str) -> &mut Self
+    where
+        B::Config: schemars::JsonSchema,
+    {
+        self.add::<B>(kind);
+        if let Some(registered) = self.kinds.get_mut(kind) {
+            registered.schema = Some(<B::Config as schemars::JsonSchema>::json_schema);
+        }
+        self
+    }
+
+    /// Each kind with its config's JSON Schema (`None`: registered without one).
+    pub fn config_schemas(
+        &self,
+        generator: &mut schemars::SchemaGenerator,
+    ) -> Vec<(&'static str, Option<schemars::Schema>)> {
+        self.kinds
+            .iter()
+            .map(|(kind, registered)| (*kind, registered.schema.map(|schema| schema(generator))))
+            .collect()
     }
 
     /// The registered kind names, sorted.

@@ -82,7 +82,7 @@ fn default_list() -> String {
     "reminders".into()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RemindersConfig {
     /// IANA zone for dates, `remind_at`, quiet hours and working days.
@@ -141,7 +141,7 @@ pub struct RemindersConfig {
     pub on: Vec<ItemEvent>,
 }
 
-#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ListScope {
     #[default]
@@ -150,7 +150,7 @@ pub enum ListScope {
 }
 
 /// What a system event does to an item.
-#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ItemChange {
     /// Create the item, or update it (a new due date restarts its reminders).
@@ -163,7 +163,7 @@ pub enum ItemChange {
 }
 
 /// `[[bots.<name>.on]]`: one system topic and where its fields are.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemEvent {
     /// The event topic, exactly (`task.due_set`, `item.borrowed`).

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use std::path::{Component, Path, PathBuf};
 
 /// `[connectors.<name>] kind = "file"`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSourceConfig {
     /// Directory the request paths are relative to.

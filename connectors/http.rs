@@ -17,7 +17,7 @@ fn default_retries() -> u32 {
 }
 
 /// `[connectors.<name>] kind = "http"`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSourceConfig {
     /// Base URL; request paths are appended to it.
@@ -30,6 +30,7 @@ pub struct HttpSourceConfig {
     #[serde(default)]
     pub headers: BTreeMap<String, Secret>,
     /// Time allowed for one request.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(default = "default_timeout", deserialize_with = "de_duration")]
     pub timeout: Duration,
     /// Extra attempts after a failure worth retrying.

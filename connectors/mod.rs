@@ -543,14 +543,14 @@ pub(crate) fn build(
 /// Register perch's own connector kinds: the one list of them.
 pub(crate) fn register_builtin(kinds: &mut ConnectorKinds) {
     kinds
-        .add::<local::Local>("local")
-        .add::<webhook::Webhook>("webhook")
-        .add::<http::HttpSource>("http")
-        .add::<file::FileSource>("file")
-        .add::<feishu::Feishu>("feishu")
-        .add::<feishu::webhook_bot::FeishuWebhook>("feishu_webhook")
-        .add::<slack::Slack>("slack")
-        .add::<matrix::Matrix>("matrix");
+        .add_with_schema::<local::Local>("local")
+        .add_with_schema::<webhook::Webhook>("webhook")
+        .add_with_schema::<http::HttpSource>("http")
+        .add_with_schema::<file::FileSource>("file")
+        .add_with_schema::<feishu::Feishu>("feishu")
+        .add_with_schema::<feishu::webhook_bot::FeishuWebhook>("feishu_webhook")
+        .add_with_schema::<slack::Slack>("slack")
+        .add_with_schema::<matrix::Matrix>("matrix");
 }
 
 #[cfg(test)]

@@ -261,7 +261,11 @@ struct Registered {
     locale: LocaleFn,
     replay_window: ReplayWindowFn,
     resolve_paths: ResolvePathsFn,
+    /// The JSON Schema of the kind's config, for kinds registered `add_with_schema`.
+    schema: Option<SchemaFn>,
 }
+
+type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
 
 /// The registry of connector kinds. Cheap to clone (a map of function pointers).
 #[derive(Clone, Default)]
@@ -304,9 +308,34 @@ impl ConnectorKinds {
                         K::resolve_paths(c, folder)
                     }
                 },
+                schema: None,
             },
         );
         self
+    }
+
+    /// `add`, for a kind whose config describes itself (`schemars::JsonSchema`): its
+    /// keys then appear in `perch config-schema` and the config reference.
+    pub fn add_with_schema<K: ConnectorKind>(&mut self, kind: &'static str) -> &mut Self
+    where
+        K::Config: schemars::JsonSchema,
+    {
+        self.add::<K>(kind);
+        if let Some(registered) = self.kinds.get_mut(kind) {
+            registered.schema = Some(<K::Config as schemars::JsonSchema>::json_schema);
+        }
+        self
+    }
+
+    /// Each kind with its config's JSON Schema (`None`: registered without one).
+    pub fn config_schemas(
+        &self,
+        generator: &mut schemars::SchemaGenerator,
+    ) -> Vec<(&'static str, Option<schemars::Schema>)> {
+        self.kinds
+            .iter()
+            .map(|(kind, registered)| (*kind, registered.schema.map(|schema| schema(generator))))
+            .collect()
     }
 
     /// The registered kind names, sorted.

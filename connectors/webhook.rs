@@ -33,7 +33,7 @@ fn default_separator() -> String {
 }
 
 /// `[connectors.<name>] kind = "webhook"`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Shared HMAC secret. Required unless `insecure = true`.
@@ -56,6 +56,7 @@ pub struct WebhookConfig {
     #[serde(default = "default_separator")]
     pub timestamp_separator: String,
     /// Largest accepted clock difference for `timestamp_header`.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(default = "default_tolerance", deserialize_with = "de_duration")]
     pub tolerance: Duration,
     /// Fixed topic for every event (when no header or pointer gives one).

@@ -55,6 +55,26 @@ impl<'de> Deserialize<'de> for Locale {
     }
 }
 
+impl schemars::JsonSchema for Locale {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Locale".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // `parse` also takes `zh`, `zh_CN` and any case: the pattern admits those, the
+        // enum is what an editor offers.
+        schemars::json_schema!({
+            "description": format!("A language perch has texts for: {}.", KNOWN.join(", ")),
+            "anyOf": [
+                { "enum": KNOWN },
+                { "type": "string", "pattern": "^([Ee][Nn]|[Zz][Hh]([-_][Cc][Nn])?)$" }
+            ]
+        })
+    }
+}
+
 /// Who speaks which language, from the config.
 #[derive(Debug, Clone, Default)]
 pub struct Locales {

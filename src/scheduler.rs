@@ -74,7 +74,18 @@ const RESERVED_KEYS: [&str; 3] = ["job", "slot", "caught_up"];
 // ---- config ---------------------------------------------------------------------
 
 /// What to do with slots missed while perch was down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Misfire {
     /// Fire none of them.
@@ -97,14 +108,16 @@ impl Misfire {
 }
 
 /// `[schedules.<name>]`: a job that fires tick events on a cron schedule.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
     /// Cron expression **with seconds**: `sec min hour day-of-month month day-of-week`,
     /// e.g. `"0 0 9 * * MON-FRI"` (09:00:00 on workdays). Weekday and month names work;
     /// 0 and 7 are Sunday.
+    #[schemars(with = "String")]
     pub cron: Spanned<String>,
     /// IANA time zone the cron expression is read in: `"Asia/Shanghai"`, `"UTC"`.
+    #[schemars(with = "String")]
     pub timezone: Spanned<String>,
     /// The tick event's topic. Default: the job's name.
     #[serde(default)]
@@ -114,14 +127,17 @@ pub struct ScheduleConfig {
     pub misfire: Misfire,
     /// With `misfire = "once"`: the latest missed slot fires only if it is at most this
     /// old. Default `"1h"`.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(default = "default_catch_up", deserialize_with = "de_duration")]
     pub catch_up_within: Duration,
     /// Extra fields copied into every tick's payload (beside `job`, `slot`, `caught_up`).
     #[serde(default)]
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub payload: toml::Table,
     /// `"<connector>:<chat id>"` that hears about slots that should have fired and did
     /// not (perch was down past the window) and ticks whose bots failed.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub alert_chat: Option<Spanned<String>>,
 }
 

@@ -74,7 +74,7 @@ fn empty_secret() -> Secret {
 }
 
 /// How events and card callbacks reach perch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FeishuMode {
     /// Feishu POSTs to `/hooks/<name>`: perch needs a URL Feishu can reach.
@@ -89,7 +89,7 @@ fn default_clock_skew() -> Duration {
 }
 
 /// How a `markdown` message body is sent.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MarkdownAs {
     /// A `post` with one `md` element (formatting kept).
@@ -100,7 +100,7 @@ pub enum MarkdownAs {
 }
 
 /// `[connectors.<name>] kind = "feishu"`: an app bot on Feishu or Lark.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FeishuConfig {
     /// Language of perch's built-in texts for people on this connector: `en` or
@@ -126,12 +126,14 @@ pub struct FeishuConfig {
     pub ws_endpoint_path: String,
     /// Websocket mode: how often perch pings until the server sends its own
     /// `PingInterval` (SDK default 120 s). No frame for 3 intervals: reconnect.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(
         default = "default_ws_ping_interval",
         deserialize_with = "crate::config::de_duration"
     )]
     pub ws_ping_interval: Duration,
     /// Websocket mode: the first wait before reconnecting; it doubles per failure.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(
         default = "default_ws_reconnect_min",
         deserialize_with = "crate::config::de_duration"
@@ -139,6 +141,7 @@ pub struct FeishuConfig {
     pub ws_reconnect_min: Duration,
     /// Websocket mode: the longest wait between reconnect attempts (the server's
     /// `ReconnectInterval`, SDK default 120 s, lowers it). perch never gives up.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(
         default = "default_ws_reconnect_max",
         deserialize_with = "crate::config::de_duration"
@@ -147,6 +150,7 @@ pub struct FeishuConfig {
     /// Websocket mode: after a working connection drops, up to this much random wait
     /// more, so replicas do not reconnect together (the server's `ReconnectNonce`,
     /// SDK default 30 s, lowers it).
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(
         default = "default_ws_reconnect_nonce",
         deserialize_with = "crate::config::de_duration"
@@ -154,6 +158,7 @@ pub struct FeishuConfig {
     pub ws_reconnect_nonce: Duration,
     /// Websocket mode: how long the parts of a fragmented message are kept waiting for
     /// the rest (the SDK keeps them 5 s). \[unverified\] Feishu documents no value.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(
         default = "default_ws_fragment_ttl",
         deserialize_with = "crate::config::de_duration"
@@ -194,9 +199,11 @@ pub struct FeishuConfig {
     /// §1.6) with a fresh timestamp is not documented, so the default keeps room for the
     /// whole retry schedule; if your tenant's retries carry fresh timestamps, a few
     /// minutes (`"5m"`) is a tighter setting.
+    #[schemars(with = "Option<crate::config::DurationText>")]
     #[serde(default, deserialize_with = "crate::config::de_opt_duration")]
     pub timestamp_window: Option<Duration>,
     /// How far ahead of perch's clock a request's timestamp may be.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(
         default = "default_clock_skew",
         deserialize_with = "crate::config::de_duration"

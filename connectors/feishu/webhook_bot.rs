@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 const MAX_BODY_BYTES: usize = 20 * 1024;
 
 /// `[connectors.<name>] kind = "feishu_webhook"`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FeishuWebhookConfig {
     /// Language of perch's built-in texts for people on this connector: `en` or

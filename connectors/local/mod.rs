@@ -41,7 +41,7 @@ use tokio::sync::broadcast;
 ///
 /// Only one local connector per perch: its UI is served at `/` and its API at
 /// `/chat/api`, which two of them cannot share.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LocalConfig {
     /// Title shown in the browser tab and the sidebar (default "perch").

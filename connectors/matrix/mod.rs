@@ -67,7 +67,7 @@ fn default_rate_per_second() -> u32 {
 }
 
 /// Which `msgtype` perch's messages use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MsgType {
     /// `m.notice`: what the spec recommends for bots (other bots ignore notices).
@@ -86,7 +86,7 @@ impl MsgType {
 }
 
 /// `[connectors.<name>] kind = "matrix"`: a bot account on a homeserver.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatrixConfig {
     /// Language of perch's built-in texts for people on this connector: `en` or
@@ -119,6 +119,7 @@ pub struct MatrixConfig {
     #[serde(default = "default_true")]
     pub auto_join: bool,
     /// How long one `/sync` long poll waits for news.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(
         default = "default_sync_timeout",
         deserialize_with = "crate::config::de_duration"

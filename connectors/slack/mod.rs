@@ -61,7 +61,7 @@ fn default_window() -> Duration {
 }
 
 /// How Slack reaches perch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SlackMode {
     /// Events API and interactivity as HTTPS requests to `/hooks/<name>` (a public URL).
@@ -72,7 +72,7 @@ pub enum SlackMode {
 }
 
 /// `[connectors.<name>] kind = "slack"`: a Slack app with a bot user.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlackConfig {
     /// Language of perch's built-in texts for people on this connector: `en` or
@@ -123,12 +123,14 @@ pub struct SlackConfig {
     #[serde(default = "default_rate_per_minute")]
     pub rate_per_minute: u32,
     /// Oldest `X-Slack-Request-Timestamp` accepted (Slack's SDKs: five minutes).
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(
         default = "default_window",
         deserialize_with = "crate::config::de_duration"
     )]
     pub timestamp_window: Duration,
     /// How far ahead of perch's clock a request's timestamp may be.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(
         default = "default_window",
         deserialize_with = "crate::config::de_duration"

@@ -56,13 +56,14 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 const NS: &str = "auth";
 
 /// `[auth]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// `dev` (pick a name; loopback only), `local` (accounts below) or `proxy`
     /// (`X-Forwarded-User` from `proxy_addresses`).
     pub mode: AuthMode,
     /// How long a session lasts after sign-in.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(deserialize_with = "crate::config::de_duration")]
     pub session_ttl: Duration,
     /// People by name. In `local` mode each needs a `password_hash`; in `proxy` mode the
@@ -108,7 +109,7 @@ impl Default for AuthConfig {
     }
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMode {
     Dev,
@@ -118,7 +119,7 @@ pub enum AuthMode {
 }
 
 /// `[auth.users.<name>]`
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// argon2id PHC string (`$argon2id$v=19$…`), from `perch user add <name>`; it may
@@ -130,7 +131,9 @@ pub struct UserConfig {
     pub role: Role,
 }
 
-#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Admin,

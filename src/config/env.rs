@@ -136,6 +136,42 @@ impl std::fmt::Display for Secret {
     }
 }
 
+/// The JSON Schema of a `${VAR}`-expanded config string: any string.
+fn env_string_schema(description: &str) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "description": description,
+    })
+}
+
+impl schemars::JsonSchema for EnvString {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "EnvString".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        env_string_schema(
+            "A string; `${VAR}`, `${VAR:-default}` and `${VAR:?message}` are read from the environment, `$$` is a literal `$`.",
+        )
+    }
+}
+
+impl schemars::JsonSchema for Secret {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Secret".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        env_string_schema(
+            "A secret string, never printed; write `\"${VAR}\"` to read it from the environment (`${VAR:-default}`, `${VAR:?message}`; `$$` is a literal `$`).",
+        )
+    }
+}
+
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;

@@ -11,11 +11,13 @@
 
 pub(crate) mod env;
 mod problems;
+mod schema;
 
 use crate::bots::{BotKinds, BotSpec};
 use crate::connectors::{ConnectorConfig, ConnectorKinds};
 use crate::event::EventKind;
 pub use env::{EnvString, Secret};
+pub use schema::{DurationText, config_reference, config_schema};
 use serde::{Deserialize, Deserializer};
 use serde_spanned::Spanned;
 use std::collections::BTreeMap;
@@ -24,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The whole config file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// HTTP server, storage and pipeline settings.
@@ -42,22 +44,28 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     /// Connectors by name: `[connectors.<name>]` with a `kind`.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub connectors: BTreeMap<String, Spanned<ConnectorConfig>>,
     /// Bots by name: `[bots.<name>]` with a `kind`.
-    #[serde(default)]
+    ///
     /// Each table's keys other than `kind` are read into its kind's config during
     /// validation, by the registry in `bot_kinds`.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub bots: BTreeMap<String, Spanned<BotSpec>>,
     /// Routes, in order: `[[routes]]`.
     #[serde(default)]
+    #[schemars(with = "Vec<RouteConfig>")]
     pub routes: Vec<Spanned<RouteConfig>>,
     /// Who may run which bot's commands and press its buttons: `[[permissions]]`
     /// (`crate::permissions`).
     #[serde(default)]
+    #[schemars(with = "Vec<crate::permissions::PermissionRule>")]
     pub permissions: Vec<Spanned<crate::permissions::PermissionRule>>,
     /// Scheduled jobs by name: `[schedules.<name>]` with a `cron` and a `timezone`; each
     /// slot fires a tick event (see `crate::scheduler`).
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, crate::scheduler::ScheduleConfig>")]
     pub schedules: BTreeMap<String, Spanned<crate::scheduler::ScheduleConfig>>,
     /// Where the config was read from, for error messages. Not a config key.
     #[serde(skip)]
@@ -129,7 +137,7 @@ pub(crate) const MAX_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
 pub(crate) const MAX_CONNECTIONS: usize = 1 << 20;
 
 /// `[server]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address to listen on. perch refuses a non-loopback address unless `admin_token`
@@ -146,14 +154,17 @@ pub struct ServerConfig {
     /// How long a client may take to send a request's headers (HTTP/1), counted from
     /// when perch starts waiting for them: also how long an idle keep-alive connection
     /// stays open. A slower client's connection is closed.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(deserialize_with = "de_duration")]
     pub header_read_timeout: Duration,
     /// How long a client may take to send a request's whole body, from its headers on.
     /// A slower one is answered 408 and its connection closed.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(deserialize_with = "de_duration")]
     pub body_read_timeout: Duration,
     /// A connection that has no request in progress and sends nothing for this long is
     /// closed (one that never sends a request, an idle HTTP/2 connection).
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(deserialize_with = "de_duration")]
     pub idle_timeout: Duration,
     /// Most client connections open at once; further ones wait in the listen backlog
@@ -161,9 +172,11 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// How long a platform's event id is remembered to drop its retries (Feishu re-sends
     /// for about 7.1 h, so at least 8 h).
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(deserialize_with = "de_duration")]
     pub dedupe_window: Duration,
     /// How long handled events stay in the journal.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(deserialize_with = "de_duration")]
     pub journal_retention: Duration,
     /// Store cache size in MiB (sled's default of 1 GiB is far more than perch needs).
@@ -171,11 +184,13 @@ pub struct ServerConfig {
     /// How many chats' events are handled at once (events of one chat are in order).
     pub concurrency: usize,
     /// How long one bot may take on one event before it counts as failed.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(deserialize_with = "de_duration")]
     pub bot_timeout: Duration,
     /// How long the answer to a card click waits for the bot's toast or replacement
     /// card before answering without them (the card still updates through the outbox).
     /// Feishu drops an answer after 3 s (refs §1.7), so at most 2.9 s.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(deserialize_with = "de_duration")]
     pub click_answer_window: Duration,
     /// Log format: `text` or `json`.
@@ -190,6 +205,7 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT, how long in-flight bot runs and deliveries may take to finish.
     /// Nothing waits for a retry's backoff; what is not finished by then stays queued
     /// (nothing acknowledged is lost) and goes out after the next start.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_grace: Duration,
 }
@@ -220,7 +236,7 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     #[default]
@@ -229,7 +245,7 @@ pub enum LogFormat {
 }
 
 /// `[store]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// `sled`: the embedded store in `server.data_dir`, for one process. `postgres`:
@@ -253,7 +269,7 @@ impl Default for StoreConfig {
     }
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StoreKind {
     #[default]
@@ -262,20 +278,23 @@ pub enum StoreKind {
 }
 
 /// `[outbox]`
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutboxConfig {
     /// Attempts before an operation goes to the dead letters.
     pub max_attempts: u32,
     /// First retry delay (doubles each attempt, with jitter).
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(deserialize_with = "de_duration")]
     pub min_backoff: Duration,
     /// Longest retry delay.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(deserialize_with = "de_duration")]
     pub max_backoff: Duration,
     /// How many operations may be in flight at once across all chats.
     pub concurrency: usize,
     /// How long one delivery attempt may take.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(deserialize_with = "de_duration")]
     pub attempt_timeout: Duration,
 }
@@ -297,7 +316,7 @@ impl Default for OutboxConfig {
 /// Routes are checked in order and **every** matching route fires (a bot gets an event
 /// at most once), unless a matching route says `stop = true`, which ends the search.
 /// All conditions given on a route must hold.
-#[derive(Debug, Deserialize, serde::Serialize, Clone)]
+#[derive(Debug, Deserialize, serde::Serialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Only events from this connector.
@@ -321,6 +340,7 @@ pub struct RouteConfig {
     /// Payload fields that must equal the given values, by JSON pointer:
     /// `payload = { "/action" = "opened" }`.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub payload: BTreeMap<String, toml::Value>,
     /// The bots that get matching events.
     pub bots: Vec<String>,
