@@ -1,5 +1,5 @@
 //! The `perch` command line: `serve`, `check`, `send`, `schedule`, `migrate`, `export`,
-//! `import`, `card render`. It is
+//! `import`, `card render`, `config-schema`. It is
 //! in the library so that a user's own binary with their own bot kinds
 //! (`perch::Hub::builder().bot_kind::<MyBot>("my_kind").run()`) is the same program as
 //! `perch`, with the same subcommands. `anyhow` is used here and only here.
@@ -81,6 +81,14 @@ enum Cmd {
         /// The dump file to read.
         file: PathBuf,
     },
+    /// Print the JSON Schema of the config (the program's own bot and connector kinds
+    /// included), as checked in at `docs/perch.schema.json`; with `--markdown`, the
+    /// config reference made from it (`docs/config-reference.md`). Reads no config.
+    ConfigSchema {
+        /// Print the Markdown config reference instead of the schema.
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Card templates.
     Card {
         #[command(subcommand)]
@@ -147,6 +155,15 @@ fn run(kinds: &Kinds) -> Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Cmd::Serve { json_logs: false }) {
         Cmd::Check => check(&cli.config, kinds),
+        Cmd::ConfigSchema { markdown } => {
+            let schema = crate::config::config_schema(kinds);
+            if markdown {
+                print!("{}", crate::config::config_reference(&schema));
+            } else {
+                println!("{}", serde_json::to_string_pretty(&schema)?);
+            }
+            Ok(())
+        }
         Cmd::Serve { json_logs } => {
             let config = load(&cli.config, kinds)?;
             let json = json_logs || config.server.log_format == LogFormat::Json;

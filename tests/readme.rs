@@ -102,3 +102,23 @@ async fn the_readme_notification_card_renders_from_its_event() {
         "{card}"
     );
 }
+
+#[test]
+fn every_toml_block_of_the_readme_validates_against_the_config_schema() {
+    let schema = perch::config::config_schema(&perch::config::Kinds::builtin());
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    for (i, block) in toml_blocks().iter().enumerate() {
+        let table: toml::Table = toml::from_str(block).expect("README toml block is TOML");
+        let instance = serde_json::to_value(table).expect("TOML as JSON");
+        let errors: Vec<String> = validator
+            .iter_errors(&instance)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "README toml block {} does not validate against docs/perch.schema.json:\n  {}\n---\n{block}",
+            i + 1,
+            errors.join("\n  ")
+        );
+    }
+}
