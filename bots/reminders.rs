@@ -141,7 +141,9 @@ pub struct RemindersConfig {
     pub on: Vec<ItemEvent>,
 }
 
-#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Debug, Deserialize, serde::Serialize, Default, Clone, Copy, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ListScope {
     #[default]
@@ -150,7 +152,9 @@ pub enum ListScope {
 }
 
 /// What a system event does to an item.
-#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Debug, Deserialize, serde::Serialize, Default, Clone, Copy, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ItemChange {
     /// Create the item, or update it (a new due date restarts its reminders).

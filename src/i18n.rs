@@ -55,6 +55,12 @@ impl<'de> Deserialize<'de> for Locale {
     }
 }
 
+impl serde::Serialize for Locale {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl schemars::JsonSchema for Locale {
     fn inline_schema() -> bool {
         true

@@ -243,3 +243,56 @@ fn a_built_in_kinds_schema_lists_its_keys() {
     assert!(echo["properties"]["locale"].is_object());
     assert_eq!(echo["required"][0], json!("kind"));
 }
+
+/// The defaults the schema shows are values perch takes: `[server]`, `[store]`,
+/// `[outbox]` and `[auth]` written out with every default the schema gives are read.
+#[test]
+fn every_default_the_schema_shows_is_accepted_by_perch() {
+    let schema = config_schema(&Kinds::builtin());
+    let mut config = serde_json::Map::new();
+    for table in ["server", "store", "outbox", "auth"] {
+        let reference = schema["properties"][table]["allOf"][0]["$ref"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("#/definitions/"))
+            .unwrap_or_else(|| panic!("[{table}] is not a reference to its type"));
+        let properties = schema["definitions"][reference]["properties"]
+            .as_object()
+            .expect("keys");
+        let defaults: serde_json::Map<String, Value> = properties
+            .iter()
+            .filter_map(|(key, property)| Some((key.clone(), property.get("default")?.clone())))
+            .collect();
+        assert!(defaults.len() >= 2, "[{table}] shows only {defaults:?}");
+        config.insert(table.into(), Value::Object(defaults));
+    }
+    let text = toml::to_string(&config).expect("defaults as TOML");
+    assert!(text.contains("header_read_timeout = \"10s\""), "{text}");
+    if let Err(e) = Config::from_str(&text, Path::new("defaults.toml")) {
+        panic!("perch refuses the schema's defaults: {e}\n---\n{text}");
+    }
+}
+
+/// `perch config-schema` prints what is checked in (the test above compares the library's
+/// output; this is the program's).
+#[test]
+fn perch_config_schema_prints_the_checked_in_files() {
+    for (args, file) in [
+        (&["config-schema"][..], SCHEMA_FILE),
+        (&["config-schema", "--markdown"][..], REFERENCE_FILE),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_perch"))
+            .args(args)
+            // It reads no config: a missing one must not matter.
+            .args(["--config", "/nonexistent/perch.toml"])
+            .output()
+            .expect("run perch");
+        assert!(output.status.success(), "perch {args:?} failed: {output:?}");
+        let printed = String::from_utf8(output.stdout).expect("UTF-8");
+        let checked_in = std::fs::read_to_string(file).unwrap_or_default();
+        assert!(
+            printed == checked_in,
+            "`perch {}` differs from {file}: regenerate with `{REGENERATE}`",
+            args.join(" ")
+        );
+    }
+}

@@ -74,7 +74,9 @@ fn empty_secret() -> Secret {
 }
 
 /// How events and card callbacks reach perch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum FeishuMode {
     /// Feishu POSTs to `/hooks/<name>`: perch needs a URL Feishu can reach.
@@ -89,7 +91,9 @@ fn default_clock_skew() -> Duration {
 }
 
 /// How a `markdown` message body is sent.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[derive(
+    Debug, Deserialize, serde::Serialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum MarkdownAs {
     /// A `post` with one `md` element (formatting kept).

@@ -67,7 +67,9 @@ fn default_rate_per_second() -> u32 {
 }
 
 /// Which `msgtype` perch's messages use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum MsgType {
     /// `m.notice`: what the spec recommends for bots (other bots ignore notices).

@@ -61,7 +61,9 @@ fn default_window() -> Duration {
 }
 
 /// How Slack reaches perch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SlackMode {
     /// Events API and interactivity as HTTPS requests to `/hooks/<name>` (a public URL).

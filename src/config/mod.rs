@@ -39,7 +39,7 @@ pub struct Config {
     /// Delivery settings for the outbox.
     #[serde(default)]
     pub outbox: OutboxConfig,
-    /// Who is who on the web surfaces: sign-in mode, accounts, sessions (`crate::auth`).
+    /// Who is who on the web surfaces: sign-in mode, accounts, sessions.
     #[serde(default)]
     pub auth: crate::auth::AuthConfig,
     /// Connectors by name: `[connectors.<name>]` with a `kind`.
@@ -47,9 +47,8 @@ pub struct Config {
     #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub connectors: BTreeMap<String, Spanned<ConnectorConfig>>,
     /// Bots by name: `[bots.<name>]` with a `kind`.
-    ///
-    /// Each table's keys other than `kind` are read into its kind's config during
-    /// validation, by the registry in `bot_kinds`.
+    // Each table's keys other than `kind` are read into its kind's config during
+    // validation, by the registry in `bot_kinds`.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub bots: BTreeMap<String, Spanned<BotSpec>>,
@@ -57,13 +56,12 @@ pub struct Config {
     #[serde(default)]
     #[schemars(with = "Vec<RouteConfig>")]
     pub routes: Vec<Spanned<RouteConfig>>,
-    /// Who may run which bot's commands and press its buttons: `[[permissions]]`
-    /// (`crate::permissions`).
+    /// Who may run which bot's commands and press its buttons: `[[permissions]]`.
     #[serde(default)]
     #[schemars(with = "Vec<crate::permissions::PermissionRule>")]
     pub permissions: Vec<Spanned<crate::permissions::PermissionRule>>,
     /// Scheduled jobs by name: `[schedules.<name>]` with a `cron` and a `timezone`; each
-    /// slot fires a tick event (see `crate::scheduler`).
+    /// slot fires a tick event.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, crate::scheduler::ScheduleConfig>")]
     pub schedules: BTreeMap<String, Spanned<crate::scheduler::ScheduleConfig>>,
@@ -236,7 +234,9 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[derive(
+    Debug, Deserialize, serde::Serialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     #[default]
@@ -269,7 +269,9 @@ impl Default for StoreConfig {
     }
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[derive(
+    Debug, Deserialize, serde::Serialize, Clone, Copy, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum StoreKind {
     #[default]
