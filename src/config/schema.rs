@@ -211,7 +211,8 @@ pub fn config_reference(schema: &Value) -> String {
         } else {
             (format!("[{key}]"), property.clone())
         };
-        let _ = write!(out, "\n## `{header}`\n\n");
+        blank_line(&mut out);
+        let _ = write!(out, "## `{header}`\n\n");
         let said = properties[key].get("description");
         write_description(&mut out, said);
         // The table type's own doc, unless it only repeats the header or the key's doc.
@@ -223,7 +224,8 @@ pub fn config_reference(schema: &Value) -> String {
         write_keys(&mut out, &table, &defs, &mut mentioned);
     }
     for (key, title) in [("bots", "Bot"), ("connectors", "Connector")] {
-        let _ = write!(out, "\n## `[{key}.<name>]`\n\n");
+        blank_line(&mut out);
+        let _ = write!(out, "## `[{key}.<name>]`\n\n");
         write_description(
             &mut out,
             properties.get(key).and_then(|p| p.get("description")),
@@ -232,12 +234,19 @@ pub fn config_reference(schema: &Value) -> String {
         for kind in &kinds {
             match kind["properties"]["kind"]["enum"][0].as_str() {
                 Some(name) => {
-                    let _ = write!(out, "\n### `kind = \"{name}\"`\n\n");
-                    write_description(&mut out, kind.get("description"));
+                    blank_line(&mut out);
+                    let _ = write!(out, "### `kind = \"{name}\"`\n\n");
+                    // A doc that is only the table's header says nothing the title does not.
+                    let description = kind.get("description").filter(|d| {
+                        d.as_str()
+                            .is_some_and(|d| !d.trim().starts_with(&format!("`[{key}.")))
+                    });
+                    write_description(&mut out, description);
                     write_keys(&mut out, kind, &defs, &mut mentioned);
                 }
                 None => {
-                    let _ = write!(out, "\n### Other kinds\n\n");
+                    blank_line(&mut out);
+                    let _ = write!(out, "### Other kinds\n\n");
                     write_description(&mut out, kind.get("description"));
                 }
             }
@@ -248,7 +257,8 @@ pub fn config_reference(schema: &Value) -> String {
     while let Some(name) = mentioned.iter().find(|n| !written.contains(*n)).cloned() {
         written.push(name.clone());
         let Some(def) = defs.get(&name) else { continue };
-        let _ = write!(out, "\n## {name}\n\n");
+        blank_line(&mut out);
+        let _ = write!(out, "## {name}\n\n");
         write_description(&mut out, def.get("description"));
         if def.get("properties").is_some() {
             write_keys(&mut out, def, &defs, &mut mentioned);
@@ -278,6 +288,13 @@ fn unwrap_all_of(schema: &Value) -> &Value {
         Some([only]) => only,
         _ => schema,
     }
+}
+
+/// End `out` with one empty line, before a heading.
+fn blank_line(out: &mut String) {
+    let text_end = out.trim_end_matches('\n').len();
+    out.truncate(text_end);
+    out.push_str("\n\n");
 }
 
 fn write_description(out: &mut String, description: Option<&Value>) {
