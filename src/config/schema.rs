@@ -157,15 +157,14 @@ fn tidy_defaults(value: &mut Value) {
                     .get("anyOf")
                     .and_then(Value::as_array)
                     .is_some_and(|a| a.iter().any(|s| s["format"] == json!(DURATION_FORMAT)));
-            if is_duration {
-                if let Some(default) = object.get_mut("default") {
-                    if let (Some(secs), Some(nanos)) =
-                        (default["secs"].as_u64(), default["nanos"].as_u64())
-                    {
-                        let duration = std::time::Duration::new(secs, nanos as u32);
-                        *default = json!(humantime::format_duration(duration).to_string());
-                    }
-                }
+            if is_duration
+                && let Some(default) = object.get_mut("default")
+                && let (Some(secs), Some(nanos)) =
+                    (default["secs"].as_u64(), default["nanos"].as_u64())
+                && let Ok(nanos) = u32::try_from(nanos)
+            {
+                let duration = std::time::Duration::new(secs, nanos);
+                *default = json!(humantime::format_duration(duration).to_string());
             }
             for child in object.values_mut() {
                 tidy_defaults(child);
