@@ -296,3 +296,73 @@ fn perch_config_schema_prints_the_checked_in_files() {
         );
     }
 }
+
+/// The keys perch's own error names as expected after an unknown key `zz_unknown` in
+/// `text` (serde's "unknown field `zz_unknown`, expected one of `a`, `b`").
+fn keys_perch_expects(text: &str) -> std::collections::BTreeSet<String> {
+    let error = Config::from_str(text, Path::new("keys.toml"))
+        .expect_err("an unknown key is refused")
+        .to_string();
+    let line = error
+        .lines()
+        .find(|l| l.contains("unknown field `zz_unknown`"))
+        .unwrap_or_else(|| panic!("no unknown-field message in:\n{error}"));
+    let expected = line.split_once("expected").map_or("", |(_, rest)| rest);
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+fn keys_in_schema(table: &Value) -> std::collections::BTreeSet<String> {
+    table["properties"]
+        .as_object()
+        .expect("keys")
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// The schema lists exactly the keys perch reads: for every top-level table and every
+/// built-in kind, the keys perch's own "unknown field" error expects are the schema's.
+#[test]
+fn the_schema_lists_exactly_the_keys_perch_reads() {
+    let schema = config_schema(&Kinds::builtin());
+    let definitions = &schema["definitions"];
+    for table in ["server", "store", "outbox", "auth"] {
+        let reference = schema["properties"][table]["allOf"][0]["$ref"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("#/definitions/"))
+            .expect("a reference");
+        assert_eq!(
+            keys_in_schema(&definitions[reference]),
+            keys_perch_expects(&format!("[{table}]\nzz_unknown = 1\n")),
+            "[{table}]"
+        );
+    }
+    for (section, definition) in [("bots", "Bot"), ("connectors", "Connector")] {
+        let kinds = definitions[definition]["oneOf"].as_array().expect("kinds");
+        let mut checked = 0;
+        for kind_schema in kinds {
+            let Some(kind) = kind_schema["properties"]["kind"]["enum"][0].as_str() else {
+                continue;
+            };
+            let mut in_schema = keys_in_schema(kind_schema);
+            // `kind` (and a bot's `locale`) are read by the table itself, not the kind.
+            in_schema.remove("kind");
+            if section == "bots" {
+                in_schema.remove("locale");
+            }
+            let text = format!("[{section}.x]\nkind = \"{kind}\"\nzz_unknown = 1\n");
+            assert_eq!(
+                in_schema,
+                keys_perch_expects(&text),
+                "{section} kind {kind}"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 8, "only {checked} {section} kinds checked");
+    }
+}
