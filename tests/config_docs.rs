@@ -232,12 +232,13 @@ fn a_kind_the_schema_does_not_know_may_have_any_keys() {
 #[test]
 fn a_built_in_kinds_schema_lists_its_keys() {
     let schema = config_schema(&Kinds::builtin());
-    let bots = schema["definitions"]["Bot"]["oneOf"]
+    let bots = schema["definitions"]["Bot"]["allOf"]
         .as_array()
         .expect("bot kinds");
     let echo = bots
         .iter()
-        .find(|b| b["properties"]["kind"]["enum"] == json!(["echo"]))
+        .find(|b| b["if"]["properties"]["kind"]["enum"] == json!(["echo"]))
+        .map(|b| &b["then"])
         .expect("the echo kind");
     assert_eq!(echo["additionalProperties"], json!(false));
     assert!(echo["properties"]["locale"].is_object());
@@ -343,9 +344,9 @@ fn the_schema_lists_exactly_the_keys_perch_reads() {
         );
     }
     for (section, definition) in [("bots", "Bot"), ("connectors", "Connector")] {
-        let kinds = definitions[definition]["oneOf"].as_array().expect("kinds");
+        let kinds = definitions[definition]["allOf"].as_array().expect("kinds");
         let mut checked = 0;
-        for kind_schema in kinds {
+        for kind_schema in kinds.iter().map(|branch| &branch["then"]) {
             let Some(kind) = kind_schema["properties"]["kind"]["enum"][0].as_str() else {
                 continue;
             };
@@ -365,4 +366,17 @@ fn the_schema_lists_exactly_the_keys_perch_reads() {
         }
         assert!(checked >= 8, "only {checked} {section} kinds checked");
     }
+}
+
+/// An editor names the misspelled key of a built-in kind, not only "no branch matched".
+#[test]
+fn the_schema_names_a_misspelled_key_of_a_built_in_kind() {
+    let text = BASE.replace("kind = \"echo\"", "kind = \"echo\"\nprefx = \"> \"");
+    let errors = schema_errors(&validator(), &text);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("prefx") && e.contains("/bots/echo")),
+        "no error names `prefx` at /bots/echo: {errors:?}"
+    );
 }
