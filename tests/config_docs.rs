@@ -326,8 +326,8 @@ fn keys_in_schema(table: &Value) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
-/// The schema lists exactly the keys perch reads: for every top-level table and every
-/// built-in kind, the keys perch's own "unknown field" error expects are the schema's.
+/// The schema lists exactly the keys perch reads: for every top-level table, routes,
+/// permissions, schedules, accounts and every built-in kind, the keys perch's own "unknown field" error expects are the schema's.
 #[test]
 fn the_schema_lists_exactly_the_keys_perch_reads() {
     let schema = config_schema(&Kinds::builtin());
@@ -341,6 +341,18 @@ fn the_schema_lists_exactly_the_keys_perch_reads() {
             keys_in_schema(&definitions[reference]),
             keys_perch_expects(&format!("[{table}]\nzz_unknown = 1\n")),
             "[{table}]"
+        );
+    }
+    for (header, definition) in [
+        ("[[routes]]", "RouteConfig"),
+        ("[[permissions]]", "PermissionRule"),
+        ("[schedules.x]", "ScheduleConfig"),
+        ("[auth.users.x]", "UserConfig"),
+    ] {
+        assert_eq!(
+            keys_in_schema(&definitions[definition]),
+            keys_perch_expects(&format!("{header}\nzz_unknown = 1\n")),
+            "{header}"
         );
     }
     for (section, definition) in [("bots", "Bot"), ("connectors", "Connector")] {
