@@ -28,11 +28,13 @@ pub const STATE_COOKIE: &str = "perch_oauth_state";
 /// How long a started sign-in may take.
 const STATE_TTL: Duration = Duration::from_secs(10 * 60);
 
-/// `[auth.feishu]`
-#[derive(Debug, Deserialize)]
+/// `[auth.feishu]`: sign-in with Feishu (OAuth) for `mode = "feishu"`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FeishuLoginConfig {
+    /// The Feishu app's id (`cli_…`).
     pub app_id: String,
+    /// The app's secret; write it as `"${FEISHU_APP_SECRET}"`.
     pub app_secret: Secret,
     /// perch's callback as Feishu reaches it through the browser, registered in the
     /// app's security settings: `https://perch.example.com/auth/feishu/callback`.

@@ -85,6 +85,7 @@ pub struct AuthConfig {
     /// several people may share an address (an office behind NAT).
     pub sign_in_attempts_per_address: u32,
     /// How often expired sessions are deleted from the store.
+    #[schemars(with = "crate::config::DurationText")]
     #[serde(deserialize_with = "crate::config::de_duration")]
     pub sweep_every: Duration,
     /// `[auth.feishu]`: the app people sign in with (`mode = "feishu"`).
