@@ -782,6 +782,25 @@ async fn open_items(t: &TestPerch, s: &Session) -> Vec<Value> {
     body["items"].as_array().cloned().unwrap_or_default()
 }
 
+/// ann asks `tasks` for a reminder in `general` and waits for it among her open
+/// items: the items, and the path where the first one's buttons are pressed.
+async fn ann_reminds_herself(t: &TestPerch, ann: &Session) -> (Vec<Value>, String) {
+    say(
+        t,
+        ann,
+        "@tasks remind me in 2 hours call the supplier",
+        "a-1",
+    )
+    .await;
+    let items = eventually(10, "ann's item on the Bots page", || async {
+        let items = open_items(t, ann).await;
+        (!items.is_empty()).then_some(items)
+    })
+    .await;
+    let id = items[0]["id"].as_str().unwrap_or_default().to_string();
+    (items, format!("/api/bots/tasks/items/{id}/press"))
+}
+
 /// The Bots page's Done goes the way a card click goes: as the signed-in person, past
 /// the owner rule, with CSRF, journaled once however often it is pressed.
 #[tokio::test]
@@ -790,18 +809,7 @@ async fn done_from_the_bots_page_is_a_click_by_the_signed_in_owner_only() {
     let ann = sign_in(&t, "ann", ANN_PASSWORD).await;
     let bob = sign_in(&t, "bob", BOB_PASSWORD).await;
     let carol = sign_in(&t, "carol", BOB_PASSWORD).await;
-    say(
-        &t,
-        &ann,
-        "@tasks remind me in 2 hours call the supplier",
-        "a-1",
-    )
-    .await;
-    let items = eventually(10, "ann's item on the Bots page", || async {
-        let items = open_items(&t, &ann).await;
-        (!items.is_empty()).then_some(items)
-    })
-    .await;
+    let (items, press_path) = ann_reminds_herself(&t, &ann).await;
     assert_eq!(items.len(), 1, "{items:?}");
     let item = &items[0];
     assert_eq!(item["owner"], "ann");
@@ -812,7 +820,6 @@ async fn done_from_the_bots_page_is_a_click_by_the_signed_in_owner_only() {
         "{item}"
     );
     let id = item["id"].as_str().unwrap().to_string();
-    let press_path = format!("/api/bots/tasks/items/{id}/press");
     let done = |client_id: &str| json!({ "action": "done", "client_id": client_id });
 
     // A member cannot reach the page's calls at all.
@@ -1044,6 +1051,28 @@ async fn feishu_round(t: &TestPerch) -> (String, String) {
     (state_cookie, t.url(path))
 }
 
+/// The browser's hop back to perch's callback with the state cookie it was given.
+async fn back_to_perch(
+    http: &reqwest::Client,
+    callback: &str,
+    state_cookie: &str,
+) -> reqwest::Response {
+    http.get(callback)
+        .header("cookie", state_cookie)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The `code` query value of a callback URL.
+fn code_of(callback: &str) -> &str {
+    let after = callback
+        .split("code=")
+        .nth(1)
+        .expect("a code in the callback");
+    after.split('&').next().unwrap_or(after)
+}
+
 #[tokio::test]
 async fn feishu_login_makes_the_open_id_the_person_and_refuses_forged_callbacks() {
     let fake = fake_feishu::FakeFeishu::start().await;
@@ -1067,12 +1096,7 @@ async fn feishu_login_makes_the_open_id_the_person_and_refuses_forged_callbacks(
         callback.contains("code=") && callback.contains("state="),
         "{callback}"
     );
-    let resp = http
-        .get(&callback)
-        .header("cookie", &state_cookie)
-        .send()
-        .await
-        .unwrap();
+    let resp = back_to_perch(&http, &callback, &state_cookie).await;
     assert_eq!(resp.status(), 303);
     assert_eq!(location(&resp), "/console");
     let session = set_cookie(&resp, SESSION).expect("a session cookie");
@@ -1092,12 +1116,7 @@ async fn feishu_login_makes_the_open_id_the_person_and_refuses_forged_callbacks(
 
     // The same callback again (a replay): the state is used up; Feishu is not asked.
     let exchanges = fake.lock().oauth_exchanges.len();
-    let resp = http
-        .get(&callback)
-        .header("cookie", &state_cookie)
-        .send()
-        .await
-        .unwrap();
+    let resp = back_to_perch(&http, &callback, &state_cookie).await;
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(
@@ -1109,12 +1128,7 @@ async fn feishu_login_makes_the_open_id_the_person_and_refuses_forged_callbacks(
     let (state_cookie2, callback2) = feishu_round(&t).await;
     let forged = callback2.replace("state=", "state=x");
     assert_eq!(
-        http.get(&forged)
-            .header("cookie", &state_cookie2)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        back_to_perch(&http, &forged, &state_cookie2).await.status(),
         400
     );
     let (_, callback3) = feishu_round(&t).await;
@@ -1127,27 +1141,10 @@ async fn feishu_login_makes_the_open_id_the_person_and_refuses_forged_callbacks(
 
     // A fresh state with a code used before: Feishu refuses it, no session.
     let (state_cookie4, callback4) = feishu_round(&t).await;
-    let old_code = callback
-        .split("code=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap();
-    let new_code = callback4
-        .split("code=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap();
+    let old_code = code_of(&callback);
+    let new_code = code_of(&callback4);
     let replayed = callback4.replace(new_code, old_code);
-    let resp = http
-        .get(&replayed)
-        .header("cookie", &state_cookie4)
-        .send()
-        .await
-        .unwrap();
+    let resp = back_to_perch(&http, &replayed, &state_cookie4).await;
     assert_eq!(resp.status(), 401);
     assert!(set_cookie(&resp, SESSION).is_none());
     let body: Value = resp.json().await.unwrap();
@@ -1159,24 +1156,14 @@ async fn feishu_login_makes_the_open_id_the_person_and_refuses_forged_callbacks(
     // Someone of another tenant is refused.
     fake.lock().oauth_person = Some(("ou_eve".into(), "Eve".into(), "tenant-2".into()));
     let (state_cookie5, callback5) = feishu_round(&t).await;
-    let resp = http
-        .get(&callback5)
-        .header("cookie", &state_cookie5)
-        .send()
-        .await
-        .unwrap();
+    let resp = back_to_perch(&http, &callback5, &state_cookie5).await;
     assert_eq!(resp.status(), 403);
 
     // A perch with the wrong app secret gets no session either, and says why.
     fake.lock().oauth_person = Some(("ou_ann".into(), "Ann Li".into(), "tenant-1".into()));
     let wrong = feishu_perch(&fake, "not-the-secret", None).await;
     let (state_cookie6, callback6) = feishu_round(&wrong).await;
-    let resp = http
-        .get(&callback6)
-        .header("cookie", &state_cookie6)
-        .send()
-        .await
-        .unwrap();
+    let resp = back_to_perch(&http, &callback6, &state_cookie6).await;
     assert_eq!(resp.status(), 401);
     let body: Value = resp.json().await.unwrap();
     assert!(
@@ -1246,22 +1233,7 @@ async fn the_owner_rule_is_a_permission_a_config_overrides() {
     let t = TestPerch::start(&rule(r#"["owner", "group:leads"]"#)).await;
     let ann = sign_in(&t, "ann", ANN_PASSWORD).await;
     let carol = sign_in(&t, "carol", BOB_PASSWORD).await;
-    say(
-        &t,
-        &ann,
-        "@tasks remind me in 2 hours call the supplier",
-        "a-1",
-    )
-    .await;
-    let items = eventually(10, "ann's item", || async {
-        let items = open_items(&t, &ann).await;
-        (!items.is_empty()).then_some(items)
-    })
-    .await;
-    let path = format!(
-        "/api/bots/tasks/items/{}/press",
-        items[0]["id"].as_str().unwrap()
-    );
+    let (_, path) = ann_reminds_herself(&t, &ann).await;
     let (status, body) = carol
         .post(&t, &path, &json!({ "action": "done", "client_id": "c-1" }))
         .await;
@@ -1272,22 +1244,7 @@ async fn the_owner_rule_is_a_permission_a_config_overrides() {
     // Only carol: the owner herself is refused, by the rule, in one line.
     let t = TestPerch::start(&rule(r#"["carol"]"#)).await;
     let ann = sign_in(&t, "ann", ANN_PASSWORD).await;
-    say(
-        &t,
-        &ann,
-        "@tasks remind me in 2 hours call the supplier",
-        "a-1",
-    )
-    .await;
-    let items = eventually(10, "ann's item", || async {
-        let items = open_items(&t, &ann).await;
-        (!items.is_empty()).then_some(items)
-    })
-    .await;
-    let path = format!(
-        "/api/bots/tasks/items/{}/press",
-        items[0]["id"].as_str().unwrap()
-    );
+    let (_, path) = ann_reminds_herself(&t, &ann).await;
     let (status, body) = ann
         .post(&t, &path, &json!({ "action": "done", "client_id": "a-2" }))
         .await;
