@@ -570,18 +570,32 @@ fn card_render_command_prints_platform_json() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown platform `fax`"));
 }
 
-#[tokio::test]
-async fn api_lists_and_renders_cards() {
-    let t = TestPerch::start("[server]\nlisten = \"127.0.0.1:0\"\n").await;
-    let http = reqwest::Client::new();
-    let list: Value = http
-        .get(t.url("/api/cards"))
-        .send()
+/// `GET path` at perch, read as JSON.
+async fn get_json(t: &TestPerch, path: &str) -> Value {
+    reqwest::get(t.url(path))
         .await
         .unwrap()
         .json()
         .await
+        .unwrap()
+}
+
+/// `POST path` at perch with a JSON body: the status and the JSON answer (null if none).
+async fn post_json(t: &TestPerch, path: &str, body: &Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(t.url(path))
+        .json(body)
+        .send()
+        .await
         .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn api_lists_and_renders_cards() {
+    let t = TestPerch::start("[server]\nlisten = \"127.0.0.1:0\"\n").await;
+    let list = get_json(&t, "/api/cards").await;
     let names: Vec<&str> = list["templates"]
         .as_array()
         .unwrap()
@@ -591,14 +605,13 @@ async fn api_lists_and_renders_cards() {
     assert_eq!(names, TEMPLATES);
     assert_eq!(list["templates"][4]["sample"]["bot"], "reminders");
 
-    let resp = http
-        .post(t.url("/api/cards/render"))
-        .json(&json!({"template": "reminder", "data": sample("reminder"), "platform": "slack"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let v: Value = resp.json().await.unwrap();
+    let (status, v) = post_json(
+        &t,
+        "/api/cards/render",
+        &json!({"template": "reminder", "data": sample("reminder"), "platform": "slack"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
     assert!(v["output"]["blocks"].is_array() && v["output"]["text"].is_string());
     assert_eq!(
         v["card"]["header"]["title"],
@@ -611,15 +624,12 @@ async fn api_lists_and_renders_cards() {
         json!({"used": blocks, "limit": 50, "unit": "blocks"})
     );
     for (platform, limit) in [("feishu", 30 * 1024), ("feishu_webhook", 19 * 1024)] {
-        let v: Value = http
-            .post(t.url("/api/cards/render"))
-            .json(&json!({"template": "reminder", "platform": platform}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, v) = post_json(
+            &t,
+            "/api/cards/render",
+            &json!({"template": "reminder", "platform": platform}),
+        )
+        .await;
         let bytes = serde_json::to_string(&v["output"]).unwrap().len();
         assert_eq!(
             v["size"],
@@ -629,15 +639,12 @@ async fn api_lists_and_renders_cards() {
     }
 
     // Sample data is used when none is given; HTML comes back as a string.
-    let v: Value = http
-        .post(t.url("/api/cards/render"))
-        .json(&json!({"template": "welcome", "platform": "html"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, v) = post_json(
+        &t,
+        "/api/cards/render",
+        &json!({"template": "welcome", "platform": "html"}),
+    )
+    .await;
     assert!(
         v["output"]
             .as_str()
@@ -659,14 +666,8 @@ async fn api_lists_and_renders_cards() {
         ),
         (json!({"platform": "html"}), "either"),
     ] {
-        let resp = http
-            .post(t.url("/api/cards/render"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 400, "{body}");
-        let e: Value = resp.json().await.unwrap();
+        let (status, e) = post_json(&t, "/api/cards/render", &body).await;
+        assert_eq!(status, 400, "{body}");
         assert!(e["error"].as_str().unwrap().contains(needle), "{e}");
     }
 }
@@ -763,20 +764,11 @@ async fn the_studio_points_at_template_errors_and_sends_a_test_render_once() {
         "[server]\nlisten = \"127.0.0.1:0\"\n[connectors.web]\nkind = \"local\"\n",
     )
     .await;
-    let http = reqwest::Client::new();
-    let post = |path: &'static str, body: Value| {
-        let req = http.post(t.url(path)).json(&body);
-        async move {
-            let resp = req.send().await.unwrap();
-            let status = resp.status().as_u16();
-            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
     let render =
         |source: &str| json!({ "template": "welcome", "source": source, "platform": "text" });
     // An unclosed block, a `{{{`, a variable the data lacks: each with where it is.
     let unclosed = "{\n  \"header\": {\"title\": \"x\"},\n  {{#if group}}\n  \"elements\": []\n}";
-    let (status, e) = post("/api/cards/render", render(unclosed)).await;
+    let (status, e) = post_json(&t, "/api/cards/render", &render(unclosed)).await;
     assert_eq!(status, 400, "{e}");
     // The error's own text names the same place as its `line` and `column`.
     let (line, column) = (e["line"].as_u64().unwrap(), e["column"].as_u64().unwrap());
@@ -787,7 +779,12 @@ async fn the_studio_points_at_template_errors_and_sends_a_test_render_once() {
             .contains(&format!("welcome.hbs:{line}:{column}: ")),
         "{e}"
     );
-    let (status, e) = post("/api/cards/render", render("{\n  \"x\": {{{group}}}\n}")).await;
+    let (status, e) = post_json(
+        &t,
+        "/api/cards/render",
+        &render("{\n  \"x\": {{{group}}}\n}"),
+    )
+    .await;
     assert_eq!(status, 400, "{e}");
     assert_eq!(
         (e["line"].clone(), e["column"].clone()),
@@ -795,7 +792,7 @@ async fn the_studio_points_at_template_errors_and_sends_a_test_render_once() {
         "{e}"
     );
     let missing = "{\n  \"header\": {\"title\": \"{{group}}\"},\n  \"elements\": [{\"type\": \"markdown\", \"text\": \"{{nope}}\"}]\n}";
-    let (status, e) = post("/api/cards/render", render(missing)).await;
+    let (status, e) = post_json(&t, "/api/cards/render", &render(missing)).await;
     assert_eq!(status, 400, "{e}");
     assert!(
         e["error"]
@@ -807,7 +804,7 @@ async fn the_studio_points_at_template_errors_and_sends_a_test_render_once() {
     assert_eq!(e["line"], 3, "{e}");
     // A good edit renders; the template itself is unchanged.
     let good = "{\n  \"header\": {\"title\": \"Edited {{group}}\"},\n  \"elements\": [{\"type\": \"markdown\", \"text\": \"hi\"}]\n}";
-    let (status, v) = post("/api/cards/render", render(good)).await;
+    let (status, v) = post_json(&t, "/api/cards/render", &render(good)).await;
     assert_eq!(status, 200, "{v}");
     assert!(
         v["output"]
@@ -816,9 +813,10 @@ async fn the_studio_points_at_template_errors_and_sends_a_test_render_once() {
             .contains("Edited 【项目】Acme-P123"),
         "{v}"
     );
-    let (_, v) = post(
+    let (_, v) = post_json(
+        &t,
         "/api/cards/render",
-        json!({ "template": "welcome", "platform": "text" }),
+        &json!({ "template": "welcome", "platform": "text" }),
     )
     .await;
     assert!(
@@ -847,7 +845,7 @@ async fn the_studio_points_at_template_errors_and_sends_a_test_render_once() {
         (send(json!({ "source": unclosed })), "welcome.hbs:"),
         (send(json!({ "data": {} })), "is missing"),
     ] {
-        let (status, e) = post("/api/cards/send", body.clone()).await;
+        let (status, e) = post_json(&t, "/api/cards/send", &body).await;
         assert_eq!(status, 400, "{body}: {e}");
         assert!(e["error"].as_str().unwrap().contains(needle), "{e}");
     }
@@ -857,24 +855,17 @@ async fn the_studio_points_at_template_errors_and_sends_a_test_render_once() {
     );
 
     // The real one, sent twice (a double click): one event, one message in the room.
-    let (status, first) = post("/api/cards/send", send(json!({ "source": good }))).await;
+    let (status, first) = post_json(&t, "/api/cards/send", &send(json!({ "source": good }))).await;
     assert_eq!(status, 200, "{first}");
     let event_id = first["event_id"].as_str().unwrap().to_string();
     assert_eq!(first["outbox_key"], format!("{event_id}/console/0000"));
-    let (_, again) = post("/api/cards/send", send(json!({ "source": good }))).await;
+    let (_, again) = post_json(&t, "/api/cards/send", &send(json!({ "source": good }))).await;
     assert_eq!(
         (again["duplicate"].clone(), again["event_id"].clone()),
         (json!(true), json!(event_id))
     );
     let deliveries = eventually(10, "the test render delivered", || async {
-        let v: Value = http
-            .get(t.url(&format!("/api/events/{event_id}/deliveries")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(&t, &format!("/api/events/{event_id}/deliveries")).await;
         (v["sent"].as_array().is_some_and(|s| s.len() == 1)).then_some(v)
     })
     .await;
@@ -882,14 +873,7 @@ async fn the_studio_points_at_template_errors_and_sends_a_test_render_once() {
         deliveries["sent"][0]["key"],
         format!("{event_id}/console/0000")
     );
-    let history: Value = http
-        .get(t.url("/chat/api/rooms/general/messages"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history = get_json(&t, "/chat/api/rooms/general/messages").await;
     let cards: Vec<&Value> = history["messages"]
         .as_array()
         .unwrap()
