@@ -65,26 +65,36 @@ fn mention(text: &str, id: &str) -> Event {
     e
 }
 
-async fn run_example(program: &str, script: &str) {
-    if !interpreter(program) {
-        return;
+/// Run `script` with `program` as the bot on `port` (told perch's URL for its late
+/// actions, when given) and wait until it listens; killed when dropped.
+async fn start_example(program: &str, script: &str, port: u16, perch_url: Option<&str>) -> Example {
+    let mut command = std::process::Command::new(program);
+    command
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/").to_string() + script)
+        .env("PORT", port.to_string())
+        .env("PERCH_BOT_SECRET", SECRET)
+        .stdout(std::process::Stdio::null());
+    if let Some(url) = perch_url {
+        command.env("PERCH_URL", url);
     }
-    let platform = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "om_sent"})))
-        .mount(&platform)
-        .await;
-    let port = free_port();
-    let config = format!(
+    let example = Example(command.spawn().expect("the example starts"));
+    eventually(10, "the example listens", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+    })
+    .await;
+    example
+}
+
+/// perch's config: the shipped cards, `connectors` (TOML), and the example bot on
+/// `port` answering every mention.
+fn example_config(port: u16, connectors: &str) -> String {
+    format!(
         r#"
 [server]
 cards_dir = "{cards}"
-
-[connectors.chat]
-kind = "webhook"
-insecure = true
-send_url = "{platform}/send"
-
+{connectors}
 [bots.example]
 kind = "http_bot"
 url = "http://127.0.0.1:{port}/"
@@ -96,27 +106,30 @@ mention = "*"
 bots = ["example"]
 "#,
         cards = concat!(env!("CARGO_MANIFEST_DIR"), "/cards"),
-        platform = platform.uri(),
+    )
+}
+
+async fn run_example(program: &str, script: &str) {
+    if !interpreter(program) {
+        return;
+    }
+    let platform = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "om_sent"})))
+        .mount(&platform)
+        .await;
+    let port = free_port();
+    let config = example_config(
+        port,
+        &format!(
+            "\n[connectors.chat]\nkind = \"webhook\"\ninsecure = true\nsend_url = \"{}/send\"\n",
+            platform.uri()
+        ),
     );
     let t = TestPerch::start(&config).await;
-    let _example = Example(
-        std::process::Command::new(program)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/").to_string() + script)
-            .env("PORT", port.to_string())
-            .env("PERCH_BOT_SECRET", SECRET)
-            .env("PERCH_URL", &t.base)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("the example starts"),
-    );
+    let _example = start_example(program, script, port, Some(&t.base)).await;
     let bot = format!("http://127.0.0.1:{port}/");
     let client = reqwest::Client::new();
-    eventually(10, "the example listens", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-    })
-    .await;
 
     // The example checks perch's signature: a forged request is refused.
     let ts = chrono::Utc::now().timestamp().to_string();
@@ -180,38 +193,8 @@ async fn example_survives_a_kill(program: &str, script: &str) {
         return;
     }
     let port = free_port();
-    let _example = Example(
-        std::process::Command::new(program)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/").to_string() + script)
-            .env("PORT", port.to_string())
-            .env("PERCH_BOT_SECRET", SECRET)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("the example starts"),
-    );
-    eventually(10, "the example listens", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-    })
-    .await;
-    let config = format!(
-        r#"
-[server]
-cards_dir = "{cards}"
-
-[bots.example]
-kind = "http_bot"
-url = "http://127.0.0.1:{port}/"
-secret = "{SECRET}"
-timeout = "5s"
-
-[[routes]]
-mention = "*"
-bots = ["example"]
-"#,
-        cards = concat!(env!("CARGO_MANIFEST_DIR"), "/cards"),
-    );
+    let _example = start_example(program, script, port, None).await;
+    let config = example_config(port, "");
     let card = answers_once_across_a_kill(PERCH, &config, "hello").await;
     assert_eq!(
         card.msg_type, "interactive",
