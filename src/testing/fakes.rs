@@ -144,6 +144,33 @@ pub async fn gateway_admits(
     ))
 }
 
+/// A fake platform's state that keeps the requests its gateway refused.
+pub trait RecordsRefusals: Send + 'static {
+    /// Where the refusals go, in arrival order ("POST /path: why").
+    fn refused(&mut self) -> &mut Vec<String>;
+}
+
+/// The strict gateway as an axum middleware, for every fake platform:
+/// `.layer(axum::middleware::from_fn_with_state(state.clone(), strict_gateway::<FakeState>))`.
+/// It refuses what [`gateway_admits`] refuses, before any handler, and records why.
+pub async fn strict_gateway<S: RecordsRefusals>(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<std::sync::Mutex<S>>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match gateway_admits(req).await {
+        Ok(req) => next.run(req).await,
+        Err((why, refusal)) => {
+            // A test that panicked while holding the lock still wants the record.
+            let mut state = state
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state.refused().push(why);
+            refusal
+        }
+    }
+}
+
 /// The JSON bodies a wiremock server received, in arrival order. Panics on a request a
 /// strict server would have refused (`malformed`).
 pub async fn received_json(server: &wiremock::MockServer) -> Vec<serde_json::Value> {
@@ -236,4 +263,80 @@ pub async fn fails_then(
         .mount(&server)
         .await;
     server
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A fake's state: what its gateway refused, and how often its one handler ran.
+    #[derive(Default)]
+    struct GatedState {
+        refused: Vec<String>,
+        handled: usize,
+    }
+
+    impl RecordsRefusals for GatedState {
+        fn refused(&mut self) -> &mut Vec<String> {
+            &mut self.refused
+        }
+    }
+
+    #[tokio::test]
+    async fn the_strict_gateway_refuses_and_records_before_any_handler() {
+        let state = Arc::new(Mutex::new(GatedState::default()));
+        let handler_state = state.clone();
+        let app = axum::Router::new()
+            .route(
+                "/send",
+                axum::routing::post(move || async move {
+                    handler_state.lock().unwrap().handled += 1;
+                    "ok"
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                strict_gateway::<GatedState>,
+            ));
+        let url = format!("{}/send", serve_fake(app).await);
+        let http = reqwest::Client::new();
+        let json = "application/json";
+
+        // A repeated singleton header, and a body that is not JSON: 400, recorded, unhandled.
+        let twice = http
+            .post(&url)
+            .header("content-type", json)
+            .header("content-type", json)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(twice.status(), 400);
+        let form = http.post(&url).body("a=1").send().await.unwrap();
+        assert_eq!(form.status(), 400);
+        {
+            let seen = state.lock().unwrap();
+            assert_eq!(seen.handled, 0, "no handler ran for a refused request");
+            assert_eq!(
+                seen.refused,
+                vec![
+                    "POST /send: header content-type appears 2 times".to_string(),
+                    "POST /send: a body with content-type \"\", not application/json".to_string(),
+                ]
+            );
+        }
+
+        // A well-formed request reaches the handler with its body whole.
+        let fine = http
+            .post(&url)
+            .header("content-type", json)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(fine.status(), 200);
+        let seen = state.lock().unwrap();
+        assert_eq!((seen.handled, seen.refused.len()), (1, 2));
+    }
 }

@@ -175,7 +175,10 @@ impl FakeMatrix {
         let app = Router::new()
             .nest("/_matrix/client/v3", api)
             .fallback(|| async { matrix_error(404, "M_UNRECOGNIZED", "Unrecognized request") })
-            .layer(axum::middleware::from_fn_with_state(state.clone(), gateway))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                perch::testing::strict_gateway::<FakeState>,
+            ))
             .with_state(state.clone());
         let base = perch::testing::serve_fake(app).await;
         FakeMatrix { base, state }
@@ -333,19 +336,9 @@ fn matrix_error(status: u16, errcode: &str, error: &str) -> Response {
         .into_response()
 }
 
-/// The gateway in front of every endpoint: refuses what a strict server refuses, before
-/// any endpoint runs, and records it.
-async fn gateway(
-    State(s): State<Shared>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    match perch::testing::gateway_admits(req).await {
-        Ok(req) => next.run(req).await,
-        Err((why, refusal)) => {
-            s.lock().unwrap().refused.push(why);
-            refusal
-        }
+impl perch::testing::RecordsRefusals for FakeState {
+    fn refused(&mut self) -> &mut Vec<String> {
+        &mut self.refused
     }
 }
 

@@ -112,7 +112,10 @@ impl FakeSlack {
         let state: Shared = Arc::new(Mutex::new(FakeState::default()));
         let app = Router::new()
             .route("/api/{method}", any(method))
-            .layer(axum::middleware::from_fn_with_state(state.clone(), gateway))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                perch::testing::strict_gateway::<FakeState>,
+            ))
             .with_state(state.clone());
         let base = format!("{}/api", perch::testing::serve_fake(app).await);
         FakeSlack { base, state }
@@ -182,19 +185,9 @@ impl FakeSlack {
     }
 }
 
-/// The gateway in front of every method: refuses what a strict server refuses, before
-/// any method runs, and records it.
-async fn gateway(
-    State(s): State<Shared>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    match perch::testing::gateway_admits(req).await {
-        Ok(req) => next.run(req).await,
-        Err((why, refusal)) => {
-            s.lock().unwrap().refused.push(why);
-            refusal
-        }
+impl perch::testing::RecordsRefusals for FakeState {
+    fn refused(&mut self) -> &mut Vec<String> {
+        &mut self.refused
     }
 }
 

@@ -198,7 +198,10 @@ impl FakeFeishu {
             .route("/open-apis/authen/v1/authorize", get(oauth_authorize))
             .route("/open-apis/authen/v2/oauth/token", post(oauth_token))
             .route("/open-apis/authen/v1/user_info", get(oauth_user_info))
-            .layer(axum::middleware::from_fn_with_state(state.clone(), gateway))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::testing::strict_gateway::<FakeState>,
+            ))
             .with_state(state.clone());
         let base = crate::testing::serve_fake(app).await;
         FakeFeishu { base, state }
@@ -331,19 +334,9 @@ async fn ws_endpoint(State(s): State<Shared>, body: Bytes) -> Response {
     .into_response()
 }
 
-/// The API gateway in front of every endpoint: refuses what a strict server refuses
-/// (see the module docs), before any handler, and records it.
-async fn gateway(
-    State(s): State<Shared>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    match crate::testing::gateway_admits(req).await {
-        Ok(req) => next.run(req).await,
-        Err((why, refusal)) => {
-            s.lock().unwrap().refused.push(why);
-            refusal
-        }
+impl crate::testing::RecordsRefusals for FakeState {
+    fn refused(&mut self) -> &mut Vec<String> {
+        &mut self.refused
     }
 }
 
