@@ -359,6 +359,27 @@ async fn every_refusal_is_one_line_of_json() {
             400,
         ),
         (
+            "malformed JSON to the card studio's send",
+            http.post(t.url("/api/cards/send"))
+                .header("content-type", "application/json")
+                .body("{\"template\": "),
+            400,
+        ),
+        (
+            "malformed JSON to a Bots page press",
+            http.post(t.url("/api/bots/tasks/items/i1/press"))
+                .header("content-type", "application/json")
+                .body("{\"action\": "),
+            400,
+        ),
+        (
+            "an oversized web chat message",
+            http.post(t.url("/chat/api/rooms/general/messages"))
+                .header("content-type", "application/json")
+                .body(vec![b' '; 8192]),
+            413,
+        ),
+        (
             "a web chat body without a JSON content type",
             http.post(t.url("/chat/api/rooms"))
                 .header("content-type", "text/plain")

@@ -98,26 +98,6 @@ fn store_err(e: crate::store::StoreError) -> ApiError {
     ApiError::from(ChatError::Store(e))
 }
 
-/// A JSON body or a one-line 4xx (malformed JSON, a missing field, wrong content type,
-/// too large).
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(v)| v).map_err(|r| {
-        let status = r.status();
-        let reason = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => {
-                "body is larger than the configured limit (server.body_limit)".to_string()
-            }
-            _ => r
-                .body_text()
-                .lines()
-                .next()
-                .unwrap_or("bad JSON body")
-                .to_string(),
-        };
-        ApiError::new(status, reason)
-    })
-}
-
 /// Refuse a viewer who may not read the web chat at all (signed-in modes, nobody signed in).
 fn may_chat(viewer: &Viewer) -> Result<(), ApiError> {
     match viewer {
@@ -273,7 +253,7 @@ async fn create_room(
     b: Result<Json<NewRoom>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     may_chat(&viewer)?;
-    let b = body(b)?;
+    let Json(b) = b?;
     let name = super::normalise_name("room name", &b.name)?;
     let name = name.as_str();
     if name.is_empty() {
@@ -415,7 +395,7 @@ async fn post_message(
     b: Result<Json<NewMessage>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     may_chat(&viewer)?;
-    let b = body(b)?;
+    let Json(b) = b?;
     let author = author_of(&viewer, b.author.as_deref())?;
     room_for(&s, &viewer, &room).await?;
     let (msg, duplicate) = s.post(&room, &author, &b.text, &b.client_id).await?;
@@ -474,7 +454,7 @@ async fn post_action(
     b: Result<Json<NewAction>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     room_for(&s, &viewer, &room).await?;
-    let b = body(b)?;
+    let Json(b) = b?;
     let author = author_of(&viewer, b.author.as_deref())?;
     let action = CardAction {
         bot: b.action.bot,

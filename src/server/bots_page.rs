@@ -180,13 +180,7 @@ pub async fn press(
     Path((name, id)): Path<(String, String)>,
     body: Result<Json<Press>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(press) = body.map_err(|r| {
-        let text = r.body_text();
-        ApiError::new(
-            r.status(),
-            text.lines().next().unwrap_or("bad JSON body").to_string(),
-        )
-    })?;
+    let Json(press) = body?;
     let person = crate::auth::routes::author_of(&viewer, press.as_person.as_deref())?;
     crate::auth::check_user_name(&person)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("`as`: {e}")))?;

@@ -188,14 +188,7 @@ async fn test_render_event(
     body: Result<Json<TestRender>, JsonRejection>,
 ) -> Result<Json<Value>, Response> {
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m).into_response();
-    let Json(req) = body.map_err(|r| {
-        let text = r.body_text();
-        ApiError::new(
-            r.status(),
-            text.lines().next().unwrap_or("bad JSON body").to_string(),
-        )
-        .into_response()
-    })?;
+    let Json(req) = body.map_err(|r| ApiError::from(r).into_response())?;
     if !s.connectors.contains_key(&req.connector) {
         let mut known: Vec<&String> = s.connectors.keys().collect();
         known.sort();
