@@ -9,14 +9,8 @@ use std::time::Duration;
 /// This crate's binary: perch's command line with the `standup` kind.
 const BINARY: &str = env!("CARGO_BIN_EXE_custom_bot");
 const CARDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/cards");
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kill_while_the_card_is_on_the_way_sends_it_once() {
-    let config = format!(
-        r#"
-[server]
-cards_dir = "{CARDS}"
-
+/// The standup bot, answering every `standup` command: both tests' bot and route.
+const STANDUP: &str = r#"
 [bots.standup]
 kind = "standup"
 title = "Today's standup"
@@ -25,8 +19,11 @@ title = "Today's standup"
 mention = "*"
 command = "standup"
 bots = ["standup"]
-"#
-    );
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_while_the_card_is_on_the_way_sends_it_once() {
+    let config = format!("[server]\ncards_dir = \"{CARDS}\"\n{STANDUP}");
     let card = perch::testing::answers_once_across_a_kill(
         BINARY,
         &config,
@@ -75,16 +72,7 @@ cards_dir = "{cards}"
 
 [connectors.web]
 kind = "local"
-
-[bots.standup]
-kind = "standup"
-title = "Today's standup"
-
-[[routes]]
-mention = "*"
-command = "standup"
-bots = ["standup"]
-"#,
+{STANDUP}"#,
             data = dir.join("data").display(),
             cards = CARDS,
         ),
