@@ -114,28 +114,33 @@ async fn until(c: &Client, what: &str, script: &str) -> Value {
     .await
 }
 
+/// Click the element `at` finds (it must be there).
+async fn click(c: &Client, at: Locator<'_>) {
+    c.find(at)
+        .await
+        .expect("the element to click")
+        .click()
+        .await
+        .expect("a click");
+}
+
+/// Type `text` into the element `at` finds (it must be there).
+async fn type_into(c: &Client, at: Locator<'_>, text: &str) {
+    c.find(at)
+        .await
+        .expect("the element to type into")
+        .send_keys(text)
+        .await
+        .expect("typing");
+}
+
 async fn sign_in(c: &Client, t: &TestPerch, name: &str, password: &str, next: &str) {
     c.goto(&t.url(&format!("/login?next={next}")))
         .await
         .unwrap();
-    c.find(Locator::Id("name"))
-        .await
-        .unwrap()
-        .send_keys(name)
-        .await
-        .unwrap();
-    c.find(Locator::Id("password"))
-        .await
-        .unwrap()
-        .send_keys(password)
-        .await
-        .unwrap();
-    c.find(Locator::Id("submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(c, Locator::Id("name"), name).await;
+    type_into(c, Locator::Id("password"), password).await;
+    click(c, Locator::Id("submit")).await;
     until(
         c,
         &format!("{name} lands on {next}"),
@@ -273,14 +278,11 @@ async fn console_and_chat_in_a_real_browser() {
     .await;
 
     // Open the event, then its deliveries: the dead letter is there; replay it.
-    ann.find(Locator::Css(&format!(
-        "#event-list tr[data-id=\"{event_id}\"]"
-    )))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
+    click(
+        &ann,
+        Locator::Css(&format!("#event-list tr[data-id=\"{event_id}\"]")),
+    )
+    .await;
     until(&ann, "the event's detail", "!document.getElementById('event-detail').hidden && document.getElementById('to-deliveries')").await;
     until(
         &ann,
@@ -288,12 +290,7 @@ async fn console_and_chat_in_a_real_browser() {
         "document.getElementById('event-detail').textContent.includes('Dead (1)')",
     )
     .await;
-    ann.find(Locator::Id("to-deliveries"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&ann, Locator::Id("to-deliveries")).await;
     until(
         &ann,
         "the dead letter with its Replay button",
@@ -305,12 +302,7 @@ async fn console_and_chat_in_a_real_browser() {
         dead_text.as_str().unwrap().contains("HTTP 400"),
         "{dead_text}"
     );
-    ann.find(Locator::Css("#dead button.replay"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&ann, Locator::Css("#dead button.replay")).await;
     until(
         &ann,
         "the replay is confirmed",
@@ -325,12 +317,7 @@ async fn console_and_chat_in_a_real_browser() {
     )
     .await;
     // And back to the event.
-    ann.find(Locator::Id("back-to-event"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&ann, Locator::Id("back-to-event")).await;
     until(
         &ann,
         "the event again, now delivered",
@@ -422,12 +409,7 @@ async fn console_and_chat_in_a_real_browser() {
          document.getElementById('send-chat').value = 'general';",
     )
     .await;
-    ann.find(Locator::Id("send-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&ann, Locator::Id("send-button")).await;
     until(
         &ann,
         "the test render is confirmed",
@@ -475,12 +457,7 @@ async fn console_and_chat_in_a_real_browser() {
             && row.as_str().unwrap().contains("ann"),
         "{row}"
     );
-    ann.find(Locator::Css(done_button))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&ann, Locator::Css(done_button)).await;
     until(
         &ann,
         "the bot's answer as a toast",
