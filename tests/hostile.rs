@@ -295,6 +295,12 @@ async fn every_refusal_is_one_line_of_json() {
     ))
     .await;
     let http = reqwest::Client::new();
+    // A POST that says it is JSON, with `body` as it is (often not JSON at all).
+    let post_json_text = |path: &str, body: &[u8]| {
+        http.post(t.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+    };
     let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
         ("405 on an admin path", http.post(t.url("/api/status")), 405),
         ("405 on a hook", http.get(t.url("/hooks/hooks")), 405),
@@ -346,37 +352,27 @@ async fn every_refusal_is_one_line_of_json() {
         ),
         (
             "malformed JSON to the card renderer",
-            http.post(t.url("/api/cards/render"))
-                .header("content-type", "application/json")
-                .body("{\"platform\": "),
+            post_json_text("/api/cards/render", b"{\"platform\": "),
             400,
         ),
         (
             "malformed JSON to the web chat",
-            http.post(t.url("/chat/api/rooms"))
-                .header("content-type", "application/json")
-                .body("{\"name\": "),
+            post_json_text("/chat/api/rooms", b"{\"name\": "),
             400,
         ),
         (
             "malformed JSON to the card studio's send",
-            http.post(t.url("/api/cards/send"))
-                .header("content-type", "application/json")
-                .body("{\"template\": "),
+            post_json_text("/api/cards/send", b"{\"template\": "),
             400,
         ),
         (
             "malformed JSON to a Bots page press",
-            http.post(t.url("/api/bots/tasks/items/i1/press"))
-                .header("content-type", "application/json")
-                .body("{\"action\": "),
+            post_json_text("/api/bots/tasks/items/i1/press", b"{\"action\": "),
             400,
         ),
         (
             "an oversized web chat message",
-            http.post(t.url("/chat/api/rooms/general/messages"))
-                .header("content-type", "application/json")
-                .body(vec![b' '; 8192]),
+            post_json_text("/chat/api/rooms/general/messages", &[b' '; 8192]),
             413,
         ),
         (
