@@ -94,6 +94,22 @@ impl From<ChatError> for ApiError {
     }
 }
 
+/// The refusals every web chat call documents (its OpenAPI entry only: never built).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum ChatRefusals {
+    #[response(status = 401, description = "not signed in (signed-in modes)")]
+    NotSignedIn(ErrorBody),
+    #[response(status = 503, description = "the store cannot be read or written")]
+    StoreDown(ErrorBody),
+}
+
+/// A web chat write's body that is not JSON (its OpenAPI entry only: never built).
+#[derive(utoipa::IntoResponses)]
+#[response(status = 415, description = "not `Content-Type: application/json`")]
+#[allow(dead_code)]
+struct NotJson(ErrorBody);
+
 fn store_err(e: crate::store::StoreError) -> ApiError {
     ApiError::from(ChatError::Store(e))
 }
@@ -192,8 +208,7 @@ struct RoomsQuery {
     responses(
         (status = 200, description = "`{\"rooms\": [...]}`: the rooms the asker may see", body = Object),
         (status = 400, description = "a bad query", body = ErrorBody),
-        (status = 401, description = "not signed in (signed-in modes)", body = ErrorBody),
-        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+        ChatRefusals,
     )
 )]
 async fn list_rooms(
@@ -242,9 +257,8 @@ struct NewRoom {
         (status = 201, description = "the new room (durable)", body = Object),
         (status = 400, description = "malformed JSON, a missing field, a bad name", body = ErrorBody),
         (status = 403, description = "an author other than the person signed in", body = ErrorBody),
-        (status = 415, description = "not `Content-Type: application/json`", body = ErrorBody),
-        (status = 401, description = "not signed in (signed-in modes)", body = ErrorBody),
-        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+        NotJson,
+        ChatRefusals,
     )
 )]
 async fn create_room(
@@ -340,8 +354,7 @@ struct HistoryQuery {
         (status = 400, description = "a bad `after` or `limit`", body = ErrorBody),
         (status = 403, description = "a direct room or private group you are not a member of", body = ErrorBody),
         (status = 404, description = "no such room", body = ErrorBody),
-        (status = 401, description = "not signed in (signed-in modes)", body = ErrorBody),
-        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+        ChatRefusals,
     )
 )]
 async fn list_messages(
@@ -383,9 +396,8 @@ struct NewMessage {
         (status = 400, description = "malformed JSON, a missing field, an empty or too long text", body = ErrorBody),
         (status = 403, description = "an author other than the person signed in, or a room you are not a member of", body = ErrorBody),
         (status = 404, description = "no such room", body = ErrorBody),
-        (status = 415, description = "not `Content-Type: application/json`", body = ErrorBody),
-        (status = 401, description = "not signed in (signed-in modes)", body = ErrorBody),
-        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+        NotJson,
+        ChatRefusals,
     )
 )]
 async fn post_message(
@@ -442,9 +454,8 @@ struct NewAction {
         (status = 400, description = "malformed JSON, a missing field, a button not on that card", body = ErrorBody),
         (status = 403, description = "an author other than the person signed in, or a room you are not a member of", body = ErrorBody),
         (status = 404, description = "no such room or message", body = ErrorBody),
-        (status = 415, description = "not `Content-Type: application/json`", body = ErrorBody),
-        (status = 401, description = "not signed in (signed-in modes)", body = ErrorBody),
-        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+        NotJson,
+        ChatRefusals,
     )
 )]
 async fn post_action(
@@ -484,8 +495,7 @@ async fn post_action(
     operation_id = "chat_bots",
     responses(
         (status = 200, description = "`{bots: [{name}], default_room}`, for @mention autocomplete", body = Object),
-        (status = 401, description = "not signed in (signed-in modes)", body = ErrorBody),
-        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+        ChatRefusals,
     )
 )]
 async fn bots(
@@ -516,8 +526,7 @@ const STREAM_LIFETIME: Duration = Duration::from_secs(60);
     operation_id = "chat_stream",
     responses(
         (status = 200, description = "Server-sent events: `hello`, then `message`, `update`, `room`, `resync`", content_type = "text/event-stream", body = String),
-        (status = 401, description = "not signed in (signed-in modes)", body = ErrorBody),
-        (status = 503, description = "the store cannot be read or written", body = ErrorBody),
+        ChatRefusals,
     )
 )]
 async fn stream(
