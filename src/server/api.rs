@@ -41,6 +41,12 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// The refusal every admin route documents (its OpenAPI entry only: never built).
+#[derive(utoipa::IntoResponses)]
+#[response(status = 401, description = "no admin token and no admin signed in")]
+#[allow(dead_code)]
+pub(super) struct NotAdmin(ErrorBody);
+
 /// The routes under `/api`. With `shared`, the admin routes are behind `require_token`;
 /// without (`super::openapi::document`), the same routes only give their documentation.
 pub fn routes(shared: Option<Shared>) -> OpenApiRouter<Shared> {
@@ -144,7 +150,7 @@ pub struct ConnectorStatus {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "perch's state and each connector's health", body = StatusAnswer),
-        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        NotAdmin,
         (status = 503, description = "the store cannot be read", body = ErrorBody),
     )
 )]
@@ -252,7 +258,7 @@ pub struct EventsAnswer {
     responses(
         (status = 200, description = "journal entries with their fate, newest first", body = EventsAnswer),
         (status = 400, description = "a bad `before`, `limit`, `since` or `until`", body = ErrorBody),
-        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        NotAdmin,
         (status = 503, description = "the store cannot be read", body = ErrorBody),
     )
 )]
@@ -318,7 +324,7 @@ const STREAM_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
     responses(
         (status = 200, description = "Server-sent events: `hello`, then `entry` (a journal entry) as events are accepted or their fate recorded, `resync` when the listener fell behind", content_type = "text/event-stream", body = String),
         (status = 400, description = "a bad `since` or `until`", body = ErrorBody),
-        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        NotAdmin,
         (status = 503, description = "the store cannot be read or written", body = ErrorBody),
     )
 )]
@@ -389,7 +395,7 @@ async fn event_stream(
         (status = 200, description = "the journal entry", body = crate::store::JournalEntry),
         (status = 400, description = "not an event id", body = ErrorBody),
         (status = 404, description = "no such event in the journal", body = ErrorBody),
-        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        NotAdmin,
         (status = 503, description = "the store cannot be read or written", body = ErrorBody),
     )
 )]
@@ -418,7 +424,7 @@ async fn event(
     responses(
         (status = 200, description = "operations waiting to be delivered", body = OutboxAnswer),
         (status = 400, description = "a bad `limit`", body = ErrorBody),
-        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        NotAdmin,
         (status = 503, description = "the store cannot be read or written", body = ErrorBody),
     )
 )]
@@ -444,7 +450,7 @@ async fn outbox(
     responses(
         (status = 200, description = "operations that will not be retried", body = DeadLettersAnswer),
         (status = 400, description = "a bad `limit`", body = ErrorBody),
-        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        NotAdmin,
         (status = 503, description = "the store cannot be read or written", body = ErrorBody),
     )
 )]
@@ -522,7 +528,7 @@ struct KeyQuery {
         (status = 200, description = "the letter is queued again (durable)", body = ReplayAnswer),
         (status = 400, description = "`key` missing", body = ErrorBody),
         (status = 404, description = "no dead letter with that key", body = ErrorBody),
-        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        NotAdmin,
         (status = 503, description = "the store cannot be read or written", body = ErrorBody),
     )
 )]
@@ -568,7 +574,7 @@ struct ConnectorQuery {
         (status = 200, description = "the connector's dead letters are queued again (durable)", body = ReplayAllAnswer),
         (status = 400, description = "`connector` missing", body = ErrorBody),
         (status = 404, description = "no such connector", body = ErrorBody),
-        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        NotAdmin,
         (status = 503, description = "the store cannot be read or written", body = ErrorBody),
     )
 )]
@@ -617,7 +623,7 @@ async fn replay_all(
         (status = 200, description = "what became of the event's actions, by outbox key", body = DeliveriesAnswer),
         (status = 400, description = "not an event id", body = ErrorBody),
         (status = 404, description = "no such event in the journal", body = ErrorBody),
-        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        NotAdmin,
         (status = 503, description = "the store cannot be read or written", body = ErrorBody),
     )
 )]
@@ -683,7 +689,7 @@ async fn event_deliveries(
         (status = 200, description = "what a delivered operation produced", body = crate::store::SentRecord),
         (status = 400, description = "`key` missing", body = ErrorBody),
         (status = 404, description = "nothing sent under that key", body = ErrorBody),
-        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        NotAdmin,
         (status = 503, description = "the store cannot be read or written", body = ErrorBody),
     )
 )]
@@ -718,7 +724,7 @@ struct CountQuery {
     responses(
         (status = 200, description = "each job's cron, zone, next fire times, last slot, recent runs, missed and failed slots", body = SchedulesAnswer),
         (status = 400, description = "a bad `count`", body = ErrorBody),
-        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        NotAdmin,
         (status = 503, description = "the store cannot be read or written", body = ErrorBody),
     )
 )]
@@ -741,7 +747,7 @@ async fn schedules(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "`{templates: [{name, file, sample}], platforms: [...]}`", body = Object),
-        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        NotAdmin,
         (status = 503, description = "the store cannot be read or written", body = ErrorBody),
     )
 )]
@@ -789,7 +795,7 @@ struct RenderRequest {
         (status = 200, description = "`{platform, card, output, size}`: the neutral card and the platform's payload", body = Object),
         (status = 400, description = "a malformed body, an unknown template or platform, an invalid card; a template error adds `line` and `column`", body = ErrorBody),
         (status = 413, description = "body larger than `server.body_limit`", body = ErrorBody),
-        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        NotAdmin,
         (status = 503, description = "the store cannot be read or written", body = ErrorBody),
     )
 )]
@@ -832,7 +838,7 @@ async fn render_card(State(s): State<Shared>, body: bytes::Bytes) -> Response {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "`{\"minutes\": [...]}`: per minute of the last hour, oldest first: events in, deliveries out, dead letters, delivery latency (count, sum, max ms)", body = Object),
-        (status = 401, description = "no admin token and no admin signed in", body = ErrorBody),
+        NotAdmin,
     )
 )]
 async fn charts() -> Json<Value> {

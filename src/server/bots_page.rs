@@ -85,7 +85,7 @@ fn mask(value: &mut Value, secrets: &[&str]) {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "`{\"bots\": [...]}`: every bot with its kind, routes and activity since start", body = Object),
-        (status = 401, description = "no admin token and no admin signed in", body = super::openapi::ErrorBody),
+        super::api::NotAdmin,
     )
 )]
 pub async fn bots(State(s): State<Shared>) -> Json<Value> {
@@ -130,7 +130,7 @@ async fn items_of(s: &Shared, name: &str) -> Result<Vec<OpenItem>, ApiError> {
     params(("name" = String, Path, description = "A bot's name (a bot that keeps items, e.g. `reminders`)")),
     responses(
         (status = 200, description = "`{\"bot\": name, \"items\": [...]}`: open items with owner, due, next step and the buttons that apply", body = Object),
-        (status = 401, description = "no admin token and no admin signed in", body = super::openapi::ErrorBody),
+        super::api::NotAdmin,
         (status = 404, description = "no such bot, or a bot that keeps no items", body = super::openapi::ErrorBody),
     )
 )]

@@ -167,7 +167,7 @@ pub struct TestRender {
     responses(
         (status = 200, description = "`{event_id, duplicate}`: the journaled test-render event whose one send shows in Deliveries", body = Object),
         (status = 400, description = "a malformed body, an unknown template or connector, a template error (with `line` and `column`)", body = super::openapi::ErrorBody),
-        (status = 401, description = "no admin token and no admin signed in", body = super::openapi::ErrorBody),
+        super::api::NotAdmin,
         (status = 403, description = "a browser request without its CSRF token", body = super::openapi::ErrorBody),
     )
 )]
