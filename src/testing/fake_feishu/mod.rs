@@ -691,6 +691,26 @@ async fn create_chat(
     )
 }
 
+/// The strings of the list `field` of a request body, or Feishu's 230001 when it holds
+/// more than the 50 ids one call takes.
+fn id_list(b: &Value, field: &str) -> Result<Vec<String>, Response> {
+    let ids: Vec<String> = b[field]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(Into::into))
+        .collect();
+    if ids.len() > 50 {
+        return Err(envelope(
+            400,
+            230001,
+            &format!("{field}: at most 50"),
+            Value::Null,
+        ));
+    }
+    Ok(ids)
+}
+
 async fn add_members(
     State(s): State<Shared>,
     Path(id): Path<String>,
@@ -709,15 +729,10 @@ async fn add_members(
         )
         .await
     );
-    let ids: Vec<String> = b["id_list"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(Into::into))
-        .collect();
-    if ids.len() > 50 {
-        return envelope(400, 230001, "id_list: at most 50", Value::Null);
-    }
+    let ids = match id_list(&b, "id_list") {
+        Ok(ids) => ids,
+        Err(refusal) => return refusal,
+    };
     let mut st = s.lock().unwrap();
     let Some(chat) = st.chats.get_mut(&id) else {
         return envelope(400, 232010, "chat not found", Value::Null);
@@ -765,15 +780,10 @@ async fn batch_get_id(
         )
         .await
     );
-    let emails: Vec<String> = b["emails"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(Into::into))
-        .collect();
-    if emails.len() > 50 {
-        return envelope(400, 230001, "emails: at most 50", Value::Null);
-    }
+    let emails = match id_list(&b, "emails") {
+        Ok(emails) => emails,
+        Err(refusal) => return refusal,
+    };
     let list: Vec<Value> = emails
         .iter()
         .map(|e| {
