@@ -152,16 +152,7 @@ async fn login(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     body: Result<Json<Login>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(b) = body.map_err(|r| {
-        ApiError::new(
-            r.status(),
-            r.body_text()
-                .lines()
-                .next()
-                .unwrap_or("bad JSON body")
-                .to_string(),
-        )
-    })?;
+    let Json(b) = body?;
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
     let signed_in = auth.sign_in(&b.name, &b.password, peer).await;
     let (cookie, csrf) = match signed_in {

@@ -11,7 +11,6 @@ use crate::auth::Viewer;
 use crate::event::EventId;
 use crate::runtime::Shared;
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
@@ -20,26 +19,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-
-/// A JSON body refused before the handler (malformed JSON, a missing field, a wrong
-/// content type, too large): the one-line 4xx every JSON endpoint answers with, so a
-/// handler takes `Result<Json<T>, JsonRejection>` and writes `let Json(body) = body?;`.
-/// (The BytesRejection twin is in `super`.)
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        let status = r.status();
-        let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "body is larger than the configured limit (server.body_limit)".to_string()
-        } else {
-            r.body_text()
-                .lines()
-                .next()
-                .unwrap_or("bad JSON body")
-                .to_string()
-        };
-        ApiError::new(status, reason)
-    }
-}
 
 /// The refusal every admin route documents (its OpenAPI entry only: never built).
 #[derive(utoipa::IntoResponses)]

@@ -16,7 +16,7 @@ pub use conn::{ConnectionLimits, serve};
 use crate::connectors::{Inbound, InboundRequest};
 use crate::journal::Accepted;
 use crate::runtime::Shared;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -52,6 +52,25 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(openapi::ErrorBody { error: self.reason })).into_response()
+    }
+}
+
+/// A JSON body refused before the handler (malformed JSON, a missing field, a wrong
+/// content type, too large): the one-line 4xx every JSON endpoint answers with, so a
+/// handler takes `Result<Json<T>, JsonRejection>` and writes `let Json(body) = body?;`.
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let status = r.status();
+        let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "body is larger than the configured limit (server.body_limit)".to_string()
+        } else {
+            r.body_text()
+                .lines()
+                .next()
+                .unwrap_or("bad JSON body")
+                .to_string()
+        };
+        ApiError::new(status, reason)
     }
 }
 
