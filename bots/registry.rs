@@ -9,6 +9,7 @@
 //! with the bot's file:line:column on every error.
 
 use super::{Bot, BotError};
+use crate::config::kinds::KindTable;
 use crate::config::{Config, Issues};
 use serde::de::DeserializeOwned;
 use serde_spanned::Spanned;
@@ -123,27 +124,18 @@ impl<'de> serde::Deserialize<'de> for BotSpec {
 
 type ValidateFn = fn(&str, &toml::Table, usize, &Config, &mut Issues) -> Result<(), String>;
 type BuildFn = fn(&str, toml::Table) -> Result<Arc<dyn Bot>, BotError>;
-type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
 
 /// What the registry keeps per kind: two functions made from the kind's type.
 #[derive(Clone, Copy)]
 struct Registered {
     validate: ValidateFn,
     build: BuildFn,
-    /// The JSON Schema of the kind's config, for kinds registered `add_with_schema`.
-    schema: Option<SchemaFn>,
 }
 
 /// The registry of bot kinds. Cheap to clone (a map of function pointers).
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Debug)]
 pub struct BotKinds {
-    kinds: BTreeMap<&'static str, Registered>,
-}
-
-impl std::fmt::Debug for BotKinds {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.kinds.keys()).finish()
-    }
+    kinds: KindTable<Registered>,
 }
 
 impl BotKinds {
@@ -167,7 +159,6 @@ impl BotKinds {
             Registered {
                 validate: validate_as::<B>,
                 build: build_as::<B>,
-                schema: None,
             },
         );
         self
@@ -180,9 +171,8 @@ impl BotKinds {
         B::Config: schemars::JsonSchema,
     {
         self.add::<B>(kind);
-        if let Some(registered) = self.kinds.get_mut(kind) {
-            registered.schema = Some(<B::Config as schemars::JsonSchema>::json_schema);
-        }
+        self.kinds
+            .set_schema(kind, <B::Config as schemars::JsonSchema>::json_schema);
         self
     }
 
@@ -191,20 +181,17 @@ impl BotKinds {
         &self,
         generator: &mut schemars::SchemaGenerator,
     ) -> Vec<(&'static str, Option<schemars::Schema>)> {
-        self.kinds
-            .iter()
-            .map(|(kind, registered)| (*kind, registered.schema.map(|schema| schema(generator))))
-            .collect()
+        self.kinds.config_schemas(generator)
     }
 
     /// The registered kind names, sorted.
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.kinds.keys().copied()
+        self.kinds.names()
     }
 
     /// The registered name equal to `kind` (as a `'static` str for `BotInfo`).
     pub fn name_of(&self, kind: &str) -> Option<&'static str> {
-        self.kinds.get_key_value(kind).map(|(k, _)| *k)
+        self.kinds.get_key_value(kind).map(|(k, _)| k)
     }
 
     /// Check the bot `name` (its table at byte `at`): a known kind, settings that read

@@ -12,6 +12,7 @@
 
 use super::{ConnectorEnv, SharedConnector};
 use crate::config::Issues;
+use crate::config::kinds::KindTable;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_spanned::Spanned;
@@ -261,22 +262,12 @@ struct Registered {
     locale: LocaleFn,
     replay_window: ReplayWindowFn,
     resolve_paths: ResolvePathsFn,
-    /// The JSON Schema of the kind's config, for kinds registered `add_with_schema`.
-    schema: Option<SchemaFn>,
 }
-
-type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
 
 /// The registry of connector kinds. Cheap to clone (a map of function pointers).
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Debug)]
 pub struct ConnectorKinds {
-    kinds: BTreeMap<&'static str, Registered>,
-}
-
-impl std::fmt::Debug for ConnectorKinds {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.kinds.keys()).finish()
-    }
+    kinds: KindTable<Registered>,
 }
 
 impl ConnectorKinds {
@@ -308,7 +299,6 @@ impl ConnectorKinds {
                         K::resolve_paths(c, folder)
                     }
                 },
-                schema: None,
             },
         );
         self
@@ -321,9 +311,8 @@ impl ConnectorKinds {
         K::Config: schemars::JsonSchema,
     {
         self.add::<K>(kind);
-        if let Some(registered) = self.kinds.get_mut(kind) {
-            registered.schema = Some(<K::Config as schemars::JsonSchema>::json_schema);
-        }
+        self.kinds
+            .set_schema(kind, <K::Config as schemars::JsonSchema>::json_schema);
         self
     }
 
@@ -332,15 +321,12 @@ impl ConnectorKinds {
         &self,
         generator: &mut schemars::SchemaGenerator,
     ) -> Vec<(&'static str, Option<schemars::Schema>)> {
-        self.kinds
-            .iter()
-            .map(|(kind, registered)| (*kind, registered.schema.map(|schema| schema(generator))))
-            .collect()
+        self.kinds.config_schemas(generator)
     }
 
     /// The registered kind names, sorted.
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.kinds.keys().copied()
+        self.kinds.names()
     }
 
     /// Read the settings of connector `name` as its kind's config. What goes wrong is
@@ -349,7 +335,7 @@ impl ConnectorKinds {
         let kind = config.kind.get_ref().clone();
         config.read = match self.kinds.get_key_value(kind.as_str()) {
             None => Err(ReadError::UnknownKind(self.unknown_kind(name, &kind))),
-            Some((&registered_name, registered)) => (registered.read)(config.settings.clone())
+            Some((registered_name, registered)) => (registered.read)(config.settings.clone())
                 .map(|typed| Typed {
                     kind: registered_name,
                     config: typed,

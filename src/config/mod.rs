@@ -10,6 +10,7 @@
 //! Every field has a doc comment: this file is the config reference.
 
 pub(crate) mod env;
+pub(crate) mod kinds;
 mod problems;
 mod schema;
 
