@@ -4,10 +4,11 @@
 //! and serves `/healthz` off loopback with `/api` behind the token; the `Dockerfile`
 //! passes hadolint and stubs every target Cargo.toml declares; both compose files pass
 //! `docker-compose config` and demand their secrets, and the replicas' config runs two
-//! replicas on one PostgreSQL.
+//! replicas on one PostgreSQL, behind Caddy with the compose file's Caddyfile.
 //!
-//! `systemd-analyze` and `hadolint` are outside tools: where one is missing a test says
-//! so and passes, except under `CI`, where it fails (`.ci/run` installs both).
+//! `systemd-analyze`, `hadolint`, `docker-compose` and `caddy` are outside tools: where
+//! one is missing a test says so and passes, except under `CI`, where it fails (`.ci/run`
+//! installs them all).
 
 use perch::testing::{ChildPerch, free_port, wait_healthy};
 use std::path::{Path, PathBuf};
@@ -346,6 +347,98 @@ fn the_compose_files_are_valid_and_demand_each_secret() {
     }
 }
 
+/// The secrets and database the replicas compose file gives each replica.
+fn replica_env(url: &str) -> [(&str, &str); 5] {
+    [
+        ("PERCH_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("PERCH_EVENTS_SECRET", EVENTS_SECRET),
+        ("PERCH_ADMIN_PASSWORD_HASH", ADMIN_PASSWORD_HASH),
+        ("DATABASE_URL", url),
+        ("RUST_LOG", "warn"),
+    ]
+}
+
+/// Two perch processes from `deploy/perch.replicas.toml`, each with its own data dir
+/// (kept in `dirs`), on the database at `url`, as the compose file's `perch-a` and
+/// `perch-b`: the processes and their base URLs, healthy.
+async fn start_replicas(
+    url: &str,
+    dirs: &[tempfile::TempDir; 2],
+) -> (Vec<ChildPerch>, Vec<String>) {
+    let mut replicas = Vec::new();
+    let mut bases = Vec::new();
+    for dir in dirs {
+        let port = free_port();
+        let config = image_config("deploy/perch.replicas.toml", dir.path(), port);
+        replicas.push(ChildPerch(
+            perch_with_env(
+                &["serve", "--config", config.to_str().unwrap()],
+                &replica_env(url),
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("perch starts"),
+        ));
+        bases.push(format!("http://127.0.0.1:{port}"));
+    }
+    for base in &bases {
+        wait_healthy(base).await;
+    }
+    (replicas, bases)
+}
+
+/// An internal system's signed event, delivery `id`, posted to `base`: perch's answer.
+async fn post_event(base: &str, id: &str) -> serde_json::Value {
+    match post_event_once(base, id).await {
+        Some(answer) => answer,
+        None => panic!("{base} did not acknowledge {id}"),
+    }
+}
+
+/// `post_event`, once: `None` for anything but a 2xx (a platform would send it again).
+async fn post_event_once(base: &str, id: &str) -> Option<serde_json::Value> {
+    let body = format!(r#"{{"build":"shop#{id}","state":"failed"}}"#);
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/hooks/events"))
+        .header("Content-Type", "application/json")
+        .header("X-Perch-Topic", "ci.build.failed")
+        .header("X-Perch-Delivery", id)
+        .header(
+            "X-Perch-Signature",
+            format!(
+                "sha256={}",
+                perch::testing::sign(EVENTS_SECRET, body.as_bytes())
+            ),
+        )
+        .body(body)
+        .send()
+        .await
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.json().await.ok()
+}
+
+/// The ids of the events `base` lists, newest first.
+async fn listed_events(base: &str) -> Vec<serde_json::Value> {
+    let listed: serde_json::Value = reqwest::Client::new()
+        .get(format!("{base}/api/events?limit=10"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    listed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["id"].clone())
+        .collect()
+}
+
 /// `deploy/perch.replicas.toml` as the replicas compose file runs it, minus Docker: two
 /// perch processes from the same file, each with its own data dir, on one PostgreSQL
 /// (`DATABASE_URL`). An event acknowledged by one is the other's too, and the platform's
@@ -355,73 +448,100 @@ async fn the_replicas_config_runs_two_replicas_on_one_database() {
     let Some(url) = perch::testing::test_database_url().await else {
         return;
     };
-    let env = [
-        ("PERCH_ADMIN_TOKEN", ADMIN_TOKEN),
-        ("PERCH_EVENTS_SECRET", EVENTS_SECRET),
-        ("PERCH_ADMIN_PASSWORD_HASH", ADMIN_PASSWORD_HASH),
-        ("DATABASE_URL", url.as_str()),
-        ("RUST_LOG", "warn"),
-    ];
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let mut replicas = Vec::new();
-    let mut bases = Vec::new();
-    for dir in &dirs {
-        let port = free_port();
-        let config = image_config("deploy/perch.replicas.toml", dir.path(), port);
-        replicas.push(ChildPerch(
-            perch_with_env(&["serve", "--config", config.to_str().unwrap()], &env)
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("perch starts"),
-        ));
-        bases.push(format!("http://127.0.0.1:{port}"));
-    }
-    for base in &bases {
-        wait_healthy(base).await;
-    }
+    let (_replicas, bases) = start_replicas(&url, &dirs).await;
 
-    let client = reqwest::Client::new();
-    let body = br#"{"build":"shop#1287","state":"failed"}"#;
-    let post = |base: &str| {
-        client
-            .post(format!("{base}/hooks/events"))
-            .header("Content-Type", "application/json")
-            .header("X-Perch-Topic", "ci.build.failed")
-            .header("X-Perch-Delivery", "delivery-1")
-            .header(
-                "X-Perch-Signature",
-                format!("sha256={}", perch::testing::sign(EVENTS_SECRET, body)),
-            )
-            .body(body.to_vec())
-            .send()
-    };
-    let first: serde_json::Value = post(&bases[0]).await.unwrap().json().await.unwrap();
+    let first = post_event(&bases[0], "delivery-1").await;
     assert_eq!(first["duplicate"], false, "{first}");
-    let again: serde_json::Value = post(&bases[1]).await.unwrap().json().await.unwrap();
+    let again = post_event(&bases[1], "delivery-1").await;
     assert_eq!(
         again["duplicate"], true,
         "the retry on the other replica: {again}"
     );
     assert_eq!(again["event_id"], first["event_id"]);
-
     for base in &bases {
-        let listed: serde_json::Value = client
-            .get(format!("{base}/api/events?limit=10"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let ids: Vec<&serde_json::Value> = listed["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| &e["event"]["id"])
-            .collect();
-        assert_eq!(ids, [&first["event_id"]], "{base}: {listed}");
+        assert_eq!(
+            listed_events(base).await,
+            [first["event_id"].clone()],
+            "{base}"
+        );
     }
+}
+
+/// The whole replicas topology of `deploy/compose.replicas.yaml` but the images: the two
+/// replicas behind Caddy running `deploy/Caddyfile.replicas` (the upstreams' names and
+/// the listen port moved to this machine, Caddy's admin endpoint off so tests can run
+/// side by side). Requests through the proxy are acknowledged once, and with one replica
+/// killed the proxy carries on with the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replicas_run_behind_their_caddyfile() {
+    let Some(caddy) = outside_tool("caddy", "CADDY") else {
+        return;
+    };
+    let Some(url) = perch::testing::test_database_url().await else {
+        return;
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let (mut replicas, bases) = start_replicas(&url, &dirs).await;
+
+    let caddyfile = read_repo_file("deploy/Caddyfile.replicas");
+    for name in [":80 {", "perch-a:8080", "perch-b:8080"] {
+        assert!(
+            caddyfile.contains(name),
+            "deploy/Caddyfile.replicas has {name}"
+        );
+    }
+    let proxy_port = free_port();
+    let caddyfile = format!(
+        "{{\n\tadmin off\n}}\n{}",
+        caddyfile
+            // `:80` is plain HTTP to Caddy; another port needs the scheme said.
+            .replace(":80 {", &format!("http://127.0.0.1:{proxy_port} {{"))
+            .replace("perch-a:8080", bases[0].trim_start_matches("http://"))
+            .replace("perch-b:8080", bases[1].trim_start_matches("http://"))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("Caddyfile");
+    std::fs::write(&path, caddyfile).unwrap();
+    let _caddy = ChildPerch(
+        Command::new(caddy)
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&path)
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path())
+            .env("XDG_CONFIG_HOME", dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("caddy starts"),
+    );
+    let proxy = format!("http://127.0.0.1:{proxy_port}");
+    // Up, and reaching a replica (a 502 until Caddy's first health checks pass).
+    perch::testing::eventually(20, "perch answers through Caddy", || async {
+        let resp = reqwest::get(format!("{proxy}/healthz")).await.ok()?;
+        resp.status().is_success().then_some(())
+    })
+    .await;
+
+    let first = post_event(&proxy, "through-1").await;
+    assert_eq!(first["duplicate"], false, "{first}");
+    assert_eq!(post_event(&proxy, "through-1").await["duplicate"], true);
+
+    // perch-a is gone (kill -9). A request Caddy had on a pooled connection to it may
+    // get a 502 (Caddy 2.6 retries a failed connect on the other upstream, not a POST
+    // whose body it already sent); the platform sends it again, as platforms do, and
+    // it lands on perch-b. Each event is acknowledged as new exactly once.
+    let _ = replicas[0].0.kill();
+    let _ = replicas[0].0.wait();
+    for n in 2..=4 {
+        let id = format!("through-{n}");
+        let answer = perch::testing::eventually(10, &format!("{id} acknowledged"), || async {
+            post_event_once(&proxy, &id).await
+        })
+        .await;
+        assert_eq!(answer["duplicate"], false, "{id}: {answer}");
+    }
+    assert_eq!(listed_events(&bases[1]).await.len(), 4);
 }
 
 // ---------------------------------------------------------------------------------
