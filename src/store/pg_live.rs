@@ -287,16 +287,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(killed, 2, "both replicas listen on their own connection");
-        // A reconnects and says so: its readers reload from the store.
-        let resync = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                if let Ok(Notice::Resync) = heard_on_a.recv().await {
-                    return;
+        // Each replica reconnects and says so: its readers reload from the store. (A
+        // notice sent before a replica listens again is not heard; the reload covers it,
+        // so the checks below wait for both.)
+        for (replica, heard) in [("A", &mut heard_on_a), ("B", &mut heard_on_b)] {
+            let resync = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    if let Ok(Notice::Resync) = heard.recv().await {
+                        return;
+                    }
                 }
-            }
-        })
-        .await;
-        assert!(resync.is_ok(), "no Resync after the listener dropped");
+            })
+            .await;
+            assert!(
+                resync.is_ok(),
+                "no Resync on {replica} after the listener dropped"
+            );
+        }
         b.announce(Topic::Click, "second");
         assert_eq!(
             next_change(&mut heard_on_a).await,
