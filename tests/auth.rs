@@ -131,6 +131,19 @@ impl Session {
         self.post_with(t, path, body, Some(&self.csrf.clone()))
             .await
     }
+
+    /// Post `text` in `room` (a path segment: `general`, `%40ann`) as this session.
+    async fn post_message(
+        &self,
+        t: &TestPerch,
+        room: &str,
+        text: &str,
+        client_id: &str,
+    ) -> (u16, Value) {
+        let body = json!({ "text": text, "client_id": client_id });
+        self.post(t, &format!("/chat/api/rooms/{room}/messages"), &body)
+            .await
+    }
 }
 
 async fn journal_len(t: &TestPerch) -> usize {
@@ -221,13 +234,7 @@ async fn the_server_decides_the_author() {
     assert!(history(&t, &bob, "general").await.is_empty());
 
     // Without an author, the post is bob's.
-    let (status, body) = bob
-        .post(
-            &t,
-            "/chat/api/rooms/general/messages",
-            &json!({ "text": "hello", "client_id": "real-1" }),
-        )
-        .await;
+    let (status, body) = bob.post_message(&t, "general", "hello", "real-1").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["author"], "bob");
     assert_eq!(journal_len(&t).await, before + 1);
@@ -393,11 +400,7 @@ async fn direct_rooms_are_their_members_only_in_the_api_and_over_sse() {
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"], "room `@ann` is open to its members only");
     let (status, body) = bob
-        .post(
-            &t,
-            "/chat/api/rooms/%40ann/messages",
-            &json!({ "text": "let me in", "client_id": "bob-in-1" }),
-        )
+        .post_message(&t, "%40ann", "let me in", "bob-in-1")
         .await;
     assert_eq!(status, 403, "{body}");
     let (_, rooms) = bob.get(&t, "/chat/api/rooms?me=ann").await;
@@ -490,13 +493,7 @@ async fn a_session_is_dead_after_sign_out_also_after_a_restart() {
     // …a signed-out one does not come back, with or without a restart.
     assert_eq!(bob.get(&t, "/chat/api/rooms").await.0, 401);
     assert_eq!(bob.get(&t, "/auth/session").await.0, 401);
-    let (status, _) = bob
-        .post(
-            &t,
-            "/chat/api/rooms/general/messages",
-            &json!({ "text": "ghost", "client_id": "after-out" }),
-        )
-        .await;
+    let (status, _) = bob.post_message(&t, "general", "ghost", "after-out").await;
     assert_eq!(status, 401);
     t.restart().await;
     assert_eq!(bob.get(&t, "/chat/api/rooms").await.0, 401);
@@ -568,8 +565,7 @@ async fn the_console_is_for_admins() {
 
 /// Post `text` in `general` as the session's person.
 async fn say(t: &TestPerch, s: &Session, text: &str, client_id: &str) {
-    let body = json!({ "text": text, "client_id": client_id });
-    let (status, b) = s.post(t, "/chat/api/rooms/general/messages", &body).await;
+    let (status, b) = s.post_message(t, "general", text, client_id).await;
     assert_eq!(status, 200, "{b}");
 }
 

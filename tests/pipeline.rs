@@ -533,12 +533,9 @@ bots = ["echo"]
     assert_eq!(hub.platform().ops().len(), 4, "one answer each, no repeats");
 }
 
-#[tokio::test]
-async fn a_failing_bot_answers_politely_and_the_router_goes_on() {
-    let routes = r#"
-[bots.echo]
-kind = "echo"
-
+/// Two notify bots on topic `x`: `strict` fails (its template reads a missing field),
+/// `fine` answers `fine <n>` in chat `c`.
+const STRICT_AND_FINE: &str = r#"
 [bots.strict]
 kind = "notify"
 connector = "chat"
@@ -552,15 +549,24 @@ chat = "c"
 text = "fine {{payload.n}}"
 
 [[routes]]
-connector = "chat"
-mention = "echo"
-bots = ["echo"]
-
-[[routes]]
 topic = "x"
 bots = ["strict", "fine"]
 "#;
-    let hub = TestHub::start(perch::Hub::builder(), routes).await;
+
+#[tokio::test]
+async fn a_failing_bot_answers_politely_and_the_router_goes_on() {
+    let routes = format!(
+        r#"
+[bots.echo]
+kind = "echo"
+
+[[routes]]
+connector = "chat"
+mention = "echo"
+bots = ["echo"]
+{STRICT_AND_FINE}"#
+    );
+    let hub = TestHub::start(perch::Hub::builder(), &routes).await;
     // A user error: echo with nothing to say answers with its usage.
     let (_, got) = hub.post(kit_message(&hub, "@echo", &["echo"])).await;
     assert!(
@@ -1128,33 +1134,19 @@ async fn status_shows_each_connectors_last_success_and_failure() {
 #[tokio::test]
 async fn the_bots_page_shows_config_without_secrets_routes_and_activity() {
     let s = sink().await;
-    let routes = r#"
-[bots.strict]
-kind = "notify"
-connector = "chat"
-chat = "c"
-text = "{{payload.missing.field}}"
-
-[bots.fine]
-kind = "notify"
-connector = "chat"
-chat = "c"
-text = "fine {{payload.n}}"
-
+    let routes = format!(
+        r#"
 [bots.remote]
 kind = "http_bot"
 url = "http://127.0.0.1:9/bot?token=hush-hush-42"
 secret = "hush-hush-42"
 
 [[routes]]
-topic = "x"
-bots = ["strict", "fine"]
-
-[[routes]]
 topic = "never"
 bots = ["remote"]
-"#;
-    let t = TestPerch::start(&config(&s.uri(), routes)).await;
+{STRICT_AND_FINE}"#
+    );
+    let t = TestPerch::start(&config(&s.uri(), &routes)).await;
     post_event(&t, "x", "b1", br#"{"n":1}"#).await;
     post_event(&t, "x", "b2", br#"{"n":2}"#).await;
     wait_sent(&s, 2).await;

@@ -79,6 +79,11 @@ pub fn calls_inside_waits(calls: &[Seen]) -> Vec<(String, String)> {
     inside
 }
 
+/// `calls_inside_waits` over a fake's own call records, each seen through `seen`.
+pub fn calls_inside_waits_by<C>(calls: &[C], seen: impl Fn(&C) -> Seen) -> Vec<(String, String)> {
+    calls_inside_waits(&calls.iter().map(seen).collect::<Vec<_>>())
+}
+
 /// Headers a request may carry once (RFC 9110 §5.3: a repeated singleton is malformed).
 pub const SINGLETON_HEADERS: [&str; 5] = [
     "content-type",

@@ -302,24 +302,18 @@ impl FakeMatrix {
 
     /// Calls inside an earlier 429's `retry_after_ms` window (`calls_inside_waits`).
     pub fn calls_inside_rate_limit_windows(&self) -> Vec<(String, String)> {
-        let seen: Vec<perch::testing::Seen> = self
-            .lock()
-            .calls
-            .iter()
-            .map(|c| perch::testing::Seen {
-                at: c.at,
-                ordered_wait: match c.fault {
-                    Some(Fault::RateLimited { retry_after_ms }) => {
-                        Some(Duration::from_millis(retry_after_ms))
-                    }
-                    _ => None,
-                },
-                // Synapse limits messages (and joins, invites), not /sync.
-                limited: !c.is_sync(),
-                name: format!("{} {}", c.method, c.path),
-            })
-            .collect();
-        perch::testing::calls_inside_waits(&seen)
+        perch::testing::calls_inside_waits_by(&self.lock().calls, |c| perch::testing::Seen {
+            at: c.at,
+            ordered_wait: match c.fault {
+                Some(Fault::RateLimited { retry_after_ms }) => {
+                    Some(Duration::from_millis(retry_after_ms))
+                }
+                _ => None,
+            },
+            // Synapse limits messages (and joins, invites), not /sync.
+            limited: !c.is_sync(),
+            name: format!("{} {}", c.method, c.path),
+        })
     }
 }
 

@@ -152,23 +152,17 @@ impl FakeSlack {
 
     /// Calls inside an earlier 429's `Retry-After` window (`calls_inside_waits`).
     pub fn calls_inside_rate_limit_windows(&self) -> Vec<(String, String)> {
-        let seen: Vec<perch::testing::Seen> = self
-            .lock()
-            .calls
-            .iter()
-            .map(|c| perch::testing::Seen {
-                at: c.at,
-                ordered_wait: match c.fault {
-                    Some(Fault::RateLimited { retry_after_secs }) => {
-                        Some(Duration::from_secs(retry_after_secs))
-                    }
-                    _ => None,
-                },
-                limited: true,
-                name: c.method.clone(),
-            })
-            .collect();
-        perch::testing::calls_inside_waits(&seen)
+        perch::testing::calls_inside_waits_by(&self.lock().calls, |c| perch::testing::Seen {
+            at: c.at,
+            ordered_wait: match c.fault {
+                Some(Fault::RateLimited { retry_after_secs }) => {
+                    Some(Duration::from_secs(retry_after_secs))
+                }
+                _ => None,
+            },
+            limited: true,
+            name: c.method.clone(),
+        })
     }
 
     /// A channel people already use (for sends to it).

@@ -277,23 +277,15 @@ impl FakeFeishu {
 
     /// Calls to the IM API inside an earlier 429's reset window (`calls_inside_waits`).
     pub fn calls_inside_rate_limit_windows(&self) -> Vec<(String, String)> {
-        let seen: Vec<crate::testing::Seen> = self
-            .lock()
-            .calls
-            .iter()
-            .map(|c| crate::testing::Seen {
-                at: c.at,
-                ordered_wait: match c.fault {
-                    Some(Fault::RateLimited { reset_secs }) => {
-                        Some(Duration::from_secs(reset_secs))
-                    }
-                    _ => None,
-                },
-                limited: c.path.starts_with("/open-apis/im/"),
-                name: c.path.clone(),
-            })
-            .collect();
-        crate::testing::calls_inside_waits(&seen)
+        crate::testing::calls_inside_waits_by(&self.lock().calls, |c| crate::testing::Seen {
+            at: c.at,
+            ordered_wait: match c.fault {
+                Some(Fault::RateLimited { reset_secs }) => Some(Duration::from_secs(reset_secs)),
+                _ => None,
+            },
+            limited: c.path.starts_with("/open-apis/im/"),
+            name: c.path.clone(),
+        })
     }
 
     /// Requests the strict gateway refused; a test that expects none asserts it empty.
@@ -520,6 +512,30 @@ async fn bot_info(State(s): State<Shared>, headers: HeaderMap) -> Response {
 }
 
 /// Store a message unless its uuid was seen: same uuid → same message id.
+impl Message {
+    /// A message as a send or reply request `b` asks for, before the fake numbers it:
+    /// its chat, its receiver (id type, id), its (msg_type, content) and what it answers.
+    fn requested(
+        b: &Value,
+        chat_id: String,
+        (receive_id_type, receive_id): (String, String),
+        (msg_type, content): (String, String),
+        reply_to: Option<String>,
+    ) -> Message {
+        Message {
+            message_id: String::new(),
+            chat_id,
+            receive_id_type,
+            receive_id,
+            msg_type,
+            content,
+            uuid: b["uuid"].as_str().map(Into::into),
+            reply_to,
+            patches: vec![],
+        }
+    }
+}
+
 fn store_message(st: &mut FakeState, mut m: Message) -> Value {
     if let Some(u) = &m.uuid
         && let Some(id) = st.uuids.get(u)
@@ -588,19 +604,14 @@ async fn create_message(
     } else {
         format!("oc_p2p_{receive_id}")
     };
-    let mut st = s.lock().unwrap();
-    let m = Message {
-        message_id: String::new(),
+    let m = Message::requested(
+        &b,
         chat_id,
-        receive_id_type: id_type,
-        receive_id,
-        msg_type,
-        content,
-        uuid: b["uuid"].as_str().map(Into::into),
-        reply_to: None,
-        patches: vec![],
-    };
-    ok(store_message(&mut st, m))
+        (id_type, receive_id),
+        (msg_type, content),
+        None,
+    );
+    ok(store_message(&mut s.lock().unwrap(), m))
 }
 
 async fn reply_message(
@@ -622,17 +633,8 @@ async fn reply_message(
     let Some(chat_id) = chat else {
         return envelope(400, 230011, "The message was not found", Value::Null);
     };
-    let m = Message {
-        message_id: String::new(),
-        chat_id: chat_id.clone(),
-        receive_id_type: "chat_id".into(),
-        receive_id: chat_id,
-        msg_type,
-        content,
-        uuid: b["uuid"].as_str().map(Into::into),
-        reply_to: Some(id),
-        patches: vec![],
-    };
+    let receiver = ("chat_id".to_string(), chat_id.clone());
+    let m = Message::requested(&b, chat_id, receiver, (msg_type, content), Some(id));
     ok(store_message(&mut st, m))
 }
 
